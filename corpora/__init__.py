@@ -1,0 +1,1 @@
+"""Sample corpora shipped with ralm-es, and readers for the shared benchmark sets."""

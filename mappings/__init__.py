@@ -1,0 +1,1 @@
+"""Index templates and settings (JSON), loaded with importlib.resources."""

@@ -1,0 +1,64 @@
+"""``ralm-es es start|stop|status``: the local Elasticsearch cluster."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ralm_es.es.node import LocalCluster
+
+
+def _port(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a port number or 'auto', got {value!r}") from None
+
+
+@click.group()
+def es() -> None:
+    """Manage a local Elasticsearch cluster (downloaded from Maven Central, cached under ~/.cache/ralm-es)."""
+
+
+@es.command()
+@click.option("--name", default="default", show_default=True, help="Cluster name; several can run side by side.")
+@click.option("--port", default="9200", show_default=True, help="HTTP port of the first node, or 'auto'.")
+@click.option("--heap", default="1g", show_default=True, help="JVM heap per node.")
+@click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 9), help="Number of nodes.")
+@click.option("--security", is_flag=True, help="Enable x-pack security with a generated password for 'elastic'.")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for yellow health.")
+@click.option("--quiet", is_flag=True, help="No download progress bar.")
+def start(name: str, port: str, heap: str, nodes: int, security: bool, timeout: float, quiet: bool) -> None:
+    """Start (or reuse) a local cluster on 127.0.0.1 and print its URL."""
+    cluster = LocalCluster(name)
+    was_running = cluster.running() is not None
+    state = cluster.start(port=_port(port), heap=heap, nodes=nodes, security=security, timeout=timeout, quiet=quiet)
+    verb = "already running" if was_running else "started"
+    click.echo(f"Elasticsearch {state.version} {verb}: {' '.join(state.urls)}", err=True)
+    if state.security:
+        click.echo(f"security on: user 'elastic', password in {cluster.state_file}", err=True)
+    click.echo(state.url)
+
+
+@es.command()
+@click.option("--name", default="default", show_default=True)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait before SIGKILL.")
+def stop(name: str, timeout: float) -> None:
+    """Stop the local cluster gracefully (SIGTERM, wait, then SIGKILL)."""
+    stopped = LocalCluster(name).stop(timeout=timeout)
+    click.echo("stopped" if stopped else "not running", err=True)
+
+
+@es.command()
+@click.option("--name", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='Print {"url", "version", "health", "nodes"}.')
+def status(name: str, as_json: bool) -> None:
+    """Show whether the local cluster runs, its URL, version and health."""
+    info = LocalCluster(name).status()
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"url: {info['url']}\nversion: {info['version']}\nhealth: {info['health']}\nnodes: {info['nodes']}")

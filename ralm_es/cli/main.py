@@ -1,0 +1,56 @@
+"""The ``ralm-es`` command: a thin click front end over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ralm_es.cli.context import CliContext
+from ralm_es.cli.es_commands import es
+from ralm_es.errors import RalmError
+from ralm_es.version import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="ralm-es")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file (see configs/).")
+@click.option("--es-url", "hosts", multiple=True, help="Elasticsearch URL (repeat for several nodes). [env RALM_ES_URL]")
+@click.option("--es-username", "username", help="Basic-auth user. [env RALM_ES_USERNAME]")
+@click.option("--es-ca-certs", "ca_certs", type=click.Path(dir_okay=False), help="CA bundle for TLS. [env RALM_ES_CA_CERTS]")
+@click.option(
+    "--es-verify-certs/--es-no-verify-certs", "verify_certs", default=None, help="Verify TLS certificates (on by default)."
+)
+@click.option("--es-timeout", "request_timeout", type=float, help="Request timeout in seconds (default 30).")
+@click.option("--es-retries", "max_retries", type=int, help="Retries on timeouts, 429 and 5xx (default 3).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, **connection: object) -> None:
+    """ralm-es: retrieval-augmented language models on Elasticsearch.
+
+    Secrets (RALM_ES_API_KEY, RALM_ES_PASSWORD) are read from the environment or the config file only.
+    """
+    ctx.obj = CliContext(config_file=config_file, connection_flags=connection)
+
+
+cli.add_command(es)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("ralm-es: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RalmError as exc:
+        click.echo(f"ralm-es: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("ralm-es: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

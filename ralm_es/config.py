@@ -1,0 +1,239 @@
+"""Typed settings: dataclasses loaded from YAML, environment and CLI, with secrets kept out of output.
+
+Every settings tree in ralm-es (connection, ingest, training) is a dataclass. This module turns nested
+dicts into those dataclasses with errors that name the unknown key and its close matches, applies
+``key=value`` overrides, and dumps them back with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ralm_es.errors import RalmError
+
+T = TypeVar("T")
+REDACTED = "<redacted>"
+
+
+class ConfigError(RalmError, ValueError):
+    """A setting that is unknown, of the wrong type, or unreadable; the message names where."""
+
+
+class Secret:
+    """A secret string: repr, str and format never show it; ``reveal()`` returns it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+
+@dataclasses.dataclass
+class ConnectionSettings:
+    """How to reach Elasticsearch. Resolved from CLI flags, then environment, then a config file."""
+
+    hosts: list[str] = dataclasses.field(default_factory=lambda: ["http://localhost:9200"])
+    cloud_id: str | None = None
+    api_key: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = 30.0
+    max_retries: int = 3
+    retry_on_timeout: bool = True
+
+
+# Environment variable -> ConnectionSettings field.
+CONNECTION_ENV = {
+    "RALM_ES_URL": "hosts",
+    "RALM_ES_CLOUD_ID": "cloud_id",
+    "RALM_ES_API_KEY": "api_key",
+    "RALM_ES_USERNAME": "username",
+    "RALM_ES_PASSWORD": "password",
+    "RALM_ES_CA_CERTS": "ca_certs",
+    "RALM_ES_VERIFY_CERTS": "verify_certs",
+    "RALM_ES_REQUEST_TIMEOUT": "request_timeout",
+    "RALM_ES_MAX_RETRIES": "max_retries",
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _unknown_key(key: str, known: Iterable[str], where: str) -> ConfigError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"{where}: unknown setting '{key}'{hint}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML/env/CLI value to the annotated type, or raise naming the setting."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _coerce(value, args[0], where)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(hint, value, where)
+    if hint is Secret:
+        return Secret(str(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return hint(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from exc
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys are errors with close matches."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(str(key), fields, where)
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def apply_overrides(obj: T, pairs: Iterable[str], where: str = "--set") -> T:
+    """Return a copy of ``obj`` with ``a.b=value`` overrides applied (values parsed as YAML scalars)."""
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{where}: expected key=value, got {pair!r}")
+        dotted, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        obj = _replace_path(obj, dotted.strip().split("."), value, f"{where} {dotted.strip()}")
+    return obj
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    head, rest = path[0], path[1:]
+    if head not in hints:
+        raise _unknown_key(head, [f.name for f in dataclasses.fields(obj)], where)
+    if rest:
+        child = getattr(obj, head)
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError(f"{where}: '{head}' has no sub-settings")
+        return dataclasses.replace(obj, **{head: _replace_path(child, rest, value, where)})
+    return dataclasses.replace(obj, **{head: _coerce(value, hints[head], where)})
+
+
+def to_dict(obj: Any, redact: bool = True) -> Any:
+    """Plain data for YAML/JSON output; secrets become ``<redacted>`` unless ``redact`` is false."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name), redact) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Secret):
+        return REDACTED if redact else obj.reveal()
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v, redact) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v, redact) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def resolve_connection(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> ConnectionSettings:
+    """Connection settings by precedence: CLI flags, environment, config file (``es:`` section), defaults."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    if config_file:
+        data = load_yaml(config_file)
+        section = data.get("es", {})
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{config_file}: 'es' must be a mapping")
+        merged.update(section)
+    for var, field in CONNECTION_ENV.items():
+        if env.get(var):
+            merged[field] = env[var]
+    for key, value in (cli or {}).items():
+        if value is not None and value != ():
+            merged[key] = list(value) if isinstance(value, tuple) else value
+    return from_dict(ConnectionSettings, merged, where="es")

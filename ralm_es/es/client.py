@@ -1,0 +1,61 @@
+"""Build the Elasticsearch client from resolved connection settings, and say clearly when nobody answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elasticsearch import ApiError, AuthenticationException, Elasticsearch, TransportError
+from elasticsearch import ConnectionError as ESConnectionError
+
+from ralm_es.config import ConnectionSettings
+from ralm_es.errors import RalmError
+
+
+class ClusterUnavailable(RalmError):
+    """Nothing answered, or the cluster refused us; the message names the fix and never a secret."""
+
+
+def build_client(settings: ConnectionSettings) -> Elasticsearch:
+    kwargs: dict[str, Any] = {
+        "request_timeout": settings.request_timeout,
+        "max_retries": settings.max_retries,
+        "retry_on_timeout": settings.retry_on_timeout,
+        # 429 and gateway errors are worth a retry with the client's backoff.
+        "retry_on_status": (429, 502, 503, 504),
+    }
+    if settings.cloud_id:
+        kwargs["cloud_id"] = settings.cloud_id
+    else:
+        kwargs["hosts"] = settings.hosts
+    if settings.api_key is not None:
+        kwargs["api_key"] = settings.api_key.reveal()
+    elif settings.username and settings.password is not None:
+        kwargs["basic_auth"] = (settings.username, settings.password.reveal())
+    if settings.ca_certs:
+        kwargs["ca_certs"] = settings.ca_certs
+    kwargs["verify_certs"] = settings.verify_certs
+    return Elasticsearch(**kwargs)
+
+
+def where(settings: ConnectionSettings) -> str:
+    return "Elastic Cloud deployment" if settings.cloud_id else ", ".join(settings.hosts)
+
+
+def connect(settings: ConnectionSettings) -> Elasticsearch:
+    """A client that has answered one health request, or ``ClusterUnavailable`` naming the fix."""
+    client = build_client(settings)
+    try:
+        client.cluster.health()
+    except AuthenticationException as exc:
+        raise ClusterUnavailable(
+            f"Elasticsearch at {where(settings)} rejected the credentials (401 {exc.message}); "
+            "check RALM_ES_API_KEY or RALM_ES_USERNAME/RALM_ES_PASSWORD"
+        ) from None
+    except ESConnectionError as exc:
+        raise ClusterUnavailable(
+            f"nothing answers at {where(settings)} ({type(exc).__name__}). Start a local node with "
+            "`ralm-es es start`, run `docker compose up -d`, or point to a cluster with --es-url / RALM_ES_URL"
+        ) from None
+    except (ApiError, TransportError) as exc:
+        raise ClusterUnavailable(f"Elasticsearch at {where(settings)} answered with an error: {exc}") from None
+    return client
