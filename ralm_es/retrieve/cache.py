@@ -1,0 +1,130 @@
+"""The retrieval cache: JSONL with a header line, then one line per input with its top-k hits.
+
+Training, evaluation and GPU machines read this file instead of the cluster, and the header proves which
+retrieval (index, mode, k, fusion, encoder) produced it. Appending is resumable: inputs already present
+are skipped by the writer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ralm_es.errors import RalmError
+
+FORMAT = "ralm-es-retrieval-cache"
+VERSION = 1
+
+
+class CacheError(RalmError):
+    """A cache file that is unreadable, from another retrieval, or lacks inputs that were asked for."""
+
+
+@dataclass
+class CacheHeader:
+    index: str
+    mode: str
+    k: int
+    fusion: dict[str, Any] = field(default_factory=dict)
+    encoder: dict[str, Any] | None = None
+    backend: str = "elasticsearch"
+    exclude: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise CacheError(f"{path}:{lineno}: not valid JSON") from None
+                # A torn last line from an interrupted run: the writer rewrites it on resume.
+                return
+
+
+def read_header(path: str | Path) -> CacheHeader:
+    path = Path(path)
+    for lineno, first in _lines(path):
+        if first.get("format") != FORMAT:
+            raise CacheError(f"{path}:{lineno}: not a ralm-es retrieval cache (no header line)")
+        fields = {k: v for k, v in first.items() if k not in ("format", "version")}
+        return CacheHeader(**fields)
+    raise CacheError(f"{path}: empty retrieval cache")
+
+
+def read_cache(path: str | Path) -> tuple[CacheHeader, dict[str, dict[str, Any]]]:
+    """The header and ``{input_id: {"input_id", "query", "hits": [...]}}``."""
+    path = Path(path)
+    header = read_header(path)
+    entries: dict[str, dict[str, Any]] = {}
+    for lineno, line in _lines(path):
+        if line.get("format") == FORMAT:
+            continue
+        if "input_id" not in line or "hits" not in line:
+            raise CacheError(f"{path}:{lineno}: a cache line needs input_id and hits")
+        entries[str(line["input_id"])] = line
+    return header, entries
+
+
+def require(entries: dict[str, dict[str, Any]], input_ids: list[str], path: str | Path) -> None:
+    """Fail naming the examples that have no cache entry (at most ten shown)."""
+    missing = [i for i in input_ids if i not in entries]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise CacheError(
+            f"{path}: no retrieval for {len(missing)} example(s): {shown}; run `ralm-es retrieve` for this data"
+        )
+
+
+class CacheWriter:
+    """Append-only writer. Reopening a cache with the same header resumes: ``done`` holds finished ids."""
+
+    def __init__(self, path: str | Path, header: CacheHeader) -> None:
+        self.path = Path(path)
+        self.done: set[str] = set()
+        if self.path.exists() and self.path.stat().st_size:
+            existing = read_header(self.path)
+            if existing != header:
+                raise CacheError(
+                    f"{self.path} was made by another retrieval ({existing}); use a new --out or delete it"
+                )
+            _, entries = read_cache(self.path)
+            self.done = set(entries)
+            self._truncate_torn_tail()
+            self._fh = self.path.open("a", encoding="utf-8")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("w", encoding="utf-8")
+            self._fh.write(json.dumps(header.to_json()) + "\n")
+            self._fh.flush()
+
+    def _truncate_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def write(self, input_id: str, query: str, hits: list[dict[str, Any]]) -> None:
+        line = {"input_id": input_id, "query": query, "hits": hits}
+        self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.done.add(input_id)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

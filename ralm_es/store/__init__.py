@@ -1,0 +1,1 @@
+"""Passage stores: the Backend protocol and its Elasticsearch and local implementations."""

@@ -1,0 +1,78 @@
+"""Shared fixtures: one real Elasticsearch node for the whole run, and a tiny random BERT for speed."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from ralm_es.config import ConnectionSettings
+from ralm_es.embed import default_model_path
+from ralm_es.es.client import connect
+from ralm_es.es.node import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def es_url() -> Iterator[str]:
+    """``RALM_ES_TEST_URL`` if set, else a local node started for this run and stopped after it."""
+    if os.environ.get("RALM_ES_TEST_URL"):
+        yield os.environ["RALM_ES_TEST_URL"]
+        return
+    cluster = LocalCluster("pytest")
+    # A failure to start raises here with the reason and the log tail: the run fails, nothing is skipped.
+    state = cluster.start(port=None, heap="1g", quiet=True)
+    yield state.url
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def es_settings(es_url: str) -> ConnectionSettings:
+    return ConnectionSettings(hosts=[es_url], max_retries=2, request_timeout=60)
+
+
+@pytest.fixture(scope="session")
+def es_client(es_settings: ConnectionSettings) -> Elasticsearch:
+    return connect(es_settings)
+
+
+@pytest.fixture
+def index_name(es_client: Elasticsearch) -> Iterator[str]:
+    """A unique alias name; every index and alias starting with it is deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    es_client.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide randomly initialised BERT with the default encoder's uncased tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
