@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,6 +11,8 @@ from elasticsearch import Elasticsearch
 
 from ralm_es.config import ConnectionSettings, resolve_connection
 from ralm_es.es.client import connect
+from ralm_es.es.distribution import cache_home
+from ralm_es.store.base import Backend
 
 
 @dataclass
@@ -25,3 +28,29 @@ class CliContext:
 
 
 pass_context = click.make_pass_decorator(CliContext, ensure=True)
+
+
+def local_index_path(index: str) -> Path:
+    """A local index is a folder: a path as given, or a name under ``~/.cache/ralm-es/local``."""
+    if "/" in index or index.startswith("."):
+        return Path(index)
+    return cache_home() / "local" / index
+
+
+def open_backend(ctx: CliContext, backend: str, index: str) -> Backend:
+    if backend == "local":
+        from ralm_es.store.local import LocalBackend
+
+        return LocalBackend(local_index_path(index))
+    from ralm_es.store.elastic import ElasticsearchBackend
+
+    return ElasticsearchBackend(ctx.client(), index)
+
+
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["elasticsearch", "local"]),
+    default="elasticsearch",
+    show_default=True,
+    help="Where passages live: an Elasticsearch index, or a folder on disk (no cluster needed).",
+)

@@ -8,6 +8,7 @@ import click
 
 from ralm_es.cli.context import CliContext
 from ralm_es.cli.es_commands import es
+from ralm_es.cli.ingest_commands import ingest
 from ralm_es.errors import RalmError
 from ralm_es.version import __version__
 
@@ -33,6 +34,7 @@ def cli(ctx: click.Context, config_file: str | None, **connection: object) -> No
 
 
 cli.add_command(es)
+cli.add_command(ingest)
 
 
 def main() -> None:

@@ -1,0 +1,350 @@
+"""The Elasticsearch passage store: template-built indices behind an alias, bulk writes, BM25 and kNN search."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, helpers
+
+from ralm_es.corpus.types import Passage
+from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult
+from ralm_es.version import __version__
+
+log = logging.getLogger(__name__)
+FALLBACK_ANALYZER = "ralm_english_fallback"
+MSEARCH_CHUNK = 64
+
+
+@dataclass
+class FieldMap:
+    """Which fields of an index hold what; defaults are the fields of indices ralm-es creates."""
+
+    id: str = "id"
+    doc_id: str = "doc_id"
+    text: str = "text"
+    title: str = "title"
+    vector: str = "vector"
+    metadata: str = "metadata"
+    extra: list[str] = field(default_factory=list)
+
+
+def load_template() -> dict[str, Any]:
+    return json.loads(files("ralm_es.mappings").joinpath("passages.json").read_text())
+
+
+def has_analyzer(client: Elasticsearch, name: str) -> bool:
+    """Whether the cluster has a built-in analyzer (the integration-test node lacks analysis-common)."""
+    try:
+        client.indices.analyze(analyzer=name, text="running")
+    except ApiError:
+        return False
+    return True
+
+
+def index_body(spec: IndexSpec, analyzer: str) -> dict[str, Any]:
+    """The create-index body for ``spec`` from ``mappings/passages.json``."""
+    body = load_template()
+    settings = body["settings"]["index"]
+    settings.update(number_of_shards=spec.shards, number_of_replicas=spec.replicas)
+    props = body["mappings"]["properties"]
+    props["title"]["analyzer"] = props["text"]["analyzer"] = analyzer
+    if spec.dims is None:
+        del props["vector"]
+    else:
+        vector = props["vector"]
+        vector.update(dims=spec.dims, similarity=spec.similarity)
+        vector["index_options"] = {"type": spec.index_type, "m": spec.m, "ef_construction": spec.ef_construction}
+    body["mappings"]["_meta"] = {
+        "created_by": f"ralm-es {__version__}",
+        "model": spec.model,
+        "analyzer": analyzer,
+    }
+    return body
+
+
+def filter_clause(f: Filter, fields: FieldMap) -> dict[str, Any]:
+    path = f.field if f.field in fields.extra else f"{fields.metadata}.{f.field}"
+    if f.kind == "term":
+        return {"term": {path: f.value}}
+    if f.kind == "terms":
+        return {"terms": {path: list(f.value)}}
+    bounds = {k: v for k, v in dict(f.value).items() if k in ("gte", "gt", "lte", "lt")}
+    if not bounds:
+        raise StoreError(f"range filter on '{f.field}' needs gte, gt, lte or lt")
+    return {"range": {path: bounds}}
+
+
+class ElasticsearchBackend:
+    """Passages in an Elasticsearch index reached through ``alias`` (or a plain index of that name)."""
+
+    name = "elasticsearch"
+
+    def __init__(
+        self,
+        client: Elasticsearch,
+        index: str,
+        fields: FieldMap | None = None,
+        bulk_docs: int = 500,
+        bulk_bytes: int = 8 * 1024 * 1024,
+        in_flight: int = 2,
+    ) -> None:
+        self.client = client
+        self.index = index
+        self.fields = fields or FieldMap()
+        self.bulk_docs = bulk_docs
+        self.bulk_bytes = bulk_bytes
+        self.in_flight = in_flight
+
+    # -- index management ------------------------------------------------------------------------------
+    def concrete_indices(self) -> list[str]:
+        """The indices behind the alias (or the index itself); empty when neither exists."""
+        try:
+            return sorted(self.client.indices.get_alias(name=self.index).body)
+        except NotFoundError:
+            pass
+        if self.client.indices.exists(index=self.index):
+            return [self.index]
+        return []
+
+    def mapping(self) -> dict[str, Any]:
+        indices = self.concrete_indices()
+        if not indices:
+            raise self.unknown_index()
+        return self.client.indices.get_mapping(index=indices[-1]).body[indices[-1]]["mappings"]
+
+    def unknown_index(self) -> StoreError:
+        names = sorted(
+            i["index"]
+            for i in self.client.cat.indices(format="json", h="index").body
+            if not i["index"].startswith(".")
+        )
+        listing = ", ".join(names) if names else "none"
+        return StoreError(f"index or alias '{self.index}' does not exist; indices on this cluster: {listing}")
+
+    def vector_dims(self) -> int | None:
+        vector = self.mapping().get("properties", {}).get(self.fields.vector)
+        return int(vector["dims"]) if vector and vector.get("type") == "dense_vector" else None
+
+    def ensure_index(self, spec: IndexSpec) -> None:
+        """Create ``<alias>-<timestamp>`` behind the alias if nothing exists; else check the vector dims."""
+        if self.concrete_indices():
+            existing = self.vector_dims()
+            if spec.dims is not None and existing is not None and existing != spec.dims:
+                raise StoreError(
+                    f"index '{self.index}' holds {existing}-dimensional vectors but the model gives {spec.dims}; "
+                    "use a matching model or --reindex into a new index"
+                )
+            if spec.dims is not None and existing is None:
+                raise StoreError(f"index '{self.index}' has no vector field; ingest with --no-embed or --reindex")
+            return
+        self.create_index(spec, alias=True)
+
+    def create_index(self, spec: IndexSpec, alias: bool) -> str:
+        """A new timestamped index from the template; the alias points at it when ``alias`` is true."""
+        analyzer = "english" if has_analyzer(self.client, "english") else FALLBACK_ANALYZER
+        if analyzer == FALLBACK_ANALYZER:
+            log.warning(
+                "this cluster has no 'english' analyzer (analysis-common module missing): using the standard "
+                "analyzer with the _english_ stop list"
+            )
+        concrete = f"{self.index}-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1000000:06d}"
+        body = index_body(spec, analyzer)
+        if alias:
+            body["aliases"] = {self.index: {"is_write_index": True}}
+        self.client.indices.create(index=concrete, **body)
+        return concrete
+
+    def swap_alias(self, new_index: str, drop_old: bool) -> list[str]:
+        """Point the alias at ``new_index`` in one atomic request; returns the indices it left."""
+        old = [i for i in self.concrete_indices() if i != new_index and i != self.index]
+        actions: list[dict[str, Any]] = [{"remove": {"index": i, "alias": self.index}} for i in old]
+        actions.append({"add": {"index": new_index, "alias": self.index, "is_write_index": True}})
+        self.client.indices.update_aliases(actions=actions)
+        if drop_old and old:
+            self.client.indices.delete(index=",".join(old))
+        return old
+
+    def set_refresh(self, interval: str | None, index: str | None = None) -> None:
+        self.client.indices.put_settings(
+            index=index or self.index, settings={"index": {"refresh_interval": interval}}
+        )
+
+    def refresh(self) -> None:
+        self.client.indices.refresh(index=self.index)
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def existing_ids(self, ids: Sequence[str], index: str | None = None) -> set[str]:
+        if not ids:
+            return set()
+        resp = self.client.mget(index=index or self.index, ids=list(ids), source=False)
+        return {d["_id"] for d in resp["docs"] if d.get("found")}
+
+    def to_source(self, p: Passage) -> dict[str, Any]:
+        f = self.fields
+        doc: dict[str, Any] = {
+            f.id: p.id,
+            f.doc_id: p.doc_id,
+            "chunk": p.chunk,
+            f.title: p.title,
+            f.text: p.text,
+            "start": p.start,
+            "end": p.end,
+            "source": p.source,
+            f.metadata: p.metadata,
+        }
+        if p.vector is not None:
+            doc[f.vector] = p.vector
+        return doc
+
+    def write(self, passages: Iterable[Passage], index: str | None = None) -> Iterator[WriteResult]:
+        """Bulk-create passages; one result per passage. Existing ids are kept (``created=False``)."""
+        target = index or self.index
+        sources: dict[str, str] = {}
+
+        def actions() -> Iterator[dict[str, Any]]:
+            for p in passages:
+                sources[p.id] = p.source
+                yield {"_op_type": "create", "_index": target, "_id": p.id, "_source": self.to_source(p)}
+
+        for ok, item in helpers.streaming_bulk(
+            self.client,
+            actions(),
+            chunk_size=self.bulk_docs,
+            max_chunk_bytes=self.bulk_bytes,
+            raise_on_error=False,
+            raise_on_exception=False,
+            max_retries=5,
+            initial_backoff=1,
+            max_backoff=30,
+            yield_ok=True,
+        ):
+            result = item["create"]
+            pid = result["_id"]
+            status = int(result.get("status", 0))
+            source = sources.pop(pid, "")
+            if ok:
+                yield WriteResult(id=pid, source=source, ok=True, created=True, status=status)
+            elif status == 409:
+                yield WriteResult(id=pid, source=source, ok=True, created=False, status=status)
+            else:
+                yield WriteResult(id=pid, source=source, ok=False, error=_reason(result), status=status)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self.client.count(index=self.index)["count"])
+
+    def body(self, request: SearchRequest) -> dict[str, Any]:
+        """The exact request body for one search (what ``--explain-dsl`` prints)."""
+        f = self.fields
+        filters = [filter_clause(flt, f) for flt in request.filters]
+        must_not = [{"ids": {"values": list(request.exclude_ids)}}] if request.exclude_ids else []
+        source = {"excludes": [f.vector]}
+        if request.mode == "bm25":
+            match = {
+                "multi_match": {
+                    "query": request.text,
+                    "fields": [f"{f.title}^{request.title_boost:g}", f.text],
+                    "type": "best_fields",
+                }
+            }
+            return {
+                "size": request.k,
+                "query": {"bool": {"must": [match], "filter": filters, "must_not": must_not}},
+                "_source": source,
+            }
+        if request.vector is None:
+            raise StoreError("dense search needs a query vector")
+        knn: dict[str, Any] = {
+            "field": f.vector,
+            "query_vector": [float(x) for x in request.vector],
+            "k": request.k,
+            "num_candidates": max(request.num_candidates, request.k),
+        }
+        if filters or must_not:
+            knn["filter"] = {"bool": {"filter": filters, "must_not": must_not}}
+        return {"size": request.k, "knn": knn, "_source": source}
+
+    def to_hit(self, raw: dict[str, Any]) -> Hit:
+        f = self.fields
+        src = raw.get("_source", {})
+        metadata = dict(src.get(f.metadata) or {})
+        for name in f.extra:
+            if name in src:
+                metadata[name] = src[name]
+        return Hit(
+            id=raw["_id"],
+            doc_id=str(src.get(f.doc_id, raw["_id"])),
+            score=float(raw["_score"]),
+            text=src.get(f.text, ""),
+            title=src.get(f.title, "") or "",
+            metadata=metadata,
+        )
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        return self.search_many([request])[0]
+
+    def search_many(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
+        """``_msearch`` in chunks of 64 searches, ``in_flight`` chunks at a time."""
+        if not requests:
+            return []
+        if request_needs_vectors(requests) and self.vector_dims() is None:
+            raise StoreError(f"index '{self.index}' has no vector field, so dense search is not possible")
+        chunks = [requests[i : i + MSEARCH_CHUNK] for i in range(0, len(requests), MSEARCH_CHUNK)]
+        if len(chunks) == 1:
+            return self._msearch(chunks[0])
+        with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
+            return [hits for chunk in pool.map(self._msearch, chunks) for hits in chunk]
+
+    def _msearch(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
+        lines: list[dict[str, Any]] = []
+        for request in requests:
+            lines.append({"index": self.index})
+            lines.append(self.body(request))
+        try:
+            resp = self.client.msearch(searches=lines)
+        except NotFoundError:
+            raise self.unknown_index() from None
+        out = []
+        for response in resp["responses"]:
+            if "error" in response:
+                raise StoreError(f"search on '{self.index}' failed: {_reason(response)}")
+            out.append([self.to_hit(h) for h in response["hits"]["hits"]])
+        return out
+
+    def info(self) -> dict[str, Any]:
+        mapping = self.mapping()
+        return {
+            "backend": self.name,
+            "index": self.index,
+            "indices": self.concrete_indices(),
+            "count": self.count(),
+            "dims": self.vector_dims(),
+            "model": (mapping.get("_meta") or {}).get("model"),
+            "analyzer": (mapping.get("_meta") or {}).get("analyzer"),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        return copy.deepcopy(self.mapping().get("_meta") or {})
+
+
+def request_needs_vectors(requests: Sequence[SearchRequest]) -> bool:
+    return any(r.mode == "dense" for r in requests)
+
+
+def _reason(result: dict[str, Any]) -> str:
+    error = result.get("error")
+    if isinstance(error, dict):
+        reason = f"{error.get('type')}: {error.get('reason')}"
+        cause = error.get("caused_by")
+        if isinstance(cause, dict) and cause.get("reason"):
+            reason += f" ({cause.get('reason')})"
+        return reason
+    return str(error)
