@@ -1,0 +1,90 @@
+"""IR evaluation of a retrieval run against relevance judgements, computed by ranx.
+
+nDCG uses linear gain (ranx ``ndcg``, the trec_eval/BEIR definition). Every query with at least one
+relevant (score > 0) judgement is evaluated: one the run has no results for scores 0 on each metric.
+Queries with no relevant document (nDCG is undefined for them) and run queries without judgements are
+ignored. Retrieval returns passages while judgements are per document, so a run is built from hits with
+:func:`passages_to_docs` (a document scores its best passage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ralm_es.errors import RalmError
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10", "map")
+MAX_REPORTED = 10
+
+
+class QrelsError(RalmError):
+    """A qrels file that cannot be read, with the offending ``file:line`` entries."""
+
+
+def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """``{query_id: {doc_id: relevance}}`` from a BEIR qrels TSV (``query-id corpus-id score``, header optional)."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 3:
+                    problems.append(f"{path}:{lineno}: expected 3 fields (query-id corpus-id score), got {len(fields)}")
+                    continue
+                qid, doc_id, score = fields
+                try:
+                    relevance = int(score)
+                except ValueError:
+                    if lineno != 1:  # the first line may be the header
+                        problems.append(f"{path}:{lineno}: relevance '{score}' is not an integer")
+                    continue
+                qrels.setdefault(qid, {})[doc_id] = relevance
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QrelsError(f"{path}: cannot read qrels ({exc})") from None
+    if problems:
+        more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
+        raise QrelsError("; ".join(problems[:MAX_REPORTED]) + more)
+    if not qrels:
+        raise QrelsError(f"{path}: no relevance judgements")
+    return qrels
+
+
+def _get(hit: Any, name: str) -> Any:
+    return hit[name] if isinstance(hit, Mapping) else getattr(hit, name)
+
+
+def passages_to_docs(hits: Iterable[Any]) -> dict[str, float]:
+    """``{doc_id: best passage score}`` from hits (``Hit`` objects or cache-line dicts with doc_id and score)."""
+    docs: dict[str, float] = {}
+    for hit in hits:
+        doc_id, score = str(_get(hit, "doc_id")), float(_get(hit, "score"))
+        if doc_id not in docs or score > docs[doc_id]:
+            docs[doc_id] = score
+    return docs
+
+
+def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """``{"ndcg@10", "recall@100", "mrr@10", "map", "queries"}`` averaged over the judged queries."""
+    from ranx import Qrels, Run, evaluate  # numba compiles on first import: keep it off the CLI's start-up path
+
+    relevant = {
+        str(q): {str(d): int(r) for d, r in docs.items()}
+        for q, docs in qrels.items()
+        if max(docs.values(), default=0) > 0
+    }
+    if not relevant:
+        raise QrelsError("no query has a relevant document to evaluate against")
+    judged = {
+        str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.items() if docs and str(q) in relevant
+    }
+    if not judged:  # ranx cannot build an empty run; every query scores 0
+        return {**dict.fromkeys(METRICS, 0.0), "queries": len(relevant)}
+    # make_comparable gives judged queries missing from the run an empty result, which scores 0.
+    scores = evaluate(Qrels(relevant), Run(judged), list(METRICS), make_comparable=True)
+    return {**{name: float(scores[name]) for name in METRICS}, "queries": len(relevant)}
