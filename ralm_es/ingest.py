@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ralm_es.corpus.chunking import chunk_record
+from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.embed import Encoder, resolve_model_path
@@ -35,7 +35,7 @@ class IngestError(RalmError):
 @dataclass
 class IngestSettings:
     format: str = "auto"
-    id_field: str = "_id"
+    id_field: str | None = None
     text_field: str = "text"
     title_field: str = "title"
     metadata_fields: list[str] | None = None
@@ -75,7 +75,11 @@ class IngestSummary:
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k in ("read", "passages", "indexed", "failed", "skipped", "seconds")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k in ("read", "passages", "indexed", "failed", "skipped", "seconds")
+        }
 
 
 ErrorCallback = Callable[[str, str], None]
@@ -147,6 +151,7 @@ class Ingest:
             if encoder is not None
             else AutoTokenizer.from_pretrained(resolve_model_path(settings.model), local_files_only=True)
         )
+        self.chunker = Chunker(self.tokenizer, settings.max_tokens, settings.overlap)
         self.on_error = on_error or (lambda source, reason: None)
         self.on_progress = on_progress or (lambda records, passages: None)
         self.checkpoint_dir = checkpoint_dir
@@ -227,8 +232,7 @@ class Ingest:
         position = 0
 
         def flush_pending() -> None:
-            chunks = chunk_records(pending, self.tokenizer, self.s.max_tokens, self.s.overlap)
-            batch.passages.extend(chunks)
+            batch.passages.extend(self.chunker.chunk_many(pending))
             pending.clear()
 
         for item in _records(paths, self.s):
@@ -309,9 +313,3 @@ class Ingest:
         vectors = self.encoder.encode([p.text for p in passages], batch_size=self.s.encode_batch)
         for passage, vector in zip(passages, vectors, strict=True):
             passage.vector = vector.tolist()
-
-
-def chunk_records(
-    records: Sequence[Record], tokenizer: PreTrainedTokenizerBase, max_tokens: int, overlap: int
-) -> list[Passage]:
-    return [p for r in records for p in chunk_record(r, tokenizer, max_tokens=max_tokens, overlap=overlap)]

@@ -47,7 +47,10 @@ def index_name(es_client: Elasticsearch) -> Iterator[str]:
     """A unique alias name; every index and alias starting with it is deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
-    es_client.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
+    # Deleting by wildcard is refused (action.destructive_requires_name), so name each index.
+    created = es_client.indices.get(index=f"{name}*", expand_wildcards="all").body
+    if created:
+        es_client.indices.delete(index=",".join(created))
 
 
 @pytest.fixture(scope="session")
@@ -75,4 +78,3 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
-

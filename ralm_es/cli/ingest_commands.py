@@ -23,26 +23,40 @@ from ralm_es.config import apply_overrides, from_dict, load_yaml
     default="auto",
     show_default=True,
 )
-@click.option("--id-field", default="_id", show_default=True)
+@click.option("--id-field", help="Id field (default: _id, else id; records without one get a content hash).")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--title-field", default="title", show_default=True)
 @click.option("--metadata-field", "metadata_fields", multiple=True, help="Keep this field as metadata (repeatable).")
-@click.option("--unit", type=click.Choice(["paragraph", "file"]), default="paragraph", show_default=True,
-              help="Plain text: a passage per paragraph or per file.")
+@click.option(
+    "--unit",
+    type=click.Choice(["paragraph", "file"]),
+    default="paragraph",
+    show_default=True,
+    help="Plain text: a passage per paragraph or per file.",
+)
 @click.option("--model", type=click.Path(file_okay=False), help="Local encoder folder (default: all-MiniLM-L6-v2).")
 @click.option("--no-embed", is_flag=True, help="BM25 only: no vectors, no encoder run.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …")
 @click.option("--max-tokens", default=256, show_default=True, help="Passage length budget in encoder tokens.")
 @click.option("--overlap", default=32, show_default=True, help="Tokens shared by consecutive chunks.")
-@click.option("--index-type", type=click.Choice(["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"]),
-              default="hnsw", show_default=True)
+@click.option(
+    "--index-type",
+    type=click.Choice(["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"]),
+    default="hnsw",
+    show_default=True,
+)
 @click.option("--shards", default=1, show_default=True)
 @click.option("--replicas", default=0, show_default=True)
 @click.option("--reindex", is_flag=True, help="Build a fresh index and swap the alias to it atomically at the end.")
 @click.option("--keep-old", is_flag=True, help="With --reindex: keep the previous index instead of deleting it.")
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="fail: exit 1 when any document failed (all valid ones are still indexed).")
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="fail: exit 1 when any document failed (all valid ones are still indexed).",
+)
 @click.option("--set", "overrides", multiple=True, help="Any ingest setting as key=value (e.g. bulk_docs=1000).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -9,6 +10,8 @@ import click
 from ralm_es.cli.context import CliContext
 from ralm_es.cli.es_commands import es
 from ralm_es.cli.ingest_commands import ingest
+from ralm_es.cli.search_commands import evaluate, retrieve, search
+from ralm_es.cli.train_commands import evaluate_model, predict, train
 from ralm_es.errors import RalmError
 from ralm_es.version import __version__
 
@@ -16,11 +19,18 @@ from ralm_es.version import __version__
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="ralm-es")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file (see configs/).")
-@click.option("--es-url", "hosts", multiple=True, help="Elasticsearch URL (repeat for several nodes). [env RALM_ES_URL]")
-@click.option("--es-username", "username", help="Basic-auth user. [env RALM_ES_USERNAME]")
-@click.option("--es-ca-certs", "ca_certs", type=click.Path(dir_okay=False), help="CA bundle for TLS. [env RALM_ES_CA_CERTS]")
 @click.option(
-    "--es-verify-certs/--es-no-verify-certs", "verify_certs", default=None, help="Verify TLS certificates (on by default)."
+    "--es-url", "hosts", multiple=True, help="Elasticsearch URL (repeat for several nodes). [env RALM_ES_URL]"
+)
+@click.option("--es-username", "username", help="Basic-auth user. [env RALM_ES_USERNAME]")
+@click.option(
+    "--es-ca-certs", "ca_certs", type=click.Path(dir_okay=False), help="CA bundle for TLS. [env RALM_ES_CA_CERTS]"
+)
+@click.option(
+    "--es-verify-certs/--es-no-verify-certs",
+    "verify_certs",
+    default=None,
+    help="Verify TLS certificates (on by default).",
 )
 @click.option("--es-timeout", "request_timeout", type=float, help="Request timeout in seconds (default 30).")
 @click.option("--es-retries", "max_retries", type=int, help="Retries on timeouts, 429 and 5xx (default 3).")
@@ -35,9 +45,14 @@ def cli(ctx: click.Context, config_file: str | None, **connection: object) -> No
 
 cli.add_command(es)
 cli.add_command(ingest)
+for command in (search, retrieve, evaluate):
+    cli.add_command(command)
+for command in (train, predict, evaluate_model):
+    cli.add_command(command)
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="ralm-es: %(levelname)s: %(message)s")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

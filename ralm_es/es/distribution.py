@@ -46,9 +46,10 @@ def _download(url: str, dest: Path, quiet: bool) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
-            with dest.open("wb") as out, tqdm(
-                total=total or None, unit="B", unit_scale=True, desc=f"fetch {dest.name}", disable=quiet
-            ) as bar:
+            with (
+                dest.open("wb") as out,
+                tqdm(total=total or None, unit="B", unit_scale=True, desc=f"fetch {dest.name}", disable=quiet) as bar,
+            ):
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -109,9 +110,7 @@ def java_version(java_home: Path) -> int | None:
     if release.is_file():
         text = release.read_text(errors="replace")
     elif (java_home / "bin" / "java").is_file():
-        proc = subprocess.run(
-            [str(java_home / "bin" / "java"), "-version"], capture_output=True, text=True, timeout=30
-        )
+        proc = subprocess.run([str(java_home / "bin" / "java"), "-version"], capture_output=True, text=True, timeout=30)
         text = proc.stderr + proc.stdout
     match = re.search(r'version\s*=?\s*"(\d+)(?:\.(\d+))?', text, re.IGNORECASE)
     if not match:
@@ -132,9 +131,7 @@ def find_java(env: Mapping[str, str] | None = None, search_dirs: Sequence[Path] 
                 return home
             if var == "ES_JAVA_HOME":
                 found = f"Java {major}" if major else "no Java"
-                raise DistributionError(
-                    f"ES_JAVA_HOME={home} holds {found}; Elasticsearch {ES_VERSION} needs {wanted}"
-                )
+                raise DistributionError(f"ES_JAVA_HOME={home} holds {found}; Elasticsearch {ES_VERSION} needs {wanted}")
     candidates: list[tuple[int, Path]] = []
     for base in search_dirs:
         if base.is_dir():

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ralm_es.errors import RalmError
 from ralm_es.es import distribution
 from ralm_es.es.distribution import DistributionError
-from ralm_es.errors import RalmError
 
 SERVICE_USER = "ralm-es"
 LOG_TAIL_LINES = 25
@@ -297,8 +297,7 @@ class LocalCluster:
             )
         if proc.returncode != 0 or not pid_file.exists():
             raise NodeError(
-                f"Elasticsearch node {i} exited with status {proc.returncode} while starting.\n"
-                + self.log_tail(i)
+                f"Elasticsearch node {i} exited with status {proc.returncode} while starting.\n" + self.log_tail(i)
             )
         return int(pid_file.read_text().strip())
 
@@ -321,9 +320,7 @@ class LocalCluster:
                 raise NodeError(f"Elasticsearch node {dead[0]} died while starting.\n" + self.log_tail(dead[0]))
             try:
                 health = self._get(state, "/_cluster/health?wait_for_status=yellow&timeout=2s")
-                if health.get("status") in ("yellow", "green") and health.get("number_of_nodes") == len(
-                    state.pids
-                ):
+                if health.get("status") in ("yellow", "green") and health.get("number_of_nodes") == len(state.pids):
                     return
                 last_error = f"health {health.get('status')} with {health.get('number_of_nodes')} nodes"
             except (urllib.error.URLError, OSError, ValueError) as exc:

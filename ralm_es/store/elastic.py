@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -114,23 +113,24 @@ class ElasticsearchBackend:
             return [self.index]
         return []
 
-    def mapping(self) -> dict[str, Any]:
-        indices = self.concrete_indices()
-        if not indices:
-            raise self.unknown_index()
-        return self.client.indices.get_mapping(index=indices[-1]).body[indices[-1]]["mappings"]
+    def mapping(self, index: str | None = None) -> dict[str, Any]:
+        """The mapping of ``index``, or of the newest index behind the alias."""
+        if index is None:
+            indices = self.concrete_indices()
+            if not indices:
+                raise self.unknown_index()
+            index = indices[-1]
+        return self.client.indices.get_mapping(index=index).body[index]["mappings"]
 
     def unknown_index(self) -> StoreError:
         names = sorted(
-            i["index"]
-            for i in self.client.cat.indices(format="json", h="index").body
-            if not i["index"].startswith(".")
+            i["index"] for i in self.client.cat.indices(format="json", h="index").body if not i["index"].startswith(".")
         )
         listing = ", ".join(names) if names else "none"
         return StoreError(f"index or alias '{self.index}' does not exist; indices on this cluster: {listing}")
 
-    def vector_dims(self) -> int | None:
-        vector = self.mapping().get("properties", {}).get(self.fields.vector)
+    def vector_dims(self, index: str | None = None) -> int | None:
+        vector = self.mapping(index).get("properties", {}).get(self.fields.vector)
         return int(vector["dims"]) if vector and vector.get("type") == "dense_vector" else None
 
     def ensure_index(self, spec: IndexSpec) -> None:
@@ -173,9 +173,7 @@ class ElasticsearchBackend:
         return old
 
     def set_refresh(self, interval: str | None, index: str | None = None) -> None:
-        self.client.indices.put_settings(
-            index=index or self.index, settings={"index": {"refresh_interval": interval}}
-        )
+        self.client.indices.put_settings(index=index or self.index, settings={"index": {"refresh_interval": interval}})
 
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.index)
@@ -187,7 +185,7 @@ class ElasticsearchBackend:
         resp = self.client.mget(index=index or self.index, ids=list(ids), source=False)
         return {d["_id"] for d in resp["docs"] if d.get("found")}
 
-    def to_source(self, p: Passage) -> dict[str, Any]:
+    def to_source(self, p: Passage, dims: int | None) -> dict[str, Any]:
         f = self.fields
         doc: dict[str, Any] = {
             f.id: p.id,
@@ -200,23 +198,30 @@ class ElasticsearchBackend:
             "source": p.source,
             f.metadata: p.metadata,
         }
-        if p.vector is not None:
+        if dims is not None:
             doc[f.vector] = p.vector
         return doc
 
     def write(self, passages: Iterable[Passage], index: str | None = None) -> Iterator[WriteResult]:
-        """Bulk-create passages; one result per passage. Existing ids are kept (``created=False``)."""
+        """Bulk-create passages; one result per passage, in input order. Existing ids are kept (``created=False``)."""
         target = index or self.index
-        sources: dict[str, str] = {}
-
-        def actions() -> Iterator[dict[str, Any]]:
-            for p in passages:
-                sources[p.id] = p.source
-                yield {"_op_type": "create", "_index": target, "_id": p.id, "_source": self.to_source(p)}
-
+        batch = list(passages)
+        dims = self.vector_dims(index)
+        results: dict[str, WriteResult] = {}
+        valid = []
+        for p in batch:
+            problem = _vector_problem(p, dims)
+            if problem:
+                results[p.id] = WriteResult(id=p.id, source=p.source, ok=False, error=problem, status=400)
+            else:
+                valid.append(p)
+        sources = {p.id: p.source for p in valid}
+        actions = (
+            {"_op_type": "create", "_index": target, "_id": p.id, "_source": self.to_source(p, dims)} for p in valid
+        )
         for ok, item in helpers.streaming_bulk(
             self.client,
-            actions(),
+            actions,
             chunk_size=self.bulk_docs,
             max_chunk_bytes=self.bulk_bytes,
             raise_on_error=False,
@@ -229,13 +234,15 @@ class ElasticsearchBackend:
             result = item["create"]
             pid = result["_id"]
             status = int(result.get("status", 0))
-            source = sources.pop(pid, "")
             if ok:
-                yield WriteResult(id=pid, source=source, ok=True, created=True, status=status)
+                outcome = WriteResult(id=pid, source=sources[pid], ok=True, created=True, status=status)
             elif status == 409:
-                yield WriteResult(id=pid, source=source, ok=True, created=False, status=status)
+                outcome = WriteResult(id=pid, source=sources[pid], ok=True, created=False, status=status)
             else:
-                yield WriteResult(id=pid, source=source, ok=False, error=_reason(result), status=status)
+                outcome = WriteResult(id=pid, source=sources[pid], ok=False, error=_reason(result), status=status)
+            results[pid] = outcome
+        for p in batch:
+            yield results[p.id]
 
     # -- reading ---------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -331,8 +338,15 @@ class ElasticsearchBackend:
             "analyzer": (mapping.get("_meta") or {}).get("analyzer"),
         }
 
-    def meta(self) -> dict[str, Any]:
-        return copy.deepcopy(self.mapping().get("_meta") or {})
+
+def _vector_problem(p: Passage, dims: int | None) -> str | None:
+    if dims is None:
+        return None
+    if p.vector is None:
+        return f"passage {p.id} has no vector but the index expects {dims}-dimensional vectors"
+    if len(p.vector) != dims:
+        return f"passage {p.id} has a {len(p.vector)}-dimensional vector but the index expects {dims}"
+    return None
 
 
 def request_needs_vectors(requests: Sequence[SearchRequest]) -> bool:

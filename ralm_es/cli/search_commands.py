@@ -1,0 +1,285 @@
+"""``ralm-es search``, ``retrieve`` and ``evaluate``: the query layer from the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
+from ralm_es.store.base import Backend, Filter
+
+FILTER = re.compile(r"^(?P<field>[\w.\-]+)\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>.+)$")
+RANGE_OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+
+
+def parse_filter(text: str) -> Filter:
+    """``topic=medicine``, ``topic=a,b`` (any of), ``year>=2005`` (range)."""
+    match = FILTER.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"expected field=value, field=a,b or field>=n; got {text!r}")
+    name, op, raw = match["field"], match["op"], match["value"].strip()
+    if op in RANGE_OPS:
+        return Filter(name, "range", {RANGE_OPS[op]: _scalar(raw)})
+    values = [_scalar(v.strip()) for v in raw.split(",")]
+    return Filter(name, "terms", values) if len(values) > 1 else Filter(name, "term", values[0])
+
+
+def _scalar(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def query_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by every command that runs queries."""
+    options = [
+        click.option("--index", default="passages", show_default=True, help="Alias/index, or local index name."),
+        backend_option,
+        click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True),
+        click.option("--model", type=click.Path(file_okay=False), help="Query encoder folder (default: the index's)."),
+        click.option("--fusion", type=click.Choice(["rrf", "linear"]), default="rrf", show_default=True),
+        click.option("--rrf-k", default=60.0, show_default=True, help="RRF rank constant."),
+        click.option("--dense-weight", default=0.5, show_default=True, help="Weight of the dense list in fusion."),
+        click.option("--norm", type=click.Choice(["minmax", "zscore"]), default="minmax", show_default=True),
+        click.option("--title-boost", default=1.0, show_default=True),
+        click.option("--num-candidates", default=100, show_default=True, help="kNN candidates per shard."),
+        click.option("--depth", default=50, show_default=True, help="Hits per component list before fusion."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_retriever(ctx: CliContext, options: dict[str, Any], exclude: str = "none") -> Any:
+    from ralm_es.embed import Encoder
+    from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+
+    backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"))
+    model = options.pop("model")
+    settings = RetrievalSettings(
+        mode=options.pop("mode"),
+        fusion=options.pop("fusion"),
+        rrf_k=options.pop("rrf_k"),
+        dense_weight=options.pop("dense_weight"),
+        norm=options.pop("norm"),
+        title_boost=options.pop("title_boost"),
+        num_candidates=options.pop("num_candidates"),
+        depth=options.pop("depth"),
+        exclude=exclude,  # type: ignore[arg-type]
+    )
+    encoder = None
+    if settings.mode != "bm25":
+        if model is None:
+            recorded = (backend.info().get("model") or {}).get("path")
+            model = recorded if recorded and Path(recorded).is_dir() else None
+        encoder = Encoder(model)
+    notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
+    return Retriever(backend, encoder, settings, notice=notice)
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@click.command()
+@click.argument("query")
+@query_options
+@click.option("-k", "--k", "k", default=10, show_default=True, help="Number of passages.")
+@click.option("--filter", "filters", multiple=True, help="Metadata filter: f=v, f=a,b or f>=n (repeatable).")
+@click.option("--exclude-id", "exclude_ids", multiple=True, help="Never return this passage id (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as a JSON list.")
+@click.option("--explain-dsl", is_flag=True, help="Print the exact request bodies sent (for Kibana Dev Tools).")
+@pass_context
+def search(
+    ctx: CliContext,
+    query: str,
+    k: int,
+    filters: tuple[str, ...],
+    exclude_ids: tuple[str, ...],
+    as_json: bool,
+    explain_dsl: bool,
+    **options: Any,
+) -> None:
+    """Search the index for QUERY and print the top-k passages."""
+    parsed = [parse_filter(f) for f in filters]
+    index = options["index"]
+    retriever = build_retriever(ctx, options)
+    if explain_dsl:
+        for body in retriever.explain(query, k=k, filters=parsed):
+            click.echo(f"POST {index}/_search\n{json.dumps(body, indent=2)}\n")
+        return
+    hits = retriever.search(query, k=k, filters=parsed, exclude_ids=exclude_ids)
+    if as_json:
+        click.echo(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
+        return
+    if not hits:
+        click.echo("no passages found")
+        return
+    click.echo(f"{'#':>3}  {'score':>7}  {'bm25':>7}  {'dense':>6}  {'doc_id':<14}  text")
+    for h in hits:
+        line = f"{h.rank:>3}  {h.score:>7.4f}  {_fmt(h.scores.get('bm25')):>7}  {_fmt(h.scores.get('dense')):>6}  "
+        head = f"[{h.title}] " if h.title else ""
+        click.echo(line + f"{_short(h.doc_id, 14):<14}  {_short(head + h.text, 80)}")
+
+
+def guess_text_field(path: str) -> str:
+    """``claim`` for claims files (SciFact style), else ``text``."""
+    from ralm_es.corpus.lines import head_bytes
+
+    first = next((line for line in head_bytes(Path(path)).decode("utf-8", "replace").splitlines() if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return "text"
+    return "claim" if isinstance(record, dict) and "text" not in record and "claim" in record else "text"
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
+@query_options
+@click.option("-k", "--k", "k", default=8, show_default=True, help="Passages per input.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file (JSONL) to write or resume.")
+@click.option("--text-field", default="auto", show_default=True, help="Input text field (auto: text, else claim).")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto, jsonl, conll, …).")
+@click.option(
+    "--exclude",
+    type=click.Choice(["none", "doc", "content", "doc+content"]),
+    default="none",
+    show_default=True,
+    help="Keep an input from retrieving itself: by its id as doc_id, by identical text, or both.",
+)
+@click.option("--batch", default=256, show_default=True, help="Inputs per search_many call.")
+@click.option("--quiet", is_flag=True)
+@pass_context
+def retrieve(
+    ctx: CliContext,
+    input_path: str,
+    k: int,
+    out: str,
+    text_field: str,
+    fmt: str,
+    exclude: str,
+    batch: int,
+    quiet: bool,
+    **options: Any,
+) -> None:
+    """Top-k passages for every input of a data set (JSONL/BEIR queries, CoNLL sentences, claims) into a cache."""
+    from ralm_es.corpus.readers import read_corpus
+    from ralm_es.corpus.types import ReadError
+    from ralm_es.retrieve.cache import CacheHeader, CacheWriter
+
+    index = options["index"]
+    backend_name = options["backend"]
+    retriever = build_retriever(ctx, options, exclude=exclude)
+    s = retriever.settings
+    header = CacheHeader(
+        index=index,
+        mode=s.mode,
+        k=k,
+        fusion=s.fusion_header(),
+        encoder=retriever.encoder.info() if retriever.encoder else None,
+        backend=backend_name,
+        exclude=exclude,
+    )
+    field = guess_text_field(input_path) if text_field == "auto" else text_field
+    failed = 0
+    with CacheWriter(out, header) as writer:
+        if writer.done:
+            click.echo(f"resuming {out}: {len(writer.done)} inputs already retrieved", err=True)
+        bar = tqdm(desc="retrieve", unit="input", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+        pending: list[tuple[str, str]] = []
+
+        def flush() -> None:
+            results = retriever.search_many([t for _, t in pending], k=k, input_ids=[i for i, _ in pending])
+            for (input_id, text), hits in zip(pending, results, strict=True):
+                writer.write(input_id, text, [cache_hit(h) for h in hits])
+            writer.flush()
+            bar.update(len(pending))
+            pending.clear()
+
+        for item in read_corpus(input_path, format=fmt, text_field=field):
+            if isinstance(item, ReadError):
+                failed += 1
+                tqdm.write(f"ralm-es: {item.source}: {item.reason}", file=sys.stderr)
+                continue
+            if item.id in writer.done:
+                continue
+            pending.append((item.id, item.text))
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+        bar.close()
+    click.echo(f"{len(writer.done)} inputs in {out}" + (f"; {failed} unreadable" if failed else ""), err=True)
+    if failed:
+        sys.exit(1)
+
+
+def cache_hit(h: Any) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "doc_id": h.doc_id,
+        "rank": h.rank,
+        "score": h.score,
+        "scores": h.scores,
+        "title": h.title,
+        "text": h.text,
+    }
+
+
+@click.command()
+@query_options
+@click.option("--queries", required=True, type=click.Path(exists=True), help="Queries (JSONL/BEIR: _id, text).")
+@click.option("--qrels", required=True, type=click.Path(exists=True), help="BEIR qrels TSV.")
+@click.option("--sweep", is_flag=True, help="Compare hybrid fusion settings (tune on a training split only).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}.')
+@pass_context
+def evaluate(ctx: CliContext, queries: str, qrels: str, sweep: bool, as_json: bool, **options: Any) -> None:
+    """nDCG@10, recall@100, MRR@10 and MAP of a retrieval mode over judged queries (ranx)."""
+    from ralm_es.corpus.readers import read_corpus
+    from ralm_es.corpus.types import ReadError
+    from ralm_es.retrieve import evaluate as ev
+    from ralm_es.retrieve.metrics import load_qrels
+
+    if sweep:
+        options["mode"] = "hybrid"
+    mode = options["mode"]
+    retriever = build_retriever(ctx, options)
+    texts: dict[str, str] = {}
+    for item in read_corpus(queries, text_field=guess_text_field(queries)):
+        if isinstance(item, ReadError):
+            raise click.ClickException(f"{item.source}: {item.reason}")
+        texts[item.id] = item.text
+    judgements = load_qrels(qrels)
+    if sweep:
+        rows = ev.sweep(retriever, texts, judgements)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            click.echo(
+                f"ndcg@10 {row['ndcg@10']:.4f}  recall@100 {row['recall@100']:.4f}  {json.dumps(row['settings'])}"
+            )
+        return
+    metrics = ev.evaluate_index(retriever, texts, judgements, mode)
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        click.echo(f"mode {mode} over {metrics['queries']} queries")
+        for name in ("ndcg@10", "recall@100", "mrr@10", "map"):
+            click.echo(f"  {name:<11} {metrics[name]:.4f}")

@@ -1,0 +1,59 @@
+"""IR evaluation of an index: run queries through the Retriever, score them against qrels, sweep fusion settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from itertools import product
+from typing import Any
+
+from ralm_es.retrieve.metrics import evaluate_run, passages_to_docs
+from ralm_es.retrieve.retriever import Mode, RetrievalSettings, Retriever
+
+EVAL_DEPTH = 100
+
+
+def run_queries(
+    retriever: Retriever, queries: Mapping[str, str], mode: Mode, k: int = EVAL_DEPTH, batch: int = 256
+) -> dict[str, dict[str, float]]:
+    """``{query_id: {doc_id: score}}`` with passages folded into their documents (best passage wins)."""
+    ids = list(queries)
+    run: dict[str, dict[str, float]] = {}
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        results = retriever.search_many([queries[q] for q in chunk], k=k, mode=mode, input_ids=chunk)
+        for qid, hits in zip(chunk, results, strict=True):
+            run[qid] = passages_to_docs(hits)
+    return run
+
+
+def evaluate_index(
+    retriever: Retriever, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], mode: Mode
+) -> dict[str, Any]:
+    judged = {q: text for q, text in queries.items() if q in qrels}
+    return evaluate_run(run_queries(retriever, judged, mode), qrels)
+
+
+def sweep_settings(base: RetrievalSettings) -> list[RetrievalSettings]:
+    """The fusion settings ``--sweep`` compares: RRF constants and weights, linear weights and norms."""
+    grid = [
+        dataclasses.replace(base, fusion="rrf", rrf_k=rrf_k, dense_weight=w)
+        for rrf_k, w in product((10.0, 30.0, 60.0, 100.0), (0.3, 0.5, 0.7))
+    ]
+    grid += [
+        dataclasses.replace(base, fusion="linear", norm=norm, dense_weight=w)
+        for norm, w in product(("minmax", "zscore"), (0.3, 0.5, 0.7))
+    ]
+    return grid
+
+
+def sweep(
+    retriever: Retriever, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
+) -> list[dict[str, Any]]:
+    """Hybrid metrics for every fusion setting in the grid; rows sorted best nDCG@10 first."""
+    rows = []
+    for settings in sweep_settings(retriever.settings):
+        variant = retriever.with_settings(settings)
+        metrics = evaluate_index(variant, queries, qrels, "hybrid")
+        rows.append({"settings": settings.fusion_header(), **metrics})
+    return sorted(rows, key=lambda r: -r["ndcg@10"])

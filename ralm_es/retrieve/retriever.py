@@ -1,0 +1,291 @@
+"""The query layer: top-k passages per input by BM25, dense kNN or hybrid, for one query or many.
+
+Hybrid search asks the store for both rankings (``depth`` each) and fuses them here, with reciprocal-rank
+or normalised linear fusion. RRF and linear *retrievers* inside Elasticsearch need an Enterprise licence
+(and the rank-rrf module); fusing client-side works on every cluster and keeps each component's score.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ralm_es.embed import Encoder
+from ralm_es.errors import RalmError
+from ralm_es.retrieve import fusion
+from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
+
+Mode = Literal["bm25", "dense", "hybrid"]
+MAX_BM25_WORDS = 1024
+Exclude = Literal["none", "doc", "content", "doc+content"]
+# Extra hits fetched per query when self-matches are dropped after the search.
+EXCLUDE_SLACK = 4
+
+
+class RetrievalError(RalmError):
+    """A query that cannot be answered as asked (empty, dense without an encoder, dimension mismatch)."""
+
+
+@dataclass
+class RetrievalSettings:
+    mode: Mode = "hybrid"
+    k: int = 10
+    num_candidates: int = 100
+    depth: int = 50
+    title_boost: float = 1.0
+    fusion: Literal["rrf", "linear"] = "rrf"
+    rrf_k: float = 60.0
+    dense_weight: float = 0.5
+    norm: Literal["minmax", "zscore"] = "minmax"
+    query_batch: int = 64
+    query_cache_size: int = 4096
+    # How an input is kept from retrieving itself: by document id (the input's id), by identical text, or both.
+    exclude: Exclude = "none"
+
+    def fusion_header(self) -> dict[str, Any]:
+        if self.mode != "hybrid":
+            return {}
+        keys = ["fusion", "depth", "num_candidates", "title_boost"]
+        keys += ["rrf_k", "dense_weight"] if self.fusion == "rrf" else ["dense_weight", "norm"]
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class RetrievedHit:
+    id: str
+    doc_id: str
+    rank: int
+    score: float
+    scores: dict[str, float | None] = field(default_factory=dict)
+    ranks: dict[str, int | None] = field(default_factory=dict)
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Retriever:
+    """Answers "the best k passages for each of these inputs" over any Backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        encoder: Encoder | None = None,
+        settings: RetrievalSettings | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.encoder = encoder
+        self.settings = settings or RetrievalSettings()
+        self.notice = notice or (lambda message: None)
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._dims_checked = False
+
+    def with_settings(self, settings: RetrievalSettings) -> Retriever:
+        """The same store and encoder under other settings, sharing the query-vector cache."""
+        other = Retriever(self.backend, self.encoder, settings, self.notice)
+        other._vectors = self._vectors
+        other._dims_checked = self._dims_checked
+        return other
+
+    # -- queries -------------------------------------------------------------------------------------
+    def _prepare(self, query: str) -> str:
+        if not isinstance(query, str) or not query.strip():
+            raise RetrievalError("empty query: give some text to search for")
+        query = " ".join(query.split())
+        if self.encoder is not None:
+            limit = self.encoder.max_length - 2
+            encoded = self.encoder.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+            if len(encoded["input_ids"]) > limit:
+                cut = encoded["offset_mapping"][limit - 1][1]
+                self.notice(f"query truncated from {len(encoded['input_ids'])} to {limit} tokens")
+                return query[:cut]
+            return query
+        words = query.split(" ")
+        if len(words) > MAX_BM25_WORDS:
+            self.notice(f"query truncated from {len(words)} to {MAX_BM25_WORDS} words")
+            return " ".join(words[:MAX_BM25_WORDS])
+        return query
+
+    def _check_dims(self) -> None:
+        if self._dims_checked:
+            return
+        if self.encoder is None:
+            raise RetrievalError("dense and hybrid search need a query encoder (--model), or use --mode bm25")
+        dims = self.backend.info().get("dims")
+        if dims is None:
+            raise RetrievalError(
+                f"index '{self.backend.info().get('index')}' has no vectors: use --mode bm25, or ingest with embeddings"
+            )
+        if dims != self.encoder.dim:
+            raise RetrievalError(
+                f"the query model gives {self.encoder.dim}-dimensional vectors but the index holds {dims}; "
+                "use the model the index was built with"
+            )
+        self._dims_checked = True
+
+    def encode(self, queries: Sequence[str]) -> np.ndarray:
+        """Query vectors, batched, with a small LRU cache (training data repeats inputs across runs)."""
+        assert self.encoder is not None
+        missing = list(dict.fromkeys(q for q in queries if q not in self._vectors))
+        if missing:
+            for query, vector in zip(
+                missing, self.encoder.encode(missing, batch_size=self.settings.query_batch), strict=True
+            ):
+                self._vectors[query] = vector
+        out = np.stack([self._vectors[q] for q in queries]) if queries else np.zeros((0, 0), np.float32)
+        for query in queries:
+            self._vectors.move_to_end(query)
+        while len(self._vectors) > self.settings.query_cache_size:
+            self._vectors.popitem(last=False)
+        return out
+
+    # -- requests ------------------------------------------------------------------------------------
+    def requests(
+        self,
+        query: str,
+        vector: Sequence[float] | None,
+        mode: Mode,
+        k: int,
+        filters: list[Filter],
+        exclude_ids: Sequence[str],
+    ) -> list[SearchRequest]:
+        s = self.settings
+        depth = max(k, s.depth) if mode == "hybrid" else k
+        common = {"k": depth, "filters": filters, "exclude_ids": list(exclude_ids)}
+        out = []
+        if mode in ("bm25", "hybrid"):
+            out.append(SearchRequest(mode="bm25", text=query, title_boost=s.title_boost, **common))
+        if mode in ("dense", "hybrid"):
+            out.append(
+                SearchRequest(mode="dense", vector=vector, num_candidates=max(s.num_candidates, depth), **common)
+            )
+        return out
+
+    def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[RetrievedHit]:
+        if mode != "hybrid":
+            return [
+                RetrievedHit(
+                    id=h.id,
+                    doc_id=h.doc_id,
+                    rank=i,
+                    score=h.score,
+                    scores={name: h.score if name == mode else None for name in ("bm25", "dense")},
+                    ranks={name: i if name == mode else None for name in ("bm25", "dense")},
+                    title=h.title,
+                    text=h.text,
+                    metadata=h.metadata,
+                )
+                for i, h in enumerate(parts[0][:k], 1)
+            ]
+        s = self.settings
+        bm25, dense = parts
+        by_id = {h.id: h for h in [*dense, *bm25]}
+        rankings = {"bm25": [(h.id, h.score) for h in bm25], "dense": [(h.id, h.score) for h in dense]}
+        weights = {"bm25": 1.0 - s.dense_weight, "dense": s.dense_weight}
+        if s.fusion == "rrf":
+            # Equal weights are plain RRF; dense_weight 0.5 keeps the textbook formula up to a factor.
+            fused = fusion.rrf(rankings, k=s.rrf_k, weights=weights)
+        else:
+            fused = fusion.linear(rankings, weights=weights, norm=s.norm)
+        out = []
+        for i, f in enumerate(fused[:k], 1):
+            h = by_id[f.id]
+            comps = f.components
+            out.append(
+                RetrievedHit(
+                    id=h.id,
+                    doc_id=h.doc_id,
+                    rank=i,
+                    score=f.score,
+                    scores={name: comps[name].score if name in comps else None for name in ("bm25", "dense")},
+                    ranks={name: comps[name].rank if name in comps else None for name in ("bm25", "dense")},
+                    title=h.title,
+                    text=h.text,
+                    metadata=h.metadata,
+                )
+            )
+        return out
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filters: list[Filter] | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[RetrievedHit]:
+        return self.search_many([query], k=k, mode=mode, filters=filters, exclude_ids=[exclude_ids])[0]
+
+    def search_many(
+        self,
+        queries: Sequence[str],
+        k: int | None = None,
+        mode: Mode | None = None,
+        filters: list[Filter] | None = None,
+        exclude_ids: Sequence[Sequence[str]] | None = None,
+        input_ids: Sequence[str] | None = None,
+    ) -> list[list[RetrievedHit]]:
+        """Top-k for every query: queries embedded in batches, searches packed into ``_msearch`` chunks.
+
+        ``input_ids`` name the inputs for self-exclusion (``settings.exclude``): a hit whose ``doc_id`` is the
+        input's id, or whose text is the query's text, is dropped.
+        """
+        k = k or self.settings.k
+        exclude = self.settings.exclude
+        if exclude != "none" and input_ids is None and "doc" in exclude:
+            raise RetrievalError("excluding inputs by document id needs their ids")
+        fetch = k + EXCLUDE_SLACK if exclude != "none" else k
+        mode = mode or self.settings.mode
+        if mode not in ("bm25", "dense", "hybrid"):
+            raise RetrievalError(f"unknown mode '{mode}': use bm25, dense or hybrid")
+        texts = [self._prepare(q) for q in queries]
+        excludes = list(exclude_ids) if exclude_ids is not None else [()] * len(texts)
+        if len(excludes) != len(texts):
+            raise RetrievalError(f"exclude_ids has {len(excludes)} entries for {len(texts)} queries")
+        vectors: np.ndarray | None = None
+        if mode != "bm25":
+            self._check_dims()
+            vectors = self.encode(texts)
+        requests: list[SearchRequest] = []
+        for i, text in enumerate(texts):
+            vector = vectors[i].tolist() if vectors is not None else None
+            requests += self.requests(text, vector, mode, fetch, list(filters or []), excludes[i])
+        per_query = 2 if mode == "hybrid" else 1
+        results = self.backend.search_many(requests)
+        out = []
+        for q, start in enumerate(range(0, len(results), per_query)):
+            parts = results[start : start + per_query]
+            if exclude != "none":
+                own_id = input_ids[q] if input_ids is not None else None
+                parts = [[h for h in hits if not self._is_self(h, own_id, texts[q])] for hits in parts]
+            out.append(self._fuse(mode, parts, k))
+        return out
+
+    def _is_self(self, hit: Hit, input_id: str | None, text: str) -> bool:
+        exclude = self.settings.exclude
+        if "doc" in exclude and hit.doc_id == input_id:
+            return True
+        return "content" in exclude and " ".join(hit.text.split()).lower() == text.lower()
+
+    def explain(
+        self, query: str, k: int | None = None, mode: Mode | None = None, filters: list[Filter] | None = None
+    ) -> list[dict[str, Any]]:
+        """The exact Elasticsearch request bodies a search sends (for Kibana's Dev Tools)."""
+        k = k or self.settings.k
+        mode = mode or self.settings.mode
+        text = self._prepare(query)
+        vector = None
+        if mode != "bm25":
+            self._check_dims()
+            vector = self.encode([text])[0].tolist()
+        body = getattr(self.backend, "body", None)
+        if body is None:
+            raise RetrievalError(f"--explain-dsl needs the Elasticsearch backend, not '{self.backend.name}'")
+        return [body(r) for r in self.requests(text, vector, mode, k, list(filters or []), ())]

@@ -1,0 +1,146 @@
+"""One suite for every Backend: the Elasticsearch index on the real node, and the local folder store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from elasticsearch import Elasticsearch
+
+from ralm_es.corpus.types import Passage
+from ralm_es.store.base import Backend, Filter, IndexSpec, SearchRequest, StoreError
+from ralm_es.store.elastic import ElasticsearchBackend
+from ralm_es.store.local import LocalBackend
+
+DIMS = 4
+TEXTS = [
+    ("p1", "Insulin regulates glucose in the blood", "Insulin", {"topic": "medicine", "year": 2001}),
+    ("p2", "The football club won the league title", "Football", {"topic": "sport", "year": 2010}),
+    ("p3", "Glucose metabolism depends on insulin signalling", "Metabolism", {"topic": "medicine", "year": 2015}),
+    ("p4", "Paris is the capital city of France", "Paris", {"topic": "geo", "year": 1999}),
+]
+
+
+def unit(*xs: float) -> list[float]:
+    v = np.array(xs, dtype=np.float32)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+VECTORS = {"p1": unit(1, 0.1, 0, 0), "p2": unit(0, 1, 0, 0), "p3": unit(0.9, 0, 0.2, 0), "p4": unit(0, 0, 0, 1)}
+
+
+def passages() -> list[Passage]:
+    return [
+        Passage(
+            id=i, doc_id=f"d-{i}", chunk=0, text=t, title=title, source=f"f.jsonl:{n}", metadata=m, vector=VECTORS[i]
+        )
+        for n, (i, t, title, m) in enumerate(TEXTS, 1)
+    ]
+
+
+@pytest.fixture(params=["elasticsearch", "local"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "local":
+        yield LocalBackend(tmp_path / "local-index")
+        return
+    client: Elasticsearch = request.getfixturevalue("es_client")
+    yield ElasticsearchBackend(client, request.getfixturevalue("index_name"))
+
+
+def refresh(backend: Backend) -> None:
+    if isinstance(backend, ElasticsearchBackend):
+        backend.refresh()
+
+
+def filled(backend: Backend) -> Backend:
+    backend.ensure_index(IndexSpec(name="x", dims=DIMS, model={"name": "toy", "dim": DIMS}))
+    results = list(backend.write(passages()))
+    assert [r.id for r in results] == ["p1", "p2", "p3", "p4"]
+    assert all(r.ok and r.created for r in results)
+    refresh(backend)
+    return backend
+
+
+def ids(hits: list) -> list[str]:
+    return [h.id for h in hits]
+
+
+def test_write_count_and_idempotence(backend: Backend) -> None:
+    filled(backend)
+    assert backend.count() == 4
+    again = list(backend.write(passages()))
+    assert all(r.ok and not r.created for r in again)
+    refresh(backend)
+    assert backend.count() == 4
+    info = backend.info()
+    assert info["count"] == 4 and info["dims"] == DIMS and info["model"]["name"] == "toy"
+
+
+def test_bm25_and_dense_rank_the_relevant_passage_first(backend: Backend) -> None:
+    filled(backend)
+    bm25 = backend.search(SearchRequest(mode="bm25", text="insulin glucose", k=3))
+    assert set(ids(bm25)[:2]) == {"p1", "p3"} and len(bm25) <= 3
+    assert bm25[0].doc_id.startswith("d-") and bm25[0].text and bm25[0].title
+    dense = backend.search(SearchRequest(mode="dense", vector=unit(0, 0, 0.1, 1), k=2))
+    assert ids(dense)[0] == "p4" and len(dense) == 2
+    assert dense[0].score >= dense[1].score
+
+
+def test_filters_and_exclusion_apply_to_both_modes(backend: Backend) -> None:
+    filled(backend)
+    query = unit(1, 0, 0.1, 0)
+    for mode in ("bm25", "dense"):
+
+        def search(mode: str = mode, **kw: object) -> list[str]:
+            return ids(backend.search(SearchRequest(mode=mode, text="insulin glucose", vector=query, k=4, **kw)))
+
+        assert set(search(filters=[Filter("topic", "term", "medicine")])) == {"p1", "p3"}
+        assert set(search(filters=[Filter("topic", "terms", ["sport", "geo"])])) <= {"p2", "p4"}
+        assert set(search(filters=[Filter("year", "range", {"gte": 2005})])) <= {"p2", "p3"}
+        assert "p3" in search(filters=[Filter("year", "range", {"gte": 2005})])
+        excluded = search(exclude_ids=["p1"])
+        assert "p1" not in excluded and "p3" in excluded
+
+
+def test_search_many_equals_a_loop_of_search(backend: Backend) -> None:
+    filled(backend)
+    requests = [
+        SearchRequest(mode="bm25", text="capital of France", k=2),
+        SearchRequest(mode="dense", vector=unit(0, 1, 0, 0), k=2),
+        SearchRequest(mode="bm25", text="league football", k=3, exclude_ids=["p2"]),
+    ]
+    many = backend.search_many(requests)
+    assert [ids(h) for h in many] == [ids(backend.search(r)) for r in requests]
+
+
+def test_dims_mismatch_refused_with_both_numbers(backend: Backend) -> None:
+    filled(backend)
+    with pytest.raises(StoreError, match=r"4.*8|8.*4"):
+        backend.ensure_index(IndexSpec(name="x", dims=8))
+
+
+def test_bad_vectors_reported_per_item_rest_written(backend: Backend) -> None:
+    backend.ensure_index(IndexSpec(name="x", dims=DIMS))
+    good, short, missing = passages()[:3]
+    short.vector = [1.0, 0.0]
+    missing.vector = None
+    results = {r.id: r for r in backend.write([good, short, missing])}
+    assert results["p1"].ok
+    assert not results["p2"].ok and results["p2"].source == "f.jsonl:2" and results["p2"].error
+    assert not results["p3"].ok and results["p3"].error
+    refresh(backend)
+    assert backend.count() == 1
+
+
+def test_dense_search_on_bm25_only_index(backend: Backend) -> None:
+    backend.ensure_index(IndexSpec(name="x", dims=None))
+    items = passages()
+    for p in items:
+        p.vector = None
+    assert all(r.ok for r in backend.write(items))
+    refresh(backend)
+    assert ids(backend.search(SearchRequest(mode="bm25", text="Paris", k=1))) == ["p4"]
+    with pytest.raises(StoreError, match="no vector"):
+        backend.search(SearchRequest(mode="dense", vector=unit(1, 0, 0, 0), k=1))
