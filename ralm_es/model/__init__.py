@@ -1,0 +1,1 @@
+"""The fine-tuned model: inputs, fusion of retrieved passages, and the task head."""

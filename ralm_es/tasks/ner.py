@@ -1,0 +1,80 @@
+"""Named-entity recognition: CoNLL files in IOB2 as word-tagged examples, and entity-level seqeval metrics."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+
+from ralm_es.corpus.conll import ConllSentence, read_conll
+from ralm_es.corpus.types import ReadError
+from ralm_es.tasks.base import DataError, Example, LabelMap, require_examples
+
+IOB2_TAG = re.compile(r"^(O|[BI]-\S+)$")
+
+
+def _line_of(source: str, offset: int) -> str:
+    file, _, line = source.rpartition(":")
+    return f"{file}:{int(line) + offset}"
+
+
+def read_ner(path: str | Path, labelled: bool = True) -> list[Example]:
+    """Sentences of a CoNLL file (ids from the corpus reader, so retrieval caches match). With ``labelled`` the
+    last column must be an IOB2 tag; a malformed line fails naming ``file:line``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    examples = []
+    for item in read_conll(path):
+        if isinstance(item, ReadError):
+            raise DataError(f"{item.source}: malformed CoNLL line: {item.reason}")
+        examples.append(_example(item, labelled))
+    require_examples(examples, path)
+    return examples
+
+
+def _example(sentence: ConllSentence, labelled: bool) -> Example:
+    tags = None
+    if labelled:
+        tags = sentence.labels
+        for i, tag in enumerate(tags):
+            if not IOB2_TAG.match(tag):
+                raise DataError(
+                    f"{_line_of(sentence.source, i)}: malformed CoNLL line: expected an IOB2 tag "
+                    f"(O, B-TYPE, I-TYPE) in the last column, found '{tag}'"
+                )
+    return Example(id=sentence.id, words=sentence.tokens, source=sentence.source, tags=tags)
+
+
+def ner_labels(examples: Sequence[Example]) -> LabelMap:
+    """Tags seen in the data: ``O`` first, then by entity type and B before I."""
+    seen = {tag for ex in examples for tag in ex.tags or ()}
+    return LabelMap(sorted(seen, key=lambda t: (t != "O", t[2:], t[:1])))
+
+
+def check_ner_labels(examples: Sequence[Example], labels: LabelMap) -> None:
+    for ex in examples:
+        for i, tag in enumerate(ex.tags or ()):
+            labels.index(tag, _line_of(ex.source, i))
+
+
+def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
+    """Entity-level micro precision / recall / F1 (strict IOB2 spans), per type, and seqeval's report table."""
+    kwargs: dict[str, Any] = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    per_type = classification_report(gold, pred, output_dict=True, **kwargs)
+    types = {
+        name: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"], "support": int(v["support"])}
+        for name, v in per_type.items()
+        if not name.endswith(" avg")
+    }
+    return {
+        "f1": f1_score(gold, pred, **kwargs),
+        "precision": precision_score(gold, pred, **kwargs),
+        "recall": recall_score(gold, pred, **kwargs),
+        "per_type": types,
+        "report": classification_report(gold, pred, digits=4, **kwargs),
+    }

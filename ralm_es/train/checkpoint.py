@@ -1,0 +1,122 @@
+"""Run folders and resumable state, without pickle: tensors in safetensors, everything else in JSON.
+
+A run folder holds the best model (``model.safetensors``, ``model.json`` with the spec and label map,
+``encoder/config.json``, the tokenizer); ``state/`` holds the latest weights, optimizer, schedule, RNG and
+loop counters for ``run.resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from ralm_es.embed import ModelError, resolve_model_path
+from ralm_es.model.ralm import RalmModel
+from ralm_es.model.spec import ModelSpec
+
+WEIGHTS = "model.safetensors"
+SPEC = "model.json"
+ENCODER_DIR = "encoder"
+STATE_DIR = "state"
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+    if not tokenizer.is_fast:
+        raise ModelError(f"{folder}: a fast tokenizer (tokenizer.json) is needed for word alignment")
+    return tokenizer
+
+
+def new_model(spec: ModelSpec, encoder_path: str | None) -> RalmModel:
+    """A model around the pretrained encoder in ``encoder_path`` (None: the packaged default)."""
+    folder = resolve_model_path(encoder_path)
+    hf_logging.set_verbosity_error()
+    try:
+        encoder = AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the encoder in {folder}: {exc}") from exc
+    return RalmModel(spec, encoder)
+
+
+def save_run_model(folder: Path, model: RalmModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEC).write_text(json.dumps(model.spec.to_json(), indent=2) + "\n", encoding="utf-8")
+    model.encoder.config.save_pretrained(folder / ENCODER_DIR)
+    tokenizer.save_pretrained(folder)
+    save_model(model, str(folder / WEIGHTS))
+
+
+def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel, PreTrainedTokenizerBase]:
+    """The model saved in a run folder; fails naming the folder when it is not one or has no weights."""
+    folder = Path(folder)
+    if not (folder / SPEC).is_file():
+        raise ModelError(f"{folder} is not a ralm-es run folder (no {SPEC})")
+    if not (folder / WEIGHTS).is_file():
+        raise ModelError(f"run folder {folder} has no weights ({WEIGHTS}); did training finish an evaluation?")
+    spec = ModelSpec(**json.loads((folder / SPEC).read_text(encoding="utf-8")))
+    hf_logging.set_verbosity_error()
+    config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
+    model = RalmModel(spec, AutoModel.from_config(config))
+    load_model(model, str(folder / WEIGHTS), device=str(device))
+    return model.to(device).eval(), load_tokenizer(folder)
+
+
+def save_state(
+    folder: Path, model: RalmModel, optimizer: Optimizer, scheduler: LRScheduler, loop: dict[str, Any]
+) -> None:
+    """Everything ``run.resume`` needs, written to a new folder first so a crash never leaves half a state."""
+    tmp = folder / f"{STATE_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / WEIGHTS))
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    meta = {"param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(), "loop": loop}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    final = folder / STATE_DIR
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def load_state(
+    folder: Path, model: RalmModel, optimizer: Optimizer, scheduler: LRScheduler, device: torch.device
+) -> dict[str, Any]:
+    """Restore what ``save_state`` wrote; returns the loop counters."""
+    state_dir = folder / STATE_DIR
+    if not (state_dir / "state.json").is_file():
+        raise ModelError(f"cannot resume: {state_dir} holds no saved training state")
+    load_model(model, str(state_dir / WEIGHTS), device=str(device))
+    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(state_dir / "optimizer.safetensors"), device=str(device))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("rng."):
+            continue
+        idx, name = key.split(".", 1)
+        # AdamW keeps ``step`` on the CPU unless capturable.
+        state.setdefault(int(idx), {})[name] = value.cpu() if name == "step" else value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"].cpu())
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"].cpu())
+    return meta["loop"]

@@ -1,0 +1,94 @@
+"""Training settings as dataclasses, loaded from YAML (``configs/*.yaml``) with ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ralm_es.config import apply_overrides, from_dict, load_yaml
+
+
+@dataclass
+class TaskSettings:
+    type: Literal["ner", "classification"] = "ner"
+    # JSONL field names for classification.
+    text_field: str = "text"
+    label_field: str = "label"
+    pair_field: str | None = "text_pair"
+    id_field: str = "id"
+
+
+@dataclass
+class DataSettings:
+    """Data files and their retrieval caches (``ralm-es retrieve``); a cache is needed unless fusion is none."""
+
+    train: str = ""
+    dev: str | None = None
+    test: str | None = None
+    train_cache: str | None = None
+    dev_cache: str | None = None
+    test_cache: str | None = None
+    # Use the first ``train_fraction`` of a seeded shuffle of the training examples (label-efficiency runs).
+    train_fraction: float = 1.0
+    # Cut every split to its first N examples (quick runs and tests).
+    limit: int | None = None
+
+
+@dataclass
+class ModelSettings:
+    encoder: str | None = None
+    fusion: Literal["none", "concat", "attention"] = "attention"
+    k: int = 8
+    max_length: int = 128
+    passage_max_length: int = 48
+    passage_encoder: Literal["shared", "frozen"] = "shared"
+    passage_memory: Literal["tokens", "pooled"] = "tokens"
+    heads: int = 4
+    case_features: bool = True
+    dropout: float = 0.1
+
+
+@dataclass
+class OptimSettings:
+    epochs: float = 3.0
+    # Stop after this many optimizer steps even if epochs remain.
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-5
+    # Learning rate of the freshly initialised parts (head, fusion, case embeddings).
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batch_size: int = 64
+    # Evaluations without improvement of the dev metric before stopping; 0 never stops early.
+    patience: int = 5
+    log_every: int = 20
+    seed: int = 13
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+@dataclass
+class RunSettings:
+    out: str = "runs/run"
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    task: TaskSettings = field(default_factory=TaskSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: OptimSettings = field(default_factory=OptimSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+    """A config file plus ``key=value`` overrides; unknown keys fail with close matches."""
+    return apply_overrides(from_dict(TrainConfig, load_yaml(path), where=str(path)), overrides)

@@ -1,0 +1,256 @@
+"""The training loop, written out in one place in the spirit of nanoGPT's ``train.py``: seeded data order,
+gradient accumulation, clipping, AdamW with warmup and decay, bf16 autocast on CUDA, evaluation every N steps,
+early stopping on the dev metric, the best checkpoint and a resumable state."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ralm_es.config import to_dict
+from ralm_es.embed import resolve_model_path
+from ralm_es.errors import RalmError
+from ralm_es.model.inputs import FeatureSet
+from ralm_es.model.ralm import RalmModel
+from ralm_es.model.spec import ModelSpec
+from ralm_es.tasks import Task
+from ralm_es.train import checkpoint, distributed, report
+from ralm_es.train.config import TrainConfig
+from ralm_es.train.data import frozen_embedder, load_splits, task_of
+from ralm_es.train.inference import autocast, predict
+from ralm_es.train.optim import make_optimizer, make_scheduler
+
+
+class TrainError(RalmError):
+    """A run that cannot start or continue: an existing run folder, no saved state, out of GPU memory."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    steps: int
+    total_steps: int
+    best_step: int | None
+    best_metric: float | None
+    dev: dict[str, Any] | None
+    stopped_early: bool
+    finished: bool
+    examples_per_s: float
+    truncated: dict[str, int]
+
+
+def spec_from(cfg: TrainConfig) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(
+        task=cfg.task.type,
+        fusion=m.fusion,
+        k=m.k,
+        max_length=m.max_length,
+        passage_max_length=m.passage_max_length,
+        passage_encoder=m.passage_encoder,
+        passage_memory=m.passage_memory,
+        heads=m.heads,
+        case_features=m.case_features,
+        dropout=m.dropout,
+        frozen_encoder=m.encoder,
+    )
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None) -> RunResult:
+    """Train as ``cfg`` says. ``stop_after`` ends this call after that many optimizer steps, saving the state so
+    that ``run.resume`` continues the same run (for time-sliced or preemptible machines)."""
+    layout = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, layout, stop_after)
+    except torch.cuda.OutOfMemoryError:
+        t = cfg.train
+        raise TrainError(
+            f"CUDA out of memory with train.batch_size={t.batch_size} (train.grad_accum={t.grad_accum}, "
+            f"train.eval_batch_size={t.eval_batch_size}, model.k={cfg.model.k}); lower train.batch_size and raise "
+            "train.grad_accum to keep the effective batch, or lower train.eval_batch_size"
+        ) from None
+    finally:
+        distributed.teardown(layout)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    has_run = (out / checkpoint.STATE_DIR).exists() or (out / checkpoint.WEIGHTS).exists()
+    if resume and not has_run:
+        raise TrainError(f"run.resume is set but {out} holds no run to resume")
+    if not resume and has_run:
+        raise TrainError(f"{out} already holds a run: set run.resume=true to continue it, or choose another run.out")
+
+
+def _evaluate(model: RalmModel, task: Task, fs: FeatureSet, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    preds = predict(model, fs, cfg.train.eval_batch_size, device, cfg.train.precision)
+    model.train()
+    return task.metrics(task.gold(fs.examples), [p.labels for p in preds])
+
+
+def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None) -> RunResult:
+    t = cfg.train
+    out = Path(cfg.run.out)
+    _check_out(out, cfg.run.resume)
+    device = layout.device
+    torch.manual_seed(t.seed)
+
+    # Data: examples joined with their cached passages, as features. The label map comes from the training data.
+    task = task_of(cfg)
+    spec = spec_from(cfg)
+    tokenizer = checkpoint.load_tokenizer(resolve_model_path(cfg.model.encoder))
+    embed = frozen_embedder(spec, t.device)
+    splits = load_splits(cfg, task, spec, tokenizer, embed)
+    train_fs, dev_fs = splits.train, splits.dev
+
+    # Model, optimizer, schedule.
+    model = checkpoint.new_model(spec, cfg.model.encoder).to(device)
+    per_rank = t.batch_size * layout.world
+    micro_per_epoch = math.ceil(len(train_fs) / per_rank)
+    steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    optimizer = make_optimizer(model, t)
+    scheduler = make_scheduler(optimizer, total_steps, t.warmup_ratio)
+    loop: dict[str, Any] = {"step": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0}
+    loop.update(stopped_early=False, dev=None)
+    if cfg.run.resume:
+        loop = checkpoint.load_state(out, model, optimizer, scheduler, device)
+    ddp = DistributedDataParallel(model) if layout.world > 1 else None
+    forward = ddp or model
+    if layout.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+    # Data order: a seeded permutation per epoch, padded to a whole number of batches on every rank, so the
+    # micro-batch counter alone says where a resumed run continues.
+    permutations: dict[int, list[int]] = {}
+
+    def micro_batch(i: int) -> dict[str, torch.Tensor]:
+        epoch, j = divmod(i, micro_per_epoch)
+        if epoch not in permutations:
+            order = torch.randperm(len(train_fs), generator=torch.Generator().manual_seed(t.seed + epoch)).tolist()
+            permutations[epoch] = (order * math.ceil(micro_per_epoch * per_rank / len(order)))[
+                : micro_per_epoch * per_rank
+            ]
+        start = j * per_rank + layout.rank * t.batch_size
+        batch = train_fs.batch(permutations[epoch][start : start + t.batch_size])
+        return {k: v.to(device) for k, v in batch.items()}
+
+    bar = tqdm(total=total_steps, initial=loop["step"], desc="train", disable=not (cfg.run.progress and layout.main))
+    started, start_step, window_loss, window_steps = time.perf_counter(), loop["step"], 0.0, 0
+    model.train()
+    while loop["step"] < total_steps and not loop["stopped_early"]:
+        step_loss = 0.0
+        for micro in range(t.grad_accum):
+            batch = micro_batch(loop["micro"])
+            loop["micro"] += 1
+            # Gradients are only all-reduced on the last micro-batch of an accumulation window.
+            sync = ddp.no_sync() if ddp is not None and micro < t.grad_accum - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(device, t.precision):
+                    loss = forward(batch).loss / t.grad_accum
+                loss.backward()
+            step_loss += loss.item()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loop["step"] += 1
+        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+
+        step = loop["step"]
+        rate = (step - start_step) * per_rank * t.grad_accum / (time.perf_counter() - started)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{rate:.1f}")
+        if layout.main and (step % t.log_every == 0 or step == total_steps):
+            record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": window_loss / window_steps}
+            record.update({"lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 2)})
+            report.append_metrics(out, record)
+            window_loss, window_steps = 0.0, 0
+
+        evaluate_now = step % t.eval_every == 0 or step == total_steps
+        pause_now = stop_after is not None and step - start_step >= stop_after
+        if evaluate_now:
+            stop = False
+            if layout.main:
+                if dev_fs is not None:
+                    metrics = _evaluate(model, task, dev_fs, cfg, device)
+                    score = metrics[task.main_metric]
+                    report.append_metrics(out, {"step": step, "dev": _scalars(metrics)})
+                    if loop["best"] is None or score > loop["best"]:
+                        loop.update(best=score, best_step=step, bad_evals=0, dev=metrics)
+                        checkpoint.save_run_model(out, model, tokenizer)
+                    else:
+                        loop["bad_evals"] += 1
+                        stop = t.patience > 0 and loop["bad_evals"] >= t.patience
+                else:
+                    checkpoint.save_run_model(out, model, tokenizer)
+                    loop["best_step"] = step
+            loop["stopped_early"] = distributed.agree(layout, stop)
+        if layout.main and (evaluate_now or pause_now):
+            checkpoint.save_state(out, model, optimizer, scheduler, loop)
+        if pause_now:
+            break
+    bar.close()
+
+    finished = loop["step"] >= total_steps or loop["stopped_early"]
+    rate = (loop["step"] - start_step) * per_rank * t.grad_accum / max(time.perf_counter() - started, 1e-9)
+    truncated = {"train": train_fs.truncated, "dev": dev_fs.truncated if dev_fs is not None else 0}
+    result = RunResult(
+        out=out,
+        steps=loop["step"],
+        total_steps=total_steps,
+        best_step=loop["best_step"],
+        best_metric=loop["best"],
+        dev=loop["dev"],
+        stopped_early=loop["stopped_early"],
+        finished=finished,
+        examples_per_s=rate,
+        truncated=truncated,
+    )
+    if layout.main:
+        _write_outputs(out, cfg, task, result, layout, device)
+    return result
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "report"}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_outputs(
+    out: Path, cfg: TrainConfig, task: Task, result: RunResult, layout: distributed.Layout, device: torch.device
+) -> None:
+    records = report.read_metrics(out)
+    report.plot(out, records, task.main_metric)
+    summary = {
+        "task": cfg.task.type,
+        "fusion": cfg.model.fusion,
+        "encoder": cfg.model.encoder or "default (all-MiniLM-L6-v2)",
+        "steps": f"{result.steps} of {result.total_steps}",
+        "status": "finished" if result.finished else "paused (resume with --set run.resume=true)",
+        "stopped early": result.stopped_early,
+        f"best dev {task.main_metric}": "n/a" if result.best_metric is None else f"{result.best_metric:.4f}",
+        "best step": result.best_step,
+        "processes": layout.world,
+        "device": str(device),
+        "examples/s (this invocation)": f"{result.examples_per_s:.1f}",
+        "peak memory (MiB)": f"{_peak_memory_mb(device):.0f}",
+        "inputs truncated to the length budget": ", ".join(f"{k} {v}" for k, v in result.truncated.items()),
+    }
+    report.write_report(out, summary, result.dev)

@@ -1,0 +1,64 @@
+"""A finished run folder put to work: predictions (with passage weights) and evaluation on a labelled file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from ralm_es.config import from_dict, load_yaml
+from ralm_es.embed import pick_device
+from ralm_es.model.inputs import FeatureSet, build_features
+from ralm_es.model.ralm import RalmModel
+from ralm_es.tasks import LabelMap, Task
+from ralm_es.train.checkpoint import load_run_model
+from ralm_es.train.config import TrainConfig
+from ralm_es.train.data import cached_hits, frozen_embedder, task_of
+from ralm_es.train.inference import Prediction, predict
+
+
+@dataclass
+class LoadedRun:
+    folder: Path
+    model: RalmModel
+    tokenizer: PreTrainedTokenizerBase
+    task: Task
+    device_name: str
+
+    @property
+    def labels(self) -> LabelMap:
+        return LabelMap(self.model.spec.labels)
+
+
+def open_run(folder: str | Path, device: str = "auto") -> LoadedRun:
+    folder = Path(folder)
+    model, tokenizer = load_run_model(folder, pick_device(device))
+    cfg = from_dict(TrainConfig, load_yaml(folder / "config.yaml"), where=str(folder / "config.yaml"))
+    return LoadedRun(folder, model, tokenizer, task_of(cfg), device)
+
+
+def features(run: LoadedRun, path: str | Path, cache: str | Path | None, labelled: bool) -> FeatureSet:
+    spec = run.model.spec
+    examples = run.task.read(path, labelled=labelled)
+    if labelled:
+        run.task.check_labels(examples, run.labels)
+    hits = cached_hits(examples, cache, spec, "test")
+    embed = frozen_embedder(spec, run.device_name)
+    return build_features(examples, hits, run.tokenizer, spec, run.labels if labelled else None, embed)
+
+
+def predict_file(
+    run: LoadedRun, path: str | Path, cache: str | Path | None, batch_size: int = 64
+) -> tuple[FeatureSet, list[Prediction]]:
+    fs = features(run, path, cache, labelled=False)
+    return fs, predict(run.model, fs, batch_size, next(run.model.parameters()).device)
+
+
+def evaluate_file(run: LoadedRun, path: str | Path, cache: str | Path | None, batch_size: int = 64) -> dict[str, Any]:
+    """The task's metrics on a labelled file, plus how many inputs were cut to the length budget."""
+    fs = features(run, path, cache, labelled=True)
+    preds = predict(run.model, fs, batch_size, next(run.model.parameters()).device)
+    metrics = run.task.metrics(run.task.gold(fs.examples), [p.labels for p in preds])
+    return {**metrics, "examples": len(fs), "truncated": fs.truncated}
