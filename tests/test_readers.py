@@ -347,7 +347,9 @@ def test_sample_ner_parses_with_valid_iob2() -> None:
             types.add(tag[2:])
             previous = tag
     assert types >= {"PER", "ORG", "LOC", "MISC"}
-    assert split(read_corpus(path))[1] == []
+    assert detect_format(path) == "conll"
+    records, errors = split(read_corpus(path))
+    assert errors == [] and [r.id for r in records] == [s.id for s in sentences]  # type: ignore[union-attr]
 
 
 def test_unknown_sample_is_an_error() -> None:

@@ -234,9 +234,11 @@ def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterato
             last = reader.line_num
             continue
         start, last = last + 1, reader.line_num
-        bad = next((n for n in range(start, last + 1) if n in problems), None)
-        if bad is not None:
-            yield ReadError(f"{file}:{bad}", problems.pop(bad))
+        bad = [n for n in range(start, last + 1) if n in problems]
+        if bad:
+            yield ReadError(f"{file}:{bad[0]}", problems[bad[0]])
+            for n in bad:
+                del problems[n]
             continue
         if not any(cell.strip() for cell in row):
             continue
