@@ -7,13 +7,19 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
 
+from ralm_es.cli.main import cli
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 from ralm_es.tasks import Example
+from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
-from ralm_es.train.loop import train
+from ralm_es.train.loop import TrainError, train
+from ralm_es.train.runs import evaluate_file, open_run, predict_file
 
 PEOPLE = ["john smith", "mary jones", "peter blackburn", "anna berg", "li wei"]
 PLACES = ["paris", "london", "brussels", "tokyo", "lima"]
@@ -130,4 +136,99 @@ def test_each_fusion_mode_learns(fusion: str, tmp_path: Path, ner_data: dict[str
     run = tmp_path / "run"
     for name in ("model.safetensors", "model.json", "config.yaml", "report.md", "training.png", "tokenizer.json"):
         assert (run / name).is_file(), name
-    assert "f1" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]).get("dev", {"f1": 0})
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "dev" in r]
+    assert [r["step"] for r in evals] == [6, 12]
+    assert all(0 <= r["dev"]["f1"] <= 1 and set(r["dev"]["per_type"]) <= {"PER", "LOC", "ORG"} for r in evals)
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir)))
+    first, second = open_run(result.out, "cpu"), open_run(result.out, "cpu")
+    a = predict_file(first, ner_data["dev"], ner_data["dev_cache"])[1]
+    b = predict_file(second, ner_data["dev"], ner_data["dev_cache"])[1]
+    assert [p.labels for p in a] == [p.labels for p in b]
+    assert [p.weights for p in a] == [p.weights for p in b]
+    # The reloaded best checkpoint scores the dev set exactly as the loop did when it saved it.
+    metrics = evaluate_file(first, ner_data["dev"], ner_data["dev_cache"])
+    assert metrics["f1"] == pytest.approx(result.best_metric, abs=1e-9)
+
+
+def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:
+    whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
+    whole_dir.mkdir(), split_dir.mkdir()
+    whole = train(load_config(ner_config(whole_dir, ner_data, tiny_model_dir)))
+    config = ner_config(split_dir, ner_data, tiny_model_dir)
+    paused = train(load_config(config), stop_after=4)
+    assert (paused.steps, paused.finished) == (4, False)
+    with pytest.raises(TrainError, match=r"already holds a run: set run.resume=true"):
+        train(load_config(config))
+    resumed = train(load_config(config, ["run.resume=true"]))
+    assert (resumed.steps, resumed.finished) == (whole.steps, True)
+    assert losses(split_dir / "run") == pytest.approx(losses(whole_dir / "run"), abs=1e-6)
+    a, b = (
+        load_file(str(whole_dir / "run" / "state" / "model.safetensors")),
+        load_file(str(split_dir / "run" / "state" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    assert resumed.best_metric == pytest.approx(whole.best_metric)
+
+
+def test_predict_explain_shows_passages_and_weights(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir)))
+    runner = CliRunner()
+    args = ["predict", "--model", str(result.out), str(ner_data["dev"]), "--cache", str(ner_data["dev_cache"])]
+    out = runner.invoke(cli, [*args, "--json", "--explain"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    records = [json.loads(line) for line in out.output.splitlines()]
+    dev = read_ner(ner_data["dev"])
+    assert [r["id"] for r in records] == [ex.id for ex in dev]
+    first = records[0]
+    assert len(first["tags"]) == len(first["words"]) == len(first["weights"])
+    assert [p["rank"] for p in first["passages"]] == [1, 2, 3]
+    for row in first["weights"]:
+        assert sum(row) == pytest.approx(1.0, abs=1e-4)
+    text = runner.invoke(cli, [*args, "--explain", "--top", "2"], catch_exceptions=False).output
+    assert text.startswith(f"{dev[0].id}\t{dev[0].words[0]}/")
+    assert f"[1] {first['passages'][0]['id']}: {first['passages'][0]['text'][:40]}" in text
+
+
+def write_claims(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choice(["SUPPORT", "CONTRADICT"])
+        verb = "raises" if label == "SUPPORT" else "lowers"
+        rows.append({"id": f"c{seed}-{i}", "claim": f"drug {rng.choice(PLACES)} {verb} blood pressure", "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_classification_train_evaluate_and_explain(tmp_path: Path, tiny_model_dir: Path) -> None:
+    train_path, dev_path = write_claims(tmp_path / "train.jsonl", 40, 1), write_claims(tmp_path / "dev.jsonl", 12, 2)
+    train_ex = read_classification(train_path, text_field="claim")
+    dev_ex = read_classification(dev_path, text_field="claim")
+    data = {
+        "train": train_path,
+        "dev": dev_path,
+        "train_cache": write_cache(tmp_path / "train.cache", train_ex, train_ex),
+        "dev_cache": write_cache(tmp_path / "dev.cache", dev_ex, train_ex),
+    }
+    config = ner_config(tmp_path, data, tiny_model_dir)
+    result = train(load_config(config, ["task.type=classification", "task.text_field=claim"]))
+    seen = losses(result.out)
+    assert sum(seen[-3:]) < sum(seen[:3])
+    runner = CliRunner()
+    args = ["--model", str(result.out), str(dev_path), "--cache", str(data["dev_cache"])]
+    scored = runner.invoke(cli, ["evaluate-model", *args, "--json"], catch_exceptions=False)
+    metrics = json.loads(scored.output)
+    assert metrics["macro_f1"] == pytest.approx(result.best_metric)
+    assert set(metrics["per_label"]) <= {"SUPPORT", "CONTRADICT"} and metrics["examples"] == 12
+    explained = runner.invoke(cli, ["predict", *args, "--explain"], catch_exceptions=False).output.splitlines()
+    assert explained[0].split("\t")[0] == "c2-0"
+    assert explained[0].split("\t")[1] in {"SUPPORT", "CONTRADICT"}
+    assert explained[1].startswith("  [1] ")
