@@ -7,7 +7,7 @@ Layout of the folder:
 
 A write batch appends its vectors, fsyncs, then appends its lines and fsyncs, so after a crash the vector
 file is never behind the passage file. On reopen a torn last line and vectors beyond the last passage are
-ignored, and cut off before the next write. One writer at a time.
+ignored, and cut off before the next write. Threads may share an instance; one process writes at a time.
 
 Search mirrors the Elasticsearch backend: BM25 (rank-bm25 with Lucene's idf and k1=1.2) scores ``title``
 and ``text`` separately and keeps the better of ``title_boost * title`` and ``text`` (``best_fields``);
@@ -22,6 +22,7 @@ import math
 import operator
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,10 +139,16 @@ class LocalBackend:
         self._title: LexicalField | None = None
         self._lexical_stale = True
         self._matrix: np.ndarray | None = None
+        # Ingest writes from worker threads while it asks which ids are stored; state changes under this lock.
+        self._lock = threading.RLock()
 
     # -- index -----------------------------------------------------------------------------------------
     def ensure_index(self, spec: IndexSpec) -> None:
         """Create the folder with ``meta.json``, or check that an existing one holds vectors of ``spec.dims``."""
+        with self._lock:
+            self._ensure_index(spec)
+
+    def _ensure_index(self, spec: IndexSpec) -> None:
         if (self.path / META).exists():
             existing = self.spec().dims
             if spec.dims is not None and existing is not None and existing != spec.dims:
@@ -198,14 +205,13 @@ class LocalBackend:
         rows: list[dict[str, Any]] = []
         offsets: list[int] = []
         end = 0
-        for lineno, line in enumerate(data.splitlines(keepends=True), 1):
-            if not line.endswith(b"\n"):
-                break  # torn by a crash mid-write; cut off before the next write
+        # The piece after the last newline is empty, or a line torn by a crash: cut off before the next write.
+        for lineno, line in enumerate(data.split(b"\n")[:-1], 1):
             try:
                 rows.append(json.loads(line))
             except ValueError:
                 raise StoreError(f"{path}:{lineno}: corrupt passage record") from None
-            end += len(line)
+            end += len(line) + 1
             offsets.append(end)
         if spec.dims is not None:
             vector_rows = (self.path / VECTORS).stat().st_size // (4 * spec.dims)
@@ -260,31 +266,37 @@ class LocalBackend:
 
     def write(self, passages: Iterable[Passage]) -> Iterator[WriteResult]:
         """Append new passages; one result per passage, yielded once its batch is on disk."""
-        self._repair()
-        results: list[WriteResult] = []
-        lines: list[bytes] = []
-        vectors: list[np.ndarray] = []
-        pending: set[str] = set()
+        batch: list[Passage] = []
         for p in passages:
-            if p.id in self._ids or p.id in pending:
-                results.append(WriteResult(p.id, p.source, ok=True, created=False, status=409))
-            else:
+            batch.append(p)
+            if len(batch) >= BATCH:
+                yield from self._write_batch(batch)
+                batch = []
+        yield from self._write_batch(batch)
+
+    def _write_batch(self, batch: list[Passage]) -> list[WriteResult]:
+        with self._lock:
+            self._repair()
+            results: list[WriteResult] = []
+            lines: list[bytes] = []
+            vectors: list[np.ndarray] = []
+            pending: set[str] = set()
+            for p in batch:
+                if p.id in self._ids or p.id in pending:
+                    results.append(WriteResult(p.id, p.source, ok=True, created=False, status=409))
+                    continue
                 try:
                     line, vector = self._check(p)
                 except ValueError as exc:
                     results.append(WriteResult(p.id, p.source, ok=False, error=str(exc), status=400))
-                else:
-                    pending.add(p.id)
-                    lines.append(line)
-                    if vector is not None:
-                        vectors.append(vector)
-                    results.append(WriteResult(p.id, p.source, ok=True, created=True, status=201))
-            if len(results) >= BATCH:
-                self._append(lines, vectors)
-                yield from results
-                results, lines, vectors, pending = [], [], [], set()
-        self._append(lines, vectors)
-        yield from results
+                    continue
+                pending.add(p.id)
+                lines.append(line)
+                if vector is not None:
+                    vectors.append(vector)
+                results.append(WriteResult(p.id, p.source, ok=True, created=True, status=201))
+            self._append(lines, vectors)
+            return results
 
     def _append(self, lines: list[bytes], vectors: list[np.ndarray]) -> None:
         if not lines:
@@ -304,7 +316,13 @@ class LocalBackend:
 
     # -- reading ---------------------------------------------------------------------------------------
     def count(self) -> int:
-        return len(self._load())
+        with self._lock:
+            return len(self._load())
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            self._load()
+            return {i for i in ids if i in self._ids}
 
     def _vectors(self) -> np.ndarray:
         if self._matrix is None:
@@ -400,6 +418,10 @@ class LocalBackend:
 
     def search_many(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
         """One hit list per request; the dense ones share matrix products, ``SCORE_BUDGET`` scores at a time."""
+        with self._lock:
+            return self._search_many(requests)
+
+    def _search_many(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
         out: list[list[Hit]] = [[] for _ in requests]
         dense = [i for i, r in enumerate(requests) if r.mode == "dense"]
         for i, request in enumerate(requests):
