@@ -1,0 +1,148 @@
+"""The model's parts: case ids, features (first-subword labels, truncation, concat budget), the attention fusion,
+and the errors for model folders, config keys, caches and GPU memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from ralm_es.config import ConfigError
+from ralm_es.embed import ModelError
+from ralm_es.model.fusion import PassageAttention, score_prior
+from ralm_es.model.inputs import (
+    CASE_DIGIT,
+    CASE_LOWER,
+    CASE_MIXED,
+    CASE_TITLE,
+    CASE_UPPER,
+    IGNORE,
+    build_features,
+    case_of,
+)
+from ralm_es.model.spec import ModelSpec
+from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheWriter
+from ralm_es.tasks import Example, LabelMap
+from ralm_es.train.checkpoint import load_run_model, new_model
+from ralm_es.train.config import TrainConfig, load_config
+from ralm_es.train.data import cached_hits
+from ralm_es.train.loop import TrainError, train
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> AutoTokenizer:
+    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+
+
+def hit(i: int, text: str, score: float) -> dict[str, object]:
+    return {"id": f"p{i}", "doc_id": f"d{i}", "rank": i + 1, "score": score, "title": "", "text": text}
+
+
+def test_case_classes() -> None:
+    assert [case_of(w) for w in ["EU", "Peter", "A", "rejects", "McDonald", "1996-08-22"]] == [
+        CASE_UPPER,
+        CASE_TITLE,
+        CASE_TITLE,
+        CASE_LOWER,
+        CASE_MIXED,
+        CASE_DIGIT,
+    ]
+
+
+def test_ner_features_label_first_subwords_and_count_truncation(tokenizer: AutoTokenizer) -> None:
+    words = ("Blackburnshire", "rejects", "EU")
+    ex = Example("s1", words, "f:1", tags=("B-LOC", "O", "B-ORG"))
+    labels = LabelMap(["O", "B-LOC", "B-ORG"])
+    fs = build_features([ex], [[]], tokenizer, ModelSpec(task="ner", fusion="none", max_length=64), labels)
+    f = fs.features[0]
+    pieces = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False).word_ids()
+    first = [pieces.index(w) + 1 for w in range(3)]
+    assert f.word_starts == first
+    assert [f.labels[p] for p in first] == [1, 0, 2]
+    assert sum(label != IGNORE for label in f.labels) == 3
+    assert f.case_ids[first[0]] == CASE_TITLE and f.case_ids[first[2]] == CASE_UPPER
+    assert fs.truncated == 0
+    short = build_features([ex], [[]], tokenizer, ModelSpec(task="ner", fusion="none", max_length=4), labels)
+    assert short.truncated == 1 and len(short.features[0].input_ids) == 4
+    assert short.features[0].word_starts[-1] == -1
+
+
+def test_concat_appends_passages_within_the_budget(tokenizer: AutoTokenizer) -> None:
+    ex = Example("s1", ("paris", "is", "big"), "f:1", label="A")
+    hits = [hit(i, "the capital of france has many museums and bridges", 1.0) for i in range(4)]
+    spec = ModelSpec(task="classification", fusion="concat", k=4, max_length=24)
+    f = build_features([ex], [hits], tokenizer, spec, LabelMap(["A"])).features[0]
+    assert len(f.input_ids) <= 24
+    sep = tokenizer.sep_token_id
+    assert f.input_ids.count(sep) >= 2 and f.token_type_ids[-1] == 1
+    assert f.input_ids[: f.input_ids.index(sep) + 1] == tokenizer("paris is big")["input_ids"]
+
+
+def test_attention_weights_follow_masks_and_the_score_prior() -> None:
+    torch.manual_seed(0)
+    fusion = PassageAttention(hidden=8, heads=2, dropout=0.0).eval()
+    query, memory = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
+    valid = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    prior = score_prior(torch.tensor([[3.0, 1.0, 2.0, 9.0], [1.0, 2.0, 3.0, 4.0]]), valid)
+    fused, weights = fusion(query, memory, valid, prior)
+    assert weights.shape == (2, 3, 4)
+    assert torch.allclose(weights[0].sum(-1), torch.ones(3)) and torch.all(weights[0, :, 3] == 0)
+    # No passages at all: nothing attended, the residual alone.
+    assert torch.all(weights[1] == 0)
+    assert torch.allclose(fused[1], fusion.norm(query[1]), atol=1e-6)
+    # With content logits silenced, the retrieval prior alone orders the weights.
+    torch.nn.init.zeros_(fusion.q.weight), torch.nn.init.zeros_(fusion.q.bias)
+    _, weights = fusion(query, memory, valid, prior)
+    assert weights[0, 0, 0] > weights[0, 0, 2] > weights[0, 0, 1]
+
+
+def test_run_and_encoder_folders_without_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
+    empty = tmp_path / "encoder"
+    empty.mkdir()
+    (empty / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(ModelError, match=rf"model folder {empty} has no weights"):
+        new_model(ModelSpec(task="ner", labels=["O"]), str(empty))
+    with pytest.raises(ModelError, match=rf"{tmp_path} is not a ralm-es run folder"):
+        load_run_model(tmp_path, torch.device("cpu"))
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(ModelError, match=rf"run folder {tmp_path} has no weights \(model.safetensors\)"):
+        load_run_model(tmp_path, torch.device("cpu"))
+
+
+def test_unknown_config_key_lists_close_matches(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  fuson: attention\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'fuson'; did you mean fusion\?"):
+        load_config(path)
+    path.write_text("model:\n  fusion: attention\n")
+    with pytest.raises(
+        ConfigError, match=r"--set train.batchsize: unknown setting 'batchsize'; did you mean batch_size"
+    ):
+        load_config(path, ["train.batchsize=8"])
+    with pytest.raises(ConfigError, match=r"expected one of none, concat, attention"):
+        load_config(path, ["model.fusion=sum"])
+
+
+def test_missing_cache_entries_are_named(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.jsonl"
+    with CacheWriter(cache, CacheHeader(index="i", mode="bm25", k=2)) as writer:
+        writer.write("a", "text a", [hit(0, "x", 1.0)])
+    examples = [Example(i, ("w",), "f:1") for i in ("a", "b", "c")]
+    spec = ModelSpec(task="ner", fusion="attention")
+    with pytest.raises(CacheError, match=r"no retrieval for 2 example\(s\): b, c"):
+        cached_hits(examples, cache, spec, "train")
+    with pytest.raises(ValueError, match=r"fusion 'attention' needs retrieved passages: set data.dev_cache"):
+        cached_hits(examples, None, spec, "dev")
+    assert cached_hits(examples, None, ModelSpec(task="ner", fusion="none"), "dev") == [[], [], []]
+
+
+def test_cuda_out_of_memory_names_the_batch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("ralm_es.train.loop._train", out_of_memory)
+    cfg = TrainConfig()
+    with pytest.raises(TrainError, match=r"CUDA out of memory with train.batch_size=16 \(train.grad_accum=1"):
+        train(cfg)

@@ -1,0 +1,116 @@
+"""Task data: CoNLL and JSONL parsing, label maps, metrics, and every bad-input case with its location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ralm_es.corpus.conll import conll_sentence_id
+from ralm_es.tasks import DataError, Task
+from ralm_es.tasks.classification import classification_metrics, read_classification
+from ralm_es.tasks.ner import ner_labels, ner_metrics, read_ner
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP I-NP B-ORG
+rejects VBZ I-VP O
+German JJ I-NP B-MISC
+call NN I-NP O
+
+Peter NNP I-NP B-PER
+Blackburn NNP I-NP I-PER
+
+-DOCSTART- -X- -X- O
+
+BRUSSELS NNP I-NP B-LOC
+"""
+
+
+def test_conll_sentences_keep_reader_ids_and_tags(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text(CONLL, encoding="utf-8")
+    examples = read_ner(path)
+    assert [ex.id for ex in examples] == [
+        conll_sentence_id(path, 0, 0),
+        conll_sentence_id(path, 0, 1),
+        conll_sentence_id(path, 1, 0),
+    ]
+    assert examples[1].words == ("Peter", "Blackburn") and examples[1].tags == ("B-PER", "I-PER")
+    assert examples[0].source == f"{path}:3"
+    assert ner_labels(examples).labels == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
+
+
+def test_malformed_conll_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text(CONLL.replace("call NN I-NP O", "call NN I-NP"), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:6: malformed CoNLL line: expected 4 columns, found 3"):
+        read_ner(path)
+    path.write_text(CONLL.replace("Blackburn NNP I-NP I-PER", "Blackburn NNP I-NP PERSON"), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:9: malformed CoNLL line: expected an IOB2 tag .* found 'PERSON'"):
+        read_ner(path)
+
+
+def test_label_unseen_in_training_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    train, dev = tmp_path / "train.txt", tmp_path / "dev.txt"
+    train.write_text(CONLL, encoding="utf-8")
+    dev.write_text("Oslo NNP I-NP O\nis VBZ I-VP O\nnice JJ I-NP B-ADJ\n", encoding="utf-8")
+    task = Task("ner")
+    labels = task.labels(task.read(train))
+    with pytest.raises(DataError, match=rf"{dev}:3: label 'B-ADJ' was not seen in training \(known labels: O, "):
+        task.check_labels(task.read(dev), labels)
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text('{"id": "a", "text": "x", "label": "YES"}\n{"id": "b", "text": "y", "label": "MAYBE"}\n')
+    cls = Task("classification")
+    with pytest.raises(DataError, match=rf"{claims}:2: label 'MAYBE' was not seen in training \(known labels: YES\)"):
+        cls.check_labels(cls.read(claims), cls.labels(cls.read(claims)[:1]))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "-DOCSTART- -X- -X- O\n\n"])
+def test_empty_conll_data_set_is_an_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: empty data set"):
+        read_ner(path)
+
+
+def test_classification_jsonl_fields_ids_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "claims.jsonl"
+    path.write_text(
+        '{"id": "7", "claim": "Aspirin helps.", "label": "SUPPORT", "ctx": "trial"}\n\n'
+        '{"claim": "No effect.", "label": "CONTRADICT"}\n',
+        encoding="utf-8",
+    )
+    examples = read_classification(path, text_field="claim", pair_field="ctx")
+    assert [(ex.id, ex.label, ex.pair_words) for ex in examples] == [
+        ("7", "SUPPORT", ("trial",)),
+        ("3", "CONTRADICT", None),
+    ]
+    path.write_text('{"claim": "ok", "label": "A"}\n{"claim": "", "label": "B"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: missing or empty text field 'claim'"):
+        read_classification(path, text_field="claim")
+    path.write_text('{"text": "ok", "label": "A"}\n{"text": "ok", "label": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
+        read_classification(path)
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: empty data set"):
+        read_classification(path)
+
+
+def test_ner_metrics_are_entity_level() -> None:
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "O"]]
+    metrics = ner_metrics(gold, pred)
+    # Three gold entities; the truncated PER span is wrong, LOC and ORG are right.
+    assert metrics["precision"] == pytest.approx(2 / 3)
+    assert metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["per_type"]["PER"]["f1"] == 0.0 and metrics["per_type"]["LOC"]["f1"] == 1.0
+    assert "LOC" in metrics["report"] and "micro avg" in metrics["report"]
+
+
+def test_classification_metrics() -> None:
+    metrics = classification_metrics(["A", "A", "B", "C"], ["A", "B", "B", "C"])
+    assert metrics["accuracy"] == 0.75
+    # F1 per label: A 2/3, B 2/3, C 1.
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert "macro avg" in metrics["report"]
