@@ -7,6 +7,7 @@ order) is saved after each completed batch: an interrupted run continues with no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -193,8 +194,12 @@ class Ingest:
         previous_refresh = self._pause_refresh(target)
         try:
             self._stream(paths, target, skip, summary, checkpoint)
-        finally:
-            self._restore_refresh(target, previous_refresh)
+        except BaseException:
+            # The cluster may be gone; the rerun that resumes from the checkpoint restores refresh then.
+            with contextlib.suppress(Exception):
+                self._restore_refresh(target, previous_refresh)
+            raise
+        self._restore_refresh(target, previous_refresh)
         if self.s.reindex:
             self.backend.swap_alias(target, drop_old=not self.s.keep_old)  # type: ignore[attr-defined]
         checkpoint.clear()
@@ -212,14 +217,15 @@ class Ingest:
         return self.backend.create_index(spec, alias=False)  # type: ignore[attr-defined]
 
     def _pause_refresh(self, target: str) -> Any:
-        # Refresh is switched off during the bulk load and restored after (Elasticsearch only).
+        """Switch refresh off for the bulk load (Elasticsearch only); returns the interval to restore."""
         if not hasattr(self.backend, "set_refresh"):
             return None
         client = self.backend.client  # type: ignore[attr-defined]
         indices = client.indices.get_settings(index=target, name="index.refresh_interval").body
         previous = next(iter(indices.values()), {}).get("settings", {}).get("index", {}).get("refresh_interval")
         self.backend.set_refresh("-1", index=target)  # type: ignore[attr-defined]
-        return previous
+        # "-1" here is the leftover of a run that died mid-load: restore the default then.
+        return None if previous == "-1" else previous
 
     def _restore_refresh(self, target: str, previous: Any) -> None:
         if hasattr(self.backend, "set_refresh"):
