@@ -11,6 +11,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
@@ -18,7 +19,8 @@ from ralm_es.tasks import Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
-from ralm_es.train.loop import TrainError, train
+from ralm_es.train.data import load_splits, task_of
+from ralm_es.train.loop import TrainError, spec_from, train
 from ralm_es.train.runs import evaluate_file, open_run, predict_file
 
 PEOPLE = ["john smith", "mary jones", "peter blackburn", "anna berg", "li wei"]
@@ -144,7 +146,8 @@ def test_each_fusion_mode_learns(fusion: str, tmp_path: Path, ner_data: dict[str
 def test_checkpoint_round_trip_gives_identical_predictions(
     tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
 ) -> None:
-    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir)))
+    sets = [f"data.test={ner_data['dev']}", f"data.test_cache={ner_data['dev_cache']}"]
+    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets))
     first, second = open_run(result.out, "cpu"), open_run(result.out, "cpu")
     a = predict_file(first, ner_data["dev"], ner_data["dev_cache"])[1]
     b = predict_file(second, ner_data["dev"], ner_data["dev_cache"])[1]
@@ -153,6 +156,22 @@ def test_checkpoint_round_trip_gives_identical_predictions(
     # The reloaded best checkpoint scores the dev set exactly as the loop did when it saved it.
     metrics = evaluate_file(first, ner_data["dev"], ner_data["dev_cache"])
     assert metrics["f1"] == pytest.approx(result.best_metric, abs=1e-9)
+    assert result.test is not None and result.test["f1"] == metrics["f1"]
+
+
+def test_holdout_and_train_fraction_split_the_training_data(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    sets = ["data.dev=null", "data.holdout=0.25", "data.train_fraction=0.5"]
+    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
+    spec = spec_from(cfg)
+    splits = load_splits(cfg, task_of(cfg), spec, AutoTokenizer.from_pretrained(tiny_model_dir), None)
+    assert splits.dev is not None and len(splits.dev) == 12 and len(splits.train) == 18
+    train_ids = {ex.id for ex in splits.train.examples}
+    assert train_ids.isdisjoint(ex.id for ex in splits.dev.examples)
+    all_ids = {ex.id for ex in read_ner(ner_data["train"])}
+    assert {ex.id for ex in splits.train.examples + splits.dev.examples} <= all_ids
+    assert spec.labels == splits.labels.labels and spec.labels[0] == "O"
 
 
 def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:

@@ -30,7 +30,9 @@ class DataSettings:
     train_cache: str | None = None
     dev_cache: str | None = None
     test_cache: str | None = None
-    # Use the first ``train_fraction`` of a seeded shuffle of the training examples (label-efficiency runs).
+    # Without a dev file: hold out this seeded fraction of the training examples as the dev set.
+    holdout: float = 0.0
+    # Train on a seeded ``train_fraction`` of the (remaining) training examples (label-efficiency runs).
     train_fraction: float = 1.0
     # Cut every split to its first N examples (quick runs and tests).
     limit: int | None = None

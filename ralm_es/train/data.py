@@ -30,16 +30,13 @@ def read_split(task: Task, path: str | Path, limit: int | None = None, labelled:
     return examples[:limit] if limit is not None else examples
 
 
-def sample_fraction(examples: list[Example], fraction: float, seed: int) -> list[Example]:
-    """A seeded random ``fraction`` of the examples, kept in file order."""
-    if not 0 < fraction <= 1:
-        raise DataError(f"data.train_fraction must be in (0, 1], got {fraction}")
-    if fraction == 1:
-        return examples
+def split_fraction(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded random ``fraction`` of the examples and the rest, both kept in file order."""
     n = max(1, math.ceil(len(examples) * fraction))
     generator = torch.Generator().manual_seed(seed)
-    chosen = sorted(torch.randperm(len(examples), generator=generator)[:n].tolist())
-    return [examples[i] for i in chosen]
+    chosen = set(torch.randperm(len(examples), generator=generator)[:n].tolist())
+    picked = [ex for i, ex in enumerate(examples) if i in chosen]
+    return picked, [ex for i, ex in enumerate(examples) if i not in chosen]
 
 
 def cached_hits(
@@ -80,15 +77,24 @@ def load_splits(
 ) -> Splits:
     """Train (and dev) features, with the label map read from the training data."""
     data = cfg.data
-    train = sample_fraction(read_split(task, data.train, data.limit), data.train_fraction, cfg.train.seed)
+    for name, value in (("train_fraction", data.train_fraction), ("holdout", data.holdout)):
+        if not 0 <= value <= 1 or (name == "train_fraction" and value == 0):
+            raise DataError(f"data.{name} must be a fraction between 0 and 1, got {value}")
+    train = read_split(task, data.train, data.limit)
+    dev = read_split(task, data.dev, data.limit) if data.dev else None
+    dev_cache = data.dev_cache
+    if dev is None and data.holdout > 0:
+        dev, train = split_fraction(train, data.holdout, cfg.train.seed)
+        dev_cache = data.train_cache
+    if data.train_fraction < 1:
+        train = split_fraction(train, data.train_fraction, cfg.train.seed + 1)[0]
     labels = task.labels(train)
     spec.labels = labels.labels
     train_fs = build_features(
         train, cached_hits(train, data.train_cache, spec, "train"), tokenizer, spec, labels, embed
     )
     dev_fs = None
-    if data.dev:
-        dev = read_split(task, data.dev, data.limit)
+    if dev is not None:
         task.check_labels(dev, labels)
-        dev_fs = build_features(dev, cached_hits(dev, data.dev_cache, spec, "dev"), tokenizer, spec, labels, embed)
+        dev_fs = build_features(dev, cached_hits(dev, dev_cache, spec, "dev"), tokenizer, spec, labels, embed)
     return Splits(train_fs, dev_fs, labels)

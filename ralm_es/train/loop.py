@@ -29,6 +29,7 @@ from ralm_es.train.config import TrainConfig
 from ralm_es.train.data import frozen_embedder, load_splits, task_of
 from ralm_es.train.inference import autocast, predict
 from ralm_es.train.optim import make_optimizer, make_scheduler
+from ralm_es.train.runs import evaluate_file, open_run
 
 
 class TrainError(RalmError):
@@ -47,6 +48,8 @@ class RunResult:
     finished: bool
     examples_per_s: float
     truncated: dict[str, int]
+    # Metrics of the best checkpoint on data.test, when set, once the run has finished.
+    test: dict[str, Any] | None = None
 
 
 def spec_from(cfg: TrainConfig) -> ModelSpec:
@@ -219,6 +222,9 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         truncated=truncated,
     )
     if layout.main:
+        if finished and cfg.data.test:
+            run = open_run(out, str(device))
+            result.test = evaluate_file(run, cfg.data.test, cfg.data.test_cache, t.eval_batch_size)
         _write_outputs(out, cfg, task, result, layout, device)
     return result
 
@@ -253,4 +259,6 @@ def _write_outputs(
         "peak memory (MiB)": f"{_peak_memory_mb(device):.0f}",
         "inputs truncated to the length budget": ", ".join(f"{k} {v}" for k, v in result.truncated.items()),
     }
+    if result.test is not None:
+        summary[f"test {task.main_metric} (best checkpoint)"] = f"{result.test[task.main_metric]:.4f}"
     report.write_report(out, summary, result.dev)
