@@ -146,3 +146,16 @@ def test_cuda_out_of_memory_names_the_batch_settings(monkeypatch: pytest.MonkeyP
     cfg = TrainConfig()
     with pytest.raises(TrainError, match=r"CUDA out of memory with train.batch_size=16 \(train.grad_accum=1"):
         train(cfg)
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [CONFIGS / "conll_ner.yaml", CONFIGS / "scifact_claims.yaml", *sorted(CONFIGS.glob("sample_*.yaml"))],
+    ids=lambda p: p.name,
+)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.data.train and cfg.model.fusion in ("none", "concat", "attention")
