@@ -43,6 +43,7 @@ def new_model(spec: ModelSpec, encoder_path: str | None) -> RalmModel:
     """A model around the pretrained encoder in ``encoder_path`` (None: the packaged default)."""
     folder = resolve_model_path(encoder_path)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         encoder = AutoModel.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -47,6 +47,7 @@ class RunResult:
     stopped_early: bool
     finished: bool
     examples_per_s: float
+    peak_memory_mb: float
     truncated: dict[str, int]
     # Metrics of the best checkpoint on data.test, when set, once the run has finished.
     test: dict[str, Any] | None = None
@@ -219,6 +220,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         stopped_early=loop["stopped_early"],
         finished=finished,
         examples_per_s=rate,
+        peak_memory_mb=_peak_memory_mb(device),
         truncated=truncated,
     )
     if layout.main:
@@ -234,6 +236,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA; on CPU the peak resident size of the whole process."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -256,7 +259,7 @@ def _write_outputs(
         "processes": layout.world,
         "device": str(device),
         "examples/s (this invocation)": f"{result.examples_per_s:.1f}",
-        "peak memory (MiB)": f"{_peak_memory_mb(device):.0f}",
+        "peak memory (MiB)": f"{result.peak_memory_mb:.0f}",
         "inputs truncated to the length budget": ", ".join(f"{k} {v}" for k, v in result.truncated.items()),
     }
     if result.test is not None:
