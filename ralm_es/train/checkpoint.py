@@ -107,17 +107,17 @@ def load_state(
         raise ModelError(f"cannot resume: {state_dir} holds no saved training state")
     load_model(model, str(state_dir / WEIGHTS), device=str(device))
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(state_dir / "optimizer.safetensors"), device=str(device))
+    # Loaded on the CPU: ``load_state_dict`` moves each value where the optimizer keeps it.
+    tensors = load_file(str(state_dir / "optimizer.safetensors"))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("rng."):
             continue
         idx, name = key.split(".", 1)
-        # AdamW keeps ``step`` on the CPU unless capturable.
-        state.setdefault(int(idx), {})[name] = value.cpu() if name == "step" else value
+        state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.cpu"].cpu())
+    torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"].cpu())
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return meta["loop"]
