@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
-from ralm_es.tasks import Example
+from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
@@ -212,6 +212,8 @@ def test_predict_explain_shows_passages_and_weights(
     for row in first["weights"]:
         assert sum(row) == pytest.approx(1.0, abs=1e-4)
     text = runner.invoke(cli, [*args, "--explain", "--top", "2"], catch_exceptions=False).output
+    with pytest.raises(DataError, match=r"uses fusion 'attention': pass --cache with the retrieval cache of"):
+        runner.invoke(cli, args[:4], catch_exceptions=False)
     assert text.startswith(f"{dev[0].id}\t{dev[0].words[0]}/")
     assert f"[1] {first['passages'][0]['id']}: {first['passages'][0]['text'][:40]}" in text
 

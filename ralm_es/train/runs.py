@@ -12,7 +12,7 @@ from ralm_es.config import from_dict, load_yaml
 from ralm_es.embed import pick_device
 from ralm_es.model.inputs import FeatureSet, build_features
 from ralm_es.model.ralm import RalmModel
-from ralm_es.tasks import LabelMap, Task
+from ralm_es.tasks import DataError, LabelMap, Task
 from ralm_es.train.checkpoint import load_run_model
 from ralm_es.train.config import TrainConfig
 from ralm_es.train.data import cached_hits, frozen_embedder, task_of
@@ -44,6 +44,11 @@ def features(run: LoadedRun, path: str | Path, cache: str | Path | None, labelle
     examples = run.task.read(path, labelled=labelled)
     if labelled:
         run.task.check_labels(examples, run.labels)
+    if spec.uses_passages and cache is None:
+        raise DataError(
+            f"the model in {run.folder} uses fusion '{spec.fusion}': pass --cache with the retrieval cache of {path} "
+            "(ralm-es retrieve)"
+        )
     hits = cached_hits(examples, cache, spec, "test")
     embed = frozen_embedder(spec, run.device_name)
     return build_features(examples, hits, run.tokenizer, spec, run.labels if labelled else None, embed)
