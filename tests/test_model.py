@@ -26,9 +26,10 @@ from ralm_es.model.spec import ModelSpec
 from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheWriter
 from ralm_es.tasks import Example, LabelMap
 from ralm_es.train.checkpoint import load_run_model, new_model
-from ralm_es.train.config import TrainConfig, load_config
+from ralm_es.train.config import OptimSettings, TrainConfig, load_config
 from ralm_es.train.data import cached_hits
 from ralm_es.train.loop import TrainError, train
+from ralm_es.train.optim import param_groups
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,16 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.data.train and cfg.model.fusion in ("none", "concat", "attention")
+
+
+def test_optimizer_groups_spare_biases_and_layernorm_from_decay(tiny_model_dir: Path) -> None:
+    model = new_model(ModelSpec(task="ner", labels=["O", "B-X"], fusion="attention"), str(tiny_model_dir))
+    groups = param_groups(model, OptimSettings(lr=1e-5, head_lr=1e-3, weight_decay=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(by_name) == len(names)
+    assert by_name["encoder.embeddings.LayerNorm.weight"] == (1e-5, 0.0)
+    assert by_name["encoder.encoder.layer.0.attention.self.query.bias"] == (1e-5, 0.0)
+    assert by_name["encoder.encoder.layer.0.attention.self.query.weight"] == (1e-5, 0.1)
+    assert by_name["head.weight"] == (1e-3, 0.1) and by_name["fusion.norm.weight"] == (1e-3, 0.0)
+    assert groups[0]["lr"] == 1e-5

@@ -150,9 +150,11 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         return {k: v.to(device) for k, v in batch.items()}
 
     bar = tqdm(total=total_steps, initial=loop["step"], desc="train", disable=not (cfg.run.progress and layout.main))
-    started, start_step, window_loss, window_steps = time.perf_counter(), loop["step"], 0.0, 0
+    # Throughput counts training time only, not evaluation or checkpoints.
+    train_seconds, start_step, window_loss, window_steps = 0.0, loop["step"], 0.0, 0
     model.train()
     while loop["step"] < total_steps and not loop["stopped_early"]:
+        step_started = time.perf_counter()
         step_loss = 0.0
         for micro in range(t.grad_accum):
             batch = micro_batch(loop["micro"])
@@ -173,7 +175,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         window_loss, window_steps = window_loss + step_loss, window_steps + 1
 
         step = loop["step"]
-        rate = (step - start_step) * per_rank * t.grad_accum / (time.perf_counter() - started)
+        train_seconds += time.perf_counter() - step_started
+        rate = (step - start_step) * per_rank * t.grad_accum / train_seconds
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{rate:.1f}")
         if layout.main and (step % t.log_every == 0 or step == total_steps):
@@ -208,7 +211,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     bar.close()
 
     finished = loop["step"] >= total_steps or loop["stopped_early"]
-    rate = (loop["step"] - start_step) * per_rank * t.grad_accum / max(time.perf_counter() - started, 1e-9)
+    rate = (loop["step"] - start_step) * per_rank * t.grad_accum / max(train_seconds, 1e-9)
     truncated = {"train": train_fs.truncated, "dev": dev_fs.truncated if dev_fs is not None else 0}
     result = RunResult(
         out=out,

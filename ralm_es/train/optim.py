@@ -24,7 +24,8 @@ def param_groups(model: nn.Module, cfg: OptimSettings) -> list[dict[str, object]
             "lr": cfg.lr if pretrained else cfg.head_lr,
             "weight_decay": 0.0 if no_decay else cfg.weight_decay,
         }
-        for (pretrained, no_decay), params in sorted(groups.items())
+        # Encoder groups first, so the first learning rate reported is the encoder's.
+        for (pretrained, no_decay), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))
     ]
 
 
