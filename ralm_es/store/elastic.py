@@ -322,6 +322,8 @@ class ElasticsearchBackend:
         out = []
         for response in resp["responses"]:
             if "error" in response:
+                if (response["error"] or {}).get("type") == "index_not_found_exception":
+                    raise self.unknown_index()
                 raise StoreError(f"search on '{self.index}' failed: {_reason(response)}")
             out.append([self.to_hit(h) for h in response["hits"]["hits"]])
         return out

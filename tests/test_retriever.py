@@ -1,0 +1,213 @@
+"""The query layer on the real node: modes, fusion, filters, exclusion, batching, the cache and bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.embed import Encoder
+from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.retrieve import fusion
+from ralm_es.retrieve.cache import read_cache
+from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
+from ralm_es.store.base import Filter, StoreError
+from ralm_es.store.elastic import ElasticsearchBackend
+
+RALM = [sys.executable, "-m", "ralm_es.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> Encoder:
+    return Encoder(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_index(es_client: Elasticsearch, encoder: Encoder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = f"t-retr-{uuid.uuid4().hex[:8]}"
+    backend = ElasticsearchBackend(es_client, name)
+    Ingest(backend, IngestSettings(), encoder=encoder, checkpoint_dir=tmp_path_factory.mktemp("ckpt")).run(
+        [sample_path("sample_corpus.jsonl")]
+    )
+    yield name
+    es_client.indices.delete(index=",".join(backend.concrete_indices()))
+
+
+def make(es_client: Elasticsearch, index: str, encoder: Encoder | None, **kw: object) -> Retriever:
+    return Retriever(ElasticsearchBackend(es_client, index), encoder, RetrievalSettings(**kw))  # type: ignore[arg-type]
+
+
+def test_each_mode_returns_k_ranked_hits(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+    retriever = make(es_client, sample_index, encoder)
+    for mode in ("bm25", "dense", "hybrid"):
+        hits = retriever.search("insulin lowers blood glucose", k=5, mode=mode)
+        assert len(hits) == 5
+        assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+        assert all(h.id.startswith(h.doc_id + "#") and h.text for h in hits)
+        assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+        assert set(hits[0].scores) == {"bm25", "dense"}
+    bm25 = retriever.search("peptide hormone of the pancreatic islets", k=3, mode="bm25")
+    assert bm25[0].doc_id == "med-01" and bm25[0].scores["dense"] is None
+
+
+def test_hybrid_scores_are_rrf_of_the_component_ranks(
+    es_client: Elasticsearch, sample_index: str, encoder: Encoder
+) -> None:
+    retriever = make(es_client, sample_index, encoder, rrf_k=60.0, depth=20)
+    hits = retriever.search("football club stadium", k=10, mode="hybrid")
+    for h in hits:
+        expected = sum(0.5 / (60.0 + r) for r in h.ranks.values() if r is not None)
+        assert h.score == pytest.approx(expected)
+    bm25 = [(h.id, h.score) for h in retriever.search("football club stadium", k=20, mode="bm25")]
+    dense = [(h.id, h.score) for h in retriever.search("football club stadium", k=20, mode="dense")]
+    fused = fusion.rrf({"bm25": bm25, "dense": dense}, k=60.0, weights={"bm25": 0.5, "dense": 0.5})
+    assert [h.id for h in hits] == [f.id for f in fused[:10]]
+
+
+def test_linear_fusion_mode(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+    retriever = make(es_client, sample_index, encoder, fusion="linear", norm="zscore", dense_weight=0.3)
+    hits = retriever.search("capital city river", k=4)
+    assert len(hits) == 4 and all(h.scores["bm25"] is not None or h.scores["dense"] is not None for h in hits)
+
+
+def test_filters_and_exclusion_apply_to_both_halves(
+    es_client: Elasticsearch, sample_index: str, encoder: Encoder
+) -> None:
+    retriever = make(es_client, sample_index, encoder)
+    hits = retriever.search("company founded", k=8, filters=[Filter("topic", "term", "medicine")])
+    assert hits and all(h.metadata["topic"] == "medicine" for h in hits)
+    first = retriever.search("insulin", k=3)
+    again = retriever.search("insulin", k=3, exclude_ids=[first[0].id])
+    assert first[0].id not in {h.id for h in again}
+
+
+def test_search_many_equals_a_loop_of_search(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+    retriever = make(es_client, sample_index, encoder)
+    queries = ["insulin", "football league", "river city", "software company", "protein folding"] * 30
+    many = retriever.search_many(queries, k=4)
+    assert len(many) == len(queries)
+    for query, hits in zip(queries[:5], many[:5], strict=True):
+        assert [h.id for h in hits] == [h.id for h in retriever.search(query, k=4)]
+
+
+def test_self_exclusion_by_doc_id_and_content(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+    record = json.loads(sample_path("sample_corpus.jsonl").read_text().splitlines()[0])
+    plain = make(es_client, sample_index, encoder)
+    assert plain.search(record["text"], k=3, mode="bm25")[0].doc_id == record["_id"]
+    by_doc = make(es_client, sample_index, encoder, exclude="doc")
+    hits = by_doc.search_many([record["text"]], k=3, mode="bm25", input_ids=[record["_id"]])[0]
+    assert len(hits) == 3 and record["_id"] not in {h.doc_id for h in hits}
+    by_content = make(es_client, sample_index, encoder, exclude="content")
+    hits = by_content.search_many([record["text"]], k=3, mode="hybrid", input_ids=["another-id"])[0]
+    assert len(hits) == 3 and record["_id"] not in {h.doc_id for h in hits}
+
+
+def test_bad_queries(es_client: Elasticsearch, sample_index: str, encoder: Encoder, tiny_model_dir: Path) -> None:
+    notices: list[str] = []
+    retriever = Retriever(ElasticsearchBackend(es_client, sample_index), encoder, notice=notices.append)
+    with pytest.raises(RetrievalError, match="empty query"):
+        retriever.search("   ")
+    hits = retriever.search("insulin " * 2000, k=2)
+    assert len(hits) == 2 and notices and "truncated" in notices[0]
+    with pytest.raises(StoreError, match=rf"'no-such-index' does not exist.*{sample_index}"):
+        make(es_client, "no-such-index", None).search("insulin", mode="bm25")
+    with pytest.raises(RetrievalError, match="need a query encoder"):
+        make(es_client, sample_index, None).search("insulin", mode="dense")
+    with pytest.raises(RetrievalError, match=r"384-dimensional.*holds 32"):
+        make(es_client, sample_index, Encoder()).search("insulin", mode="hybrid")
+
+
+def test_dense_on_an_index_without_vectors(es_client: Elasticsearch, index_name: str, encoder: Encoder) -> None:
+    backend = ElasticsearchBackend(es_client, index_name)
+    Ingest(backend, IngestSettings(embed=False, model=str(encoder.path))).run([sample_path("sample_corpus.jsonl")])
+    assert make(es_client, index_name, None).search("insulin", k=1, mode="bm25")[0].doc_id == "med-01"
+    with pytest.raises(RetrievalError, match="has no vectors"):
+        make(es_client, index_name, encoder).search("insulin", mode="dense")
+
+
+def test_query_text_never_becomes_dsl(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+    hostile = '"}}, "query": {"match_all": {}}, "size": 1000, "x": {"'
+    hits = make(es_client, sample_index, encoder).search(hostile, k=50, mode="bm25")
+    assert len(hits) < 50  # a match_all would return every passage
+    body = ElasticsearchBackend(es_client, sample_index).body(
+        make(es_client, sample_index, None).requests(hostile, None, "bm25", 5, [], [])[0]
+    )
+    assert body["query"]["bool"]["must"][0]["multi_match"]["query"] == hostile
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RALM, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_retrieve_cache_round_trip_and_resume(
+    es_url: str, es_client: Elasticsearch, sample_index: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    claims = tmp_path / "claims.jsonl"
+    lines = sample_path("sample_claims.jsonl").read_text().splitlines()
+    claims.write_text("\n".join(lines[:10]) + "\n")
+    out = tmp_path / "cache.jsonl"
+    common = ["--index", sample_index, "-k", "3", "--out", str(out), "--model", str(tiny_model_dir), "--quiet"]
+    first = run_cli("retrieve", str(claims), *common, env=env)
+    assert first.returncode == 0, first.stderr
+    header, entries = read_cache(out)
+    assert header.index == sample_index and header.mode == "hybrid" and header.k == 3
+    assert header.encoder is not None and header.encoder["dim"] == 32 and header.fusion["fusion"] == "rrf"
+    assert len(entries) == 10
+    claim = json.loads(lines[0])
+    entry = entries[str(claim["id"])]
+    assert entry["query"] == claim["text"]
+    hit = entry["hits"][0]
+    assert set(hit) == {"id", "doc_id", "rank", "score", "scores", "title", "text"}
+    live = make(es_client, sample_index, Encoder(tiny_model_dir)).search(claim["text"], k=3)
+    assert [h["id"] for h in entry["hits"]] == [h.id for h in live]
+
+    claims.write_text("\n".join(lines[:15]) + "\n")
+    second = run_cli("retrieve", str(claims), *common, env=env)
+    assert second.returncode == 0 and "10 inputs already retrieved" in second.stderr
+    _, entries = read_cache(out)
+    assert len(entries) == 15
+    assert len(out.read_text().splitlines()) == 16  # header + one line per input, nothing doubled
+
+
+def test_search_cli_json_and_explain(es_url: str, sample_index: str, tiny_model_dir: Path) -> None:
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    common = ["--index", sample_index, "--model", str(tiny_model_dir)]
+    proc = run_cli("search", "insulin hormone", *common, "--mode", "bm25", "-k", "2", "--json", env=env)
+    hits = json.loads(proc.stdout)
+    assert len(hits) == 2 and {"id", "score", "text", "title", "doc_id", "scores"} <= set(hits[0])
+    dsl = run_cli("search", "insulin", *common, "--explain-dsl", "--filter", "year>=1990", env=env)
+    bodies = [json.loads(chunk.split("\n", 1)[1]) for chunk in dsl.stdout.strip().split("\n\n")]
+    assert "query" in bodies[0] and "knn" in bodies[1]
+    assert bodies[1]["knn"]["filter"]["bool"]["filter"] == [{"range": {"metadata.year": {"gte": 1990}}}]
+    empty = run_cli("search", "  ", *common, env=env)
+    assert empty.returncode == 1 and "empty query" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_evaluate_cli_reports_ir_metrics(es_url: str, sample_index: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Each query is the full text of one passage, so BM25 must rank that passage's document first.
+    corpus = [json.loads(line) for line in sample_path("sample_corpus.jsonl").read_text().splitlines()[:2]]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"_id": f"q{i}", "text": d["text"]}) + "\n" for i, d in enumerate(corpus, 1)))
+    qrels = tmp_path / "qrels.tsv"
+    judged = "".join(f"q{i}\t{d['_id']}\t1\n" for i, d in enumerate(corpus, 1))
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + judged)
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    args = ["evaluate", "--index", sample_index, "--queries", str(queries), "--qrels", str(qrels), "--json"]
+    proc = run_cli(*args, "--mode", "bm25", env=env)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert set(metrics) == {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}
+    assert metrics["queries"] == 2 and metrics["mrr@10"] == pytest.approx(1.0)
+    sweep = run_cli(*args, "--sweep", "--model", str(tiny_model_dir), env=env)
+    rows = json.loads(sweep.stdout)
+    assert len(rows) == 18 and {r["settings"]["fusion"] for r in rows} == {"rrf", "linear"}
