@@ -1,0 +1,43 @@
+"""LangChain writing the benchmark passages: ``ElasticsearchStore.add_texts`` with ``HuggingFaceEmbeddings``.
+Runs in the LangChain virtual environment; prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from langchain_elasticsearch import ElasticsearchStore
+from langchain_huggingface import HuggingFaceEmbeddings
+from peer_args import load_passages, parse_args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)  # as ralm-es's encoder does on CPU
+    rows = load_passages(args.passages)
+    texts = [r["text"] for r in rows]
+    embeddings = HuggingFaceEmbeddings(
+        model_name=args.model,
+        model_kwargs={"device": "cpu"},
+        encode_kwargs={"batch_size": args.batch, "normalize_embeddings": True},
+    )
+    # One small call first: the ralm-es encoder it is compared with has already run.
+    embeddings.embed_documents(texts[:8])
+    store = ElasticsearchStore(index_name=args.index, embedding=embeddings, es_url=args.url)
+    started = time.perf_counter()
+    store.add_texts(
+        texts,
+        metadatas=[{"title": r["title"], "doc_id": r["doc_id"]} for r in rows],
+        ids=[r["id"] for r in rows],
+        bulk_kwargs={"chunk_size": args.bulk},
+    )
+    seconds = time.perf_counter() - started
+    store.client.indices.refresh(index=args.index)
+    count = int(store.client.count(index=args.index)["count"])
+    print(json.dumps({"passages": len(rows), "seconds": seconds, "count": count}))
+
+
+if __name__ == "__main__":
+    main()

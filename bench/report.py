@@ -1,0 +1,334 @@
+"""``docs/benchmarks.md`` and its plots, written from the results of one harness run (never edited by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SECTIONS = (
+    "Targets",
+    "Machine and load",
+    "Ingest (SciFact)",
+    "Retrieval quality (SciFact train)",
+    "Latency of one hybrid search",
+    "search_many against a loop of search",
+    "CoNLL-2003 sentences as queries",
+    "Training",
+    "How to rerun",
+)
+
+
+def fig(summary: dict[str, Any], digits: int = 1, scale: float = 1.0) -> str:
+    """``median (min–max, n runs)``."""
+    m, lo, hi = (summary[k] * scale for k in ("median", "min", "max"))
+    return f"{m:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f}, {len(summary['runs'])} runs)"
+
+
+def verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("**met**" if met else "**missed**")
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(what, target, measured, met) for every target of the issues that this run measured."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    ingest = results.get("ingest")
+    if ingest:
+        share = ingest["ralm_of_limit"]["median"]
+        rows.append(
+            (
+                "ingest with embeddings vs encoder alone",
+                f"≥ {ingest['target_of_limit']:.0%}",
+                f"{share:.0%}",
+                share >= ingest["target_of_limit"],
+            )
+        )
+        if ingest["peers"]:
+            peer = ingest["fastest_peer"]
+            ratio = ingest["peers"][peer]["ralm_over_peer"]["median"]
+            rows.append(
+                (
+                    f"ingest vs the faster peer ({peer})",
+                    f"≥ {ingest['target_over_peers']:.1f}×",
+                    f"{ratio:.2f}×",
+                    ratio >= ingest["target_over_peers"],
+                )
+            )
+    retrieval = results.get("retrieval")
+    if retrieval:
+        modes = retrieval["quality"]["modes"]
+        best_single = max(modes["bm25"]["ndcg@10"], modes["dense"]["ndcg@10"])
+        hybrid = modes["hybrid_rrf"]["ndcg@10"]
+        rows.append(
+            (
+                "hybrid (RRF, defaults) nDCG@10 beats bm25 and dense",
+                f"> {best_single:.3f}",
+                f"{hybrid:.3f}",
+                hybrid > best_single,
+            )
+        )
+        lat = retrieval["latency"]
+        rows.append(
+            (
+                "latency: the rest vs Elasticsearch's took (p50)",
+                f"≤ {lat['target_rest_of_took']:.0%}",
+                f"{lat['rest_of_took_p50']:.0%}",
+                lat["rest_of_took_p50"] <= lat["target_rest_of_took"],
+            )
+        )
+        many = retrieval["many"]
+        ratio = many["many_over_loop"]["median"]
+        rows.append(
+            (
+                f"search_many vs a loop of search ({many['queries']} queries)",
+                f"≥ {many['target']:.0f}×",
+                f"{ratio:.1f}×",
+                ratio >= many["target"],
+            )
+        )
+        conll = retrieval["conll"]
+        seconds = conll["seconds"]["median"]
+        rows.append(
+            (
+                f"CoNLL train sentences as queries ({conll['sentences']:,})",
+                f"< {conll['target_s']:.0f} s for all 14,041",
+                f"{seconds:.1f} s",
+                seconds < conll["target_s"] if conll["full_train_set"] else None,
+            )
+        )
+    return rows
+
+
+def plot_ingest(ingest: dict[str, Any], path: Path) -> None:
+    names = ["encoder alone (limit)", "ralm-es", "ralm-es BM25 only"]
+    stats = [ingest["limit_passages_per_s"], ingest["ralm_passages_per_s"], ingest["bm25_passages_per_s"]]
+    for peer, record in ingest["peers"].items():
+        names.append(peer)
+        stats.append(record["passages_per_s"])
+    medians = [s["median"] for s in stats]
+    errors = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
+    figure, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(names, medians, xerr=errors, color=["#888", "#1f77b4", "#aec7e8", "#ff7f0e", "#2ca02c"][: len(names)])
+    ax.axvline(ingest["limit_passages_per_s"]["median"], color="#444", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("passages per second (log scale; bars: median, whiskers: min–max)")
+    ax.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_latency(latency: dict[str, Any], path: Path) -> None:
+    parts = ["total", "encode", "took", "rest"]
+    labels = ["total", "query encoding", "Elasticsearch took", "rest (ralm-es + client)"]
+    figure, ax = plt.subplots(figsize=(7, 3.2))
+    ax.boxplot(
+        [[s * 1000 for s in latency[p]["samples"]] for p in parts],
+        orientation="horizontal",
+        whis=(1, 99),
+        showfliers=True,
+    )
+    ax.set_yticks(range(1, len(parts) + 1), labels)
+    ax.set_xlabel(f"milliseconds per hybrid search ({latency['queries']} queries; whiskers p1–p99)")
+    ax.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def machine_section(results: dict[str, Any]) -> list[str]:
+    m = results["machine"]
+    return [
+        f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory_gib']} GiB; {m['platform']}",
+        f"- Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"elasticsearch client {m['elasticsearch_client']}, server {m['elasticsearch_server']} "
+        f"(heap {m['es_heap_gib']} GiB), ralm-es {m['ralm_es']}",
+        f"- Load average (1, 5, 15 min) at the start: {results['load_start']}, at the end: {results['load_end']}. "
+        "The machine and the node were shared with other work while this ran: absolute figures are context, the "
+        "ratios (measured in the same repetitions) are the comparison.",
+        f"- Started {results['started']}, took {results['seconds'] / 60:.1f} min; "
+        f"mode {'quick' if results['config']['quick'] else 'full'}.",
+    ]
+
+
+def ingest_section(ingest: dict[str, Any], img: str) -> list[str]:
+    lines = [
+        f"Corpus: `{ingest['corpus']}`, {ingest['abstracts']:,} abstracts → {ingest['passages']:,} passages "
+        f"(256-token chunks, 32 overlap), encoder batch {ingest['encode_batch']}, {ingest['repeats']} interleaved "
+        "repetitions (limit, ralm-es, BM25 only, then each peer, in every repetition). Load average per repetition: "
+        f"{ingest['load_average']}.",
+        "",
+    ]
+    rows = [
+        ["encoder alone on the same batches (the limit)", fig(ingest["limit_passages_per_s"]), "1.00"],
+        ["ralm-es ingest with embeddings", fig(ingest["ralm_passages_per_s"]), fig(ingest["ralm_of_limit"], 2)],
+        ["ralm-es BM25 only", fig(ingest["bm25_passages_per_s"]), ""],
+    ]
+    for peer, record in ingest["peers"].items():
+        rows.append([f"{peer} (embed + write)", fig(record["passages_per_s"]), ""])
+    lines += _table(["system", "passages/s", "share of the limit"], rows)
+    lines += ["", f"Peak RSS of the BM25-only ingest process: {fig(ingest['bm25_max_rss_mib'], 0)} MiB.", ""]
+    if ingest["peers"]:
+        lines += _table(
+            ["ralm-es / peer", "ratio (per repetition)", "peer environment"],
+            [
+                [
+                    peer,
+                    fig(record["ralm_over_peer"], 2),
+                    f"built in {record['venv']['seconds']:.0f} s this run" if record["venv"]["built"] else "reused",
+                ]
+                for peer, record in ingest["peers"].items()
+            ],
+        )
+        lines += [
+            "",
+            "Each system writes the same chunked passages into its own fresh index on the same node with the same "
+            "model folder and batch size. ralm-es's time covers reading, chunking, embedding, writing and the final "
+            "refresh; a peer's covers embedding and writing the pre-chunked passages (model loading excluded for "
+            "all), and each index's `_count` is checked afterwards.",
+        ]
+    else:
+        lines.append("Peers were not run in this run.")
+    return [*lines, "", f"![ingest throughput]({img})"]
+
+
+def quality_section(quality: dict[str, Any]) -> list[str]:
+    modes = quality["modes"]
+    rows = [
+        [name, f"{row['ndcg@10']:.3f}", f"{row['recall@100']:.3f}", f"{row['mrr@10']:.3f}"]
+        for name, row in modes.items()
+    ]
+    best = quality["sweep_best"]
+    rows.append(
+        [
+            f"hybrid, best of the sweep: {best['settings']}",
+            f"{best['ndcg@10']:.3f}",
+            f"{best['recall@100']:.3f}",
+            f"{best['mrr@10']:.3f}",
+        ]
+    )
+    return [
+        f"{quality['queries']} judged SciFact **train** queries (`queries.train.jsonl`, `qrels/train.tsv`); the "
+        f"defaults are RRF {quality['defaults']['rrf']} and linear {quality['defaults']['linear']}. The sweep "
+        f"compares {quality['sweep_settings']} fusion settings and is tuned on the train split only, so its best "
+        "row is an optimistic figure for that split, not a held-out result.",
+        "",
+        *_table(["mode", "nDCG@10", "recall@100", "MRR@10"], rows),
+    ]
+
+
+def latency_section(latency: dict[str, Any], img: str) -> list[str]:
+    rows = [
+        [label, *(f"{latency[part][p] * 1000:.1f}" for p in ("p50", "p95", "p99"))]
+        for part, label in (
+            ("total", "total `Retriever.search`"),
+            ("encode", "query encoding"),
+            ("took", "Elasticsearch `took` (bm25 + kNN)"),
+            ("rest", "the rest (ralm-es and the client)"),
+        )
+    ]
+    return [
+        f"{latency['queries']} single hybrid searches (k=10, no query-vector cache), each split into encoding, "
+        "the sum of the two component searches' `took` from the `_msearch` response, and the rest.",
+        "",
+        *_table(["part", "p50 ms", "p95 ms", "p99 ms"], rows),
+        "",
+        f"The rest at p50 is {latency['rest_of_took_p50']:.0%} of `took` at p50.",
+        "",
+        f"![latency]({img})",
+    ]
+
+
+def many_section(many: dict[str, Any]) -> list[str]:
+    return [
+        f"{many['queries']} distinct hybrid queries (k=10, no query-vector cache): one `search_many` call against a "
+        "loop of `search`, alternating in each repetition.",
+        "",
+        *_table(
+            ["", "queries/s"],
+            [
+                ["loop of `search`", fig(many["loop_queries_per_s"])],
+                ["`search_many`", fig(many["many_queries_per_s"])],
+                ["ratio search_many / loop", fig(many["many_over_loop"], 2)],
+            ],
+        ),
+    ]
+
+
+def conll_section(conll: dict[str, Any]) -> list[str]:
+    scope = "all training sentences" if conll["full_train_set"] else "a slice of the training sentences"
+    return [
+        f"{conll['sentences']:,} CoNLL-2003 sentences ({scope}) ingested with the CoNLL reader "
+        f"({conll['index_passages_per_s']:.1f} passages/s), then each used as a hybrid k=8 query against that index "
+        f"(excluding itself by id and text), {RETRIEVE_NOTE}.",
+        "",
+        f"- time for all queries: {fig(conll['seconds'])} s; {conll['answered']:,} queries got passages",
+    ]
+
+
+RETRIEVE_NOTE = "256 inputs per `search_many` call as `ralm-es retrieve` sends them"
+
+
+def train_section(train: dict[str, Any] | None) -> list[str]:
+    if not train:
+        return ["The training benchmarks were not run in this run."]
+    if "error" in train:
+        return [f"The training benchmarks failed in this run: `{train['error']}`"]
+    lines = []
+    for name, value in train.items():
+        if isinstance(value, dict):
+            flat = {k: v for k, v in value.items() if isinstance(v, int | float | str)}
+            lines.append(
+                f"- **{name}**: "
+                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items())
+            )
+        else:
+            lines.append(f"- **{name}**: {value}")
+    return lines
+
+
+def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> Path:
+    img_dir = docs_dir / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    body: dict[str, list[str]] = {name: [] for name in SECTIONS}
+    body["Targets"] = _table(
+        ["target", "wanted", "measured (median)", "met"],
+        [[what, want, got, verdict(met)] for what, want, got, met in targets(results)],
+    )
+    body["Machine and load"] = machine_section(results)
+    if ingest := results.get("ingest"):
+        plot_ingest(ingest, img_dir / "ingest_throughput.png")
+        body["Ingest (SciFact)"] = ingest_section(ingest, "img/ingest_throughput.png")
+    if retrieval := results.get("retrieval"):
+        plot_latency(retrieval["latency"], img_dir / "latency.png")
+        body["Retrieval quality (SciFact train)"] = quality_section(retrieval["quality"])
+        body["Latency of one hybrid search"] = latency_section(retrieval["latency"], "img/latency.png")
+        body["search_many against a loop of search"] = many_section(retrieval["many"])
+        body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
+    body["Training"] = train_section(results.get("train"))
+    body["How to rerun"] = [
+        "`make bench` (full) or `make bench QUICK=1`; one part: `python -m bench.run --only ingest` "
+        "(`ingest`, `retrieval`, `train`). Peers get their own environments under `~/.cache/ralm-es/bench-venvs/`, "
+        "built from `bench/peers/<peer>-requirements.txt` on first use. Every figure here comes from "
+        f"`bench/results/{results_name}`, which the same run wrote.",
+    ]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{results['command']}` from `bench/results/{results_name}`; do not edit by hand. "
+        "Figures are medians with min–max over repetitions.",
+    ]
+    for name in SECTIONS:
+        lines += ["", f"## {name}", "", *(body[name] or ["Not run in this run."])]
+    path = docs_dir / "benchmarks.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,117 @@
+"""The benchmark harness in quick mode on tiny slices against the test node (peers and training skipped), and the
+arithmetic and file handling it relies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
+from bench.peers.venv import link_shared
+from bench.report import SECTIONS, targets
+from bench.run import parse_args, run_all, save
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_run_writes_every_section_with_figures(
+    tmp_path: Path, es_url: str, es_client: Elasticsearch, tiny_model_dir: Path
+) -> None:
+    config = BenchConfig.quick_defaults(
+        es_url=es_url,
+        model=str(tiny_model_dir),
+        abstracts=20,
+        queries=10,
+        latency_queries=8,
+        many_queries=8,
+        conll_sentences=30,
+        peers=False,
+        train=False,
+        docs_dir=tmp_path / "docs",
+        results_dir=tmp_path / "results",
+    )
+    results = run_all(config)
+    report = save(results, config)
+
+    text = report.read_text()
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in text
+    assert "Not run in this run." not in text
+    assert json.loads((tmp_path / "results" / "quick.json").read_text()) == results
+    for image in ("ingest_throughput.png", "latency.png"):
+        assert (tmp_path / "docs" / "img" / image).read_bytes().startswith(PNG_MAGIC)
+
+    ingest = results["ingest"]
+    assert ingest["abstracts"] == 20
+    assert ingest["passages"] >= 20
+    assert f"20 abstracts → {ingest['passages']:,} passages" in text
+    for key in ("limit_passages_per_s", "ralm_passages_per_s", "bm25_passages_per_s", "bm25_max_rss_mib"):
+        assert ingest[key]["min"] <= ingest[key]["median"] <= ingest[key]["max"]
+        assert ingest[key]["min"] > 0
+    assert ingest["peers"] == {}
+
+    retrieval = results["retrieval"]
+    for row in retrieval["quality"]["modes"].values():
+        assert 0.0 <= row["ndcg@10"] <= 1.0 and 0.0 <= row["recall@100"] <= 1.0
+    assert retrieval["quality"]["sweep_settings"] == 18
+    latency = retrieval["latency"]
+    assert latency["queries"] == 8 and len(latency["total"]["samples"]) == 8
+    for total, encode, took, rest in zip(
+        *(latency[p]["samples"] for p in ("total", "encode", "took", "rest")), strict=True
+    ):
+        assert total == pytest.approx(encode + took + rest)
+    assert retrieval["many"]["queries"] == 8
+    conll = retrieval["conll"]
+    assert conll["sentences"] == 30 and conll["answered"] == 30 and not conll["full_train_set"]
+    assert "| search_many vs a loop of search (8 queries) | ≥ 5× |" in text
+
+    # Every scratch index of the run is gone from the shared node.
+    assert es_client.indices.get(index=f"{results['scratch_prefix']}*", expand_wildcards="all").body == {}
+
+
+def test_summaries_and_ratios() -> None:
+    assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
+    assert ratios([10.0, 30.0], [5.0, 10.0])["runs"] == [2.0, 3.0]
+    assert percentiles(list(range(101))) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+
+
+def test_targets_are_judged_only_where_the_run_can_judge_them() -> None:
+    one = summarize([1.0])
+    results = {
+        "ingest": {"ralm_of_limit": summarize([0.95]), "target_of_limit": 0.9, "peers": {}},
+        "retrieval": {
+            "quality": {
+                "modes": {m: {"ndcg@10": v} for m, v in (("bm25", 0.6), ("dense", 0.62), ("hybrid_rrf", 0.61))}
+            },
+            "latency": {"rest_of_took_p50": 0.5, "target_rest_of_took": 0.2},
+            "many": {"queries": 1000, "many_over_loop": summarize([6.0]), "target": 5.0},
+            "conll": {"sentences": 500, "seconds": one, "target_s": 120.0, "full_train_set": False},
+        },
+    }
+    assert [met for *_, met in targets(results)] == [True, False, False, True, None]
+
+
+def test_head_conll_keeps_whole_sentences(tmp_path: Path) -> None:
+    source = tmp_path / "train.txt"
+    source.write_text("-DOCSTART- -X- -X- O\n\nA x x O\nB x x O\n\nC x x B-PER\n\nD x x O\n")
+    cut = head_conll(source, 2, tmp_path / "cut.txt")
+    assert cut.read_text() == "-DOCSTART- -X- -X- O\n\nA x x O\nB x x O\n\nC x x B-PER\n\n"
+    assert head_conll(source, None, tmp_path / "unused.txt") == source
+
+
+def test_quick_flag_and_overrides() -> None:
+    quick = parse_args(["--quick", "--only", "ingest", "--abstracts", "7"])
+    assert quick.quick and quick.only == ["ingest"] and quick.abstracts == 7 and quick.repeats == 1
+    full = parse_args(["--no-peers"])
+    assert not full.quick and full.abstracts is None and not full.peers and full.wants("retrieval")
+
+
+def test_peer_environments_share_our_torch(tmp_path: Path) -> None:
+    import torch
+
+    link_shared(tmp_path / "shared")
+    assert (tmp_path / "shared" / "torch").resolve() == Path(torch.__file__).parent.resolve()
+    assert any(p.name.startswith("torch-") and p.name.endswith(".dist-info") for p in (tmp_path / "shared").iterdir())
