@@ -107,6 +107,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     _check_out(out, cfg.run.resume)
     device = layout.device
     torch.manual_seed(t.seed)
+    if t.threads:
+        torch.set_num_threads(t.threads)
 
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
     task = task_of(cfg)
