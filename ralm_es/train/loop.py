@@ -107,14 +107,15 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     _check_out(out, cfg.run.resume)
     device = layout.device
     torch.manual_seed(t.seed)
-    if t.threads:
-        torch.set_num_threads(t.threads)
 
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
     task = task_of(cfg)
     spec = spec_from(cfg)
     tokenizer = checkpoint.load_tokenizer(resolve_model_path(cfg.model.encoder))
     embed = frozen_embedder(spec, t.device)
+    # After the frozen encoder, which sets its own thread count when loaded.
+    if t.threads:
+        torch.set_num_threads(t.threads)
     splits = load_splits(cfg, task, spec, tokenizer, embed)
     train_fs, dev_fs = splits.train, splits.dev
 
