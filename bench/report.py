@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -278,21 +279,52 @@ def conll_section(conll: dict[str, Any]) -> list[str]:
 RETRIEVE_NOTE = "256 inputs per `search_many` call as `ralm-es retrieve` sends them"
 
 
-def train_section(train: dict[str, Any] | None) -> list[str]:
+def _mode_table(values: dict[str, Any], label: str) -> list[str]:
+    return _table(["fusion", label], [[mode, "–" if v is None else f"{v:.4f}"] for mode, v in values.items()])
+
+
+def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
+    """The results files of ``bench/train_bench.py`` found in the results folder, one subsection each."""
     if not train:
-        return ["The training benchmarks were not run in this run."]
-    if "error" in train:
-        return [f"The training benchmarks failed in this run: `{train['error']}`"]
-    lines = []
-    for name, value in train.items():
-        if isinstance(value, dict):
-            flat = {k: v for k, v in value.items() if isinstance(v, int | float | str)}
-            lines.append(
-                f"- **{name}**: "
-                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items())
+        return [
+            "No training results in `bench/results/` (`conll.json`, `scifact.json`, `efficiency.json`, "
+            "`throughput.json`): run `python bench/train_bench.py <benchmark> ... "
+            "--out bench/results/<benchmark>.json`."
+        ]
+    lines = [
+        "Measured by `bench/train_bench.py` on its own (it needs retrieval caches and long training runs); "
+        "each table says which results file it comes from and when that was written."
+    ]
+    for name, result in train.items():
+        source = f"`bench/results/{result['file']}`, written {result['written']}" + (
+            ", quick mode" if result.get("quick") else ""
+        )
+        lines += ["", f"### {name}", "", f"From {source}.", ""]
+        if name == "conll":
+            lines += _mode_table(result["test_f1"], "CoNLL-2003 test entity F1")
+        elif name == "scifact":
+            lines += _table(
+                ["fusion", "test accuracy", "test macro-F1"],
+                [[m, f"{v['accuracy']:.4f}", f"{v['macro_f1']:.4f}"] for m, v in result["test"].items()],
             )
-        else:
-            lines.append(f"- **{name}**: {value}")
+        elif name == "efficiency":
+            modes = sorted({m for row in result["test_f1"].values() for m in row})
+            lines += _table(
+                ["fraction of training sentences", *modes],
+                [
+                    [fraction, *("–" if row.get(m) is None else f"{row[m]:.4f}" for m in modes)]
+                    for fraction, row in result["test_f1"].items()
+                ],
+            )
+            plot = Path(result.get("plot", ""))
+            if plot.is_file():
+                shutil.copyfile(plot, docs_dir / "img" / "label_efficiency.png")
+                lines += ["", "![label efficiency](img/label_efficiency.png)"]
+        elif name == "throughput":
+            lines += _table(
+                ["variant", "training examples/s", "peak memory MB"],
+                [[v, f"{eps:.2f}", f"{result['peak_memory_mb'][v]}"] for v, eps in result["examples_per_s"].items()],
+            )
     return lines
 
 
@@ -314,7 +346,7 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
         body["Latency of one hybrid search"] = latency_section(retrieval["latency"], "img/latency.png")
         body["search_many against a loop of search"] = many_section(retrieval["many"])
         body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
-    body["Training"] = train_section(results.get("train"))
+    body["Training"] = train_section(results.get("train"), docs_dir)
     body["How to rerun"] = [
         "`make bench` (full) or `make bench QUICK=1`; one part: `python -m bench.run --only ingest` "
         "(`ingest`, `retrieval`, `train`). Peers get their own environments under `~/.cache/ralm-es/bench-venvs/`, "

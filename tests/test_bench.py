@@ -11,8 +11,8 @@ from elasticsearch import Elasticsearch
 
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
 from bench.peers.venv import link_shared
-from bench.report import SECTIONS, targets
-from bench.run import parse_args, run_all, save
+from bench.report import SECTIONS, targets, train_section
+from bench.run import parse_args, run_all, save, train_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -115,3 +115,17 @@ def test_peer_environments_share_our_torch(tmp_path: Path) -> None:
     link_shared(tmp_path / "shared")
     assert (tmp_path / "shared" / "torch").resolve() == Path(torch.__file__).parent.resolve()
     assert any(p.name.startswith("torch-") and p.name.endswith(".dist-info") for p in (tmp_path / "shared").iterdir())
+
+
+def test_training_results_files_are_reported(tmp_path: Path) -> None:
+    results_dir, docs_dir = tmp_path / "results", tmp_path / "docs"
+    results_dir.mkdir()
+    (docs_dir / "img").mkdir(parents=True)
+    (results_dir / "conll.json").write_text(
+        json.dumps({"quick": True, "test_f1": {"none": 0.9012, "attention": 0.9123}})
+    )
+    config = BenchConfig(results_dir=results_dir, docs_dir=docs_dir)
+    found = train_results(config)
+    assert list(found) == ["conll"] and found["conll"]["file"] == "conll.json"
+    text = "\n".join(train_section(found, docs_dir))
+    assert "| attention | 0.9123 |" in text and "quick mode" in text and "bench/results/conll.json" in text
