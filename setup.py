@@ -44,6 +44,7 @@ setup(
             "ruff>=0.6,<1",
             "hypothesis>=6.100,<7",
             "httpx>=0.27,<1",
+            "schemathesis>=4.0,<5",
         ],
     },
     entry_points={"console_scripts": ["ralm-es=ralm_es.cli.main:main"]},

@@ -46,11 +46,11 @@ class BenchConfig:
     def quick_defaults(cls, **overrides: Any) -> BenchConfig:
         values: dict[str, Any] = {
             "quick": True,
-            "abstracts": 100,
+            "abstracts": 60,
             "queries": 50,
             "latency_queries": 30,
-            "many_queries": 100,
-            "conll_sentences": 500,
+            "many_queries": 50,
+            "conll_sentences": 300,
             "repeats": 1,
         }
         return cls(**{**values, **overrides})

@@ -92,6 +92,18 @@ def bm25_ingest_subprocess(session: Session, corpus: Path, index: str) -> dict[s
     }
 
 
+def vector_index_type(session: Session, index: str) -> str | None:
+    """The ``index_options.type`` of the first ``dense_vector`` field of ``index`` (each system keeps its default)."""
+    mappings = session.client.indices.get_mapping(index=index).body
+    fields = [props for body in mappings.values() for props in body["mappings"].get("properties", {}).values()]
+    while fields:
+        field = fields.pop()
+        if field.get("type") == "dense_vector":
+            return str(field.get("index_options", {}).get("type"))
+        fields.extend(field.get("properties", {}).values())
+    return None
+
+
 def run(session: Session) -> dict[str, Any]:
     cfg = session.config
     corpus = scifact_corpus(session)
@@ -113,6 +125,7 @@ def run(session: Session) -> dict[str, Any]:
         last = rep == cfg.repeats - 1
         index = session.scratch.name(f"scifact-{rep}")
         ralm_s.append(ralm_ingest(session, corpus, index, n))
+        vector_types = {"ralm-es": vector_index_type(session, index)}
         if last:
             session.shared["scifact_index"] = index  # the retrieval benchmarks search the last one
         else:
@@ -126,11 +139,13 @@ def run(session: Session) -> dict[str, Any]:
             if result["count"] != n:
                 raise RuntimeError(f"{peer} left {result['count']} passages in {index}, expected {n}")
             record["seconds"].append(result["seconds"])
+            vector_types[peer] = vector_index_type(session, index)
             session.scratch.drop(index)
     limit_rate = [n / s for s in limit_s]
     ralm_rate = [n / s for s in ralm_s]
     result: dict[str, Any] = {
-        "corpus": str(corpus),
+        "corpus": str(scifact_paths()["corpus"]) + (f" (first {cfg.abstracts} lines)" if cfg.abstracts else ""),
+        "vector_index_types": vector_types,
         "abstracts": sum(1 for _ in corpus.open(encoding="utf-8")),
         "passages": n,
         "repeats": cfg.repeats,

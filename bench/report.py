@@ -195,7 +195,8 @@ def ingest_section(ingest: dict[str, Any], img: str) -> list[str]:
             "Each system writes the same chunked passages into its own fresh index on the same node with the same "
             "model folder and batch size. ralm-es's time covers reading, chunking, embedding, writing and the final "
             "refresh; a peer's covers embedding and writing the pre-chunked passages (model loading excluded for "
-            "all), and each index's `_count` is checked afterwards.",
+            "all), and each index's `_count` is checked afterwards. Each system keeps its default vector index "
+            "type: " + ", ".join(f"{k} `{v}`" for k, v in ingest["vector_index_types"].items()) + ".",
         ]
     else:
         lines.append("Peers were not run in this run.")

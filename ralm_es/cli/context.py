@@ -9,7 +9,7 @@ from typing import Any
 import click
 from elasticsearch import Elasticsearch
 
-from ralm_es.config import ConnectionSettings, resolve_connection
+from ralm_es.config import ConfigError, ConnectionSettings, from_dict, load_yaml, resolve_connection
 from ralm_es.es.client import connect
 from ralm_es.es.distribution import cache_home
 from ralm_es.store.base import Backend
@@ -26,6 +26,23 @@ class CliContext:
     def client(self) -> Elasticsearch:
         return connect(self.connection())
 
+    def field_map(self, flags: tuple[str, ...] = ()) -> Any:
+        """The index's field map: the config file's ``fields:`` section, then ``--field name=field`` flags."""
+        from ralm_es.store.elastic import FieldMap
+
+        section = load_yaml(self.config_file).get("fields", {}) if self.config_file else {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{self.config_file}: 'fields' must be a mapping")
+        merged = dict(section)
+        for flag in flags:
+            name, sep, value = flag.partition("=")
+            if not sep or not value.strip():
+                raise ConfigError(f"--field: expected name=field (e.g. text=body), got {flag!r}")
+            name = name.strip()
+            # extra is a list: repeating --field extra=... adds to it.
+            merged[name] = [*merged.get(name, []), value.strip()] if name == "extra" else value.strip()
+        return from_dict(FieldMap, merged, where=f"{self.config_file}: fields" if section else "--field")
+
 
 pass_context = click.make_pass_decorator(CliContext, ensure=True)
 
@@ -37,14 +54,14 @@ def local_index_path(index: str) -> Path:
     return cache_home() / "local" / index
 
 
-def open_backend(ctx: CliContext, backend: str, index: str) -> Backend:
+def open_backend(ctx: CliContext, backend: str, index: str, fields: tuple[str, ...] = ()) -> Backend:
     if backend == "local":
         from ralm_es.store.local import LocalBackend
 
         return LocalBackend(local_index_path(index))
     from ralm_es.store.elastic import ElasticsearchBackend
 
-    return ElasticsearchBackend(ctx.client(), index)
+    return ElasticsearchBackend(ctx.client(), index, fields=ctx.field_map(fields))
 
 
 backend_option = click.option(

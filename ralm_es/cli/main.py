@@ -11,6 +11,7 @@ from ralm_es.cli.context import CliContext
 from ralm_es.cli.es_commands import es
 from ralm_es.cli.ingest_commands import ingest
 from ralm_es.cli.search_commands import evaluate, retrieve, search
+from ralm_es.cli.serve_commands import serve
 from ralm_es.cli.train_commands import evaluate_model, predict, train
 from ralm_es.errors import RalmError
 from ralm_es.version import __version__
@@ -49,6 +50,7 @@ for command in (search, retrieve, evaluate):
     cli.add_command(command)
 for command in (train, predict, evaluate_model):
     cli.add_command(command)
+cli.add_command(serve)
 
 
 def main() -> None:

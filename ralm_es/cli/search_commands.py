@@ -40,13 +40,30 @@ def _scalar(raw: str) -> Any:
     return raw
 
 
-def query_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by every command that runs queries."""
+def retrieval_options(encoder_flag: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options shared by every command that runs queries; the query encoder folder is ``encoder_flag``."""
+    return lambda func: _with_retrieval_options(func, encoder_flag)
+
+
+def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Callable[..., Any]:
     options = [
         click.option("--index", default="passages", show_default=True, help="Alias/index, or local index name."),
         backend_option,
+        click.option(
+            "--field",
+            "fields",
+            multiple=True,
+            metavar="NAME=FIELD",
+            help="Field map for an index made elsewhere: id, doc_id, text, title, vector, metadata, extra "
+            "(repeatable; e.g. text=body). Config file: fields: section.",
+        ),
         click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True),
-        click.option("--model", type=click.Path(file_okay=False), help="Query encoder folder (default: the index's)."),
+        click.option(
+            encoder_flag,
+            "model",
+            type=click.Path(file_okay=False),
+            help="Query encoder folder (default: the index's).",
+        ),
         click.option("--fusion", type=click.Choice(["rrf", "linear"]), default="rrf", show_default=True),
         click.option("--rrf-k", default=60.0, show_default=True, help="RRF rank constant."),
         click.option("--dense-weight", default=0.5, show_default=True, help="Weight of the dense list in fusion."),
@@ -60,11 +77,14 @@ def query_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+query_options = retrieval_options("--model")
+
+
 def build_retriever(ctx: CliContext, options: dict[str, Any], exclude: str = "none") -> Any:
     from ralm_es.embed import Encoder
     from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 
-    backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"))
+    backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"), options.pop("fields"))
     model = options.pop("model")
     settings = RetrievalSettings(
         mode=options.pop("mode"),

@@ -24,7 +24,11 @@ MSEARCH_CHUNK = 64
 
 @dataclass
 class FieldMap:
-    """Which fields of an index hold what; defaults are the fields of indices ralm-es creates."""
+    """Which fields of an index hold what; defaults are the fields of indices ralm-es creates.
+
+    For an index made elsewhere: ``id`` must be a keyword field (or ``_id``), ``vector`` a ``dense_vector``,
+    ``metadata`` an object whose keys filters name, and ``extra`` top-level fields shown and filtered as metadata.
+    """
 
     id: str = "id"
     doc_id: str = "doc_id"
@@ -252,7 +256,7 @@ class ElasticsearchBackend:
         """The exact request body for one search (what ``--explain-dsl`` prints)."""
         f = self.fields
         filters = [filter_clause(flt, f) for flt in request.filters]
-        must_not = [{"ids": {"values": list(request.exclude_ids)}}] if request.exclude_ids else []
+        must_not = [{"terms": {f.id: list(request.exclude_ids)}}] if request.exclude_ids else []
         source = {"excludes": [f.vector]}
         if request.mode == "bm25":
             match = {
@@ -286,9 +290,11 @@ class ElasticsearchBackend:
         for name in f.extra:
             if name in src:
                 metadata[name] = src[name]
+        # Indices made elsewhere may lack an id or doc_id field: the Elasticsearch _id stands in.
+        pid = str(src.get(f.id, raw["_id"]))
         return Hit(
-            id=raw["_id"],
-            doc_id=str(src.get(f.doc_id, raw["_id"])),
+            id=pid,
+            doc_id=str(src.get(f.doc_id, pid)),
             score=float(raw["_score"]),
             text=src.get(f.text, ""),
             title=src.get(f.title, "") or "",

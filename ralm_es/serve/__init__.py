@@ -1,0 +1,1 @@
+"""``ralm-es serve``: the query layer and a trained run behind a small REST API (FastAPI)."""

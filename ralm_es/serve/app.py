@@ -1,0 +1,199 @@
+"""The REST API as a FastAPI app, built by ``create_app`` from real objects (tests build it the same way)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from elasticsearch import ApiError, TransportError
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from ralm_es.errors import RalmError
+from ralm_es.retrieve.retriever import Retriever
+from ralm_es.serve import models as m
+from ralm_es.serve.auth import bearer_auth
+from ralm_es.serve.limits import check_request
+from ralm_es.serve.middleware import AccessLog, BodyLimit
+from ralm_es.serve.predictor import PredictInput, Predictor
+from ralm_es.serve.settings import ServeSettings
+from ralm_es.store.base import Filter
+from ralm_es.version import __version__
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": m.ErrorOut, "description": text}
+    for code, text in {
+        400: "The library refused the request (empty query, unknown field, wrong mode for the index).",
+        401: "Missing or wrong bearer token (only when RALM_ES_API_TOKEN is set).",
+        413: "Too many inputs, too long a text, or too large a body.",
+        503: "Elasticsearch is unreachable or overloaded.",
+    }.items()
+}
+
+
+def _filters(items: list[m.FilterIn]) -> list[Filter]:
+    return [Filter(f.field, f.kind, f.value) for f in items]
+
+
+def _elastic_detail(exc: ApiError) -> str:
+    info = exc.info if isinstance(exc.info, dict) else {}
+    error = info.get("error")
+    reason = error.get("reason") if isinstance(error, dict) else None
+    return f"Elasticsearch refused the request ({exc.meta.status}): {reason or exc.message}"
+
+
+def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predictor | None = None) -> FastAPI:
+    """The app over ``retriever`` (and ``predictor`` for /predict); ``settings`` set the limits, auth and CORS."""
+    app = FastAPI(
+        title="ralm-es",
+        version=__version__,
+        description="Top-k passages from Elasticsearch by BM25, kNN or hybrid search, and predictions of a "
+        "retrieval-augmented model.",
+    )
+    # The Retriever's query-vector cache and the torch models are not safe to share between threads.
+    lock = threading.Lock()
+    protected = [Depends(bearer_auth(settings.token))] if settings.token is not None else []
+
+    @app.exception_handler(RalmError)
+    def library_error(request: Request, exc: RalmError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(ApiError)
+    def elastic_error(request: Request, exc: ApiError) -> JSONResponse:
+        status = 503 if exc.meta.status >= 500 or exc.meta.status == 429 else 400
+        return JSONResponse({"detail": _elastic_detail(exc)}, status_code=status)
+
+    @app.exception_handler(TransportError)
+    def unreachable(request: Request, exc: TransportError) -> JSONResponse:
+        return JSONResponse({"detail": f"Elasticsearch is unavailable ({type(exc).__name__})"}, status_code=503)
+
+    @app.post("/search", response_model=m.SearchOut, dependencies=protected, responses=ERRORS)
+    def search(body: m.SearchIn) -> m.SearchOut:
+        """The top-k passages for one query (the hits of ``ralm-es search --json``)."""
+        check_request(settings, [body.text], body.k)
+        mode = body.mode or retriever.settings.mode
+        with lock:
+            hits = retriever.search(
+                body.text, k=body.k, mode=mode, filters=_filters(body.filters), exclude_ids=body.exclude_ids
+            )
+        return m.SearchOut(mode=mode, hits=[m.HitOut(**h.to_json()) for h in hits])
+
+    @app.post("/retrieve", response_model=m.RetrieveOut, dependencies=protected, responses=ERRORS)
+    def retrieve(body: m.RetrieveIn) -> m.RetrieveOut:
+        """The top-k passages for each of a batch of inputs, in one ``search_many`` call."""
+        check_request(settings, [item.text for item in body.inputs], body.k)
+        mode = body.mode or retriever.settings.mode
+        with lock:
+            found = retriever.search_many(
+                [item.text for item in body.inputs],
+                k=body.k,
+                mode=mode,
+                filters=_filters(body.filters),
+                exclude_ids=[item.exclude_ids for item in body.inputs],
+            )
+        results = [
+            m.RetrieveResult(id=item.id, hits=[m.HitOut(**h.to_json()) for h in hits])
+            for item, hits in zip(body.inputs, found, strict=True)
+        ]
+        return m.RetrieveOut(mode=mode, results=results)
+
+    @app.post(
+        "/predict",
+        response_model=m.PredictOut,
+        response_model_exclude_none=True,
+        dependencies=protected,
+        responses={**ERRORS, 404: {"model": m.ErrorOut, "description": "No model loaded (serve --model)."}},
+    )
+    def predict(body: m.PredictIn) -> m.PredictOut:
+        """Entities (NER) or a class for each input, with the trained run given to ``ralm-es serve --model``."""
+        if predictor is None:
+            raise HTTPException(404, "no model loaded: start the server with --model RUN_DIR")
+        texts = [" ".join(item.words) if isinstance(item, m.PredictWords) else item.text for item in body.inputs]
+        pairs = [item.text_pair if isinstance(item, m.PredictText) else None for item in body.inputs]
+        check_request(settings, [f"{text} {pair or ''}".strip() for text, pair in zip(texts, pairs, strict=True)])
+        inputs = []
+        for i, (text, pair, item) in enumerate(zip(texts, pairs, body.inputs, strict=True)):
+            if not text.split():
+                raise HTTPException(422, f"inputs[{i}]: empty text")
+            pair_words = pair.split() if pair else None
+            inputs.append(PredictInput(words=text.split(), id=item.id, pair_words=pair_words))
+        with lock:
+            records = predictor.predict(inputs, explain=body.explain)
+        return m.PredictOut(task=predictor.task, predictions=[m.PredictionOut(**r) for r in records])
+
+    @app.get("/health", response_model=m.HealthOut, responses={503: {"model": m.HealthOut}})
+    def health(response: Response) -> m.HealthOut:
+        """Cluster, index and model state; 503 when the cluster cannot be reached (for load balancers)."""
+        status = "ok"
+        cluster = None
+        client = getattr(retriever.backend, "client", None)
+        if client is not None:
+            try:
+                state = client.cluster.health().body
+                cluster = {"reachable": True, "name": state["cluster_name"], "status": state["status"]}
+            except (ApiError, TransportError) as exc:
+                cluster = {"reachable": False, "error": type(exc).__name__}
+                status = "unavailable"
+        index: dict[str, Any] = {"mode": retriever.settings.mode}
+        if retriever.encoder is not None:
+            index["encoder"] = {"name": retriever.encoder.name, "dim": retriever.encoder.dim}
+        if status == "ok":
+            try:
+                info = retriever.backend.info()
+                index.update(name=info["index"], count=info["count"], dims=info["dims"])
+            except RalmError as exc:
+                index["error"] = str(exc)
+        model = {"loaded": True, **predictor.info()} if predictor is not None else {"loaded": False}
+        if status != "ok":
+            response.status_code = 503
+        return m.HealthOut(status=status, version=__version__, cluster=cluster, index=index, model=model)
+
+    @app.get("/indices", response_model=list[m.IndexOut], dependencies=protected, responses=ERRORS)
+    def indices() -> list[m.IndexOut]:
+        """The cluster's indices (hidden ones left out) with doc counts, aliases and vector fields."""
+        backend = retriever.backend
+        client = getattr(backend, "client", None)
+        if client is None:
+            info = backend.info()
+            vectors = {"vector": info["dims"]} if info.get("dims") else {}
+            return [
+                m.IndexOut(
+                    index=info["index"], docs=info["count"], health=None, aliases=[], vectors=vectors, serving=True
+                )
+            ]
+        serving = getattr(backend, "index", "")
+        rows = client.cat.indices(format="json", h="index,docs.count,health").body
+        aliases = client.indices.get_alias(index="*").body
+        mappings = client.indices.get_mapping(index="*").body
+        out = []
+        for row in sorted(rows, key=lambda r: r["index"]):
+            name = row["index"]
+            if name.startswith("."):
+                continue
+            names = sorted((aliases.get(name) or {}).get("aliases", {}))
+            props = (mappings.get(name) or {}).get("mappings", {}).get("properties", {})
+            vectors = {f: int(p["dims"]) for f, p in props.items() if p.get("type") == "dense_vector" and "dims" in p}
+            docs = row.get("docs.count")
+            out.append(
+                m.IndexOut(
+                    index=name,
+                    docs=int(docs) if docs is not None else None,
+                    health=row.get("health"),
+                    aliases=names,
+                    vectors=vectors,
+                    serving=serving == name or serving in names,
+                )
+            )
+        return out
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(AccessLog)
+    return app

@@ -1,0 +1,93 @@
+"""A trained run folder answering requests: examples built in memory, passages retrieved live, labels out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seqeval.metrics.sequence_labeling import get_entities
+
+from ralm_es.cli.search_commands import cache_hit
+from ralm_es.model.inputs import build_features
+from ralm_es.retrieve.retriever import Retriever
+from ralm_es.tasks import DataError, Example
+from ralm_es.train.data import frozen_embedder
+from ralm_es.train.inference import predict
+from ralm_es.train.runs import LoadedRun, open_run
+
+PASSAGE_KEYS = ("id", "doc_id", "rank", "score", "title", "text")
+
+
+@dataclass
+class PredictInput:
+    words: list[str]
+    id: str | None = None
+    pair_words: list[str] | None = None
+
+
+class Predictor:
+    """Labels inputs with ``run``; a retrieval-augmented run gets its top ``k`` passages from ``retriever``."""
+
+    def __init__(self, run: LoadedRun, retriever: Retriever | None = None, batch_size: int = 32) -> None:
+        spec = run.model.spec
+        if spec.uses_passages and retriever is None:
+            raise DataError(f"the model in {run.folder} uses fusion '{spec.fusion}' and needs a retriever")
+        self.run = run
+        self.retriever = retriever
+        self.batch_size = batch_size
+        self.embed = frozen_embedder(spec, run.device_name)
+
+    @classmethod
+    def open(cls, folder: str | Path, retriever: Retriever | None = None, device: str = "auto") -> Predictor:
+        return cls(open_run(folder, device), retriever)
+
+    @property
+    def task(self) -> str:
+        return self.run.model.spec.task
+
+    def info(self) -> dict[str, Any]:
+        spec = self.run.model.spec
+        return {
+            "run": str(self.run.folder),
+            "task": spec.task,
+            "fusion": spec.fusion,
+            "k": spec.k,
+            "labels": spec.labels,
+        }
+
+    def predict(self, inputs: list[PredictInput], explain: bool = False) -> list[dict[str, Any]]:
+        spec = self.run.model.spec
+        examples = [
+            Example(
+                id=item.id if item.id is not None else str(i),
+                words=tuple(item.words),
+                source=f"inputs[{i}]",
+                pair_words=tuple(item.pair_words) if item.pair_words else None,
+            )
+            for i, item in enumerate(inputs)
+        ]
+        hits: list[list[dict[str, Any]]] = [[] for _ in examples]
+        if spec.uses_passages:
+            assert self.retriever is not None
+            found = self.retriever.search_many([ex.text for ex in examples], k=spec.k)
+            hits = [[cache_hit(h) for h in ex_hits] for ex_hits in found]
+        fs = build_features(examples, hits, self.run.tokenizer, spec, None, self.embed)
+        preds = predict(self.run.model, fs, self.batch_size, next(self.run.model.parameters()).device)
+        out = []
+        for ex, ex_hits, pred in zip(examples, fs.hits, preds, strict=True):
+            record: dict[str, Any] = {"id": ex.id}
+            if isinstance(pred.labels, list):
+                words = list(ex.words)
+                entities = [
+                    {"type": kind, "start": start, "end": end + 1, "text": " ".join(words[start : end + 1])}
+                    for kind, start, end in get_entities(pred.labels)
+                ]
+                record.update(words=words, tags=pred.labels, entities=entities)
+            else:
+                record.update(label=pred.labels, probability=pred.probability)
+            if explain:
+                record["passages"] = [{key: hit.get(key) for key in PASSAGE_KEYS} for hit in ex_hits]
+                record["weights"] = pred.weights
+            out.append(record)
+        return out

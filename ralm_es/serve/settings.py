@@ -1,0 +1,26 @@
+"""What the REST service allows and exposes; from the config file's ``serve:`` section and ``ralm-es serve`` flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ralm_es.config import Secret
+
+TOKEN_ENV = "RALM_ES_API_TOKEN"
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Requests beyond these limits are refused (k: 422; batch, text and body size: 413).
+    max_k: int = 100
+    max_batch: int = 64
+    max_text_chars: int = 4000
+    max_body_bytes: int = 1_048_576
+    # Browser origins allowed by CORS; empty keeps CORS off.
+    cors_origins: list[str] = field(default_factory=list)
+    # Bearer token every endpoint but /health asks for; None leaves the API open. Read from RALM_ES_API_TOKEN.
+    token: Secret | None = None
+    # Seconds in-flight requests get to finish on shutdown (SIGINT/SIGTERM).
+    graceful_timeout: float = 10.0

@@ -1,0 +1,335 @@
+"""The REST service on the real node: every endpoint, auth on and off, the limits, logs, CORS, a schemathesis run
+over the OpenAPI document, and ``ralm-es serve`` as a real uvicorn process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+import yaml
+from elasticsearch import Elasticsearch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from ralm_es.cli.search_commands import cache_hit
+from ralm_es.config import ConnectionSettings, Secret
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.embed import Encoder
+from ralm_es.es.client import build_client
+from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.retrieve.cache import CacheHeader, CacheWriter
+from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.serve.app import create_app
+from ralm_es.serve.predictor import Predictor
+from ralm_es.serve.settings import ServeSettings
+from ralm_es.store.elastic import ElasticsearchBackend
+from ralm_es.tasks.ner import read_ner
+from ralm_es.train.config import load_config
+from ralm_es.train.loop import train
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> Encoder:
+    return Encoder(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_index(es_client: Elasticsearch, encoder: Encoder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = f"t-serve-{uuid.uuid4().hex[:8]}"
+    backend = ElasticsearchBackend(es_client, name)
+    Ingest(backend, IngestSettings(), encoder=encoder, checkpoint_dir=tmp_path_factory.mktemp("ckpt")).run(
+        [sample_path("sample_corpus.jsonl")]
+    )
+    yield name
+    es_client.indices.delete(index=",".join(backend.concrete_indices()))
+
+
+@pytest.fixture(scope="module")
+def retriever(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> Retriever:
+    return Retriever(ElasticsearchBackend(es_client, sample_index), encoder, RetrievalSettings(mode="hybrid", k=5))
+
+
+def train_run(folder: Path, model: Path, task: dict[str, Any], data: dict[str, str], fusion: str) -> Path:
+    config = {
+        "task": task,
+        "data": data,
+        "model": {"encoder": str(model), "fusion": fusion, "k": 3, "max_length": 48, "passage_max_length": 16},
+        "train": {"epochs": 1, "max_steps": 3, "batch_size": 8, "eval_every": 100, "device": "cpu", "threads": 1},
+        "run": {"out": str(folder / "run"), "progress": False},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return train(load_config(path)).out
+
+
+@pytest.fixture(scope="module")
+def ner_predictor(retriever: Retriever, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    """A NER run with attention fusion, trained on the sample sentences with passages retrieved from the index."""
+    folder = tmp_path_factory.mktemp("ner-run")
+    examples = read_ner(sample_path("sample_ner.txt"))
+    cache = folder / "train.cache.jsonl"
+    found = retriever.search_many([ex.text for ex in examples], k=3, mode="bm25")
+    with CacheWriter(cache, CacheHeader(index="sample", mode="bm25", k=3)) as writer:
+        for ex, hits in zip(examples, found, strict=True):
+            writer.write(ex.id, ex.text, [cache_hit(h) for h in hits])
+    data = {"train": str(sample_path("sample_ner.txt")), "train_cache": str(cache)}
+    run = train_run(folder, tiny_model_dir, {"type": "ner"}, data, "attention")
+    return Predictor.open(run, retriever.with_settings(RetrievalSettings(mode="bm25")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def claim_predictor(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    folder = tmp_path_factory.mktemp("claim-run")
+    data = {"train": str(sample_path("sample_claims.jsonl"))}
+    run = train_run(folder, tiny_model_dir, {"type": "classification"}, data, "none")
+    return Predictor.open(run, None, device="cpu")
+
+
+def client_for(retriever: Retriever, predictor: Predictor | None = None, **kw: Any) -> TestClient:
+    return TestClient(create_app(ServeSettings(**kw), retriever, predictor))
+
+
+def test_search_returns_the_hits_of_the_library(retriever: Retriever) -> None:
+    api = client_for(retriever)
+    for mode in ("bm25", "dense", "hybrid"):
+        resp = api.post("/search", json={"text": "insulin lowers blood glucose", "k": 4, "mode": mode})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        expected = [h.to_json() for h in retriever.search("insulin lowers blood glucose", k=4, mode=mode)]
+        assert body["mode"] == mode and body["hits"] == expected
+    default = api.post("/search", json={"text": "insulin"}).json()
+    assert default["mode"] == "hybrid" and len(default["hits"]) == 5
+    filtered = api.post(
+        "/search",
+        json={"text": "company founded", "k": 8, "filters": [{"field": "topic", "kind": "term", "value": "medicine"}]},
+    ).json()
+    assert filtered["hits"] and all(h["metadata"]["topic"] == "medicine" for h in filtered["hits"])
+    first = default["hits"][0]["id"]
+    again = api.post("/search", json={"text": "insulin", "exclude_ids": [first]}).json()
+    assert first not in {h["id"] for h in again["hits"]}
+
+
+def test_retrieve_is_search_many(retriever: Retriever) -> None:
+    api = client_for(retriever)
+    texts = ["insulin", "football league", "river city"]
+    body = {"inputs": [{"id": f"q{i}", "text": t} for i, t in enumerate(texts)], "k": 3, "mode": "bm25"}
+    resp = api.post("/retrieve", json=body)
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    expected = retriever.search_many(texts, k=3, mode="bm25")
+    assert [r["id"] for r in results] == ["q0", "q1", "q2"]
+    assert [[h["id"] for h in r["hits"]] for r in results] == [[h.id for h in hits] for hits in expected]
+    since_1990 = {"field": "year", "kind": "range", "value": {"gte": 1990}}
+    ranged = api.post("/retrieve", json={"inputs": [{"text": "discovery"}], "filters": [since_1990]}).json()
+    assert all(h["metadata"]["year"] >= 1990 for h in ranged["results"][0]["hits"])
+
+
+def test_predict_ner_entities_with_explain(retriever: Retriever, ner_predictor: Predictor) -> None:
+    api = client_for(retriever, ner_predictor)
+    words = ["Frederick", "Banting", "isolated", "insulin", "in", "Toronto", "."]
+    resp = api.post("/predict", json={"inputs": [{"id": "s1", "words": words}, {"text": "Eli Lilly sold it"}]})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["task"] == "ner"
+    first, second = body["predictions"]
+    assert first["id"] == "s1" and first["words"] == words and len(first["tags"]) == len(words)
+    assert second["id"] == "1" and second["words"] == ["Eli", "Lilly", "sold", "it"]
+    labels = set(ner_predictor.info()["labels"])
+    assert set(first["tags"]) <= labels and "passages" not in first
+    for pred in body["predictions"]:
+        # Entities are exactly the B-/I- spans of the tags.
+        for entity in pred["entities"]:
+            span = pred["tags"][entity["start"] : entity["end"]]
+            assert span[0] in (f"B-{entity['type']}", f"I-{entity['type']}")
+            assert all(t == f"I-{entity['type']}" for t in span[1:])
+            assert entity["text"] == " ".join(pred["words"][entity["start"] : entity["end"]])
+    explained = api.post("/predict", json={"inputs": [{"words": words}], "explain": True}).json()["predictions"][0]
+    expected = retriever.search_many([" ".join(words)], k=3, mode="bm25")[0]
+    assert [p["id"] for p in explained["passages"]] == [h.id for h in expected]
+    assert len(explained["weights"]) == len(words)
+    assert all(len(row) == 3 for row in explained["weights"])
+    assert any(sum(row) == pytest.approx(1.0, abs=1e-4) for row in explained["weights"])
+
+
+def test_predict_classification_and_without_a_model(retriever: Retriever, claim_predictor: Predictor) -> None:
+    api = client_for(retriever, claim_predictor)
+    resp = api.post("/predict", json={"inputs": [{"id": "c", "text": "Insulin is made in the pancreas."}]})
+    assert resp.status_code == 200, resp.text
+    (pred,) = resp.json()["predictions"]
+    assert resp.json()["task"] == "classification"
+    assert pred["label"] in claim_predictor.info()["labels"] and 0 < pred["probability"] <= 1
+    assert "tags" not in pred
+    missing = client_for(retriever).post("/predict", json={"inputs": [{"text": "x"}]})
+    assert missing.status_code == 404 and "--model RUN_DIR" in missing.json()["detail"]
+
+
+def test_health_and_indices(retriever: Retriever, sample_index: str, ner_predictor: Predictor) -> None:
+    api = client_for(retriever, ner_predictor)
+    health = api.get("/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["cluster"]["reachable"] and body["cluster"]["status"] in ("green", "yellow")
+    assert body["index"]["name"] == sample_index and body["index"]["count"] > 0 and body["index"]["dims"] == 32
+    assert body["model"]["loaded"] and body["model"]["task"] == "ner" and body["model"]["fusion"] == "attention"
+    indices = api.get("/indices").json()
+    mine = [i for i in indices if sample_index in i["aliases"]]
+    assert len(mine) == 1 and mine[0]["serving"] and mine[0]["vectors"] == {"vector": 32} and mine[0]["docs"] > 0
+    assert not any(i["index"].startswith(".") for i in indices)
+    assert client_for(retriever).get("/health").json()["model"] == {"loaded": False}
+
+
+def test_unreachable_cluster_is_503(encoder: Encoder) -> None:
+    dead = build_client(ConnectionSettings(hosts=["http://127.0.0.1:9"], max_retries=0, request_timeout=2))
+    api = client_for(Retriever(ElasticsearchBackend(dead, "passages"), encoder))
+    health = api.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    assert not health.json()["cluster"]["reachable"]
+    resp = api.post("/search", json={"text": "insulin", "mode": "bm25"})
+    assert resp.status_code == 503 and "Elasticsearch is unavailable" in resp.json()["detail"]
+
+
+def test_library_errors_are_4xx_with_the_message(retriever: Retriever, es_client: Elasticsearch) -> None:
+    api = client_for(retriever)
+    empty = api.post("/search", json={"text": "   "})
+    assert empty.status_code == 400 and "empty query" in empty.json()["detail"]
+    unknown = client_for(Retriever(ElasticsearchBackend(es_client, "no-such-index"), None))
+    resp = unknown.post("/search", json={"text": "insulin", "mode": "bm25"})
+    assert resp.status_code == 400 and "'no-such-index' does not exist" in resp.json()["detail"]
+    no_encoder = unknown.post("/search", json={"text": "insulin", "mode": "dense"})
+    assert no_encoder.status_code == 400 and "query encoder" in no_encoder.json()["detail"]
+    bad_filter = api.post("/search", json={"text": "x", "filters": [{"field": "year", "kind": "range", "value": 3}]})
+    assert bad_filter.status_code == 422 and "range filter" in bad_filter.text
+    extra = api.post("/search", json={"text": "x", "size": 1000})
+    assert extra.status_code == 422 and "size" in extra.text
+
+
+def test_limits(retriever: Retriever) -> None:
+    api = client_for(retriever, max_k=10, max_batch=2, max_text_chars=50, max_body_bytes=2000)
+    too_many = api.post("/search", json={"text": "insulin", "k": 11})
+    assert too_many.status_code == 422 and "k=11 is over this server's limit of 10" in too_many.json()["detail"]
+    batch = api.post("/retrieve", json={"inputs": [{"text": "a"}, {"text": "b"}, {"text": "c"}]})
+    assert batch.status_code == 413 and "3 inputs" in batch.json()["detail"]
+    long = api.post("/search", json={"text": "insulin " * 10})
+    assert long.status_code == 413 and "80 characters" in long.json()["detail"]
+    body = api.post("/search", json={"text": "x", "exclude_ids": ["id"] * 500})
+    assert body.status_code == 413 and "limit of 2000" in body.json()["detail"]
+    assert api.post("/search", json={"text": "insulin", "k": 10}).status_code == 200
+
+
+def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ralm_es.serve.access")
+    secured = client_for(retriever, token=Secret(TOKEN))
+    request = {"text": "a very private query", "mode": "bm25"}
+    for headers in ({}, {"Authorization": "Bearer guess-123"}, {"Authorization": f"Basic {TOKEN}"}):
+        resp = secured.post("/search", json=request, headers=headers)
+        assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
+        assert TOKEN not in resp.text and "guess-123" not in resp.text
+    assert secured.get("/indices").status_code == 401
+    assert secured.post("/search", json=request, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert secured.get("/health").status_code == 200
+    schema = secured.get("/openapi.json").json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    open_api = client_for(retriever)
+    assert open_api.post("/search", json=request).status_code == 200
+    assert "securitySchemes" not in open_api.get("/openapi.json").json().get("components", {})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ralm_es.serve.access"]
+    assert [line["status"] for line in lines[:3]] == [401, 401, 401]
+    assert all({"method", "path", "status", "duration_ms"} <= set(line) for line in lines)
+    assert lines[0]["method"] == "POST" and lines[0]["path"] == "/search" and lines[0]["duration_ms"] >= 0
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert TOKEN not in logged and "private query" not in logged
+
+
+def test_cors_is_off_unless_configured(retriever: Retriever) -> None:
+    preflight = {"Origin": "https://kibana.example", "Access-Control-Request-Method": "POST"}
+    off = client_for(retriever).options("/search", headers=preflight)
+    assert "access-control-allow-origin" not in off.headers
+    api = client_for(retriever, cors_origins=["https://kibana.example"])
+    on = api.options("/search", headers=preflight)
+    assert on.status_code == 200 and on.headers["access-control-allow-origin"] == "https://kibana.example"
+    other = api.options("/search", headers={**preflight, "Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_openapi_fuzz_never_gives_a_server_error(retriever: Retriever, ner_predictor: Predictor) -> None:
+    """Schemathesis cases for every operation of the OpenAPI document (25 each), with a model loaded."""
+    app = create_app(ServeSettings(max_k=20, max_batch=8, max_text_chars=500), retriever, ner_predictor)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} == {
+        "POST /search",
+        "POST /retrieve",
+        "POST /predict",
+        "GET /health",
+        "GET /indices",
+    }
+    statuses: dict[str, list[int]] = {op.path: [] for op in operations}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        def never_5xx(case: Any) -> None:
+            statuses[case.operation.path].append(case.call_and_validate(checks=[not_a_server_error]).status_code)
+
+        never_5xx()
+    # Every operation was exercised, and some generated requests got through to the node.
+    assert all(any(200 <= c < 300 for c in codes) for codes in statuses.values()), statuses
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sample_index: str) -> None:
+    port = free_port()
+    env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": TOKEN}
+    args = ["serve", "--index", sample_index, "--mode", "bm25", "--port", str(port), "--max-k", "3"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                health = httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.2)
+        assert health.status_code == 200 and health.json()["index"]["name"] == sample_index
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        hits = httpx.post(f"{url}/search", json={"text": "insulin", "k": 2}, headers=auth, timeout=30).json()["hits"]
+        assert len(hits) == 2 and hits[0]["doc_id"] == "med-01"
+        assert httpx.post(f"{url}/search", json={"text": "insulin", "k": 4}, headers=auth).status_code == 422
+        assert httpx.get(f"{url}/indices").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    # uvicorn finishes open requests and shuts the app down, then re-raises the signal it caught.
+    assert proc.returncode == -signal.SIGTERM, stderr
+    assert "Application shutdown complete" in stderr and "Finished server process" in stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert [(line["method"], line["path"], line["status"]) for line in lines[-3:]] == [
+        ("POST", "/search", 200),
+        ("POST", "/search", 422),
+        ("GET", "/indices", 401),
+    ]
+    assert TOKEN not in stderr
