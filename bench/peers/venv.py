@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as metadata
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-from packaging.utils import canonicalize_name
 
 from ralm_es.es.distribution import cache_home
 
@@ -41,7 +40,7 @@ def shared_distributions() -> list[metadata.Distribution]:
     """torch and every installed native distribution of its family (CUDA wheels pull each other in by extras)."""
     out = [metadata.distribution(name) for name in SHARED]
     for dist in metadata.distributions():
-        name = canonicalize_name(dist.metadata["Name"] or "")
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
         if name.startswith(NATIVE_PREFIXES):
             out.append(dist)
     return out
