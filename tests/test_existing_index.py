@@ -1,0 +1,165 @@
+"""An index ralm-es did not create (plain PUT, other field names) used through the field map: search in every
+mode, filters and exclusion, the dimension check, a BM25-only index, the CLI flags and config section, and a
+retrieval cache that training reads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from elasticsearch import Elasticsearch, helpers
+
+from ralm_es.cli.main import cli
+from ralm_es.config import ConfigError
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.embed import Encoder
+from ralm_es.retrieve.cache import read_cache
+from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
+from ralm_es.store.base import Filter
+from ralm_es.store.elastic import ElasticsearchBackend, FieldMap
+from ralm_es.train.config import load_config
+from ralm_es.train.loop import train
+
+FIELDS = FieldMap(id="uid", text="body", title="headline", vector="embedding", extra=["topic", "year"])
+FLAGS = [
+    *("--field", "id=uid", "--field", "text=body", "--field", "title=headline", "--field", "vector=embedding"),
+    *("--field", "extra=topic", "--field", "extra=year"),
+]
+
+
+def records() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in sample_path("sample_corpus.jsonl").read_text().splitlines()]
+
+
+def create_foreign(es_client: Elasticsearch, name: str, dims: int | None, encoder: Encoder | None) -> None:
+    """What a search team might already run: its own mapping and names, documents under their own _ids."""
+    props: dict[str, Any] = {
+        "uid": {"type": "keyword"},
+        "headline": {"type": "text"},
+        "body": {"type": "text"},
+        "topic": {"type": "keyword"},
+        "year": {"type": "integer"},
+    }
+    if dims is not None:
+        props["embedding"] = {"type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine"}
+    es_client.indices.create(index=name, mappings={"properties": props})
+    rows = records()
+    vectors = encoder.encode([r["text"] for r in rows]) if encoder is not None else None
+    actions = []
+    for i, row in enumerate(rows):
+        doc = {"uid": row["_id"], "headline": row["title"], "body": row["text"], **row["metadata"]}
+        if vectors is not None:
+            doc["embedding"] = vectors[i].tolist()
+        actions.append({"_index": name, "_id": f"es-{i}", "_source": doc})
+    helpers.bulk(es_client, actions, refresh=True)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> Encoder:
+    return Encoder(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def foreign(es_client: Elasticsearch, encoder: Encoder) -> Iterator[str]:
+    name = f"t-foreign-{uuid.uuid4().hex[:8]}"
+    create_foreign(es_client, name, encoder.dim, encoder)
+    yield name
+    es_client.indices.delete(index=name)
+
+
+def test_every_mode_through_the_field_map(es_client: Elasticsearch, foreign: str, encoder: Encoder) -> None:
+    retriever = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), encoder, RetrievalSettings(k=4))
+    by_uid = {r["_id"]: r for r in records()}
+    for mode in ("bm25", "dense", "hybrid"):
+        hits = retriever.search("peptide hormone of the pancreatic islets", mode=mode)
+        assert len(hits) == 4
+        for hit in hits:
+            # Ids are the index's uid field (not the Elasticsearch _id), text and title come from body/headline.
+            source = by_uid[hit.id]
+            assert hit.doc_id == hit.id and hit.text == source["text"] and hit.title == source["title"]
+            assert hit.metadata == {"topic": source["metadata"]["topic"], "year": source["metadata"]["year"]}
+    assert retriever.search("peptide hormone of the pancreatic islets", mode="bm25")[0].id == "med-01"
+    filtered = retriever.search("history", k=10, filters=[Filter("topic", "term", "medicine")])
+    assert filtered and all(h.metadata["topic"] == "medicine" for h in filtered)
+    recent = retriever.search("the", k=10, mode="bm25", filters=[Filter("year", "range", {"gte": 1990})])
+    assert recent and all(h.metadata["year"] >= 1990 for h in recent)
+    excluded = retriever.search("insulin", mode="hybrid", exclude_ids=["med-01"])
+    assert "med-01" not in {h.id for h in excluded}
+
+
+def test_vector_dimension_is_checked(es_client: Elasticsearch, index_name: str, encoder: Encoder) -> None:
+    create_foreign(es_client, index_name, 16, None)
+    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), encoder)
+    with pytest.raises(RetrievalError, match=r"gives 32-dimensional vectors but the index holds 16"):
+        retriever.search("insulin", mode="dense")
+    with pytest.raises(RetrievalError, match="32-dimensional"):
+        retriever.search("insulin", mode="hybrid")
+    assert retriever.search("insulin", mode="bm25")[0].id == "med-01"
+
+
+def test_index_without_vectors_is_bm25_only(es_client: Elasticsearch, index_name: str, encoder: Encoder) -> None:
+    create_foreign(es_client, index_name, None, None)
+    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), encoder)
+    assert retriever.search("insulin", mode="bm25", k=1)[0].id == "med-01"
+    with pytest.raises(RetrievalError, match="has no vectors"):
+        retriever.search("insulin", mode="dense")
+    # Without the field map ralm-es's own field names find nothing in this index.
+    assert Retriever(ElasticsearchBackend(es_client, index_name), encoder).search("insulin", mode="bm25") == []
+
+
+def test_cli_flags_config_section_and_training(
+    es_url: str, es_client: Elasticsearch, foreign: str, encoder: Encoder, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    common = ["--es-url", es_url]
+    search = ["search", "peptide hormone of the pancreatic islets", "--index", foreign, "-k", "3", "--json"]
+    result = runner.invoke(cli, [*common, *search, *FLAGS, "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    library = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), encoder)
+    assert hits == [h.to_json() for h in library.search("peptide hormone of the pancreatic islets", k=3)]
+    assert all(h["text"] and h["scores"]["dense"] is not None for h in hits)
+
+    config = tmp_path / "ralm.yaml"
+    config.write_text(yaml.safe_dump({"fields": {"id": "uid", "text": "body", "title": "headline"}}))
+    bm25 = runner.invoke(cli, [*common, "--config", str(config), *search, "--mode", "bm25"])
+    assert bm25.exit_code == 0, bm25.output
+    assert json.loads(bm25.output)[0]["text"].startswith("Insulin is a peptide hormone")
+
+    config.write_text(yaml.safe_dump({"fields": {"txt": "body"}}))
+    bad = runner.invoke(cli, [*common, "--config", str(config), *search, "--mode", "bm25"])
+    assert isinstance(bad.exception, ConfigError) and "unknown setting 'txt'; did you mean text" in str(bad.exception)
+    bad_flag = runner.invoke(cli, [*common, *search, "--mode", "bm25", "--field", "body"])
+    assert isinstance(bad_flag.exception, ConfigError) and "expected name=field" in str(bad_flag.exception)
+
+    # A retrieval cache from the foreign index feeds training like any other.
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text(sample_path("sample_claims.jsonl").read_text())
+    cache = tmp_path / "claims.cache.jsonl"
+    args = ["retrieve", str(claims), "--index", foreign, "--mode", "bm25", "-k", "3", "--out", str(cache), "--quiet"]
+    retrieved = runner.invoke(cli, [*common, *args, *FLAGS])
+    assert retrieved.exit_code == 0, retrieved.output
+    header, entries = read_cache(cache)
+    expected = library.search(entries["claim-02"]["query"], k=3, mode="bm25")
+    assert header.index == foreign and [h["id"] for h in entries["claim-02"]["hits"]] == [h.id for h in expected]
+    assert all(h["text"] for h in entries["claim-02"]["hits"])
+    train_config = tmp_path / "train.yaml"
+    train_config.write_text(
+        yaml.safe_dump(
+            {
+                "task": {"type": "classification"},
+                "data": {"train": str(claims), "train_cache": str(cache)},
+                "model": {"encoder": str(tiny_model_dir), "fusion": "concat", "k": 3, "max_length": 64},
+                "train": {"max_steps": 2, "batch_size": 8, "device": "cpu", "threads": 1},
+                "run": {"out": str(tmp_path / "run"), "progress": False},
+            }
+        )
+    )
+    run = train(load_config(train_config))
+    assert run.finished and run.steps == 2
