@@ -1,0 +1,74 @@
+"""Regenerate the Dev Tools snippets of docs/kibana.md from the code that builds ralm-es's searches.
+
+The bodies come from ``Retriever.requests`` and ``ElasticsearchBackend.body``, exactly as ``ralm-es search
+--explain-dsl`` prints them; the query vector is the packaged all-MiniLM-L6-v2's, rounded to 4 decimals.
+Run ``python kibana/snippets.py`` after changing the query DSL; tests/test_kibana.py fails until you do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ralm_es.embed import Encoder
+from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.store.base import Filter
+from ralm_es.store.elastic import ElasticsearchBackend
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "kibana.md"
+START, END = "<!-- snippets:start -->", "<!-- snippets:end -->"
+INDEX = "passages"
+QUERY = "insulin lowers blood glucose"
+FILTERS = [Filter("topic", "term", "medicine")]
+VECTOR = re.compile(r'"query_vector": \[[^\]]*\]')
+
+
+def dev_tools(body: dict[str, Any]) -> str:
+    """``POST passages/_search`` and the body, with the query vector kept on one line."""
+    text = json.dumps(body, indent=2)
+    text = VECTOR.sub(lambda m: '"query_vector": ' + json.dumps(json.loads(m.group(0).split(": ", 1)[1])), text)
+    return f"POST {INDEX}/_search\n{text}"
+
+
+def bodies(encoder: Encoder) -> dict[str, list[dict[str, Any]]]:
+    """The request bodies of each search, keyed by the doc section they appear in."""
+    backend = ElasticsearchBackend(None, INDEX)  # type: ignore[arg-type]
+    retriever = Retriever(backend, encoder, RetrievalSettings())
+    vector = [round(float(x), 4) for x in encoder.encode([QUERY])[0]]
+    k = retriever.settings.k
+    return {
+        "bm25": [backend.body(r) for r in retriever.requests(QUERY, None, "bm25", k, [], [])],
+        "knn": [backend.body(r) for r in retriever.requests(QUERY, vector, "dense", k, [], [])],
+        "hybrid": [backend.body(r) for r in retriever.requests(QUERY, vector, "hybrid", k, FILTERS, [])],
+    }
+
+
+SECTIONS = {
+    "bm25": '### BM25\n\n`ralm-es search --mode bm25 "{q}" --explain-dsl`:',
+    "knn": '### kNN\n\n`ralm-es search --mode dense "{q}" --explain-dsl` (the vector is the query\'s embedding):',
+    "hybrid": '### Hybrid (BM25 + kNN)\n\n`ralm-es search "{q}" --filter topic=medicine --explain-dsl` sends both '
+    "searches; ralm-es fuses the two rankings itself (reciprocal-rank fusion by default), because the `rrf` "
+    "retriever needs a paid licence. Run both in Dev Tools to see each half:",
+}
+
+
+def render(encoder: Encoder) -> str:
+    parts = []
+    for name, found in bodies(encoder).items():
+        blocks = "\n\n".join(f"```\n{dev_tools(body)}\n```" for body in found)
+        parts.append(SECTIONS[name].format(q=QUERY) + "\n\n" + blocks)
+    return "\n\n".join(parts)
+
+
+def replace_snippets(doc: str, snippets: str) -> str:
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{snippets}\n{END}{tail}"
+
+
+if __name__ == "__main__":
+    DOC.write_text(replace_snippets(DOC.read_text(encoding="utf-8"), render(Encoder(device="cpu"))), encoding="utf-8")
+    sys.stdout.write(f"updated {DOC}\n")
