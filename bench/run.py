@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -114,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A terminated run still deletes its scratch indices from the shared node (the finally in run_all).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     config = parse_args(argv)
     results = run_all(config)
     report = save(results, config)
