@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import click
 
@@ -29,18 +30,34 @@ def es() -> None:
 @click.option("--heap", default="1g", show_default=True, help="JVM heap per node.")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 9), help="Number of nodes.")
 @click.option("--security", is_flag=True, help="Enable x-pack security with a generated password for 'elastic'.")
+@click.option("--tls", is_flag=True, help="Serve HTTPS with a CA generated for this cluster (implies --security).")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for yellow health.")
 @click.option("--quiet", is_flag=True, help="No download progress bar.")
-def start(name: str, port: str, heap: str, nodes: int, security: bool, timeout: float, quiet: bool) -> None:
+def start(name: str, port: str, heap: str, nodes: int, security: bool, tls: bool, timeout: float, quiet: bool) -> None:
     """Start (or reuse) a local cluster on 127.0.0.1 and print its URL."""
     cluster = LocalCluster(name)
     was_running = cluster.running() is not None
-    state = cluster.start(port=_port(port), heap=heap, nodes=nodes, security=security, timeout=timeout, quiet=quiet)
+    state = cluster.start(
+        port=_port(port), heap=heap, nodes=nodes, security=security, tls=tls, timeout=timeout, quiet=quiet
+    )
     verb = "already running" if was_running else "started"
     click.echo(f"Elasticsearch {state.version} {verb}: {' '.join(state.urls)}", err=True)
     if state.security:
-        click.echo(f"security on: user 'elastic', password in {cluster.state_file}", err=True)
+        click.echo(
+            f"security on: user 'elastic'; `eval $(ralm-es es env --name {name})` sets the credentials", err=True
+        )
     click.echo(state.url)
+
+
+@es.command("env")
+@click.option("--name", default="default", show_default=True)
+def env(name: str) -> None:
+    """Print `export RALM_ES_...` lines for the cluster (URL, and credentials and CA when secured)."""
+    state = LocalCluster(name).running()
+    if state is None:
+        raise click.ClickException(f"cluster '{name}' is not running; start it with `ralm-es es start --name {name}`")
+    for key, value in state.env().items():
+        click.echo(f"export {key}={shlex.quote(value)}")
 
 
 @es.command()
@@ -62,3 +79,16 @@ def status(name: str, as_json: bool) -> None:
         click.echo(json.dumps(info))
     else:
         click.echo(f"url: {info['url']}\nversion: {info['version']}\nhealth: {info['health']}\nnodes: {info['nodes']}")
+
+
+@es.command("useradd")
+@click.argument("username")
+@click.option("--name", default="default", show_default=True)
+@click.option(
+    "--role", "roles", multiple=True, default=["viewer"], show_default=True, help="Built-in role (repeatable)."
+)
+@click.password_option(envvar="RALM_ES_NEW_PASSWORD", help="The new user's password [env RALM_ES_NEW_PASSWORD].")
+def useradd(username: str, name: str, roles: tuple[str, ...], password: str) -> None:
+    """Add a file-realm user with built-in roles (e.g. viewer for read-only) to a secured local cluster."""
+    LocalCluster(name).add_user(username, password, list(roles))
+    click.echo(f"user '{username}' added with roles {', '.join(roles)}", err=True)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import click
+from elasticsearch import ApiError, TransportError
 
 from ralm_es.cli.context import CliContext
 from ralm_es.cli.es_commands import es
@@ -14,6 +15,7 @@ from ralm_es.cli.search_commands import evaluate, retrieve, search
 from ralm_es.cli.serve_commands import serve
 from ralm_es.cli.train_commands import evaluate_model, predict, train
 from ralm_es.errors import RalmError
+from ralm_es.es.client import describe_api_error
 from ralm_es.version import __version__
 
 
@@ -55,6 +57,8 @@ cli.add_command(serve)
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="ralm-es: %(levelname)s: %(message)s")
+    # The transport logs every retried request with a traceback; the final error is reported once, below.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -65,6 +69,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except RalmError as exc:
         click.echo(f"ralm-es: error: {exc}", err=True)
+        sys.exit(1)
+    except ApiError as exc:
+        click.echo(f"ralm-es: error: Elasticsearch refused the request: {describe_api_error(exc)}", err=True)
+        sys.exit(1)
+    except TransportError as exc:
+        click.echo(
+            f"ralm-es: error: lost the connection to Elasticsearch ({type(exc).__name__}: {exc.message})", err=True
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("ralm-es: interrupted", err=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from elasticsearch import ApiError, AuthenticationException, Elasticsearch, TransportError
+from elastic_transport import TlsError
+from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
 
 from ralm_es.config import ConnectionSettings
@@ -37,6 +38,15 @@ def build_client(settings: ConnectionSettings) -> Elasticsearch:
     return Elasticsearch(**kwargs)
 
 
+def describe_api_error(exc: ApiError) -> str:
+    """``403 security_exception: <reason>`` from an Elasticsearch error response, without request details."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    if isinstance(error, dict):
+        return f"{exc.meta.status} {error.get('type')}: {error.get('reason')}"
+    return f"{exc.meta.status} {exc.message}"
+
+
 def where(settings: ConnectionSettings) -> str:
     return "Elastic Cloud deployment" if settings.cloud_id else ", ".join(settings.hosts)
 
@@ -46,10 +56,18 @@ def connect(settings: ConnectionSettings) -> Elasticsearch:
     client = build_client(settings)
     try:
         client.cluster.health()
+    except AuthorizationException:
+        # Authenticated, but without the monitor privilege (a read-only principal): that is enough to go on.
+        return client
     except AuthenticationException as exc:
         raise ClusterUnavailable(
             f"Elasticsearch at {where(settings)} rejected the credentials (401 {exc.message}); "
             "check RALM_ES_API_KEY or RALM_ES_USERNAME/RALM_ES_PASSWORD"
+        ) from None
+    except TlsError:
+        raise ClusterUnavailable(
+            f"TLS certificate verification failed for {where(settings)}: pass the cluster's CA with --es-ca-certs "
+            "or RALM_ES_CA_CERTS (verification is on by default; --es-no-verify-certs turns it off)"
         ) from None
     except ESConnectionError as exc:
         raise ClusterUnavailable(

@@ -18,10 +18,12 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +78,24 @@ class ClusterState:
     transport_ports: list[int]
     pids: list[int] = field(default_factory=list)
     security: bool = False
+    tls: bool = False
     username: str | None = None
     password: str | None = None
+    ca_certs: str | None = None
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.http_ports]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://127.0.0.1:{p}" for p in self.http_ports]
+
+    def env(self) -> dict[str, str]:
+        """The ``RALM_ES_*`` variables that point ralm-es at this cluster."""
+        out = {"RALM_ES_URL": ",".join(self.urls)}
+        if self.security and self.username and self.password:
+            out.update(RALM_ES_USERNAME=self.username, RALM_ES_PASSWORD=self.password)
+        if self.ca_certs:
+            out["RALM_ES_CA_CERTS"] = self.ca_certs
+        return out
 
     @property
     def url(self) -> str:
@@ -143,7 +157,8 @@ class LocalCluster:
         if state.security and state.username and state.password:
             token = base64.b64encode(f"{state.username}:{state.password}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        context = ssl.create_default_context(cafile=state.ca_certs) if state.tls else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return json.loads(resp.read())
 
     def health(self, state: ClusterState) -> dict[str, Any]:
@@ -156,10 +171,15 @@ class LocalCluster:
         heap: str = "1g",
         nodes: int = 1,
         security: bool = False,
+        tls: bool = False,
         timeout: float = 180.0,
         quiet: bool = False,
     ) -> ClusterState:
-        """Start the cluster (``port=None`` picks free ports) and wait for yellow or green health."""
+        """Start the cluster (``port=None`` picks free ports) and wait for yellow or green health.
+
+        ``tls`` serves HTTPS with a CA generated for this cluster (and implies ``security``).
+        """
+        security = security or tls
         current = self.running()
         if current is not None:
             return current
@@ -184,9 +204,12 @@ class LocalCluster:
             http_ports=http_ports,
             transport_ports=transport_ports,
             security=security,
+            tls=tls,
             username="elastic" if security else None,
             password=secrets.token_urlsafe(18) if security else None,
         )
+        if security:
+            state.ca_certs = str(self._make_certs(es_home, java_home) / "ca.crt")
         if self.dir.exists():
             shutil.rmtree(self.dir / "run", ignore_errors=True)
         for i in range(nodes):
@@ -235,7 +258,7 @@ class LocalCluster:
             "path.data": str(node / "data"),
             "path.logs": str(node / "logs"),
             "xpack.security.enabled": state.security,
-            "xpack.security.http.ssl.enabled": False,
+            "xpack.security.http.ssl.enabled": state.tls,
             # Ingest and search on a laptop disk should not stop at the default watermarks.
             "cluster.routing.allocation.disk.threshold_enabled": False,
         }
@@ -244,6 +267,20 @@ class LocalCluster:
         else:
             settings["discovery.seed_hosts"] = [f"127.0.0.1:{p}" for p in state.transport_ports]
             settings["cluster.initial_master_nodes"] = names
+        if state.security:
+            shutil.copytree(self.dir / "certs", config / "certs")
+            tls_files = {
+                "key": "certs/node.key",
+                "certificate": "certs/node.crt",
+                "certificate_authorities": ["certs/ca.crt"],
+            }
+            if state.tls:
+                settings.update({f"xpack.security.http.ssl.{k}": v for k, v in tls_files.items()})
+            if len(state.http_ports) > 1:
+                # Nodes of a secured cluster must talk over TLS.
+                settings["xpack.security.transport.ssl.enabled"] = True
+                settings["xpack.security.transport.ssl.verification_mode"] = "certificate"
+                settings.update({f"xpack.security.transport.ssl.{k}": v for k, v in tls_files.items()})
         lines = [f"{k}: {json.dumps(v)}" for k, v in settings.items()]
         (config / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
         (config / "jvm.options.d" / "heap.options").write_text(f"-Xms{heap}\n-Xmx{heap}\n")
@@ -258,6 +295,55 @@ class LocalCluster:
             HOME=str(node),
         )
         return env
+
+    def _make_certs(self, es_home: Path, java_home: Path) -> Path:
+        """A CA and a node certificate for 127.0.0.1/localhost (elasticsearch-certutil), made once per cluster."""
+        certs = self.dir / "certs"
+        if (certs / "node.key").exists():
+            return certs
+        certs.mkdir(parents=True, exist_ok=True)
+        tool = str(es_home / "bin" / "elasticsearch-certutil")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ES_", "JAVA_"))}
+        env["ES_JAVA_HOME"] = str(java_home)
+        ca_zip, node_zip = certs / "ca.zip", certs / "node.zip"
+        steps = [
+            [tool, "ca", "--pem", "--out", str(ca_zip), "--silent"],
+            [
+                tool,
+                "cert",
+                "--pem",
+                "--ca-cert",
+                str(certs / "ca" / "ca.crt"),
+                "--ca-key",
+                str(certs / "ca" / "ca.key"),
+                "--ip",
+                "127.0.0.1",
+                "--dns",
+                "localhost",
+                "--name",
+                "node",
+                "--out",
+                str(node_zip),
+                "--silent",
+            ],
+        ]
+        for step, archive in zip(steps, (ca_zip, node_zip), strict=True):
+            proc = subprocess.run(step, env=env, capture_output=True, text=True, timeout=180)
+            if proc.returncode != 0:
+                raise NodeError(f"elasticsearch-certutil failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(certs)
+        for name in ("ca.crt", "ca.key"):
+            (certs / "ca" / name).replace(certs / name)
+        for name in ("node.crt", "node.key"):
+            (certs / "node" / name).replace(certs / name)
+        for key in ("ca.key", "node.key"):
+            (certs / key).chmod(0o600)
+        for leftover in (ca_zip, node_zip):
+            leftover.unlink()
+        (certs / "ca").rmdir()
+        (certs / "node").rmdir()
+        return certs
 
     def _set_bootstrap_password(
         self, es_home: Path, java_home: Path, state: ClusterState, i: int, uid: int, gid: int
@@ -300,6 +386,26 @@ class LocalCluster:
                 f"Elasticsearch node {i} exited with status {proc.returncode} while starting.\n" + self.log_tail(i)
             )
         return int(pid_file.read_text().strip())
+
+    def add_user(self, username: str, password: str, roles: list[str]) -> None:
+        """A file-realm user on every node (works without the .security index, which this distribution cannot
+        create: its mapping needs the analysis-common module)."""
+        state = self.running()
+        if state is None or not state.security:
+            raise NodeError(f"cluster '{self.name}' is not running with security; start it with --security")
+        es_home = distribution.unpack(distribution.fetch(quiet=True), self.root)
+        java_home = distribution.find_java()
+        kwargs: dict[str, Any] = {"env": None, "capture_output": True, "text": True, "timeout": 120}
+        if os.geteuid() == 0:
+            uid, gid = _ensure_service_user()
+            kwargs.update(user=uid, group=gid)
+        for i in range(len(state.http_ports)):
+            kwargs["env"] = self._env(java_home, i)
+            tool = str(es_home / "bin" / "elasticsearch-users")
+            subprocess.run([tool, "userdel", username], **kwargs)
+            proc = subprocess.run([tool, "useradd", username, "-p", password, "-r", ",".join(roles)], **kwargs)
+            if proc.returncode != 0:
+                raise NodeError(f"could not add user '{username}': {(proc.stderr or proc.stdout).strip()}")
 
     def log_tail(self, i: int = 0, lines: int = LOG_TAIL_LINES) -> str:
         logs = self.node_dir(i) / "logs"
