@@ -298,10 +298,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sample_index: str) -> None:
+def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sample_index: str, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": TOKEN}
-    args = ["serve", "--index", sample_index, "--mode", "bm25", "--port", str(port), "--max-k", "3"]
+    # Limits from the config file's serve: section, the rest from flags.
+    config = tmp_path / "ralm.yaml"
+    config.write_text(yaml.safe_dump({"serve": {"max_k": 3, "port": 1}}))
+    args = ["--config", str(config), "serve", "--index", sample_index, "--mode", "bm25", "--port", str(port)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=subprocess.PIPE, text=True
     )
