@@ -232,7 +232,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     if layout.main:
         if finished and cfg.data.test:
             run = open_run(out, str(device))
-            result.test = evaluate_file(run, cfg.data.test, cfg.data.test_cache, t.eval_batch_size)
+            result.test = evaluate_file(run, cfg.data.test, cfg.data.test_cache, t.eval_batch_size, cfg.data.limit)
         _write_outputs(out, cfg, task, result, layout, device)
     return result
 

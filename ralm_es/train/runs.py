@@ -39,9 +39,12 @@ def open_run(folder: str | Path, device: str = "auto") -> LoadedRun:
     return LoadedRun(folder, model, tokenizer, task_of(cfg), device)
 
 
-def features(run: LoadedRun, path: str | Path, cache: str | Path | None, labelled: bool) -> FeatureSet:
+def features(
+    run: LoadedRun, path: str | Path, cache: str | Path | None, labelled: bool, limit: int | None = None
+) -> FeatureSet:
+    """Features of the file's examples (the first ``limit`` of them, when given)."""
     spec = run.model.spec
-    examples = run.task.read(path, labelled=labelled)
+    examples = run.task.read(path, labelled=labelled)[:limit]
     if labelled:
         run.task.check_labels(examples, run.labels)
     if spec.uses_passages and cache is None:
@@ -61,9 +64,11 @@ def predict_file(
     return fs, predict(run.model, fs, batch_size, next(run.model.parameters()).device)
 
 
-def evaluate_file(run: LoadedRun, path: str | Path, cache: str | Path | None, batch_size: int = 64) -> dict[str, Any]:
+def evaluate_file(
+    run: LoadedRun, path: str | Path, cache: str | Path | None, batch_size: int = 64, limit: int | None = None
+) -> dict[str, Any]:
     """The task's metrics on a labelled file, plus how many inputs were cut to the length budget."""
-    fs = features(run, path, cache, labelled=True)
+    fs = features(run, path, cache, labelled=True, limit=limit)
     preds = predict(run.model, fs, batch_size, next(run.model.parameters()).device)
     metrics = run.task.metrics(run.task.gold(fs.examples), [p.labels for p in preds])
     return {**metrics, "examples": len(fs), "truncated": fs.truncated}
