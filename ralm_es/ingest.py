@@ -28,6 +28,12 @@ from ralm_es.errors import RalmError
 from ralm_es.es.distribution import cache_home
 from ralm_es.store.base import Backend, IndexSpec, WriteResult
 
+TRANSIENT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _transient(result: WriteResult) -> bool:
+    return not result.ok and (result.status == 429 or result.status >= 500)
+
 
 class IngestError(RalmError):
     """Ingest cannot start or continue (bad settings, a checkpoint from another run)."""
@@ -290,7 +296,7 @@ class Ingest:
                     summary.passages += len(batch.passages)
                     fresh = self._drop_stored(batch.passages, target, summary)
                     self._embed(fresh)
-                    future = pool.submit(lambda ps=fresh: list(self.backend.write(ps, **write_kwargs)))
+                    future = pool.submit(self._write, fresh, write_kwargs)
                     in_flight.append((future, batch.records_upto))
                     while len(in_flight) > self.s.in_flight:
                         settle_oldest()
@@ -303,6 +309,18 @@ class Ingest:
                 for future, _ in in_flight:
                     future.cancel()
                 raise
+
+    def _write(self, passages: list[Passage], kwargs: dict[str, Any]) -> list[WriteResult]:
+        """Write a batch; passages refused for a passing reason (429, 5xx: a node lost, a shard relocating)
+        are written again with backoff, so a checkpoint never moves past a passage that could still be stored."""
+        results = {r.id: r for r in self.backend.write(passages, **kwargs)}
+        for delay in TRANSIENT_BACKOFF:
+            retry = [p for p in passages if _transient(results[p.id])]
+            if not retry:
+                break
+            time.sleep(delay)
+            results.update({r.id: r for r in self.backend.write(retry, **kwargs)})
+        return [results[p.id] for p in passages]
 
     def _drop_stored(self, passages: list[Passage], target: str, summary: IngestSummary) -> list[Passage]:
         """Passages already in the store are counted as skipped and neither embedded nor sent."""

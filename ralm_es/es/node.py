@@ -455,6 +455,14 @@ class LocalCluster:
         self._save(state)
         return bool(alive)
 
+    def kill_node(self, i: int) -> None:
+        """SIGKILL node ``i``, as a crash would (the fault tests use this)."""
+        state = self.running() or self.state()
+        if state is None or i >= len(state.pids):
+            raise NodeError(f"cluster '{self.name}' has no node {i}")
+        if pid_alive(state.pids[i]):
+            os.kill(state.pids[i], signal.SIGKILL)
+
     def status(self) -> dict[str, Any]:
         """``{"url", "version", "health", "nodes"}``; health is ``stopped`` or ``unreachable`` when so."""
         state = self.running()

@@ -20,6 +20,7 @@ from ralm_es.version import __version__
 log = logging.getLogger(__name__)
 FALLBACK_ANALYZER = "ralm_english_fallback"
 MSEARCH_CHUNK = 64
+SHARD_RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -317,22 +318,35 @@ class ElasticsearchBackend:
             return [hits for chunk in pool.map(self._msearch, chunks) for hits in chunk]
 
     def _msearch(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
-        lines: list[dict[str, Any]] = []
-        for request in requests:
-            lines.append({"index": self.index})
-            lines.append(self.body(request))
-        try:
-            resp = self.client.msearch(searches=lines)
-        except NotFoundError:
-            raise self.unknown_index() from None
-        out = []
-        for response in resp["responses"]:
-            if "error" in response:
-                if (response["error"] or {}).get("type") == "index_not_found_exception":
+        """One ``_msearch``; searches that failed on some shards (a node lost, a replica being promoted) are sent
+        again with backoff rather than answered with partial results."""
+        out: list[list[Hit] | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        for delay in (*SHARD_RETRY_BACKOFF, None):
+            lines: list[dict[str, Any]] = []
+            for i in pending:
+                lines.append({"index": self.index, "allow_partial_search_results": False})
+                lines.append(self.body(requests[i]))
+            try:
+                resp = self.client.msearch(searches=lines)
+            except NotFoundError:
+                raise self.unknown_index() from None
+            retry = []
+            for i, response in zip(pending, resp["responses"], strict=True):
+                error = response.get("error")
+                if error is None and not response.get("_shards", {}).get("failed"):
+                    out[i] = [self.to_hit(h) for h in response["hits"]["hits"]]
+                    continue
+                if (error or {}).get("type") == "index_not_found_exception":
                     raise self.unknown_index()
-                raise StoreError(f"search on '{self.index}' failed: {_reason(response)}")
-            out.append([self.to_hit(h) for h in response["hits"]["hits"]])
-        return out
+                if delay is None or int(response.get("status", 503)) < 500:
+                    raise StoreError(f"search on '{self.index}' failed: {_reason(response)}")
+                retry.append(i)
+            if not retry:
+                break
+            pending = retry
+            time.sleep(delay)
+        return [hits or [] for hits in out]
 
     def info(self) -> dict[str, Any]:
         mapping = self.mapping()
