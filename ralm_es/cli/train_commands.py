@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ralm_es.model.inputs import FeatureSet
-from ralm_es.train.config import load_config
-from ralm_es.train.inference import Prediction
-from ralm_es.train.loop import train as run_training
-from ralm_es.train.runs import evaluate_file, open_run, predict_file
+# Torch and the model code load inside the commands, so `ralm-es --help` and `ralm-es es ...` stay quick.
+if TYPE_CHECKING:
+    from ralm_es.model.inputs import FeatureSet
+    from ralm_es.train.inference import Prediction
 
 SCALARS = ("f1", "precision", "recall", "accuracy", "macro_f1")
 
@@ -23,6 +22,9 @@ SCALARS = ("f1", "precision", "recall", "accuracy", "macro_f1")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def train(config_path: str, overrides: tuple[str, ...], stop_after: int | None, as_json: bool) -> None:
     """Fine-tune an encoder with retrieved passages; writes a run folder (run.out)."""
+    from ralm_es.train.config import load_config
+    from ralm_es.train.loop import train as run_training
+
     cfg = load_config(config_path, overrides)
     result = run_training(cfg, stop_after=stop_after)
     summary = {
@@ -95,6 +97,8 @@ def predict(
     device: str,
 ) -> None:
     """Label INPUT (CoNLL for NER, JSONL for classification) with a trained run."""
+    from ralm_es.train.runs import open_run, predict_file
+
     run = open_run(run_dir, device)
     fs, preds = predict_file(run, input_path, cache, batch_size)
     for i, pred in enumerate(preds):
@@ -122,6 +126,8 @@ def evaluate_model(
     run_dir: str, test_path: str, cache: str | None, as_json: bool, batch_size: int, device: str
 ) -> None:
     """Score a trained run on a labelled file (seqeval entity F1 for NER; accuracy and macro-F1 otherwise)."""
+    from ralm_es.train.runs import evaluate_file, open_run
+
     run = open_run(run_dir, device)
     metrics = evaluate_file(run, test_path, cache, batch_size)
     if as_json:
