@@ -16,6 +16,18 @@ class StoreError(RalmError):
     """A store-level failure (unknown index, mapping conflict, blocked index) with the store's reason."""
 
 
+def check_dims(where: str, existing: int | None, wanted: int | None, fix: str) -> None:
+    """Refuse a model whose vectors do not fit an existing index, naming both numbers (every backend)."""
+    if wanted is None:
+        return
+    if existing is None:
+        raise StoreError(f"{where} has no vectors (BM25 only); ingest with --no-embed, or {fix}")
+    if existing != wanted:
+        raise StoreError(
+            f"{where} holds {existing}-dimensional vectors but the model gives {wanted}; use a matching model or {fix}"
+        )
+
+
 @dataclass
 class IndexSpec:
     """What an index must hold. ``dims=None`` makes a BM25-only index."""

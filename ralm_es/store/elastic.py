@@ -14,7 +14,7 @@ from typing import Any
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, helpers
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult
+from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult, check_dims
 from ralm_es.version import __version__
 
 log = logging.getLogger(__name__)
@@ -141,14 +141,7 @@ class ElasticsearchBackend:
     def ensure_index(self, spec: IndexSpec) -> None:
         """Create ``<alias>-<timestamp>`` behind the alias if nothing exists; else check the vector dims."""
         if self.concrete_indices():
-            existing = self.vector_dims()
-            if spec.dims is not None and existing is not None and existing != spec.dims:
-                raise StoreError(
-                    f"index '{self.index}' holds {existing}-dimensional vectors but the model gives {spec.dims}; "
-                    "use a matching model or --reindex into a new index"
-                )
-            if spec.dims is not None and existing is None:
-                raise StoreError(f"index '{self.index}' has no vector field; ingest with --no-embed or --reindex")
+            check_dims(f"index '{self.index}'", self.vector_dims(), spec.dims, "--reindex into a new index")
             return
         self.create_index(spec, alias=True)
 

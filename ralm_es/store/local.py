@@ -33,7 +33,7 @@ from rank_bm25 import BM25Okapi
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult
+from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult, check_dims
 
 FORMAT = "ralm-es-local-index"
 VERSION = 1
@@ -150,14 +150,7 @@ class LocalBackend:
 
     def _ensure_index(self, spec: IndexSpec) -> None:
         if (self.path / META).exists():
-            existing = self.spec().dims
-            if spec.dims is not None and existing is not None and existing != spec.dims:
-                raise StoreError(
-                    f"local index {self.path} holds {existing}-dimensional vectors but the model gives {spec.dims}; "
-                    "use a matching model or a new index folder"
-                )
-            if spec.dims is not None and existing is None:
-                raise StoreError(f"local index {self.path} has no vectors (BM25 only); ingest with --no-embed")
+            check_dims(f"local index {self.path}", self.spec().dims, spec.dims, "a new index folder")
             return
         if spec.similarity not in SIMILARITIES:
             raise StoreError(
