@@ -11,9 +11,12 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from ralm_es.config import ConnectionSettings
-from ralm_es.embed import default_model_path
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.embed import Encoder, default_model_path
 from ralm_es.es.client import connect
 from ralm_es.es.node import LocalCluster
+from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.store.elastic import ElasticsearchBackend
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -71,6 +74,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir: Path) -> Encoder:
+    return Encoder(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_index(
+    es_client: Elasticsearch, tiny_encoder: Encoder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The bundled sample corpus embedded with the tiny model, shared read-only by the tests that search it."""
+    name = f"t-sample-{uuid.uuid4().hex[:8]}"
+    backend = ElasticsearchBackend(es_client, name)
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path_factory.mktemp("ckpt")).run(
+        [sample_path("sample_corpus.jsonl")]
+    )
+    yield name
+    es_client.indices.delete(index=",".join(backend.concrete_indices()))
 
 
 @pytest.fixture(scope="session")

@@ -61,20 +61,15 @@ def create_foreign(es_client: Elasticsearch, name: str, dims: int | None, encode
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_model_dir: Path) -> Encoder:
-    return Encoder(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def foreign(es_client: Elasticsearch, encoder: Encoder) -> Iterator[str]:
+def foreign(es_client: Elasticsearch, tiny_encoder: Encoder) -> Iterator[str]:
     name = f"t-foreign-{uuid.uuid4().hex[:8]}"
-    create_foreign(es_client, name, encoder.dim, encoder)
+    create_foreign(es_client, name, tiny_encoder.dim, tiny_encoder)
     yield name
     es_client.indices.delete(index=name)
 
 
-def test_every_mode_through_the_field_map(es_client: Elasticsearch, foreign: str, encoder: Encoder) -> None:
-    retriever = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), encoder, RetrievalSettings(k=4))
+def test_every_mode_through_the_field_map(es_client: Elasticsearch, foreign: str, tiny_encoder: Encoder) -> None:
+    retriever = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), tiny_encoder, RetrievalSettings(k=4))
     by_uid = {r["_id"]: r for r in records()}
     for mode in ("bm25", "dense", "hybrid"):
         hits = retriever.search("peptide hormone of the pancreatic islets", mode=mode)
@@ -93,9 +88,9 @@ def test_every_mode_through_the_field_map(es_client: Elasticsearch, foreign: str
     assert "med-01" not in {h.id for h in excluded}
 
 
-def test_vector_dimension_is_checked(es_client: Elasticsearch, index_name: str, encoder: Encoder) -> None:
+def test_vector_dimension_is_checked(es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder) -> None:
     create_foreign(es_client, index_name, 16, None)
-    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), encoder)
+    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)
     with pytest.raises(RetrievalError, match=r"gives 32-dimensional vectors but the index holds 16"):
         retriever.search("insulin", mode="dense")
     with pytest.raises(RetrievalError, match="32-dimensional"):
@@ -103,18 +98,18 @@ def test_vector_dimension_is_checked(es_client: Elasticsearch, index_name: str, 
     assert retriever.search("insulin", mode="bm25")[0].id == "med-01"
 
 
-def test_index_without_vectors_is_bm25_only(es_client: Elasticsearch, index_name: str, encoder: Encoder) -> None:
+def test_index_without_vectors_is_bm25_only(es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder) -> None:
     create_foreign(es_client, index_name, None, None)
-    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), encoder)
+    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)
     assert retriever.search("insulin", mode="bm25", k=1)[0].id == "med-01"
     with pytest.raises(RetrievalError, match="has no vectors"):
         retriever.search("insulin", mode="dense")
     # Without the field map ralm-es's own field names find nothing in this index.
-    assert Retriever(ElasticsearchBackend(es_client, index_name), encoder).search("insulin", mode="bm25") == []
+    assert Retriever(ElasticsearchBackend(es_client, index_name), tiny_encoder).search("insulin", mode="bm25") == []
 
 
 def test_cli_flags_config_section_and_training(
-    es_url: str, es_client: Elasticsearch, foreign: str, encoder: Encoder, tiny_model_dir: Path, tmp_path: Path
+    es_url: str, es_client: Elasticsearch, foreign: str, tiny_encoder: Encoder, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     runner = CliRunner()
     common = ["--es-url", es_url]
@@ -122,7 +117,7 @@ def test_cli_flags_config_section_and_training(
     result = runner.invoke(cli, [*common, *search, *FLAGS, "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)
-    library = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), encoder)
+    library = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), tiny_encoder)
     assert hits == [h.to_json() for h in library.search("peptide hormone of the pancreatic islets", k=3)]
     assert all(h["text"] and h["scores"]["dense"] is not None for h in hits)
 

@@ -34,11 +34,6 @@ def scifact_slice(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tiny_model_dir: Path) -> Encoder:
-    return Encoder(tiny_model_dir, device="cpu")
-
-
 def settings(**kw: object) -> IngestSettings:
     return IngestSettings(batch_passages=64, **kw)  # type: ignore[arg-type]
 

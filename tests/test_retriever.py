@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,28 +24,12 @@ from ralm_es.store.elastic import ElasticsearchBackend
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir: Path) -> Encoder:
-    return Encoder(tiny_model_dir, device="cpu")
+def make(es_client: Elasticsearch, index: str, tiny_encoder: Encoder | None, **kw: object) -> Retriever:
+    return Retriever(ElasticsearchBackend(es_client, index), tiny_encoder, RetrievalSettings(**kw))  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def sample_index(es_client: Elasticsearch, encoder: Encoder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"t-retr-{uuid.uuid4().hex[:8]}"
-    backend = ElasticsearchBackend(es_client, name)
-    Ingest(backend, IngestSettings(), encoder=encoder, checkpoint_dir=tmp_path_factory.mktemp("ckpt")).run(
-        [sample_path("sample_corpus.jsonl")]
-    )
-    yield name
-    es_client.indices.delete(index=",".join(backend.concrete_indices()))
-
-
-def make(es_client: Elasticsearch, index: str, encoder: Encoder | None, **kw: object) -> Retriever:
-    return Retriever(ElasticsearchBackend(es_client, index), encoder, RetrievalSettings(**kw))  # type: ignore[arg-type]
-
-
-def test_each_mode_returns_k_ranked_hits(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
-    retriever = make(es_client, sample_index, encoder)
+def test_each_mode_returns_k_ranked_hits(es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder) -> None:
+    retriever = make(es_client, sample_index, tiny_encoder)
     for mode in ("bm25", "dense", "hybrid"):
         hits = retriever.search("insulin lowers blood glucose", k=5, mode=mode)
         assert len(hits) == 5
@@ -60,9 +42,9 @@ def test_each_mode_returns_k_ranked_hits(es_client: Elasticsearch, sample_index:
 
 
 def test_hybrid_scores_are_rrf_of_the_component_ranks(
-    es_client: Elasticsearch, sample_index: str, encoder: Encoder
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
 ) -> None:
-    retriever = make(es_client, sample_index, encoder, rrf_k=60.0, depth=20)
+    retriever = make(es_client, sample_index, tiny_encoder, rrf_k=60.0, depth=20)
     hits = retriever.search("football club stadium", k=10, mode="hybrid")
     for h in hits:
         expected = sum(0.5 / (60.0 + r) for r in h.ranks.values() if r is not None)
@@ -73,16 +55,16 @@ def test_hybrid_scores_are_rrf_of_the_component_ranks(
     assert [h.id for h in hits] == [f.id for f in fused[:10]]
 
 
-def test_linear_fusion_mode(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
-    retriever = make(es_client, sample_index, encoder, fusion="linear", norm="zscore", dense_weight=0.3)
+def test_linear_fusion_mode(es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder) -> None:
+    retriever = make(es_client, sample_index, tiny_encoder, fusion="linear", norm="zscore", dense_weight=0.3)
     hits = retriever.search("capital city river", k=4)
     assert len(hits) == 4 and all(h.scores["bm25"] is not None or h.scores["dense"] is not None for h in hits)
 
 
 def test_filters_and_exclusion_apply_to_both_halves(
-    es_client: Elasticsearch, sample_index: str, encoder: Encoder
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
 ) -> None:
-    retriever = make(es_client, sample_index, encoder)
+    retriever = make(es_client, sample_index, tiny_encoder)
     hits = retriever.search("company founded", k=8, filters=[Filter("topic", "term", "medicine")])
     assert hits and all(h.metadata["topic"] == "medicine" for h in hits)
     first = retriever.search("insulin", k=3)
@@ -90,8 +72,10 @@ def test_filters_and_exclusion_apply_to_both_halves(
     assert first[0].id not in {h.id for h in again}
 
 
-def test_search_many_equals_a_loop_of_search(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
-    retriever = make(es_client, sample_index, encoder)
+def test_search_many_equals_a_loop_of_search(
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
+) -> None:
+    retriever = make(es_client, sample_index, tiny_encoder)
     queries = ["insulin", "football league", "river city", "software company", "protein folding"] * 30
     many = retriever.search_many(queries, k=4)
     assert len(many) == len(queries)
@@ -99,21 +83,23 @@ def test_search_many_equals_a_loop_of_search(es_client: Elasticsearch, sample_in
         assert [h.id for h in hits] == [h.id for h in retriever.search(query, k=4)]
 
 
-def test_self_exclusion_by_doc_id_and_content(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+def test_self_exclusion_by_doc_id_and_content(
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
+) -> None:
     record = json.loads(sample_path("sample_corpus.jsonl").read_text().splitlines()[0])
-    plain = make(es_client, sample_index, encoder)
+    plain = make(es_client, sample_index, tiny_encoder)
     assert plain.search(record["text"], k=3, mode="bm25")[0].doc_id == record["_id"]
-    by_doc = make(es_client, sample_index, encoder, exclude="doc")
+    by_doc = make(es_client, sample_index, tiny_encoder, exclude="doc")
     hits = by_doc.search_many([record["text"]], k=3, mode="bm25", input_ids=[record["_id"]])[0]
     assert len(hits) == 3 and record["_id"] not in {h.doc_id for h in hits}
-    by_content = make(es_client, sample_index, encoder, exclude="content")
+    by_content = make(es_client, sample_index, tiny_encoder, exclude="content")
     hits = by_content.search_many([record["text"]], k=3, mode="hybrid", input_ids=["another-id"])[0]
     assert len(hits) == 3 and record["_id"] not in {h.doc_id for h in hits}
 
 
-def test_bad_queries(es_client: Elasticsearch, sample_index: str, encoder: Encoder, tiny_model_dir: Path) -> None:
+def test_bad_queries(es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder, tiny_model_dir: Path) -> None:
     notices: list[str] = []
-    retriever = Retriever(ElasticsearchBackend(es_client, sample_index), encoder, notice=notices.append)
+    retriever = Retriever(ElasticsearchBackend(es_client, sample_index), tiny_encoder, notice=notices.append)
     with pytest.raises(RetrievalError, match="empty query"):
         retriever.search("   ")
     hits = retriever.search("insulin " * 2000, k=2)
@@ -126,17 +112,17 @@ def test_bad_queries(es_client: Elasticsearch, sample_index: str, encoder: Encod
         make(es_client, sample_index, Encoder()).search("insulin", mode="hybrid")
 
 
-def test_dense_on_an_index_without_vectors(es_client: Elasticsearch, index_name: str, encoder: Encoder) -> None:
+def test_dense_on_an_index_without_vectors(es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder) -> None:
     backend = ElasticsearchBackend(es_client, index_name)
-    Ingest(backend, IngestSettings(embed=False, model=str(encoder.path))).run([sample_path("sample_corpus.jsonl")])
+    Ingest(backend, IngestSettings(embed=False, model=str(tiny_encoder.path))).run([sample_path("sample_corpus.jsonl")])
     assert make(es_client, index_name, None).search("insulin", k=1, mode="bm25")[0].doc_id == "med-01"
     with pytest.raises(RetrievalError, match="has no vectors"):
-        make(es_client, index_name, encoder).search("insulin", mode="dense")
+        make(es_client, index_name, tiny_encoder).search("insulin", mode="dense")
 
 
-def test_query_text_never_becomes_dsl(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> None:
+def test_query_text_never_becomes_dsl(es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder) -> None:
     hostile = '"}}, "query": {"match_all": {}}, "size": 1000, "x": {"'
-    hits = make(es_client, sample_index, encoder).search(hostile, k=50, mode="bm25")
+    hits = make(es_client, sample_index, tiny_encoder).search(hostile, k=50, mode="bm25")
     assert len(hits) < 50  # a match_all would return every passage
     body = ElasticsearchBackend(es_client, sample_index).body(
         make(es_client, sample_index, None).requests(hostile, None, "bm25", 5, [], [])[0]

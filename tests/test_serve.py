@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,6 @@ from ralm_es.config import ConnectionSettings, Secret
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.es.client import build_client
-from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.serve.app import create_app
@@ -45,24 +42,8 @@ TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_model_dir: Path) -> Encoder:
-    return Encoder(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def sample_index(es_client: Elasticsearch, encoder: Encoder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"t-serve-{uuid.uuid4().hex[:8]}"
-    backend = ElasticsearchBackend(es_client, name)
-    Ingest(backend, IngestSettings(), encoder=encoder, checkpoint_dir=tmp_path_factory.mktemp("ckpt")).run(
-        [sample_path("sample_corpus.jsonl")]
-    )
-    yield name
-    es_client.indices.delete(index=",".join(backend.concrete_indices()))
-
-
-@pytest.fixture(scope="module")
-def retriever(es_client: Elasticsearch, sample_index: str, encoder: Encoder) -> Retriever:
-    return Retriever(ElasticsearchBackend(es_client, sample_index), encoder, RetrievalSettings(mode="hybrid", k=5))
+def retriever(es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder) -> Retriever:
+    return Retriever(ElasticsearchBackend(es_client, sample_index), tiny_encoder, RetrievalSettings(mode="hybrid", k=5))
 
 
 def train_run(folder: Path, model: Path, task: dict[str, Any], data: dict[str, str], fusion: str) -> Path:
@@ -194,9 +175,9 @@ def test_health_and_indices(retriever: Retriever, sample_index: str, ner_predict
     assert client_for(retriever).get("/health").json()["model"] == {"loaded": False}
 
 
-def test_unreachable_cluster_is_503(encoder: Encoder) -> None:
+def test_unreachable_cluster_is_503(tiny_encoder: Encoder) -> None:
     dead = build_client(ConnectionSettings(hosts=["http://127.0.0.1:9"], max_retries=0, request_timeout=2))
-    api = client_for(Retriever(ElasticsearchBackend(dead, "passages"), encoder))
+    api = client_for(Retriever(ElasticsearchBackend(dead, "passages"), tiny_encoder))
     health = api.get("/health")
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
     assert not health.json()["cluster"]["reachable"]
