@@ -86,12 +86,14 @@ class Retriever:
         self.notice = notice or (lambda message: None)
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._dims_checked = False
+        self._fusion_noticed = False
 
     def with_settings(self, settings: RetrievalSettings) -> Retriever:
         """The same store and encoder under other settings, sharing the query-vector cache."""
         other = Retriever(self.backend, self.encoder, settings, self.notice)
         other._vectors = self._vectors
         other._dims_checked = self._dims_checked
+        other._fusion_noticed = self._fusion_noticed
         return other
 
     # -- queries -------------------------------------------------------------------------------------
@@ -253,6 +255,11 @@ class Retriever:
         if mode != "bm25":
             self._check_dims()
             vectors = self.encode(texts)
+        if mode == "hybrid" and not self._fusion_noticed:
+            self._fusion_noticed = True
+            fusion_notice = getattr(self.backend, "fusion_notice", None)
+            if fusion_notice is not None:
+                self.notice(fusion_notice())
         requests: list[SearchRequest] = []
         for i, text in enumerate(texts):
             vector = vectors[i].tolist() if vectors is not None else None

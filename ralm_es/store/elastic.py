@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib.resources import files
 from typing import Any
 
@@ -133,6 +134,11 @@ class ElasticsearchBackend:
         )
         listing = ", ".join(names) if names else "none"
         return StoreError(f"index or alias '{self.index}' does not exist; indices on this cluster: {listing}")
+
+    @cached_property
+    def search_dims(self) -> int | None:
+        """The alias's vector dimensions, read once: searches should not pay two metadata requests each."""
+        return self.vector_dims()
 
     def vector_dims(self, index: str | None = None) -> int | None:
         vector = self.mapping(index).get("properties", {}).get(self.fields.vector)
@@ -302,7 +308,7 @@ class ElasticsearchBackend:
         """``_msearch`` in chunks of 64 searches, ``in_flight`` chunks at a time."""
         if not requests:
             return []
-        if request_needs_vectors(requests) and self.vector_dims() is None:
+        if request_needs_vectors(requests) and self.search_dims is None:
             raise StoreError(f"index '{self.index}' has no vector field, so dense search is not possible")
         chunks = [requests[i : i + MSEARCH_CHUNK] for i in range(0, len(requests), MSEARCH_CHUNK)]
         if len(chunks) == 1:
@@ -340,6 +346,16 @@ class ElasticsearchBackend:
             pending = retry
             time.sleep(delay)
         return [hits or [] for hits in out]
+
+    def fusion_notice(self) -> str:
+        """Why hybrid fusion runs client-side on this cluster (read once per Retriever)."""
+        try:
+            licence = self.client.license.get()["license"]["type"]
+        except ApiError:
+            return "the cluster licence is not readable here; ralm-es fuses the BM25 and kNN lists itself"
+        if licence in ("enterprise", "trial"):
+            return f"cluster licence {licence} allows the rrf retriever; ralm-es fuses client-side to keep each score"
+        return f"cluster licence {licence}: the rrf and linear retrievers need Enterprise, so ralm-es fuses the lists"
 
     def info(self) -> dict[str, Any]:
         mapping = self.mapping()
