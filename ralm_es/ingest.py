@@ -166,7 +166,7 @@ class Ingest:
     def spec(self) -> IndexSpec:
         s = self.s
         return IndexSpec(
-            name=getattr(self.backend, "index", ""),
+            name=self.backend.index,
             dims=self.encoder.dim if self.encoder else None,
             similarity=s.similarity,
             index_type=s.index_type,

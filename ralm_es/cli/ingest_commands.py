@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from tqdm import tqdm
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
 from ralm_es.config import apply_overrides, from_dict, load_yaml
+
+LINE_FORMATS = {".jsonl": 0, ".ndjson": 0, ".csv": 1, ".tsv": 1}
+
+
+def estimate_records(inputs: tuple[str, ...]) -> int | None:
+    """Records to expect, for an ETA: lines of plain JSONL/CSV/TSV files (and BEIR folders); None otherwise."""
+    total = 0
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir() and (path / "corpus.jsonl").is_file():
+            path = path / "corpus.jsonl"
+        if not path.is_file() or path.suffix not in LINE_FORMATS:
+            return None
+        with path.open("rb") as fh:
+            total += (
+                sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - LINE_FORMATS[path.suffix]
+            )
+    return total
 
 
 @click.command()
@@ -107,7 +126,9 @@ def ingest(
     settings = apply_overrides(settings, overrides)
     store = open_backend(ctx, backend, index)
 
-    bar = tqdm(desc="ingest", unit="rec", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        desc="ingest", unit="rec", total=estimate_records(inputs), disable=quiet, file=sys.stderr, dynamic_ncols=True
+    )
 
     def report(source: str, reason: str) -> None:
         tqdm.write(f"ralm-es: {source}: {reason}", file=sys.stderr)

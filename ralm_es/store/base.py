@@ -92,6 +92,8 @@ class Backend(Protocol):
     """A passage store: Elasticsearch, or a folder on disk."""
 
     name: str
+    # The alias or index name (Elasticsearch), or the folder (local): what messages and summaries show.
+    index: str
 
     def ensure_index(self, spec: IndexSpec) -> None: ...
 

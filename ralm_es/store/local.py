@@ -131,6 +131,7 @@ class LocalBackend:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.index = str(self.path)
         self._spec: IndexSpec | None = None
         self._rows: list[dict[str, Any]] | None = None
         self._ids: dict[str, int] = {}
