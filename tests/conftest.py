@@ -29,10 +29,11 @@ def es_url() -> Iterator[str]:
         yield os.environ["RALM_ES_TEST_URL"]
         return
     cluster = LocalCluster("pytest")
+    cluster.remove()  # a clean slate, whatever an earlier run left
     # A failure to start raises here with the reason and the log tail: the run fails, nothing is skipped.
     state = cluster.start(port=None, heap="1g", quiet=True)
     yield state.url
-    cluster.stop()
+    cluster.remove()
 
 
 @pytest.fixture(scope="session")

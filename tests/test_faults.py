@@ -25,9 +25,10 @@ QUERIES = ["insulin hormone", "football club", "capital city", "software company
 @pytest.fixture
 def three_nodes() -> Iterator[tuple[LocalCluster, ClusterState]]:
     cluster = LocalCluster("pytest-three")
+    cluster.remove()
     state = cluster.start(port=None, heap="384m", nodes=3, quiet=True)
     yield cluster, state
-    cluster.stop()
+    cluster.remove()
 
 
 def client_for(state: ClusterState) -> Elasticsearch:

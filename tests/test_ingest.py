@@ -207,9 +207,10 @@ def test_interrupted_run_resumes_exactly(
 @pytest.fixture
 def own_cluster() -> Iterator[LocalCluster]:
     cluster = LocalCluster("pytest-restart")
+    cluster.remove()
     cluster.start(port=None, heap="512m", quiet=True)
     yield cluster
-    cluster.stop()
+    cluster.remove()
 
 
 def test_elasticsearch_restart_mid_ingest_then_rerun(

@@ -62,6 +62,8 @@ def test_start_status_reuse_stop() -> None:
     port = int(url.rsplit(":", 1)[1])
     assert not port_in_use(port)
     assert json.loads(run_cli("es", "status", "--name", name, "--json").stdout)["health"] == "stopped"
+    removed = run_cli("es", "stop", "--name", name, "--remove")
+    assert removed.returncode == 0 and not LocalCluster(name).dir.exists()
 
 
 def test_session_node_reports_version(es_url: str) -> None:

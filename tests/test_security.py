@@ -22,9 +22,10 @@ INDEX = "secure-sample"
 @pytest.fixture(scope="module")
 def secure() -> Iterator[ClusterState]:
     cluster = LocalCluster("pytest-secure")
+    cluster.remove()
     state = cluster.start(port=None, heap="512m", tls=True, quiet=True)
     yield state
-    cluster.stop()
+    cluster.remove()
 
 
 @pytest.fixture(scope="module")

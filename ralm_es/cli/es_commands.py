@@ -63,10 +63,14 @@ def env(name: str) -> None:
 @es.command()
 @click.option("--name", default="default", show_default=True)
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait before SIGKILL.")
-def stop(name: str, timeout: float) -> None:
+@click.option("--remove", is_flag=True, help="Also delete the cluster's data, logs and certificates.")
+def stop(name: str, timeout: float, remove: bool) -> None:
     """Stop the local cluster gracefully (SIGTERM, wait, then SIGKILL)."""
-    stopped = LocalCluster(name).stop(timeout=timeout)
-    click.echo("stopped" if stopped else "not running", err=True)
+    cluster = LocalCluster(name)
+    stopped = cluster.stop(timeout=timeout)
+    if remove:
+        cluster.remove()
+    click.echo(("stopped" if stopped else "not running") + (" and removed" if remove else ""), err=True)
 
 
 @es.command()

@@ -455,6 +455,11 @@ class LocalCluster:
         self._save(state)
         return bool(alive)
 
+    def remove(self) -> None:
+        """Stop the cluster and delete its folder: data, logs, certificates and state."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def kill_node(self, i: int) -> None:
         """SIGKILL node ``i``, as a crash would (the fault tests use this)."""
         state = self.running() or self.state()
