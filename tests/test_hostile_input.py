@@ -328,7 +328,8 @@ def test_any_bytes_give_records_read_errors_or_one_ralm_error(
 
 @READERS
 @given(
-    text=st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
+    # One surrogate alone: a high and a low one in a row would be read back as a valid pair.
+    text=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
     where=st.sampled_from(["text", "id", "title"]),
 )
 def test_json_escaped_lone_surrogates_are_read_errors_not_crashes(

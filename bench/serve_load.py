@@ -1,0 +1,244 @@
+"""``python -m bench.serve_load [--quick] [--duration S] [--clients N]``: a bounded load test of ``ralm-es serve``.
+
+A scratch index is built from the packaged sample corpus; ``ralm-es serve`` runs as its own process (real uvicorn,
+bearer-token auth on) on 127.0.0.1; then N client threads in this process post ``/search`` requests in a closed loop
+until the duration or the request cap is reached. Total requests, errors (any non-200 or transport failure),
+throughput and latency percentiles go to ``bench/results/serve_load.json``; the exit status is 1 when any request
+failed. The server and the index are removed afterwards, also when the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import load_average
+from ralm_es.config import ConnectionSettings
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.embed import default_model_path
+from ralm_es.es.client import connect
+from ralm_es.es.node import free_port
+from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.store.elastic import ElasticsearchBackend
+
+HOST = "127.0.0.1"
+RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
+STARTUP_S = 180.0
+
+
+@dataclass
+class Tally:
+    """What the client threads observed; appended under a lock."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms) + sum(self.errors.values())
+
+
+def queries() -> list[str]:
+    """The sample claims: short natural-language queries about the sample corpus."""
+    lines = sample_path("sample_claims.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["text"] for line in lines if line.strip()]
+
+
+def build_index(es_url: str, model: str, name: str) -> int:
+    client = connect(ConnectionSettings(hosts=[es_url], request_timeout=120))
+    backend = ElasticsearchBackend(client, name)
+    with tempfile.TemporaryDirectory(prefix="ralm-serve-load-") as ckpt:
+        summary = Ingest(backend, IngestSettings(model=model), checkpoint_dir=Path(ckpt)).run(
+            [sample_path("sample_corpus.jsonl")]
+        )
+    return summary.indexed
+
+
+def drop_index(es_url: str, name: str) -> None:
+    client = connect(ConnectionSettings(hosts=[es_url], request_timeout=120))
+    created = client.indices.get(index=f"{name}*", expand_wildcards="all").body
+    if created:
+        client.indices.delete(index=",".join(created))
+
+
+def start_server(es_url: str, index: str, model: str, mode: str, port: int, token: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": token}
+    args = ["serve", "--index", index, "--mode", mode, "--query-model", model, "--host", HOST, "--port", str(port)]
+    # The access log (one line a request) is not wanted here: it would cost the server time and fill a pipe.
+    return subprocess.Popen(
+        [sys.executable, "-m", "ralm_es.cli.main", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"ralm-es serve exited with status {server.returncode} before answering")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit(f"ralm-es serve did not answer {url}/health within {STARTUP_S:.0f} s")
+
+
+def client_loop(
+    http: httpx.Client, texts: list[str], start: int, stop_at: float, cap: int, issued: list[int], tally: Tally
+) -> None:
+    """Post queries until the deadline or until ``cap`` requests were issued across all threads."""
+    i = start
+    while time.monotonic() < stop_at:
+        with tally.lock:
+            if issued[0] >= cap:
+                return
+            issued[0] += 1
+        began = time.perf_counter()
+        try:
+            response = http.post("/search", json={"text": texts[i % len(texts)], "k": 5})
+            error = None if response.status_code == 200 else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        elapsed = (time.perf_counter() - began) * 1000
+        with tally.lock:
+            if error is None:
+                tally.latencies_ms.append(elapsed)
+            else:
+                tally.errors[error] += 1
+        i += 1
+
+
+def run_load(url: str, token: str, clients: int, duration: float, cap: int) -> tuple[Tally, float]:
+    texts = queries()
+    tally = Tally()
+    issued = [0]
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, limits=limits, timeout=60) as http:
+        started = time.monotonic()
+        stop_at = started + duration
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            for n in range(clients):
+                pool.submit(client_loop, http, texts, n, stop_at, cap, issued, tally)
+        elapsed = time.monotonic() - started
+    return tally, elapsed
+
+
+def summarise(tally: Tally, elapsed: float) -> dict[str, Any]:
+    lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.array([float("nan")])
+    return {
+        "requests": tally.requests,
+        "ok": len(tally.latencies_ms),
+        "errors": sum(tally.errors.values()),
+        "error_kinds": dict(tally.errors),
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(tally.requests / elapsed, 2),
+        "latency_ms": {
+            name: round(float(value), 2)
+            for name, value in {
+                "p50": np.percentile(lat, 50),
+                "p95": np.percentile(lat, 95),
+                "p99": np.percentile(lat, 99),
+                "mean": lat.mean(),
+                "max": lat.max(),
+            }.items()
+        },
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10 s instead of 60 s")
+    parser.add_argument("--duration", type=float, help="seconds of load (default 60, 10 with --quick)")
+    parser.add_argument("--clients", type=int, default=48, help="concurrent client threads (default 48)")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="stop after this many requests")
+    parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
+    parser.add_argument("--model", help="encoder folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--es-url", default=os.environ.get("RALM_ES_URL", "http://127.0.0.1:9200"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 10.0 if args.quick else 60.0
+    if args.duration <= 0 or args.clients < 1 or args.max_requests < 1:
+        parser.error("--duration, --clients and --max-requests must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # A terminated run still stops its server and deletes its index (the finally below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    model = str(args.model or default_model_path())
+    index = f"bench-serve-{uuid.uuid4().hex[:8]}"
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    server = None
+    try:
+        passages = build_index(args.es_url, model, index)
+        server = start_server(args.es_url, index, model, args.mode, port, token)
+        wait_ready(url, server)
+        load_start = load_average()
+        tally, elapsed = run_load(url, token, args.clients, args.duration, args.max_requests)
+        results = {
+            "command": " ".join(["python -m bench.serve_load", *(argv if argv is not None else sys.argv[1:])]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "target": f"POST {url}/search (ralm-es serve, one uvicorn worker, bearer token)",
+            "mode": args.mode,
+            "k": 5,
+            "model": "all-MiniLM-L6-v2 (packaged)" if args.model is None else model,
+            "passages": passages,
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "max_requests": args.max_requests,
+            "cpus": os.cpu_count(),
+            "load_start": load_start,
+            "load_end": load_average(),
+            **summarise(tally, elapsed),
+        }
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        drop_index(args.es_url, index)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    lat = results["latency_ms"]
+    print(
+        f"{results['requests']} requests, {results['errors']} errors, {results['throughput_rps']} req/s, "
+        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms -> {args.out}",
+        file=sys.stderr,
+    )
+    if results["errors"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
