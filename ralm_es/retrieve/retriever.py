@@ -100,6 +100,12 @@ class Retriever:
     def _prepare(self, query: str) -> str:
         if not isinstance(query, str) or not query.strip():
             raise RetrievalError("empty query: give some text to search for")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RetrievalError(
+                f"query is not valid Unicode: lone surrogate \\u{ord(query[exc.start]):04x} at character {exc.start}"
+            ) from None
         query = " ".join(query.split())
         if self.encoder is not None:
             limit = self.encoder.max_length - 2

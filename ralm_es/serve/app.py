@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
 from elasticsearch import ApiError, TransportError
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
@@ -32,6 +35,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may echo input holding a lone surrogate, which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _filters(items: list[m.FilterIn]) -> list[Filter]:
     return [Filter(f.field, f.kind, f.value) for f in items]
 
@@ -55,14 +65,18 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
     lock = threading.Lock()
     protected = [Depends(bearer_auth(settings.token))] if settings.token is not None else []
 
+    @app.exception_handler(RequestValidationError)
+    def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
     @app.exception_handler(RalmError)
     def library_error(request: Request, exc: RalmError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return SafeJSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(ApiError)
     def elastic_error(request: Request, exc: ApiError) -> JSONResponse:
         status = 503 if exc.meta.status >= 500 or exc.meta.status == 429 else 400
-        return JSONResponse({"detail": _elastic_detail(exc)}, status_code=status)
+        return SafeJSONResponse({"detail": _elastic_detail(exc)}, status_code=status)
 
     @app.exception_handler(TransportError)
     def unreachable(request: Request, exc: TransportError) -> JSONResponse:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -27,6 +29,7 @@ WEIGHTS = "model.safetensors"
 SPEC = "model.json"
 ENCODER_DIR = "encoder"
 STATE_DIR = "state"
+T = TypeVar("T")
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
@@ -70,8 +73,16 @@ def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel,
     hf_logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
     model = RalmModel(spec, AutoModel.from_config(config))
-    load_model(model, str(folder / WEIGHTS), device=str(device))
+    _read(folder / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
     return model.to(device).eval(), load_tokenizer(folder)
+
+
+def _read(path: Path, load: Callable[[str], T]) -> T:
+    """``load(path)``, with a damaged or foreign file (a pickle put in its place) reported as a ModelError."""
+    try:
+        return load(str(path))
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def save_state(
@@ -105,10 +116,10 @@ def load_state(
     state_dir = folder / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise ModelError(f"cannot resume: {state_dir} holds no saved training state")
-    load_model(model, str(state_dir / WEIGHTS), device=str(device))
+    _read(state_dir / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     # Loaded on the CPU: ``load_state_dict`` moves each value where the optimizer keeps it.
-    tensors = load_file(str(state_dir / "optimizer.safetensors"))
+    tensors = _read(state_dir / "optimizer.safetensors", load_file)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("rng."):
