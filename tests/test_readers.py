@@ -9,6 +9,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+
 from ralm_es.corpora.benchmarks import (
     BenchmarkDataError,
     conll_paths,
@@ -16,7 +17,6 @@ from ralm_es.corpora.benchmarks import (
     scifact_paths,
     shared_data_dir,
 )
-
 from ralm_es.corpus.conll import conll_sentence_id, read_conll
 from ralm_es.corpus.readers import CorpusError, content_id, detect_format, read_corpus
 from ralm_es.corpus.types import ReadError, Record
