@@ -22,8 +22,10 @@ SECTIONS = (
     "search_many against a loop of search",
     "CoNLL-2003 sentences as queries",
     "Training",
+    "Serving under load",
     "How to rerun",
 )
+SERVE_LOAD = Path(__file__).resolve().parent / "results" / "serve_load.json"
 
 
 def fig(summary: dict[str, Any], digits: int = 1, scale: float = 1.0) -> str:
@@ -345,6 +347,38 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
     return lines
 
 
+def serve_section(path: Path) -> list[str]:
+    """The last ``python -m bench.serve_load`` run, from its own results file."""
+    if not path.is_file():
+        return ["No `bench/results/serve_load.json`: run `python -m bench.serve_load` (60 s of load on loopback)."]
+    load = json.loads(path.read_text(encoding="utf-8"))
+    lat = load["latency_ms"]
+    return [
+        f"From `bench/results/{path.name}`, written by `{load['command']}` at {load['started']}: "
+        f"{load['clients']} concurrent clients for {load['duration_s']:.0f} s against {load['target']}, "
+        f"mode {load['mode']}, k={load['k']}, {load['passages']} passages, model {load['model']}. "
+        f"Load average {load['load_start']} at the start and {load['load_end']} at the end.",
+        "",
+        *_table(
+            ["requests", "errors", "requests/s", "p50 ms", "p95 ms", "p99 ms", "max ms"],
+            [
+                [
+                    str(load["requests"]),
+                    str(load["errors"]),
+                    f"{load['throughput_rps']:.1f}",
+                    f"{lat['p50']:.0f}",
+                    f"{lat['p95']:.0f}",
+                    f"{lat['p99']:.0f}",
+                    f"{lat['max']:.0f}",
+                ]
+            ],
+        ),
+        "",
+        "The app answers one request at a time (the query encoder and its cache are not thread-safe), so with 48 "
+        "clients most of a request's latency is its wait in the queue.",
+    ]
+
+
 def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> Path:
     img_dir = docs_dir / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -366,6 +400,7 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
         body["search_many against a loop of search"] = many_section(retrieval["many"])
         body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
     body["Training"] = train_section(results.get("train"), docs_dir)
+    body["Serving under load"] = serve_section(SERVE_LOAD)
     body["How to rerun"] = [
         "`make bench` (full) or `make bench QUICK=1`; one part: `python -m bench.run --only ingest` "
         "(`ingest`, `retrieval`, `train`). Peers get their own environments under `~/.cache/ralm-es/bench-venvs/`, "
