@@ -116,7 +116,7 @@ def test_cli_flags_config_section_and_training(
     search = ["search", "peptide hormone of the pancreatic islets", "--index", foreign, "-k", "3", "--json"]
     result = runner.invoke(cli, [*common, *search, *FLAGS, "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)
+    hits = json.loads(result.stdout)
     library = Retriever(ElasticsearchBackend(es_client, foreign, FIELDS), tiny_encoder)
     assert hits == [h.to_json() for h in library.search("peptide hormone of the pancreatic islets", k=3)]
     assert all(h["text"] and h["scores"]["dense"] is not None for h in hits)
@@ -125,7 +125,7 @@ def test_cli_flags_config_section_and_training(
     config.write_text(yaml.safe_dump({"fields": {"id": "uid", "text": "body", "title": "headline"}}))
     bm25 = runner.invoke(cli, [*common, "--config", str(config), *search, "--mode", "bm25"])
     assert bm25.exit_code == 0, bm25.output
-    assert json.loads(bm25.output)[0]["text"].startswith("Insulin is a peptide hormone")
+    assert json.loads(bm25.stdout)[0]["text"].startswith("Insulin is a peptide hormone")
 
     config.write_text(yaml.safe_dump({"fields": {"txt": "body"}}))
     bad = runner.invoke(cli, [*common, "--config", str(config), *search, "--mode", "bm25"])

@@ -248,7 +248,7 @@ def test_classification_train_evaluate_and_explain(tmp_path: Path, tiny_model_di
     runner = CliRunner()
     args = ["--model", str(result.out), str(dev_path), "--cache", str(data["dev_cache"])]
     scored = runner.invoke(cli, ["evaluate-model", *args, "--json"], catch_exceptions=False)
-    metrics = json.loads(scored.output)
+    metrics = json.loads(scored.stdout)
     assert metrics["macro_f1"] == pytest.approx(result.best_metric)
     assert set(metrics["per_label"]) <= {"SUPPORT", "CONTRADICT"} and metrics["examples"] == 12
     explained = runner.invoke(cli, ["predict", *args, "--explain"], catch_exceptions=False).output.splitlines()
