@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,28 @@ def _mode_table(values: dict[str, Any], label: str) -> list[str]:
     return _table(["fusion", label], [[mode, "–" if v is None else f"{v:.4f}"] for mode, v in values.items()])
 
 
+TRAIN_RESULTS = ("conll", "scifact", "efficiency", "throughput")
+
+
+def collect_train(results_dir: Path) -> dict[str, Any]:
+    """The training benchmarks' results as ``bench/train_bench.py`` saved them in the results folder.
+
+    Those runs need retrieval caches made beforehand and take hours on CPU, so they are run on their own
+    (``python bench/train_bench.py conll --caches ... --out bench/results/conll.json``); the report shows them
+    with the time each file was written, and rewriting the report picks up files written since the bench run.
+    """
+    found: dict[str, Any] = {}
+    for name in TRAIN_RESULTS:
+        path = results_dir / f"{name}.json"
+        if path.is_file():
+            found[name] = {
+                **json.loads(path.read_text(encoding="utf-8")),
+                "file": path.name,
+                "written": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(path.stat().st_mtime)),
+            }
+    return found
+
+
 def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
     """The results files of ``bench/train_bench.py`` found in the results folder, one subsection each."""
     if not train:
@@ -424,6 +447,7 @@ def main() -> None:
     """``python -m bench.report [RESULTS_JSON]``: rewrite the report from saved results (after changing its layout)."""
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "full.json"
     results = json.loads(path.read_text(encoding="utf-8"))
+    results["train"] = collect_train(path.parent)
     print(write_report(results, Path(results["config"]["docs_dir"]), path.name))
 
 

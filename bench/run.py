@@ -15,32 +15,12 @@ from typing import Any
 
 from bench import ingest_bench, retrieval_bench
 from bench.common import BenchConfig, ScratchIndices, Session, load_average, machine_info
-from bench.report import write_report
+from bench.report import collect_train, write_report
 from ralm_es.config import ConnectionSettings
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
 
 PARTS = ("ingest", "retrieval", "train")
-TRAIN_RESULTS = ("conll", "scifact", "efficiency", "throughput")
-
-
-def train_results(config: BenchConfig) -> dict[str, Any]:
-    """The training benchmarks' results as ``bench/train_bench.py`` saved them in the results folder.
-
-    Those runs need retrieval caches made beforehand and take hours on CPU, so they are run on their own
-    (``python bench/train_bench.py conll --caches ... --out bench/results/conll.json``); this run reports them
-    with the time each file was written.
-    """
-    found: dict[str, Any] = {}
-    for name in TRAIN_RESULTS:
-        path = config.results_dir / f"{name}.json"
-        if path.is_file():
-            found[name] = {
-                **json.loads(path.read_text(encoding="utf-8")),
-                "file": path.name,
-                "written": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(path.stat().st_mtime)),
-            }
-    return found
 
 
 def run_all(config: BenchConfig) -> dict[str, Any]:
@@ -66,7 +46,7 @@ def run_all(config: BenchConfig) -> dict[str, Any]:
         finally:
             scratch.cleanup()
     if config.train and config.wants("train"):
-        results["train"] = train_results(config)
+        results["train"] = collect_train(config.results_dir)
     results["load_end"] = load_average()
     results["seconds"] = time.perf_counter() - started
     return results

@@ -11,8 +11,8 @@ from elasticsearch import Elasticsearch
 
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
 from bench.peers.venv import link_shared
-from bench.report import SECTIONS, targets, train_section
-from bench.run import parse_args, run_all, save, train_results
+from bench.report import SECTIONS, collect_train, targets, train_section
+from bench.run import parse_args, run_all, save
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -125,7 +125,7 @@ def test_training_results_files_are_reported(tmp_path: Path) -> None:
         json.dumps({"quick": True, "test_f1": {"none": 0.9012, "attention": 0.9123}})
     )
     config = BenchConfig(results_dir=results_dir, docs_dir=docs_dir)
-    found = train_results(config)
+    found = collect_train(config.results_dir)
     assert list(found) == ["conll"] and found["conll"]["file"] == "conll.json"
     text = "\n".join(train_section(found, docs_dir))
     assert "| attention | 0.9123 |" in text and "quick mode" in text and "bench/results/conll.json" in text
