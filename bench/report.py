@@ -19,6 +19,7 @@ SECTIONS = (
     "Machine and load",
     "Ingest (SciFact)",
     "Retrieval quality (SciFact train)",
+    "Retrieval quality on the whole SciFact corpus",
     "Latency of one hybrid search",
     "search_many against a loop of search",
     "CoNLL-2003 sentences as queries",
@@ -27,6 +28,7 @@ SECTIONS = (
     "How to rerun",
 )
 SERVE_LOAD = Path(__file__).resolve().parent / "results" / "serve_load.json"
+SCIFACT_EVAL = Path(__file__).resolve().parent / "results" / "scifact_eval.json"
 
 
 def fig(summary: dict[str, Any], digits: int = 1, scale: float = 1.0) -> str:
@@ -370,6 +372,33 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
     return lines
 
 
+def full_quality_section(path: Path) -> list[str]:
+    """``ralm-es evaluate`` over all judged SciFact train queries on a full index, from its own results file."""
+    if not path.is_file():
+        return ["No `bench/results/scifact_eval.json` (`ralm-es evaluate` per mode on a full SciFact index)."]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    modes = data["modes"]
+    return [
+        f"From `bench/results/{path.name}`, written {data['written']}: `{data['command']}` on {data['index']}; "
+        f"{data['settings']}. Train split only; nothing was tuned on it for these rows.",
+        "",
+        *_table(
+            ["mode", "nDCG@10", "recall@100", "MRR@10", "MAP", "queries"],
+            [
+                [
+                    m,
+                    f"{v['ndcg@10']:.4f}",
+                    f"{v['recall@100']:.4f}",
+                    f"{v['mrr@10']:.4f}",
+                    f"{v['map']:.4f}",
+                    str(v["queries"]),
+                ]
+                for m, v in modes.items()
+            ],
+        ),
+    ]
+
+
 def serve_section(path: Path) -> list[str]:
     """The last ``python -m bench.serve_load`` run, from its own results file."""
     if not path.is_file():
@@ -424,6 +453,7 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
         body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
     body["Training"] = train_section(results.get("train"), docs_dir)
     body["Serving under load"] = serve_section(SERVE_LOAD)
+    body["Retrieval quality on the whole SciFact corpus"] = full_quality_section(SCIFACT_EVAL)
     body["How to rerun"] = [
         "`make bench` (full) or `make bench QUICK=1`; one part: `python -m bench.run --only ingest` "
         "(`ingest`, `retrieval`, `train`). Peers get their own environments under `~/.cache/ralm-es/bench-venvs/`, "
