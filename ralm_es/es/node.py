@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +406,17 @@ class LocalCluster:
             proc = subprocess.run([tool, "useradd", username, "-p", password, "-r", ",".join(roles)], **kwargs)
             if proc.returncode != 0:
                 raise NodeError(f"could not add user '{username}': {(proc.stderr or proc.stdout).strip()}")
+        # The file realm rereads its files every few seconds: return once the new user can log in.
+        as_user = replace(state, username=username, password=password)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._get(as_user, "/_security/_authenticate")
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code != 401 or time.monotonic() > deadline:
+                    raise NodeError(f"user '{username}' was added but cannot log in ({exc.code})") from None
+            time.sleep(0.5)
 
     def log_tail(self, i: int = 0, lines: int = LOG_TAIL_LINES) -> str:
         logs = self.node_dir(i) / "logs"
