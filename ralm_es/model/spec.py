@@ -9,13 +9,14 @@ Fusion = Literal["none", "concat", "attention"]
 
 
 @dataclass
-class ModelSpec:
-    """``fusion``: how retrieved passages reach the task head. ``passage_encoder``: ``shared`` encodes passages
-    with the trainable encoder, ``frozen`` uses fixed vectors from the initial encoder (fast). ``passage_memory``:
-    attend over each passage's token states (``tokens``) or one mean-pooled vector per passage (``pooled``)."""
+class ModelSettings:
+    """The ``model:`` section of a training config. ``encoder``: a local Hugging Face encoder folder (None: the
+    packaged all-MiniLM-L6-v2); it is also the frozen passage encoder. ``fusion``: how retrieved passages reach the
+    task head. ``passage_encoder``: ``shared`` encodes passages with the trainable encoder, ``frozen`` uses fixed
+    vectors from the initial encoder (fast). ``passage_memory``: attend over each passage's token states
+    (``tokens``) or one mean-pooled vector per passage (``pooled``)."""
 
-    task: Literal["ner", "classification"]
-    labels: list[str] = field(default_factory=list)
+    encoder: str | None = None
     fusion: Fusion = "attention"
     k: int = 8
     max_length: int = 128
@@ -25,9 +26,15 @@ class ModelSpec:
     heads: int = 4
     case_features: bool = True
     dropout: float = 0.1
+
+
+@dataclass(kw_only=True)
+class ModelSpec(ModelSettings):
+    """The settings plus what training reads from the data: the task, its labels and the frozen vectors' size."""
+
+    task: Literal["ner", "classification"]
+    labels: list[str] = field(default_factory=list)
     frozen_dim: int = 0
-    # The folder of the frozen passage encoder; None is the packaged default.
-    frozen_encoder: str | None = None
 
     @property
     def uses_passages(self) -> bool:

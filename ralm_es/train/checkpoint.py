@@ -69,7 +69,10 @@ def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel,
         raise ModelError(f"{folder} is not a ralm-es run folder (no {SPEC})")
     if not (folder / WEIGHTS).is_file():
         raise ModelError(f"run folder {folder} has no weights ({WEIGHTS}); did training finish an evaluation?")
-    spec = ModelSpec(**json.loads((folder / SPEC).read_text(encoding="utf-8")))
+    try:
+        spec = ModelSpec(**json.loads((folder / SPEC).read_text(encoding="utf-8")))
+    except TypeError as exc:
+        raise ModelError(f"{folder / SPEC} was not written by this version of ralm-es: {exc}") from None
     hf_logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
     model = RalmModel(spec, AutoModel.from_config(config))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ralm_es.config import apply_overrides, from_dict, load_yaml
+from ralm_es.model.spec import ModelSettings
 
 
 @dataclass
@@ -36,20 +37,6 @@ class DataSettings:
     train_fraction: float = 1.0
     # Cut every split to its first N examples (quick runs and tests).
     limit: int | None = None
-
-
-@dataclass
-class ModelSettings:
-    encoder: str | None = None
-    fusion: Literal["none", "concat", "attention"] = "attention"
-    k: int = 8
-    max_length: int = 128
-    passage_max_length: int = 48
-    passage_encoder: Literal["shared", "frozen"] = "shared"
-    passage_memory: Literal["tokens", "pooled"] = "tokens"
-    heads: int = 4
-    case_features: bool = True
-    dropout: float = 0.1
 
 
 @dataclass

@@ -56,7 +56,7 @@ def frozen_embedder(spec: ModelSpec, device: str) -> Callable[[list[str]], np.nd
     """The fixed passage encoder of ``passage_encoder: frozen``; sets ``spec.frozen_dim`` from it."""
     if spec.fusion != "attention" or spec.passage_encoder != "frozen":
         return None
-    encoder = Encoder(spec.frozen_encoder, device=device, max_length=spec.passage_max_length)
+    encoder = Encoder(spec.encoder, device=device, max_length=spec.passage_max_length)
     spec.frozen_dim = encoder.dim
     return lambda texts: encoder.encode(texts, batch_size=128)
 

@@ -8,7 +8,7 @@ import contextlib
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +54,7 @@ class RunResult:
 
 
 def spec_from(cfg: TrainConfig) -> ModelSpec:
-    m = cfg.model
-    return ModelSpec(
-        task=cfg.task.type,
-        fusion=m.fusion,
-        k=m.k,
-        max_length=m.max_length,
-        passage_max_length=m.passage_max_length,
-        passage_encoder=m.passage_encoder,
-        passage_memory=m.passage_memory,
-        heads=m.heads,
-        case_features=m.case_features,
-        dropout=m.dropout,
-        frozen_encoder=m.encoder,
-    )
+    return ModelSpec(task=cfg.task.type, **asdict(cfg.model))
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> RunResult:
