@@ -60,6 +60,7 @@ def index_name(es_client: Elasticsearch) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide randomly initialised BERT with the default encoder's uncased tokenizer."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -73,6 +74,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         intermediate_size=64,
         max_position_embeddings=512,
     )
+    torch.manual_seed(0)  # the same random weights in every session: a failure can be replayed
     BertModel(config).save_pretrained(folder)
     return folder
 

@@ -242,9 +242,10 @@ def test_classification_train_evaluate_and_explain(tmp_path: Path, tiny_model_di
         "dev_cache": write_cache(tmp_path / "dev.cache", dev_ex, train_ex),
     }
     config = ner_config(tmp_path, data, tiny_model_dir)
-    result = train(load_config(config, ["task.type=classification", "task.text_field=claim"]))
+    # 30 steps: a batch of 8 claims gives a noisy loss, and the first and last five steps are compared.
+    result = train(load_config(config, ["task.type=classification", "task.text_field=claim", "train.max_steps=30"]))
     seen = losses(result.out)
-    assert sum(seen[-3:]) < sum(seen[:3])
+    assert sum(seen[-5:]) < sum(seen[:5])
     runner = CliRunner()
     args = ["--model", str(result.out), str(dev_path), "--cache", str(data["dev_cache"])]
     scored = runner.invoke(cli, ["evaluate-model", *args, "--json"], catch_exceptions=False)
