@@ -110,6 +110,10 @@ def test_run_and_encoder_folders_without_weights(tmp_path: Path, tiny_model_dir:
     (tmp_path / "model.json").write_text("{}")
     with pytest.raises(ModelError, match=rf"run folder {tmp_path} has no weights \(model.safetensors\)"):
         load_run_model(tmp_path, torch.device("cpu"))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "model.json").write_text('{"task": "ner", "frozen_encoder": null}')
+    with pytest.raises(ModelError, match=r"model.json was not written by this version of ralm-es: .*'frozen_encoder'"):
+        load_run_model(tmp_path, torch.device("cpu"))
 
 
 def test_unknown_config_key_lists_close_matches(tmp_path: Path) -> None:
