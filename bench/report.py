@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -348,28 +347,71 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
             lines += _mode_table(result["test_f1"], "CoNLL-2003 test entity F1")
         elif name == "scifact":
             lines += _table(
-                ["fusion", "test accuracy", "test macro-F1"],
-                [[m, f"{v['accuracy']:.4f}", f"{v['macro_f1']:.4f}"] for m, v in result["test"].items()],
-            )
-        elif name == "efficiency":
-            modes = sorted({m for row in result["test_f1"].values() for m in row})
-            lines += _table(
-                ["fraction of training sentences", *modes],
+                ["fusion", "test accuracy", "test macro-F1", "macro-F1 per seed"],
                 [
-                    [fraction, *("–" if row.get(m) is None else f"{row[m]:.4f}" for m in modes)]
-                    for fraction, row in result["test_f1"].items()
+                    [
+                        mode,
+                        f"{v['accuracy']:.4f}",
+                        f"{v['macro_f1']:.4f}",
+                        ", ".join(f"{x:.4f}" for x in v["macro_f1_per_seed"]),
+                    ]
+                    for mode, v in result["test"].items()
                 ],
             )
-            plot = Path(result.get("plot", ""))
-            if plot.is_file():
-                shutil.copyfile(plot, docs_dir / "img" / "label_efficiency.png")
-                lines += ["", "![label efficiency](img/label_efficiency.png)"]
+            lines += ["", f"Split: {result['split']}; test figures are means over the training seeds."]
+        elif name == "efficiency":
+            lines += efficiency_section(result, train.get("conll"), docs_dir)
         elif name == "throughput":
             lines += _table(
                 ["variant", "training examples/s", "peak memory MB"],
                 [[v, f"{eps:.2f}", f"{result['peak_memory_mb'][v]}"] for v, eps in result["examples_per_s"].items()],
             )
     return lines
+
+
+def efficiency_runs(efficiency: dict[str, Any], conll: dict[str, Any] | None) -> dict[float, dict[str, Any]]:
+    """Label-efficiency runs by fraction of the training sentences and variant: the subsets of ``efficiency.json``
+    and, as the whole set, the full-data runs of ``conll.json`` (the same config and budget; not trained twice)."""
+    found: dict[float, dict[str, Any]] = {}
+    for prefix, result in (("efficiency-", efficiency), ("conll-", conll or {})):
+        for name, run in result.get("runs", {}).items():
+            fraction = run["config"]["data"]["train_fraction"]
+            found.setdefault(fraction, {})[name.removeprefix(prefix).removesuffix(f"-{fraction:g}")] = run
+    return dict(sorted(found.items()))
+
+
+def efficiency_section(efficiency: dict[str, Any], conll: dict[str, Any] | None, docs_dir: Path) -> list[str]:
+    """Test F1 against the fraction of training sentences, per variant of the efficiency runs, as a table and a
+    plot; each row says the budget its runs had."""
+    runs = efficiency_runs(efficiency, conll)
+    modes = sorted({mode for row in efficiency["test_f1"].values() for mode in row})
+    f1 = {
+        mode: {
+            fraction: by_mode[mode]["test"]["f1"]
+            for fraction, by_mode in runs.items()
+            if "test" in by_mode.get(mode, {})
+        }
+        for mode in modes
+    }
+    rows = []
+    for fraction, by_mode in runs.items():
+        budget = {f"{run['config']['train']['epochs']:g} epochs, {run['steps']} steps" for run in by_mode.values()}
+        values = [f"{f1[mode][fraction]:.4f}" if fraction in f1[mode] else "–" for mode in modes]
+        rows.append([f"{fraction:g}", *values, " / ".join(sorted(budget))])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, points in f1.items():
+        if points:
+            ax.plot(list(points), list(points.values()), "o-", label=mode)
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of CoNLL-2003 training sentences")
+    ax.set_ylabel("test entity F1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(docs_dir / "img" / "label_efficiency.png", dpi=100)
+    plt.close(fig)
+    source = "The row for 1 is the `conll` benchmark's full-data runs." if 1 in runs else "No full-data runs yet."
+    table = _table(["fraction of training sentences", *modes, "budget"], rows)
+    return [*table, "", source, "", "![label efficiency](img/label_efficiency.png)"]
 
 
 def full_quality_section(path: Path) -> list[str]:

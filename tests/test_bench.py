@@ -129,3 +129,39 @@ def test_training_results_files_are_reported(tmp_path: Path) -> None:
     assert list(found) == ["conll"] and found["conll"]["file"] == "conll.json"
     text = "\n".join(train_section(found, docs_dir))
     assert "| attention | 0.9123 |" in text and "quick mode" in text and "bench/results/conll.json" in text
+
+
+def _run(fraction: float, epochs: float, steps: int, f1: float) -> dict[str, object]:
+    return {
+        "config": {"data": {"train_fraction": fraction}, "train": {"epochs": epochs}},
+        "steps": steps,
+        "test": {"f1": f1},
+    }
+
+
+def test_label_efficiency_takes_its_full_data_point_from_the_conll_runs(tmp_path: Path) -> None:
+    results_dir, docs_dir = tmp_path / "results", tmp_path / "docs"
+    results_dir.mkdir()
+    (docs_dir / "img").mkdir(parents=True)
+    efficiency = {
+        "test_f1": {"0.05": {"none": 0.61, "attention-frozen": 0.69}},
+        "runs": {
+            "efficiency-none-0.05": _run(0.05, 3, 132, 0.61),
+            "efficiency-attention-frozen-0.05": _run(0.05, 3, 132, 0.69),
+        },
+    }
+    conll = {
+        "test_f1": {"none": 0.86, "attention-frozen": 0.87, "concat": 0.85},
+        "runs": {
+            "conll-none": _run(1.0, 3, 2634, 0.86),
+            "conll-attention-frozen": _run(1.0, 3, 2634, 0.87),
+            "conll-concat": _run(1.0, 3, 2634, 0.85),
+        },
+    }
+    (results_dir / "efficiency.json").write_text(json.dumps(efficiency))
+    (results_dir / "conll.json").write_text(json.dumps(conll))
+    text = "\n".join(train_section(collect_train(results_dir), docs_dir))
+    assert "| 0.05 | 0.6900 | 0.6100 | 3 epochs, 132 steps |" in text
+    # The efficiency variants only: concat is in the conll table, not in this one.
+    assert "| 1 | 0.8700 | 0.8600 | 3 epochs, 2634 steps |" in text
+    assert (docs_dir / "img" / "label_efficiency.png").read_bytes().startswith(PNG_MAGIC)
