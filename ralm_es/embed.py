@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 from ralm_es.errors import RalmError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -47,6 +48,15 @@ def resolve_model_path(path: str | Path | None) -> Path:
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES)})")
     return folder
+
+
+def tokenizer_revision(folder: Path) -> str:
+    """A content hash of a model folder's tokenizer files: the same hash cuts the same passages."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def pick_device(device: str = "auto") -> torch.device:

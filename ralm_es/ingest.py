@@ -7,7 +7,6 @@ order) is saved after each completed batch: an interrupted run continues with no
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -20,23 +19,19 @@ from typing import Any, Literal
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from ralm_es.config import ConfigError
 from ralm_es.corpus.chunking import Chunker
-from ralm_es.corpus.readers import read_corpus
+from ralm_es.corpus.readers import plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
-from ralm_es.embed import Encoder, resolve_model_path
-from ralm_es.errors import RalmError
+from ralm_es.embed import Encoder, resolve_model_path, tokenizer_revision
 from ralm_es.es.distribution import cache_home
-from ralm_es.store.base import Backend, IndexSpec, WriteResult
+from ralm_es.store.base import Backend, Chunking, IndexSpec, Refresh, WriteResult
 
 TRANSIENT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _transient(result: WriteResult) -> bool:
     return not result.ok and (result.status == 429 or result.status >= 500)
-
-
-class IngestError(RalmError):
-    """Ingest cannot start or continue (bad settings, a checkpoint from another run)."""
 
 
 @dataclass
@@ -68,6 +63,16 @@ class IngestSettings:
     keep_old: bool = False
     resume: bool = True
 
+    def __post_init__(self) -> None:
+        # Checked before anything is read or written: a zero batch or bulk size would stall or crash mid-run.
+        positive = ("max_chars", "encode_batch", "max_tokens", "batch_passages", "bulk_docs", "bulk_bytes")
+        for name in (*positive, "in_flight", "shards"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ingest setting {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("overlap", "m", "ef_construction", "replicas"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ingest setting {name} must not be negative, got {getattr(self, name)}")
+
 
 @dataclass
 class IngestSummary:
@@ -79,6 +84,8 @@ class IngestSummary:
     seconds: float = 0.0
     index: str = ""
     resumed_from: int = 0
+    # Why an interrupted run's checkpoint was not followed (its input or settings changed); None when it was.
+    restarted: str | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
@@ -99,23 +106,65 @@ class _Batch:
     records_upto: int = 0
 
 
+@dataclass(frozen=True)
+class InputFile:
+    """One input file as a checkpoint saw it: a resume follows the checkpoint only if every file is unchanged."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> InputFile:
+        stat = path.stat()
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+
+
+@dataclass
+class CheckpointState:
+    """What an interrupted run leaves: ``records_done`` records (in read order) fully written into ``target``,
+    from exactly ``inputs`` read and cut with ``shape``; ``refresh`` is the interval to put back at the end."""
+
+    records_done: int
+    target: str
+    inputs: list[InputFile]
+    shape: dict[str, Any]
+    refresh: str | None
+
+
 class Checkpoint:
-    """Records fully written so far for one (inputs, index, model) combination, kept as JSON."""
+    """The state of one (inputs, index, backend) run, kept as JSON beside the other ralm-es caches."""
 
     def __init__(self, key_parts: dict[str, Any], folder: Path | None = None) -> None:
         digest = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
         self.path = (folder or cache_home() / "checkpoints") / f"ingest-{digest}.json"
         self.key = key_parts
 
-    def load(self) -> dict[str, Any] | None:
+    def load(self) -> CheckpointState | None:
         if not self.path.exists():
             return None
-        return json.loads(self.path.read_text())
+        try:
+            raw = json.loads(self.path.read_text())
+            return CheckpointState(
+                records_done=int(raw["records_done"]),
+                target=str(raw["target"]),
+                inputs=[InputFile(**f) for f in raw["inputs"]],
+                shape=dict(raw["shape"]),
+                refresh=raw["refresh"],
+            )
+        except (ValueError, KeyError, TypeError):
+            # A checkpoint this version cannot read proves nothing: start over, checking ids.
+            return None
 
-    def save(self, records_done: int, target: str) -> None:
+    def save(self, state: CheckpointState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": self.key, "records_done": records_done, "target": target}))
+        tmp.write_text(json.dumps({"key": self.key, **asdict(state)}))
         tmp.replace(self.path)
 
     def clear(self) -> None:
@@ -123,17 +172,26 @@ class Checkpoint:
 
 
 def _records(paths: Sequence[str | Path], s: IngestSettings) -> Iterator[Record | ReadError]:
-    for path in paths:
-        yield from read_corpus(
-            path,
-            format=s.format,
-            id_field=s.id_field,
-            text_field=s.text_field,
-            title_field=s.title_field,
-            metadata_fields=s.metadata_fields,
-            unit=s.unit,
-            max_chars=s.max_chars,
-        )
+    return read_corpus(
+        paths,
+        format=s.format,
+        id_field=s.id_field,
+        text_field=s.text_field,
+        title_field=s.title_field,
+        metadata_fields=s.metadata_fields,
+        unit=s.unit,
+        max_chars=s.max_chars,
+    )
+
+
+def changed_inputs(before: list[InputFile], now: list[InputFile]) -> str | None:
+    """Why ``now`` is not the input ``before`` describes, or None when it is the same."""
+    if [f.path for f in before] != [f.path for f in now]:
+        return "the input files are not the ones of the interrupted run"
+    for old, new in zip(before, now, strict=True):
+        if old != new:
+            return f"{new.path} changed since the interrupted run"
+    return None
 
 
 class Ingest:
@@ -159,6 +217,8 @@ class Ingest:
             else AutoTokenizer.from_pretrained(resolve_model_path(settings.model), local_files_only=True)
         )
         self.chunker = Chunker(self.tokenizer, settings.max_tokens, settings.overlap)
+        model_folder = encoder.path if encoder is not None else resolve_model_path(settings.model)
+        self.chunking = Chunking(settings.max_tokens, settings.overlap, tokenizer_revision(model_folder))
         self.on_error = on_error or (lambda source, reason: None)
         self.on_progress = on_progress or (lambda records, passages: None)
         self.checkpoint_dir = checkpoint_dir
@@ -175,68 +235,59 @@ class Ingest:
             shards=s.shards,
             replicas=s.replicas,
             model=self.encoder.info() if self.encoder else None,
+            chunking=self.chunking,
         )
+
+    def shape(self) -> dict[str, Any]:
+        """The settings that decide which records are read and how they are cut: a resume needs the same."""
+        s = self.s
+        return {
+            "read": [s.format, s.id_field, s.text_field, s.title_field, s.metadata_fields, s.unit, s.max_chars],
+            "chunking": asdict(self.chunking),
+            "embed": self.encoder.revision if self.encoder else None,
+        }
 
     def run(self, paths: Sequence[str | Path]) -> IngestSummary:
         started = time.monotonic()
         summary = IngestSummary()
         spec = self.spec()
+        # Planning checks every path and format up front; the fingerprint proves what a resume continues.
+        inputs = [InputFile.of(file) for file, _, _ in plan_inputs(paths, self.s.format, self.s.text_field)]
+        shape = self.shape()
         checkpoint = Checkpoint(
             {
-                "paths": [str(Path(p).resolve()) for p in paths],
+                "paths": [f.path for f in inputs],
                 "index": spec.name,
                 "backend": self.backend.name,
-                "model": spec.model["revision"] if spec.model else None,
                 "reindex": self.s.reindex,
-                "chunking": [self.s.max_tokens, self.s.overlap],
             },
             self.checkpoint_dir,
         )
         state = checkpoint.load() if self.s.resume else None
-        target = self._prepare_target(spec, state)
-        summary.index = target
-        skip = int(state["records_done"]) if state else 0
-        summary.resumed_from = skip
-        previous_refresh = self._pause_refresh(target)
-        try:
-            self._stream(paths, target, skip, summary, checkpoint)
-        except BaseException:
-            # The cluster may be gone; the rerun that resumes from the checkpoint restores refresh then.
-            with contextlib.suppress(Exception):
-                self._restore_refresh(target, previous_refresh)
-            raise
-        self._restore_refresh(target, previous_refresh)
         if self.s.reindex:
-            self.backend.swap_alias(target, drop_old=not self.s.keep_old)  # type: ignore[attr-defined]
+            target = self.backend.staging(spec, resume=state.target if state else None)
+        else:
+            self.backend.ensure_index(spec)
+            target = self.backend
+        summary.index = target.index
+        skip = 0
+        if state is not None:
+            summary.restarted = changed_inputs(state.inputs, inputs) or (
+                "the settings that read and cut passages changed" if state.shape != shape else None
+            )
+            skip = 0 if summary.restarted else state.records_done
+        summary.resumed_from = skip
+        before = Refresh(state.refresh) if state else target.refresh_interval()
+        # Saved before refresh is paused, so that even a run killed in its first batch restores the interval.
+        progress = CheckpointState(skip, target.index, inputs, shape, before.interval)
+        checkpoint.save(progress)
+        with target.bulk_load(before):
+            self._stream(paths, target, skip, summary, checkpoint, progress)
+        if self.s.reindex:
+            self.backend.swap_alias(target.index, drop_old=not self.s.keep_old)
         checkpoint.clear()
         summary.seconds = round(time.monotonic() - started, 3)
         return summary
-
-    def _prepare_target(self, spec: IndexSpec, state: dict[str, Any] | None) -> str:
-        if not self.s.reindex:
-            self.backend.ensure_index(spec)
-            return spec.name
-        if not hasattr(self.backend, "create_index"):
-            raise IngestError(f"--reindex needs the Elasticsearch backend, not '{self.backend.name}'")
-        if state and state.get("target"):
-            return str(state["target"])
-        return self.backend.create_index(spec, alias=False)  # type: ignore[attr-defined]
-
-    def _pause_refresh(self, target: str) -> Any:
-        """Switch refresh off for the bulk load (Elasticsearch only); returns the interval to restore."""
-        if not hasattr(self.backend, "set_refresh"):
-            return None
-        client = self.backend.client  # type: ignore[attr-defined]
-        indices = client.indices.get_settings(index=target, name="index.refresh_interval").body
-        previous = next(iter(indices.values()), {}).get("settings", {}).get("index", {}).get("refresh_interval")
-        self.backend.set_refresh("-1", index=target)  # type: ignore[attr-defined]
-        # "-1" here is the leftover of a run that died mid-load: restore the default then.
-        return None if previous == "-1" else previous
-
-    def _restore_refresh(self, target: str, previous: Any) -> None:
-        if hasattr(self.backend, "set_refresh"):
-            self.backend.set_refresh(previous, index=target)  # type: ignore[attr-defined]
-            self.backend.client.indices.refresh(index=target)  # type: ignore[attr-defined]
 
     def _batches(self, paths: Sequence[str | Path], skip: int, summary: IngestSummary) -> Iterator[_Batch]:
         batch = _Batch()
@@ -271,9 +322,14 @@ class Ingest:
         yield batch
 
     def _stream(
-        self, paths: Sequence[str | Path], target: str, skip: int, summary: IngestSummary, checkpoint: Checkpoint
+        self,
+        paths: Sequence[str | Path],
+        target: Backend,
+        skip: int,
+        summary: IngestSummary,
+        checkpoint: Checkpoint,
+        progress: CheckpointState,
     ) -> None:
-        write_kwargs = {"index": target} if self.s.reindex else {}
         in_flight: deque[tuple[Future[list[WriteResult]], int]] = deque()
 
         def settle_oldest() -> None:
@@ -287,7 +343,8 @@ class Ingest:
                     summary.indexed += 1
                 else:
                     summary.skipped += 1
-            checkpoint.save(records_upto, target)
+            progress.records_done = records_upto
+            checkpoint.save(progress)
             self.on_progress(summary.read, summary.passages)
 
         with ThreadPoolExecutor(max_workers=self.s.in_flight) as pool:
@@ -296,7 +353,7 @@ class Ingest:
                     summary.passages += len(batch.passages)
                     fresh = self._drop_stored(batch.passages, target, summary)
                     self._embed(fresh)
-                    future = pool.submit(self._write, fresh, write_kwargs)
+                    future = pool.submit(self._write, target, fresh)
                     in_flight.append((future, batch.records_upto))
                     while len(in_flight) > self.s.in_flight:
                         settle_oldest()
@@ -310,24 +367,23 @@ class Ingest:
                     future.cancel()
                 raise
 
-    def _write(self, passages: list[Passage], kwargs: dict[str, Any]) -> list[WriteResult]:
+    def _write(self, target: Backend, passages: list[Passage]) -> list[WriteResult]:
         """Write a batch; passages refused for a passing reason (429, 5xx: a node lost, a shard relocating)
         are written again with backoff, so a checkpoint never moves past a passage that could still be stored."""
-        results = {r.id: r for r in self.backend.write(passages, **kwargs)}
+        results = {r.id: r for r in target.write(passages)}
         for delay in TRANSIENT_BACKOFF:
             retry = [p for p in passages if _transient(results[p.id])]
             if not retry:
                 break
             time.sleep(delay)
-            results.update({r.id: r for r in self.backend.write(retry, **kwargs)})
+            results.update({r.id: r for r in target.write(retry)})
         return [results[p.id] for p in passages]
 
-    def _drop_stored(self, passages: list[Passage], target: str, summary: IngestSummary) -> list[Passage]:
+    def _drop_stored(self, passages: list[Passage], target: Backend, summary: IngestSummary) -> list[Passage]:
         """Passages already in the store are counted as skipped and neither embedded nor sent."""
         if not passages:
             return passages
-        kwargs = {"index": target} if self.s.reindex else {}
-        stored = self.backend.existing_ids([p.id for p in passages], **kwargs)
+        stored = target.existing_ids([p.id for p in passages])
         summary.skipped += len(stored)
         return [p for p in passages if p.id not in stored]
 

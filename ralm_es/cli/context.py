@@ -12,7 +12,7 @@ from elasticsearch import Elasticsearch
 from ralm_es.config import ConfigError, ConnectionSettings, from_dict, load_yaml, resolve_connection
 from ralm_es.es.client import connect
 from ralm_es.es.distribution import cache_home
-from ralm_es.store.base import Backend
+from ralm_es.store.base import Backend, BulkSettings
 
 
 @dataclass
@@ -54,14 +54,16 @@ def local_index_path(index: str) -> Path:
     return cache_home() / "local" / index
 
 
-def open_backend(ctx: CliContext, backend: str, index: str, fields: tuple[str, ...] = ()) -> Backend:
+def open_backend(
+    ctx: CliContext, backend: str, index: str, fields: tuple[str, ...] = (), bulk: BulkSettings | None = None
+) -> Backend:
     if backend == "local":
         from ralm_es.store.local import LocalBackend
 
         return LocalBackend(local_index_path(index))
     from ralm_es.store.elastic import ElasticsearchBackend
 
-    return ElasticsearchBackend(ctx.client(), index, fields=ctx.field_map(fields))
+    return ElasticsearchBackend(ctx.client(), index, fields=ctx.field_map(fields), bulk=bulk)
 
 
 backend_option = click.option(

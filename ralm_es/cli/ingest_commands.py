@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
 from ralm_es.config import apply_overrides, from_dict, load_yaml
+from ralm_es.store.base import BulkSettings
 
 LINE_FORMATS = {".jsonl": 0, ".ndjson": 0, ".csv": 1, ".tsv": 1}
 
@@ -124,7 +125,7 @@ def ingest(
         where="option",
     )
     settings = apply_overrides(settings, overrides)
-    store = open_backend(ctx, backend, index)
+    store = open_backend(ctx, backend, index, bulk=BulkSettings(settings.bulk_docs, settings.bulk_bytes))
 
     bar = tqdm(
         desc="ingest", unit="rec", total=estimate_records(inputs), disable=quiet, file=sys.stderr, dynamic_ncols=True
@@ -140,7 +141,9 @@ def ingest(
 
     summary = Ingest(store, settings, on_error=report, on_progress=progress).run(inputs)
     bar.close()
-    if summary.resumed_from:
+    if summary.restarted:
+        click.echo(f"not resuming: {summary.restarted}; starting over, skipping passages already stored", err=True)
+    elif summary.resumed_from:
         click.echo(f"resumed after {summary.resumed_from} records from an interrupted run", err=True)
     if as_json:
         click.echo(json.dumps(summary.public()))

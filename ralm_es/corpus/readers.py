@@ -58,7 +58,7 @@ def content_id(text: str) -> str:
 
 
 def read_corpus(
-    path: str | Path,
+    paths: str | Path | Sequence[str | Path],
     format: str = "auto",
     *,
     id_field: str | None = None,
@@ -68,11 +68,12 @@ def read_corpus(
     unit: str = "paragraph",
     max_chars: int = DEFAULT_MAX_CHARS,
 ) -> Iterator[Record | ReadError]:
-    """Stream the records of a file or folder. The path and the format of every file are checked before the first
-    record is read, so a missing path or an undecidable file raises ``CorpusError`` here, not mid-ingest. Ids are
-    unique over the whole input: a repeated id is a ``ReadError`` at the repeat."""
+    """Stream the records of one or more files or folders, in order. Every path and the format of every file are
+    checked before the first record is read, so a missing path, a file given twice or an undecidable file raises
+    ``CorpusError`` here, not mid-ingest. Ids are unique over all the inputs together: a repeated id is a
+    ``ReadError`` at the repeat that names the first place, whichever file either is in."""
     if format not in FORMATS:
-        raise CorpusError(f"unknown corpus format {format!r} for {path}; choose one of {', '.join(FORMATS)}")
+        raise CorpusError(f"unknown corpus format {format!r}; choose one of {', '.join(FORMATS)}")
     if unit not in UNITS:
         raise CorpusError(f"unknown text unit {unit!r}; choose one of {', '.join(UNITS)}")
     if max_chars < 1:
@@ -85,7 +86,27 @@ def read_corpus(
         unit=unit,
         max_chars=max_chars,
     )
-    return _checked(plan_files(Path(path), format, text_field), options)
+    return _checked(plan_inputs(paths, format, text_field), options)
+
+
+def plan_inputs(
+    paths: str | Path | Sequence[str | Path], format: str = "auto", text_field: str = "text"
+) -> list[tuple[Path, str, str]]:
+    """``plan_files`` over every input path; a file reached twice (named twice, or also inside a folder given) is a
+    ``CorpusError``: reading it twice would make every record of it a duplicate of itself."""
+    roots = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    if not roots:
+        raise CorpusError("no corpus path given")
+    plan: list[tuple[Path, str, str]] = []
+    reached: dict[Path, Path] = {}
+    for root in roots:
+        for file, fmt, name in plan_files(root, format, text_field):
+            key = file.resolve()
+            if key in reached:
+                raise CorpusError(f"{file} would be read twice (via {reached[key]} and {root}); give each input once")
+            reached[key] = root
+            plan.append((file, fmt, name))
+    return plan
 
 
 def plan_files(root: Path, format: str, text_field: str = "text") -> list[tuple[Path, str, str]]:

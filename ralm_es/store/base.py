@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -28,6 +29,52 @@ def check_dims(where: str, existing: int | None, wanted: int | None, fix: str) -
         )
 
 
+@dataclass(frozen=True)
+class BulkSettings:
+    """How writes are grouped into bulk requests: at most ``docs`` passages and ``bytes`` bytes a request."""
+
+    docs: int = 500
+    bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """The settings that shape an index's passages; passages cut with other ones must not share the index."""
+
+    max_tokens: int
+    overlap: int
+    tokenizer: str  # a content hash of the tokenizer's files
+
+    def describe(self) -> str:
+        return f"max_tokens={self.max_tokens}, overlap={self.overlap}, tokenizer {self.tokenizer}"
+
+
+def check_shape(where: str, spec: IndexSpec, model: dict[str, Any] | None, chunking: Chunking | None) -> None:
+    """Refuse passages shaped otherwise (another encoder, other chunking) than the ones ``where`` holds.
+
+    ``model`` and ``chunking`` are what the index recorded; an index that recorded nothing (made elsewhere, or
+    before indices recorded their chunking) is not checked."""
+    recorded = (model or {}).get("revision")
+    wanted = (spec.model or {}).get("revision")
+    if recorded and wanted and recorded != wanted:
+        raise StoreError(
+            f"{where} was embedded by encoder {recorded} but this ingest uses {wanted}; "
+            "use that encoder, or --reindex to rebuild the index with this one"
+        )
+    if chunking is not None and spec.chunking is not None and chunking != spec.chunking:
+        raise StoreError(
+            f"{where} holds passages cut with {chunking.describe()}, but this ingest cuts them with "
+            f"{spec.chunking.describe()}; use the same settings, or --reindex to rebuild the index with these"
+        )
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """An index's refresh interval before a bulk load paused it; ``interval=None``: not set (the default)."""
+
+    interval: str | None
+
+
 @dataclass
 class IndexSpec:
     """What an index must hold. ``dims=None`` makes a BM25-only index."""
@@ -41,6 +88,7 @@ class IndexSpec:
     shards: int = 1
     replicas: int = 0
     model: dict[str, Any] | None = None
+    chunking: Chunking | None = None
 
 
 @dataclass
@@ -96,6 +144,24 @@ class Backend(Protocol):
     index: str
 
     def ensure_index(self, spec: IndexSpec) -> None: ...
+
+    def staging(self, spec: IndexSpec, resume: str | None = None) -> Backend:
+        """A new index for ``--reindex``, not yet behind the alias (or ``resume``, the one an interrupted reindex
+        left), as a backend bound to it."""
+        ...
+
+    def swap_alias(self, staged: str, drop_old: bool) -> list[str]:
+        """Point the alias at ``staged`` atomically; returns the indices it left (deleted when ``drop_old``)."""
+        ...
+
+    def refresh_interval(self) -> Refresh:
+        """The refresh interval of the one index written to."""
+        ...
+
+    def bulk_load(self, before: Refresh) -> AbstractContextManager[None]:
+        """Refresh off on the one index written to while the block runs, then back to ``before`` (what
+        ``refresh_interval`` said before this run or the interrupted run it resumes) and refreshed."""
+        ...
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
 

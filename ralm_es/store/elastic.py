@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from importlib.resources import files
 from typing import Any
@@ -15,13 +17,45 @@ from typing import Any
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, helpers
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult, check_dims
+from ralm_es.store.base import (
+    BulkSettings,
+    Chunking,
+    Filter,
+    Hit,
+    IndexSpec,
+    Refresh,
+    SearchRequest,
+    StoreError,
+    WriteResult,
+    check_dims,
+    check_shape,
+)
 from ralm_es.version import __version__
 
 log = logging.getLogger(__name__)
 FALLBACK_ANALYZER = "ralm_english_fallback"
 MSEARCH_CHUNK = 64
 SHARD_RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
+# Elasticsearch's rules for index and alias names; a pattern ('*', '_all', 'a,b') would reach other indices.
+NAME_FORBIDDEN = re.compile(r'[\\/*?"<>| ,#:A-Z]')
+HNSW_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw")
+
+
+def check_index_name(name: str) -> None:
+    """Refuse what Elasticsearch would not take as one index or alias name, and every pattern."""
+    problem = None
+    if not name:
+        problem = "it is empty"
+    elif found := NAME_FORBIDDEN.search(name):
+        problem = f'it contains {found.group()!r} (names are lowercase, without \\ / * ? " < > | , # : or spaces)'
+    elif name[0] in "-_+":
+        problem = f"it starts with {name[0]!r}"
+    elif name in (".", ".."):
+        problem = "it is a path"
+    elif len(name.encode()) > 255:
+        problem = "it is longer than 255 bytes"
+    if problem:
+        raise StoreError(f"index name {name!r} is not valid: {problem}")
 
 
 @dataclass
@@ -66,13 +100,22 @@ def index_body(spec: IndexSpec, analyzer: str) -> dict[str, Any]:
     else:
         vector = props["vector"]
         vector.update(dims=spec.dims, similarity=spec.similarity)
-        vector["index_options"] = {"type": spec.index_type, "m": spec.m, "ef_construction": spec.ef_construction}
+        options: dict[str, Any] = {"type": spec.index_type}
+        if spec.index_type in HNSW_TYPES:  # the flat types build no graph and refuse its parameters
+            options.update(m=spec.m, ef_construction=spec.ef_construction)
+        vector["index_options"] = options
     body["mappings"]["_meta"] = {
         "created_by": f"ralm-es {__version__}",
         "model": spec.model,
+        "chunking": asdict(spec.chunking) if spec.chunking else None,
         "analyzer": analyzer,
     }
     return body
+
+
+def recorded_chunking(meta: dict[str, Any]) -> Chunking | None:
+    chunking = meta.get("chunking")
+    return Chunking(**chunking) if isinstance(chunking, dict) else None
 
 
 def filter_clause(f: Filter, fields: FieldMap) -> dict[str, Any]:
@@ -97,15 +140,14 @@ class ElasticsearchBackend:
         client: Elasticsearch,
         index: str,
         fields: FieldMap | None = None,
-        bulk_docs: int = 500,
-        bulk_bytes: int = 8 * 1024 * 1024,
+        bulk: BulkSettings | None = None,
         in_flight: int = 2,
     ) -> None:
+        check_index_name(index)
         self.client = client
         self.index = index
         self.fields = fields or FieldMap()
-        self.bulk_docs = bulk_docs
-        self.bulk_bytes = bulk_bytes
+        self.bulk = bulk or BulkSettings()
         self.in_flight = in_flight
 
     # -- index management ------------------------------------------------------------------------------
@@ -145,11 +187,41 @@ class ElasticsearchBackend:
         return int(vector["dims"]) if vector and vector.get("type") == "dense_vector" else None
 
     def ensure_index(self, spec: IndexSpec) -> None:
-        """Create ``<alias>-<timestamp>`` behind the alias if nothing exists; else check the vector dims."""
-        if self.concrete_indices():
-            check_dims(f"index '{self.index}'", self.vector_dims(), spec.dims, "--reindex into a new index")
+        """Create ``<alias>-<timestamp>`` behind the alias if nothing exists; else check that the passages to come
+        fit the index written to (vector dims, encoder, chunking)."""
+        if not self.concrete_indices():
+            self.create_index(spec, alias=True)
             return
-        self.create_index(spec, alias=True)
+        target = self.write_index()
+        where = f"index '{self.index}'"
+        check_dims(where, self.vector_dims(target), spec.dims, "--reindex into a new index")
+        meta = self.mapping(target).get("_meta") or {}
+        check_shape(where, spec, meta.get("model"), recorded_chunking(meta))
+
+    def write_index(self) -> str:
+        """The one concrete index that writes through the alias reach (the index itself when it is no alias)."""
+        try:
+            behind = self.client.indices.get_alias(name=self.index).body
+        except NotFoundError:
+            return self.index
+        if len(behind) == 1:
+            return next(iter(behind))
+        writers = [name for name, entry in behind.items() if entry["aliases"][self.index].get("is_write_index")]
+        if len(writers) != 1:
+            raise StoreError(
+                f"alias '{self.index}' points to {len(behind)} indices and none is its write index; "
+                "set is_write_index on one"
+            )
+        return writers[0]
+
+    def bound(self, index: str) -> ElasticsearchBackend:
+        """The same store settings, reaching ``index`` instead of the alias."""
+        return ElasticsearchBackend(self.client, index, self.fields, bulk=self.bulk, in_flight=self.in_flight)
+
+    def staging(self, spec: IndexSpec, resume: str | None = None) -> ElasticsearchBackend:
+        if resume is not None and self.client.indices.exists(index=resume):
+            return self.bound(resume)
+        return self.bound(self.create_index(spec, alias=False))
 
     def create_index(self, spec: IndexSpec, alias: bool) -> str:
         """A new timestamped index from the template; the alias points at it when ``alias`` is true."""
@@ -176,17 +248,36 @@ class ElasticsearchBackend:
             self.client.indices.delete(index=",".join(old))
         return old
 
-    def set_refresh(self, interval: str | None, index: str | None = None) -> None:
-        self.client.indices.put_settings(index=index or self.index, settings={"index": {"refresh_interval": interval}})
+    def refresh_interval(self) -> Refresh:
+        target = self.write_index()
+        settings = self.client.indices.get_settings(index=target, name="index.refresh_interval").body
+        return Refresh(settings.get(target, {}).get("settings", {}).get("index", {}).get("refresh_interval"))
+
+    @contextlib.contextmanager
+    def bulk_load(self, before: Refresh) -> Iterator[None]:
+        target = self.write_index()
+        self._set_refresh(target, "-1")
+        try:
+            yield
+        except BaseException:
+            # The cluster may be gone; a rerun that resumes restores refresh from the checkpoint then.
+            with contextlib.suppress(Exception):
+                self._set_refresh(target, before.interval)
+            raise
+        self._set_refresh(target, before.interval)
+        self.client.indices.refresh(index=target)
+
+    def _set_refresh(self, index: str, interval: str | None) -> None:
+        self.client.indices.put_settings(index=index, settings={"index": {"refresh_interval": interval}})
 
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.index)
 
     # -- writing ---------------------------------------------------------------------------------------
-    def existing_ids(self, ids: Sequence[str], index: str | None = None) -> set[str]:
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
-        resp = self.client.mget(index=index or self.index, ids=list(ids), source=False)
+        resp = self.client.mget(index=self.index, ids=list(ids), source=False)
         return {d["_id"] for d in resp["docs"] if d.get("found")}
 
     def to_source(self, p: Passage, dims: int | None) -> dict[str, Any]:
@@ -206,11 +297,11 @@ class ElasticsearchBackend:
             doc[f.vector] = p.vector
         return doc
 
-    def write(self, passages: Iterable[Passage], index: str | None = None) -> Iterator[WriteResult]:
+    def write(self, passages: Iterable[Passage]) -> Iterator[WriteResult]:
         """Bulk-create passages; one result per passage, in input order. Existing ids are kept (``created=False``)."""
-        target = index or self.index
+        target = self.write_index()
         batch = list(passages)
-        dims = self.vector_dims(index)
+        dims = self.vector_dims(target)
         results: dict[str, WriteResult] = {}
         valid = []
         for p in batch:
@@ -226,8 +317,8 @@ class ElasticsearchBackend:
         for ok, item in helpers.streaming_bulk(
             self.client,
             actions,
-            chunk_size=self.bulk_docs,
-            max_chunk_bytes=self.bulk_bytes,
+            chunk_size=self.bulk.docs,
+            max_chunk_bytes=self.bulk.bytes,
             raise_on_error=False,
             raise_on_exception=False,
             max_retries=5,

@@ -17,6 +17,7 @@ dense search is exact cosine, scored ``(1 + cos) / 2`` as Elasticsearch does. Fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -33,7 +34,18 @@ from rank_bm25 import BM25Okapi
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Filter, Hit, IndexSpec, SearchRequest, StoreError, WriteResult, check_dims
+from ralm_es.store.base import (
+    Chunking,
+    Filter,
+    Hit,
+    IndexSpec,
+    Refresh,
+    SearchRequest,
+    StoreError,
+    WriteResult,
+    check_dims,
+    check_shape,
+)
 
 FORMAT = "ralm-es-local-index"
 VERSION = 1
@@ -151,7 +163,9 @@ class LocalBackend:
 
     def _ensure_index(self, spec: IndexSpec) -> None:
         if (self.path / META).exists():
-            check_dims(f"local index {self.path}", self.spec().dims, spec.dims, "a new index folder")
+            stored = self.spec()
+            check_dims(f"local index {self.path}", stored.dims, spec.dims, "a new index folder")
+            check_shape(f"local index {self.path}", spec, stored.model, stored.chunking)
             return
         if spec.similarity not in SIMILARITIES:
             raise StoreError(
@@ -174,6 +188,19 @@ class LocalBackend:
             os.close(dir_fd)
         self._spec = spec
 
+    def staging(self, spec: IndexSpec, resume: str | None = None) -> LocalBackend:
+        raise StoreError("--reindex needs the Elasticsearch backend; ingest into a new local index folder instead")
+
+    def swap_alias(self, staged: str, drop_old: bool) -> list[str]:
+        raise StoreError("a local index has no alias to swap")
+
+    def refresh_interval(self) -> Refresh:
+        return Refresh(None)
+
+    def bulk_load(self, before: Refresh) -> contextlib.AbstractContextManager[None]:
+        # Every write batch is searchable once it is on disk: there is no refresh to pause.
+        return contextlib.nullcontext()
+
     def spec(self) -> IndexSpec:
         if self._spec is None:
             meta_path = self.path / META
@@ -183,7 +210,10 @@ class LocalBackend:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 if meta.get("format") != FORMAT:
                     raise ValueError(f"format is {meta.get('format')!r}")
-                self._spec = IndexSpec(**meta["spec"])
+                fields = dict(meta["spec"])
+                if fields.get("chunking") is not None:
+                    fields["chunking"] = Chunking(**fields["chunking"])
+                self._spec = IndexSpec(**fields)
             except (ValueError, KeyError, TypeError) as exc:
                 raise StoreError(f"{meta_path}: not a ralm-es local index ({exc})") from None
         return self._spec

@@ -1,0 +1,266 @@
+"""Ingest counts and resumes that must equal what the index holds: changed inputs, ids repeated across files,
+index names that are patterns, refresh settings restored, passages cut otherwise, bulk sizes, every index type."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from ralm_es.config import ConfigError
+from ralm_es.corpus.readers import CorpusError, read_corpus
+from ralm_es.corpus.types import ReadError, Record
+from ralm_es.embed import Encoder
+from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.store.base import BulkSettings, SearchRequest, StoreError
+from ralm_es.store.elastic import ElasticsearchBackend, check_index_name
+from ralm_es.store.local import LocalBackend
+
+RALM = [sys.executable, "-m", "ralm_es.cli.main"]
+
+
+def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in rows))
+    return path
+
+
+def rows(prefix: str, n: int) -> list[tuple[str, str]]:
+    return [(f"{prefix}{i}", f"passage {prefix} number {i} about protein folding and cells") for i in range(n)]
+
+
+class StopAfter:
+    """Progress callback that raises as Ctrl-C would once ``n`` batches have settled."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    def __call__(self, records: int, passages: int) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+
+
+def count(es_client: Elasticsearch, index: str) -> int:
+    es_client.indices.refresh(index=index)
+    return int(es_client.count(index=index)["count"])
+
+
+def test_resume_after_the_file_changed_indexes_every_record(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows("old", 200))
+    settings = IngestSettings(batch_passages=64)
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(
+            ElasticsearchBackend(es_client, index_name),
+            settings,
+            encoder=tiny_encoder,
+            on_progress=StopAfter(1),
+            checkpoint_dir=tmp_path,
+        ).run([corpus])
+    # 50 new records at the top: a resume by position would skip them.
+    write_jsonl(corpus, rows("new", 50) + rows("old", 200))
+    summary = Ingest(
+        ElasticsearchBackend(es_client, index_name), settings, encoder=tiny_encoder, checkpoint_dir=tmp_path
+    ).run([corpus])
+    assert summary.restarted and "changed" in summary.restarted and summary.resumed_from == 0
+    assert count(es_client, index_name) == 250
+    assert summary.indexed + summary.skipped == 250 and summary.indexed == 250 - summary.skipped
+
+
+def test_resume_of_the_same_file_follows_the_checkpoint(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows("d", 200))
+    settings = IngestSettings(batch_passages=64)
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(
+            ElasticsearchBackend(es_client, index_name),
+            settings,
+            encoder=tiny_encoder,
+            on_progress=StopAfter(1),
+            checkpoint_dir=tmp_path,
+        ).run([corpus])
+    summary = Ingest(
+        ElasticsearchBackend(es_client, index_name), settings, encoder=tiny_encoder, checkpoint_dir=tmp_path
+    ).run([corpus])
+    # Writes still in flight when the run stopped may have settled into the checkpoint, or been written unsettled.
+    assert summary.restarted is None and summary.resumed_from >= 64 and summary.resumed_from % 64 == 0
+    assert summary.indexed + summary.skipped == 200 - summary.resumed_from
+    assert count(es_client, index_name) == 200
+
+
+def test_ids_repeated_across_files_are_reported_with_both_places(tmp_path: Path) -> None:
+    first = write_jsonl(tmp_path / "a.jsonl", [("x", "one text"), ("y", "two text")])
+    second = write_jsonl(tmp_path / "b.jsonl", [("z", "three text"), ("x", "another text with the same id")])
+    items = list(read_corpus([first, second]))
+    errors = [i for i in items if isinstance(i, ReadError)]
+    assert [r.id for r in items if isinstance(r, Record)] == ["x", "y", "z"]
+    (error,) = errors
+    assert error.source == f"{second}:2" and f"{first}:1" in error.reason and "'x'" in error.reason
+
+
+def test_the_same_file_twice_is_refused_before_reading(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "a.jsonl", [("x", "one text")])
+    with pytest.raises(CorpusError, match=r"a\.jsonl would be read twice"):
+        read_corpus([corpus, tmp_path / "." / "a.jsonl"])
+    with pytest.raises(CorpusError, match="read twice"):
+        read_corpus([tmp_path, corpus])
+
+
+@pytest.mark.parametrize("second_text", ["same", "different"])
+def test_cli_counts_equal_the_index_when_ids_repeat_across_files(
+    es_client: Elasticsearch, es_url: str, index_name: str, tiny_model_dir: Path, tmp_path: Path, second_text: str
+) -> None:
+    a = write_jsonl(tmp_path / "dupA.jsonl", rows("r", 5))
+    repeat = rows("r", 2) if second_text == "same" else [(i, f"other words {i}") for i, _ in rows("r", 2)]
+    b = write_jsonl(tmp_path / "dupB.jsonl", [*repeat, *rows("s", 3)])
+    env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [*RALM, "ingest", str(a), str(b), "--index", index_name, "--model", str(tiny_model_dir), "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 1  # the repeats are errors; every valid record is still indexed
+    assert summary["indexed"] == count(es_client, index_name) == 8
+    assert summary["failed"] == 2 and summary["skipped"] == 0
+    assert proc.stderr.count("duplicate id") == 2 and f"{a}:1" in proc.stderr and f"{b}:1" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["_all", "race*", "a,b", "Upper", "-x", "..", "x:y", "a b", ""])
+def test_index_names_that_are_patterns_or_invalid_are_refused(name: str, es_client: Elasticsearch) -> None:
+    with pytest.raises(StoreError, match="not valid"):
+        ElasticsearchBackend(es_client, name)
+
+
+def test_valid_index_names_pass() -> None:
+    for name in ("passages", "scifact-2024.01", "my_index+1", "a" * 255):
+        check_index_name(name)
+
+
+def test_ingest_changes_only_its_own_index_and_restores_its_refresh(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    bystander = f"{index_name}-bystander"
+    es_client.indices.create(index=bystander, settings={"index": {"refresh_interval": "7s"}})
+    backend = ElasticsearchBackend(es_client, index_name)
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run(
+        [write_jsonl(tmp_path / "a.jsonl", rows("a", 3))]
+    )
+    (concrete,) = backend.concrete_indices()
+    es_client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": "30s"}})
+    corpus = write_jsonl(tmp_path / "b.jsonl", rows("b", 200))
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(
+            backend,
+            IngestSettings(batch_passages=64),
+            encoder=tiny_encoder,
+            on_progress=StopAfter(1),
+            checkpoint_dir=tmp_path,
+        ).run([corpus])
+    # The interrupted run's leftover is "-1" only if the kill gave it no chance: simulate that.
+    es_client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": "-1"}})
+    Ingest(backend, IngestSettings(batch_passages=64), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+
+    def interval(index: str) -> str | None:
+        body = es_client.indices.get_settings(index=index, name="index.refresh_interval").body
+        return body[index]["settings"].get("index", {}).get("refresh_interval")
+
+    assert interval(concrete) == "30s"
+    assert interval(bystander) == "7s"
+    assert count(es_client, index_name) == 203
+
+
+@pytest.mark.parametrize("backend_kind", ["elasticsearch", "local"])
+def test_other_chunking_into_the_same_index_is_refused(
+    backend_kind: str, es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    def backend() -> ElasticsearchBackend | LocalBackend:
+        return (
+            ElasticsearchBackend(es_client, index_name)
+            if backend_kind == "elasticsearch"
+            else LocalBackend(tmp_path / "idx")
+        )
+
+    corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 3))
+    Ingest(backend(), IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    for other in (IngestSettings(max_tokens=128), IngestSettings(overlap=8)):
+        with pytest.raises(StoreError, match="--reindex"):
+            Ingest(backend(), other, encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    assert backend().count() == 3
+
+
+def test_another_encoder_into_the_same_index_is_refused(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import BertModel
+
+    other_dir = tmp_path / "other-bert"
+    torch.manual_seed(1)
+    BertModel(BertModel.from_pretrained(tiny_model_dir).config).save_pretrained(other_dir)
+    tiny_encoder.tokenizer.save_pretrained(other_dir)
+    corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 3))
+    Ingest(ElasticsearchBackend(es_client, index_name), IngestSettings(), encoder=tiny_encoder).run([corpus])
+    with pytest.raises(StoreError, match="embedded by encoder"):
+        Ingest(
+            ElasticsearchBackend(es_client, index_name), IngestSettings(), encoder=Encoder(other_dir, device="cpu")
+        ).run([corpus])
+
+
+def test_bulk_docs_sets_the_bulk_request_size(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 40))
+    backend = ElasticsearchBackend(es_client, index_name, bulk=BulkSettings(docs=10))
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    (concrete,) = backend.concrete_indices()
+    stats = es_client.indices.stats(index=concrete, metric="bulk").body["indices"][concrete]["primaries"]["bulk"]
+    assert stats["total_operations"] == 4  # 40 passages, 10 a request, one shard
+
+
+def test_bulk_docs_reaches_the_backend_from_the_cli(
+    es_client: Elasticsearch, es_url: str, index_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 30))
+    env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_HOME": str(tmp_path / "home")}
+    args = ["ingest", str(corpus), "--index", index_name, "--model", str(tiny_model_dir), "--quiet"]
+    proc = subprocess.run([*RALM, *args, "--set", "bulk_docs=5"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (concrete,) = es_client.indices.get_alias(name=index_name).body
+    stats = es_client.indices.stats(index=concrete, metric="bulk").body["indices"][concrete]["primaries"]["bulk"]
+    assert stats["total_operations"] == 6
+
+
+@pytest.mark.parametrize("name", ["bulk_docs", "bulk_bytes", "encode_batch", "max_tokens", "in_flight"])
+def test_sizes_below_one_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        IngestSettings(**{name: 0})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"])
+def test_every_index_type_ingests_and_searches(
+    index_type: str, es_client: Elasticsearch, index_name: str, tmp_path: Path
+) -> None:
+    encoder = Encoder(device="cpu")  # 384 dimensions: bbq needs at least 64
+    corpus = write_jsonl(tmp_path / "a.jsonl", [("p", "statins lower cholesterol"), ("q", "the sky is blue")])
+    backend = ElasticsearchBackend(es_client, index_name)
+    summary = Ingest(backend, IngestSettings(index_type=index_type), encoder=encoder, checkpoint_dir=tmp_path).run(
+        [corpus]
+    )
+    assert summary.indexed == 2
+    (concrete,) = backend.concrete_indices()
+    mapping = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]
+    assert mapping["properties"]["vector"]["index_options"]["type"] == index_type
+    vector = encoder.encode(["what reduces cholesterol"])[0]
+    hits = backend.search(SearchRequest(mode="dense", vector=vector.tolist(), k=1))
+    assert [h.id for h in hits] == ["p#0"]
