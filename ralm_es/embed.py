@@ -1,9 +1,11 @@
-"""Sentence embeddings from a local Hugging Face encoder folder: mean pooling, L2 normalisation,
-batches sorted by length, CUDA (bf16/fp16) when present. Nothing is ever downloaded."""
+"""Sentence embeddings from a local Hugging Face encoder folder: the pooling its sentence-transformers
+``modules.json`` declares (mean when it declares none), L2 normalisation, batches sorted by length, CUDA
+(bf16/fp16) when present. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -75,6 +77,51 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
+def max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-dimension maximum over the token states where ``mask`` is 1."""
+    return hidden.masked_fill(mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min).max(1).values
+
+
+def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+POOLING = {"mean": mean_pool, "cls": cls_pool, "max": max_pool}
+# sentence-transformers' Pooling config flags, in the order it reads them.
+POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+
+
+def pooling_mode(folder: Path) -> str:
+    """The pooling a model folder declares in ``modules.json``; ``mean`` for a plain Hugging Face folder (what
+    sentence-transformers assumes for one). A mode ralm-es cannot apply is an error, never a silent mean."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return "mean"
+    try:
+        modules = json.loads(modules_file.read_text())
+        pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+        if pooling is None:
+            return "mean"
+        config = json.loads((folder / pooling["path"] / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{modules_file}: cannot read the pooling module ({exc})") from None
+    if "pooling_mode" in config:
+        modes = [str(config["pooling_mode"])]
+    else:
+        modes = [mode for flag, mode in POOLING_FLAGS.items() if config.get(flag)]
+        modes += [
+            key
+            for key, value in config.items()
+            if key.startswith("pooling_mode_") and value and key not in POOLING_FLAGS
+        ]
+    if len(modes) != 1 or modes[0] not in POOLING:
+        raise ModelError(
+            f"{folder / pooling['path'] / 'config.json'}: pooling {'+'.join(modes) or 'none'} is not supported "
+            f"(ralm-es pools by {', '.join(POOLING)})"
+        )
+    return modes[0]
+
+
 class Encoder:
     """A frozen sentence encoder. ``encode`` returns float32 unit vectors in input order."""
 
@@ -93,6 +140,8 @@ class Encoder:
             raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
         self.model.to(self.device).eval()
         self.max_length = min(max_length, self.tokenizer.model_max_length)
+        self.pooling = pooling_mode(self.path)
+        self._pool = POOLING[self.pooling]
 
     @property
     def dim(self) -> int:
@@ -109,7 +158,13 @@ class Encoder:
         return digest.hexdigest()[:16]
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "revision": self.revision, "dim": self.dim, "path": str(self.path)}
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "path": str(self.path),
+        }
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
@@ -133,6 +188,6 @@ class Encoder:
                 return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
-            pooled = torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]).float(), dim=-1)
+            pooled = torch.nn.functional.normalize(self._pool(hidden, batch["attention_mask"]).float(), dim=-1)
             out[idx] = pooled.cpu().numpy()
         return out
