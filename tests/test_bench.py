@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from elasticsearch import Elasticsearch
 
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
 from bench.peers.venv import link_shared
 from bench.report import SECTIONS, collect_train, targets, train_section
 from bench.run import parse_args, run_all, save
+from ralm_es.retrieve.evaluate import sweep_settings
+from ralm_es.retrieve.retriever import RetrievalSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,20 +50,18 @@ def test_quick_run_writes_every_section_with_figures(
     assert ingest["passages"] >= 20
     assert f"20 abstracts → {ingest['passages']:,} passages" in text
     for key in ("limit_passages_per_s", "ralm_passages_per_s", "bm25_passages_per_s", "bm25_max_rss_mib"):
-        assert ingest[key]["min"] <= ingest[key]["median"] <= ingest[key]["max"]
-        assert ingest[key]["min"] > 0
+        assert ingest[key]["min"] > 0 and len(ingest[key]["runs"]) == config.repeats
     assert ingest["peers"] == {}
 
     retrieval = results["retrieval"]
     for row in retrieval["quality"]["modes"].values():
         assert 0.0 <= row["ndcg@10"] <= 1.0 and 0.0 <= row["recall@100"] <= 1.0
-    assert retrieval["quality"]["sweep_settings"] == 18
+    assert retrieval["quality"]["sweep_settings"] == len(sweep_settings(RetrievalSettings()))
     latency = retrieval["latency"]
     assert latency["queries"] == 8 and len(latency["total"]["samples"]) == 8
-    for total, encode, took, rest in zip(
-        *(latency[p]["samples"] for p in ("total", "encode", "took", "rest")), strict=True
-    ):
-        assert total == pytest.approx(encode + took + rest)
+    # The encoder's time is measured inside the wall time of each search; took is Elasticsearch's own figure.
+    for total, encode, took in zip(*(latency[p]["samples"] for p in ("total", "encode", "took")), strict=True):
+        assert 0 < encode < total and took >= 0
     assert retrieval["many"]["queries"] == 8
     conll = retrieval["conll"]
     assert conll["sentences"] == 30 and conll["answered"] == 30 and not conll["full_train_set"]
