@@ -10,15 +10,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
+import uvicorn
 import yaml
 from elasticsearch import Elasticsearch
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -211,6 +216,53 @@ def test_limits(retriever: Retriever) -> None:
     body = api.post("/search", json={"text": "x", "exclude_ids": ["id"] * 500})
     assert body.status_code == 413 and "limit of 2000" in body.json()["detail"]
     assert api.post("/search", json={"text": "insulin", "k": 10}).status_code == 200
+
+
+class Body:
+    """A chunked request body of ``total`` bytes that records how much of it the client was asked to send."""
+
+    def __init__(self, total: int, chunk: int = 65536) -> None:
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < self.total:
+            self.sent += self.chunk
+            yield b" " * self.chunk
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[str]:
+    """``app`` on a real uvicorn server in a thread: the body arrives over a socket, chunk by chunk."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_body_limit_holds_for_chunked_bodies(retriever: Retriever) -> None:
+    app = create_app(ServeSettings(max_body_bytes=100_000), retriever)
+    with live_server(app) as url:
+        body = Body(64 * 1024 * 1024)
+        resp = httpx.post(f"{url}/search", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+        assert resp.status_code == 413, resp.text
+        assert "over this server's limit of 100000" in resp.json()["detail"]
+        # Refused once the limit was crossed: the client never had to produce most of the 64 MiB (what it did
+        # send beyond the limit sat in socket buffers when the server closed the connection).
+        assert body.sent < body.total // 4
+        # A chunked body under the limit reaches the endpoint whole.
+        small = (json.dumps({"text": "insulin", "k": 2, "mode": "bm25"}).encode(),)
+        ok = httpx.post(f"{url}/search", content=iter(small), headers={"Content-Type": "application/json"})
+        assert ok.status_code == 200 and len(ok.json()["hits"]) == 2
+        declared = httpx.post(f"{url}/search", content=b" " * 100_001, headers={"Content-Type": "application/json"})
+        assert declared.status_code == 413 and "body of 100001 bytes" in declared.json()["detail"]
 
 
 def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture) -> None:
