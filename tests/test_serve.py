@@ -276,8 +276,6 @@ def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture)
     assert secured.get("/indices").status_code == 401
     assert secured.post("/search", json=request, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert secured.get("/health").status_code == 200
-    schema = secured.get("/openapi.json").json()
-    assert "HTTPBearer" in schema["components"]["securitySchemes"]
     open_api = client_for(retriever)
     assert open_api.post("/search", json=request).status_code == 200
     assert "securitySchemes" not in open_api.get("/openapi.json").json().get("components", {})
@@ -287,6 +285,28 @@ def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture)
     assert lines[0]["method"] == "POST" and lines[0]["path"] == "/search" and lines[0]["duration_ms"] >= 0
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert TOKEN not in logged and "private query" not in logged
+
+
+def test_openapi_pages_want_the_token_unless_opened(retriever: Retriever) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    secured = client_for(retriever, token=Secret(TOKEN))
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert secured.get(path).status_code == 401, path
+        assert secured.get(path, headers={"Authorization": "Bearer guess-123"}).status_code == 401, path
+        assert secured.get(path, headers=auth).status_code == 200, path
+    schema = secured.get("/openapi.json", headers=auth).json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert set(schema["paths"]) == {"/search", "/retrieve", "/predict", "/health", "/indices"}
+    assert "/openapi.json" in secured.get("/docs", headers=auth).text
+    assert "/openapi.json" in secured.get("/redoc", headers=auth).text
+    opened = client_for(retriever, token=Secret(TOKEN), open_docs=True)
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert opened.get(path).status_code == 200, path
+    assert opened.get("/openapi.json").json() == schema
+    assert opened.post("/search", json={"text": "insulin"}).status_code == 401
+    assert opened.get("/indices").status_code == 401
+    # Without a token the whole API is open, the pages with it.
+    assert all(client_for(retriever).get(path).status_code == 200 for path in ("/openapi.json", "/docs", "/redoc"))
 
 
 def test_cors_is_off_unless_configured(retriever: Retriever) -> None:
@@ -338,6 +358,7 @@ def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sampl
     config = tmp_path / "ralm.yaml"
     config.write_text(yaml.safe_dump({"serve": {"max_k": 3, "port": 1}}))
     args = ["--config", str(config), "serve", "--index", sample_index, "--mode", "bm25", "--port", str(port)]
+    args += ["--open-docs"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=subprocess.PIPE, text=True
     )
@@ -351,6 +372,8 @@ def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sampl
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 time.sleep(0.2)
         assert health.status_code == 200 and health.json()["index"]["name"] == sample_index
+        # --open-docs: the OpenAPI pages answer without the token, the API does not.
+        assert httpx.get(f"{url}/openapi.json").status_code == 200 and httpx.get(f"{url}/docs").status_code == 200
         auth = {"Authorization": f"Bearer {TOKEN}"}
         hits = httpx.post(f"{url}/search", json={"text": "insulin", "k": 2}, headers=auth, timeout=30).json()["hits"]
         assert len(hits) == 2 and hits[0]["doc_id"] == "med-01"
