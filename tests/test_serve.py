@@ -10,15 +10,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
+import uvicorn
 import yaml
 from elasticsearch import Elasticsearch
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -213,6 +218,53 @@ def test_limits(retriever: Retriever) -> None:
     assert api.post("/search", json={"text": "insulin", "k": 10}).status_code == 200
 
 
+class Body:
+    """A chunked request body of ``total`` bytes that records how much of it the client was asked to send."""
+
+    def __init__(self, total: int, chunk: int = 65536) -> None:
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < self.total:
+            self.sent += self.chunk
+            yield b" " * self.chunk
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[str]:
+    """``app`` on a real uvicorn server in a thread: the body arrives over a socket, chunk by chunk."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_body_limit_holds_for_chunked_bodies(retriever: Retriever) -> None:
+    app = create_app(ServeSettings(max_body_bytes=100_000), retriever)
+    with live_server(app) as url:
+        body = Body(64 * 1024 * 1024)
+        resp = httpx.post(f"{url}/search", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+        assert resp.status_code == 413, resp.text
+        assert "over this server's limit of 100000" in resp.json()["detail"]
+        # Refused once the limit was crossed: the client never had to produce most of the 64 MiB (what it did
+        # send beyond the limit sat in socket buffers when the server closed the connection).
+        assert body.sent < body.total // 4
+        # A chunked body under the limit reaches the endpoint whole.
+        small = (json.dumps({"text": "insulin", "k": 2, "mode": "bm25"}).encode(),)
+        ok = httpx.post(f"{url}/search", content=iter(small), headers={"Content-Type": "application/json"})
+        assert ok.status_code == 200 and len(ok.json()["hits"]) == 2
+        declared = httpx.post(f"{url}/search", content=b" " * 100_001, headers={"Content-Type": "application/json"})
+        assert declared.status_code == 413 and "body of 100001 bytes" in declared.json()["detail"]
+
+
 def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ralm_es.serve.access")
     secured = client_for(retriever, token=Secret(TOKEN))
@@ -224,8 +276,6 @@ def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture)
     assert secured.get("/indices").status_code == 401
     assert secured.post("/search", json=request, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert secured.get("/health").status_code == 200
-    schema = secured.get("/openapi.json").json()
-    assert "HTTPBearer" in schema["components"]["securitySchemes"]
     open_api = client_for(retriever)
     assert open_api.post("/search", json=request).status_code == 200
     assert "securitySchemes" not in open_api.get("/openapi.json").json().get("components", {})
@@ -235,6 +285,28 @@ def test_auth_on_and_off(retriever: Retriever, caplog: pytest.LogCaptureFixture)
     assert lines[0]["method"] == "POST" and lines[0]["path"] == "/search" and lines[0]["duration_ms"] >= 0
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert TOKEN not in logged and "private query" not in logged
+
+
+def test_openapi_pages_want_the_token_unless_opened(retriever: Retriever) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    secured = client_for(retriever, token=Secret(TOKEN))
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert secured.get(path).status_code == 401, path
+        assert secured.get(path, headers={"Authorization": "Bearer guess-123"}).status_code == 401, path
+        assert secured.get(path, headers=auth).status_code == 200, path
+    schema = secured.get("/openapi.json", headers=auth).json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert set(schema["paths"]) == {"/search", "/retrieve", "/predict", "/health", "/indices"}
+    assert "/openapi.json" in secured.get("/docs", headers=auth).text
+    assert "/openapi.json" in secured.get("/redoc", headers=auth).text
+    opened = client_for(retriever, token=Secret(TOKEN), open_docs=True)
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert opened.get(path).status_code == 200, path
+    assert opened.get("/openapi.json").json() == schema
+    assert opened.post("/search", json={"text": "insulin"}).status_code == 401
+    assert opened.get("/indices").status_code == 401
+    # Without a token the whole API is open, the pages with it.
+    assert all(client_for(retriever).get(path).status_code == 200 for path in ("/openapi.json", "/docs", "/redoc"))
 
 
 def test_cors_is_off_unless_configured(retriever: Retriever) -> None:
@@ -286,6 +358,7 @@ def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sampl
     config = tmp_path / "ralm.yaml"
     config.write_text(yaml.safe_dump({"serve": {"max_k": 3, "port": 1}}))
     args = ["--config", str(config), "serve", "--index", sample_index, "--mode", "bm25", "--port", str(port)]
+    args += ["--open-docs"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=subprocess.PIPE, text=True
     )
@@ -299,6 +372,8 @@ def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sampl
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 time.sleep(0.2)
         assert health.status_code == 200 and health.json()["index"]["name"] == sample_index
+        # --open-docs: the OpenAPI pages answer without the token, the API does not.
+        assert httpx.get(f"{url}/openapi.json").status_code == 200 and httpx.get(f"{url}/docs").status_code == 200
         auth = {"Authorization": f"Bearer {TOKEN}"}
         hits = httpx.post(f"{url}/search", json={"text": "insulin", "k": 2}, headers=auth, timeout=30).json()["hits"]
         assert len(hits) == 2 and hits[0]["doc_id"] == "med-01"

@@ -268,9 +268,17 @@ def cache_hit(h: Any) -> dict[str, Any]:
 @click.option("--qrels", required=True, type=click.Path(exists=True), help="BEIR qrels TSV.")
 @click.option("--sweep", is_flag=True, help="Compare hybrid fusion settings (tune on a training split only).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}.')
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse unless every query has a relevant judgement and every judged query is given.",
+)
 @pass_context
-def evaluate(ctx: CliContext, queries: str, qrels: str, sweep: bool, as_json: bool, **options: Any) -> None:
-    """nDCG@10, recall@100, MRR@10 and MAP of a retrieval mode over judged queries (ranx)."""
+def evaluate(
+    ctx: CliContext, queries: str, qrels: str, sweep: bool, as_json: bool, strict: bool, **options: Any
+) -> None:
+    """nDCG@10, recall@100, MRR@10 and MAP of a retrieval mode over the given queries that have a relevant
+    judgement (ranx). A mismatch between the queries and the qrels is a warning (with --strict, an error)."""
     from ralm_es.corpus.readers import read_corpus
     from ralm_es.corpus.types import ReadError
     from ralm_es.retrieve import evaluate as ev
@@ -279,18 +287,26 @@ def evaluate(ctx: CliContext, queries: str, qrels: str, sweep: bool, as_json: bo
     if sweep:
         options["mode"] = "hybrid"
     mode = options["mode"]
-    retriever = build_retriever(ctx, options)
     texts: dict[str, str] = {}
     for item in read_corpus(queries, text_field=guess_text_field(queries)):
         if isinstance(item, ReadError):
             raise click.ClickException(f"{item.source}: {item.reason}")
         texts[item.id] = item.text
     judgements = load_qrels(qrels)
+    match = ev.match_queries(texts, judgements)
+    if not match.scored:
+        raise click.ClickException(f"none of the {len(texts)} queries in {queries} has a relevant judgement in {qrels}")
+    if not match.exact:
+        if strict:
+            raise click.ClickException(f"{match.describe(queries, qrels)} (--strict)")
+        click.echo(f"ralm-es: warning: {match.describe(queries, qrels)}", err=True)
+    retriever = build_retriever(ctx, options)
     if sweep:
         rows = ev.sweep(retriever, texts, judgements)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
+        click.echo(f"{len(rows)} hybrid fusion settings over {rows[0]['queries']} queries")
         for row in rows:
             click.echo(
                 f"ndcg@10 {row['ndcg@10']:.4f}  recall@100 {row['recall@100']:.4f}  {json.dumps(row['settings'])}"

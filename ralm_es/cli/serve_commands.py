@@ -13,7 +13,17 @@ from ralm_es.cli.context import CliContext, pass_context
 from ralm_es.cli.search_commands import build_retriever, retrieval_options
 
 # Flag -> ServeSettings field; flags given on the command line override the config file's ``serve:`` section.
-FLAGS = ("host", "port", "max_k", "max_batch", "max_text_chars", "max_body_bytes", "cors_origins", "graceful_timeout")
+FLAGS = (
+    "host",
+    "port",
+    "max_k",
+    "max_batch",
+    "max_text_chars",
+    "max_body_bytes",
+    "cors_origins",
+    "open_docs",
+    "graceful_timeout",
+)
 
 
 @click.command("serve")
@@ -29,11 +39,17 @@ FLAGS = ("host", "port", "max_k", "max_batch", "max_text_chars", "max_body_bytes
 @click.option(
     "--cors-origin", "cors_origins", multiple=True, help="Allow this browser origin (repeatable; off if none)."
 )
+@click.option(
+    "--open-docs",
+    is_flag=True,
+    default=None,
+    help="Serve /docs, /redoc and /openapi.json without the bearer token (with RALM_ES_API_TOKEN set).",
+)
 @click.option("--graceful-timeout", type=float, help="Seconds open requests get on shutdown (default 10).")
 @pass_context
 def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> None:
     """Serve /search, /retrieve, /predict, /health and /indices (OpenAPI at /docs). Set RALM_ES_API_TOKEN to
-    require a bearer token."""
+    require a bearer token on all but /health (the OpenAPI pages too, unless --open-docs)."""
     # Imported here so that `ralm-es --help` does not pay for FastAPI, torch and the models.
     import uvicorn
 
@@ -58,8 +74,13 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
-    auth = "bearer token required" if settings.token else "no auth (set RALM_ES_API_TOKEN to require a token)"
-    click.echo(f"ralm-es: serving on http://{settings.host}:{settings.port} ({auth}); OpenAPI at /docs", err=True)
+    if settings.token is None:
+        auth = "no auth (set RALM_ES_API_TOKEN to require a token); OpenAPI at /docs"
+    elif settings.open_docs:
+        auth = "bearer token required; OpenAPI at /docs without it"
+    else:
+        auth = "bearer token required, at /docs too (--open-docs opens it)"
+    click.echo(f"ralm-es: serving on http://{settings.host}:{settings.port} ({auth})", err=True)
     uvicorn.run(
         app,
         host=settings.host,

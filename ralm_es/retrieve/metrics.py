@@ -69,15 +69,23 @@ def passages_to_docs(hits: Iterable[Any]) -> dict[str, float]:
     return docs
 
 
-def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
-    """``{"ndcg@10", "recall@100", "mrr@10", "map", "queries"}`` averaged over the judged queries."""
-    from ranx import Qrels, Run, evaluate  # numba compiles on first import: keep it off the CLI's start-up path
-
-    relevant = {
+def relevant_judgements(qrels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """The queries of ``qrels`` with at least one relevant document: the ones a run can be scored on."""
+    return {
         str(q): {str(d): int(r) for d, r in docs.items()}
         for q, docs in qrels.items()
         if max(docs.values(), default=0) > 0
     }
+
+
+def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """``{"ndcg@10", "recall@100", "mrr@10", "map", "queries"}`` averaged over every relevant query of ``qrels``.
+
+    The qrels set the query set, so a caller scoring some queries passes the qrels of those queries only.
+    """
+    from ranx import Qrels, Run, evaluate  # numba compiles on first import: keep it off the CLI's start-up path
+
+    relevant = relevant_judgements(qrels)
     if not relevant:
         raise QrelsError("no query has a relevant document to evaluate against")
     judged = {

@@ -11,7 +11,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from ralm_es.errors import RalmError
 from ralm_es.retrieve.retriever import Retriever
@@ -53,17 +54,39 @@ def _elastic_detail(exc: ApiError) -> str:
     return f"Elasticsearch refused the request ({exc.meta.status}): {reason or exc.message}"
 
 
+def _protected_docs(app: FastAPI, protected: list[Any]) -> None:
+    """FastAPI's documentation routes take no dependencies: the same three pages, behind the bearer token."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=protected)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=protected)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+
 def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predictor | None = None) -> FastAPI:
     """The app over ``retriever`` (and ``predictor`` for /predict); ``settings`` set the limits, auth and CORS."""
+    docs_open = settings.token is None or settings.open_docs
     app = FastAPI(
         title="ralm-es",
         version=__version__,
         description="Top-k passages from Elasticsearch by BM25, kNN or hybrid search, and predictions of a "
         "retrieval-augmented model.",
+        openapi_url="/openapi.json" if docs_open else None,
+        docs_url="/docs" if docs_open else None,
+        redoc_url="/redoc" if docs_open else None,
     )
     # The Retriever's query-vector cache and the torch models are not safe to share between threads.
     lock = threading.Lock()
     protected = [Depends(bearer_auth(settings.token))] if settings.token is not None else []
+    if not docs_open:
+        _protected_docs(app, protected)
 
     @app.exception_handler(RequestValidationError)
     def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

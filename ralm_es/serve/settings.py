@@ -22,5 +22,7 @@ class ServeSettings:
     cors_origins: list[str] = field(default_factory=list)
     # Bearer token every endpoint but /health asks for; None leaves the API open. Read from RALM_ES_API_TOKEN.
     token: Secret | None = None
+    # With a token, /docs, /redoc and /openapi.json want it too unless this opens them (a browser cannot send it).
+    open_docs: bool = False
     # Seconds in-flight requests get to finish on shutdown (SIGINT/SIGTERM).
     graceful_timeout: float = 10.0
