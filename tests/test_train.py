@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
-from ralm_es.retrieve.cache import CacheHeader, CacheWriter
+from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
 from ralm_es.train.data import load_splits, task_of
-from ralm_es.train.loop import TrainError, spec_from, train
+from ralm_es.train.loop import TrainError, train
 from ralm_es.train.runs import evaluate_file, open_run, predict_file
 
 PEOPLE = ["john smith", "mary jones", "peter blackburn", "anna berg", "li wei"]
@@ -65,15 +65,14 @@ def write_cache(path: Path, examples: list[Example], pool: list[Example], k: int
             words = set(ex.words)
             ranked = sorted((p for p in pool if p.id != ex.id), key=lambda p: -len(words & set(p.words)))[:k]
             hits = [
-                {
-                    "id": p.id,
-                    "doc_id": p.id.rsplit("-", 1)[0],
-                    "rank": r + 1,
-                    "score": float(len(words & set(p.words))),
-                    "scores": {"bm25": float(len(words & set(p.words))), "dense": None},
-                    "title": "",
-                    "text": p.text,
-                }
+                CacheHit(
+                    id=p.id,
+                    doc_id=p.id.rsplit("-", 1)[0],
+                    rank=r + 1,
+                    score=float(len(words & set(p.words))),
+                    scores={"bm25": float(len(words & set(p.words))), "dense": None},
+                    text=p.text,
+                )
                 for r, p in enumerate(ranked)
             ]
             writer.write(ex.id, ex.text, hits)
@@ -166,14 +165,13 @@ def test_holdout_and_train_fraction_split_the_training_data(
 ) -> None:
     sets = ["data.dev=null", "data.holdout=0.25", "data.train_fraction=0.5"]
     cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
-    spec = spec_from(cfg)
-    splits = load_splits(cfg, task_of(cfg), spec, AutoTokenizer.from_pretrained(tiny_model_dir), None)
+    splits = load_splits(cfg, task_of(cfg), AutoTokenizer.from_pretrained(tiny_model_dir), None)
     assert splits.dev is not None and len(splits.dev) == 12 and len(splits.train) == 18
     train_ids = {ex.id for ex in splits.train.examples}
     assert train_ids.isdisjoint(ex.id for ex in splits.dev.examples)
     all_ids = {ex.id for ex in read_ner(ner_data["train"])}
     assert {ex.id for ex in splits.train.examples + splits.dev.examples} <= all_ids
-    assert spec.labels == splits.labels.labels and spec.labels[0] == "O"
+    assert list(splits.spec.labels) == splits.labels.labels and splits.spec.labels[0] == "O"
 
 
 def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:

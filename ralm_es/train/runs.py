@@ -47,7 +47,7 @@ def features(
     examples = run.task.read(path, labelled=labelled)[:limit]
     if labelled:
         run.task.check_labels(examples, run.labels)
-    if spec.uses_passages and cache is None:
+    if run.model.strategy.uses_passages and cache is None:
         raise DataError(
             f"the model in {run.folder} uses fusion '{spec.fusion}': pass --cache with the retrieval cache of {path} "
             "(ralm-es retrieve)"
