@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,6 +219,31 @@ def test_predict_explain_shows_passages_and_weights(
         runner.invoke(cli, args[:4], catch_exceptions=False)
     assert text.startswith(f"{dev[0].id}\t{dev[0].words[0]}/")
     assert f"[1] {first['passages'][0]['id']}: {first['passages'][0]['text'][:40]}" in text
+
+
+def ralm(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line, whose entry point turns errors into one line."""
+    command = [sys.executable, "-m", "ralm_es.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+
+
+def test_a_missing_retrieval_cache_names_the_file_and_the_command_that_makes_it(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    missing = tmp_path / "missing.cache.jsonl"
+    make = f"make it with `ralm-es retrieve {{}} --index INDEX --out {missing}`"
+    config = ner_config(tmp_path, {**ner_data, "train_cache": missing}, tiny_model_dir)
+    trained = ralm("train", "--config", str(config))
+    assert trained.returncode == 1 and "Traceback" not in trained.stderr
+    expected = f"ralm-es: error: {missing}: no such retrieval cache; {make.format(ner_data['train'])}"
+    assert trained.stderr.strip().splitlines()[-1] == expected
+    assert not (tmp_path / "run").exists()
+
+    result = train(load_config(config, [f"data.train_cache={ner_data['train_cache']}", "train.max_steps=2"]))
+    predicted = ralm("predict", "--model", str(result.out), str(ner_data["dev"]), "--cache", str(missing))
+    assert predicted.returncode == 1 and "Traceback" not in predicted.stderr
+    expected = f"ralm-es: error: {missing}: no such retrieval cache; {make.format(ner_data['dev'])}"
+    assert predicted.stderr.strip().splitlines()[-1] == expected
 
 
 def write_claims(path: Path, n: int, seed: int) -> Path:

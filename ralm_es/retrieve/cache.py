@@ -111,9 +111,15 @@ def read_header(path: str | Path) -> CacheHeader:
     raise CacheError(f"{path}: empty retrieval cache")
 
 
-def read_cache(path: str | Path) -> tuple[CacheHeader, dict[str, CacheEntry]]:
-    """The header and each input's entry by input id."""
+def read_cache(path: str | Path, made_from: str | Path | None = None) -> tuple[CacheHeader, dict[str, CacheEntry]]:
+    """The header and each input's entry by input id. A missing file fails naming the command that makes it,
+    for the inputs ``made_from`` when the caller knows them."""
     path = Path(path)
+    if not path.is_file():
+        raise CacheError(
+            f"{path}: no such retrieval cache; make it with "
+            f"`ralm-es retrieve {made_from or 'INPUT'} --index INDEX --out {path}`"
+        )
     header = read_header(path)
     entries: dict[str, CacheEntry] = {}
     for lineno, line in _lines(path):

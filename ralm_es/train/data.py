@@ -43,15 +43,17 @@ def cached_hits(
     cache: str | Path | None,
     settings: ModelSettings,
     split: str,
+    made_from: str | Path | None = None,
 ) -> list[list[CacheHit]]:
-    """Each example's hits from the retrieval cache; a missing cache or entry fails naming the examples."""
+    """Each example's hits from the retrieval cache (made from the file ``made_from``); a missing cache or entry
+    fails naming the examples, or the command that makes the cache."""
     if not fusion_strategy(settings.fusion).uses_passages:
         return [[] for _ in examples]
     if cache is None:
         raise DataError(
             f"fusion '{settings.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)"
         )
-    _, entries = read_cache(cache)
+    _, entries = read_cache(cache, made_from)
     require(entries, [ex.id for ex in examples], cache)
     return [entries[ex.id].hits for ex in examples]
 
@@ -109,11 +111,11 @@ def load_splits(
         frozen_dim=embed.dim if embed is not None else 0,
         **asdict(cfg.model),
     )
-    train_hits = cached_hits(train, data.train_cache, spec, "train")
+    train_hits = cached_hits(train, data.train_cache, spec, "train", data.train)
     train_fs = build_features(train, train_hits, tokenizer, spec, labels, embed)
     dev_fs = None
     if dev is not None:
         task.check_labels(dev, labels)
-        dev_hits = cached_hits(dev, dev_cache, spec, "dev")
+        dev_hits = cached_hits(dev, dev_cache, spec, "dev", data.dev or data.train)
         dev_fs = build_features(dev, dev_hits, tokenizer, spec, labels, embed)
     return Splits(train_fs, dev_fs, labels, spec)

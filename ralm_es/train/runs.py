@@ -52,7 +52,7 @@ def features(
             f"the model in {run.folder} uses fusion '{spec.fusion}': pass --cache with the retrieval cache of {path} "
             "(ralm-es retrieve)"
         )
-    hits = cached_hits(examples, cache, spec, "test")
+    hits = cached_hits(examples, cache, spec, "test", path)
     embed = frozen_embedder(spec, run.device_name)
     return build_features(examples, hits, run.tokenizer, spec, run.labels if labelled else None, embed)
 
