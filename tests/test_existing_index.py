@@ -141,9 +141,9 @@ def test_cli_flags_config_section_and_training(
     retrieved = runner.invoke(cli, [*common, *args, *FLAGS])
     assert retrieved.exit_code == 0, retrieved.output
     header, entries = read_cache(cache)
-    expected = library.search(entries["claim-02"]["query"], k=3, mode="bm25")
-    assert header.index == foreign and [h["id"] for h in entries["claim-02"]["hits"]] == [h.id for h in expected]
-    assert all(h["text"] for h in entries["claim-02"]["hits"])
+    expected = library.search(entries["claim-02"].query, k=3, mode="bm25")
+    assert header.index == foreign and [h.id for h in entries["claim-02"].hits] == [h.id for h in expected]
+    assert all(h.text for h in entries["claim-02"].hits)
     train_config = tmp_path / "train.yaml"
     train_config.write_text(
         yaml.safe_dump(

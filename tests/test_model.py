@@ -3,6 +3,9 @@ and the errors for model folders, config keys, caches and GPU memory."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -12,18 +15,11 @@ from transformers import AutoTokenizer
 from ralm_es.config import ConfigError
 from ralm_es.embed import ModelError
 from ralm_es.model.fusion import PassageAttention, score_prior
-from ralm_es.model.inputs import (
-    CASE_DIGIT,
-    CASE_LOWER,
-    CASE_MIXED,
-    CASE_TITLE,
-    CASE_UPPER,
-    IGNORE,
-    build_features,
-    case_of,
-)
-from ralm_es.model.spec import ModelSpec
-from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheWriter
+from ralm_es.model.inputs import IGNORE, build_features
+from ralm_es.model.spec import Fusion, ModelSpec
+from ralm_es.model.strategies import STRATEGIES, FusionError, fusion_strategy
+from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE, CASE_UPPER, case_of
+from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import Example, LabelMap
 from ralm_es.train.checkpoint import load_run_model, new_model
 from ralm_es.train.config import OptimSettings, TrainConfig, load_config
@@ -37,8 +33,8 @@ def tokenizer(tiny_model_dir: Path) -> AutoTokenizer:
     return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
 
 
-def hit(i: int, text: str, score: float) -> dict[str, object]:
-    return {"id": f"p{i}", "doc_id": f"d{i}", "rank": i + 1, "score": score, "title": "", "text": text}
+def hit(i: int, text: str, score: float) -> CacheHit:
+    return CacheHit(id=f"p{i}", doc_id=f"d{i}", rank=i + 1, score=score, text=text)
 
 
 def test_case_classes() -> None:
@@ -104,7 +100,7 @@ def test_run_and_encoder_folders_without_weights(tmp_path: Path, tiny_model_dir:
     empty.mkdir()
     (empty / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     with pytest.raises(ModelError, match=rf"model folder {empty} has no weights"):
-        new_model(ModelSpec(task="ner", labels=["O"]), str(empty))
+        new_model(ModelSpec(task="ner", labels=("O",)), str(empty))
     with pytest.raises(ModelError, match=rf"{tmp_path} is not a ralm-es run folder"):
         load_run_model(tmp_path, torch.device("cpu"))
     (tmp_path / "model.json").write_text("{}")
@@ -167,7 +163,7 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_optimizer_groups_spare_biases_and_layernorm_from_decay(tiny_model_dir: Path) -> None:
-    model = new_model(ModelSpec(task="ner", labels=["O", "B-X"], fusion="attention"), str(tiny_model_dir))
+    model = new_model(ModelSpec(task="ner", labels=("O", "B-X"), fusion="attention"), str(tiny_model_dir))
     groups = param_groups(model, OptimSettings(lr=1e-5, head_lr=1e-3, weight_decay=0.1))
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
@@ -177,3 +173,33 @@ def test_optimizer_groups_spare_biases_and_layernorm_from_decay(tiny_model_dir: 
     assert by_name["encoder.encoder.layer.0.attention.self.query.weight"] == (1e-5, 0.1)
     assert by_name["head.weight"] == (1e-3, 0.1) and by_name["fusion.norm.weight"] == (1e-3, 0.0)
     assert groups[0]["lr"] == 1e-5
+
+
+def test_every_fusion_mode_the_config_accepts_has_a_strategy(tmp_path: Path) -> None:
+    modes = typing.get_args(Fusion)
+    assert set(STRATEGIES) == set(modes)
+    assert all(fusion_strategy(mode).name == mode for mode in modes)
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  fusion: none\n")
+    assert [load_config(path, [f"model.fusion={mode}"]).model.fusion for mode in modes] == list(modes)
+
+
+def test_an_unknown_fusion_mode_is_one_line_naming_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(FusionError) as caught:
+        fusion_strategy("pair")
+    assert str(caught.value) == "unknown fusion mode 'pair' (model.fusion); expected one of none, concat, attention"
+    # A run folder from a version with more modes.
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "model.json").write_text('{"task": "ner", "fusion": "pair"}')
+    with pytest.raises(ModelError) as loaded:
+        load_run_model(tmp_path, torch.device("cpu"))
+    message = str(loaded.value)
+    assert message.startswith(f"{tmp_path / 'model.json'} was not written by this version") and "\n" not in message
+    assert message.endswith("unknown fusion mode 'pair' (model.fusion); expected one of none, concat, attention")
+
+
+def test_the_spec_is_frozen_and_round_trips_through_json() -> None:
+    spec = ModelSpec(task="ner", fusion="attention", labels=("O", "B-X"), frozen_dim=32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.labels = ("O",)  # type: ignore[misc]
+    assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec

@@ -16,7 +16,7 @@ from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve import fusion
-from ralm_es.retrieve.cache import read_cache
+from ralm_es.retrieve.cache import CacheHit, read_cache
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
 from ralm_es.store.base import Filter, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend
@@ -151,11 +151,13 @@ def test_retrieve_cache_round_trip_and_resume(
     assert len(entries) == 10
     claim = json.loads(lines[0])
     entry = entries[str(claim["id"])]
-    assert entry["query"] == claim["text"]
-    hit = entry["hits"][0]
-    assert set(hit) == {"id", "doc_id", "rank", "score", "scores", "title", "text"}
+    assert entry.query == claim["text"]
+    line = json.loads(out.read_text().splitlines()[1])
+    assert set(line["hits"][0]) == {"id", "doc_id", "rank", "score", "scores", "title", "text"}
     live = make(es_client, sample_index, Encoder(tiny_model_dir)).search(claim["text"], k=3)
-    assert [h["id"] for h in entry["hits"]] == [h.id for h in live]
+    assert [h.id for h in entry.hits] == [h.id for h in live]
+    # A hit read back is the live hit less what only a search has.
+    assert entry.hits == [CacheHit(**{key: getattr(h, key) for key in line["hits"][0]}) for h in live]
 
     claims.write_text("\n".join(lines[:15]) + "\n")
     second = run_cli("retrieve", str(claims), *common, env=env)

@@ -28,7 +28,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from ralm_es.cli.search_commands import cache_hit
 from ralm_es.config import ConnectionSettings, Secret
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
@@ -73,7 +72,7 @@ def ner_predictor(retriever: Retriever, tiny_model_dir: Path, tmp_path_factory: 
     found = retriever.search_many([ex.text for ex in examples], k=3, mode="bm25")
     with CacheWriter(cache, CacheHeader(index="sample", mode="bm25", k=3)) as writer:
         for ex, hits in zip(examples, found, strict=True):
-            writer.write(ex.id, ex.text, [cache_hit(h) for h in hits])
+            writer.write(ex.id, ex.text, hits)
     data = {"train": str(sample_path("sample_ner.txt")), "train_cache": str(cache)}
     run = train_run(folder, tiny_model_dir, {"type": "ner"}, data, "attention")
     return Predictor.open(run, retriever.with_settings(RetrievalSettings(mode="bm25")), device="cpu")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +17,13 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
-from ralm_es.retrieve.cache import CacheHeader, CacheWriter
+from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
 from ralm_es.train.data import load_splits, task_of
-from ralm_es.train.loop import TrainError, spec_from, train
+from ralm_es.train.loop import TrainError, train
 from ralm_es.train.runs import evaluate_file, open_run, predict_file
 
 PEOPLE = ["john smith", "mary jones", "peter blackburn", "anna berg", "li wei"]
@@ -65,15 +68,14 @@ def write_cache(path: Path, examples: list[Example], pool: list[Example], k: int
             words = set(ex.words)
             ranked = sorted((p for p in pool if p.id != ex.id), key=lambda p: -len(words & set(p.words)))[:k]
             hits = [
-                {
-                    "id": p.id,
-                    "doc_id": p.id.rsplit("-", 1)[0],
-                    "rank": r + 1,
-                    "score": float(len(words & set(p.words))),
-                    "scores": {"bm25": float(len(words & set(p.words))), "dense": None},
-                    "title": "",
-                    "text": p.text,
-                }
+                CacheHit(
+                    id=p.id,
+                    doc_id=p.id.rsplit("-", 1)[0],
+                    rank=r + 1,
+                    score=float(len(words & set(p.words))),
+                    scores={"bm25": float(len(words & set(p.words))), "dense": None},
+                    text=p.text,
+                )
                 for r, p in enumerate(ranked)
             ]
             writer.write(ex.id, ex.text, hits)
@@ -166,14 +168,13 @@ def test_holdout_and_train_fraction_split_the_training_data(
 ) -> None:
     sets = ["data.dev=null", "data.holdout=0.25", "data.train_fraction=0.5"]
     cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
-    spec = spec_from(cfg)
-    splits = load_splits(cfg, task_of(cfg), spec, AutoTokenizer.from_pretrained(tiny_model_dir), None)
+    splits = load_splits(cfg, task_of(cfg), AutoTokenizer.from_pretrained(tiny_model_dir), None)
     assert splits.dev is not None and len(splits.dev) == 12 and len(splits.train) == 18
     train_ids = {ex.id for ex in splits.train.examples}
     assert train_ids.isdisjoint(ex.id for ex in splits.dev.examples)
     all_ids = {ex.id for ex in read_ner(ner_data["train"])}
     assert {ex.id for ex in splits.train.examples + splits.dev.examples} <= all_ids
-    assert spec.labels == splits.labels.labels and spec.labels[0] == "O"
+    assert list(splits.spec.labels) == splits.labels.labels and splits.spec.labels[0] == "O"
 
 
 def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:
@@ -218,6 +219,31 @@ def test_predict_explain_shows_passages_and_weights(
         runner.invoke(cli, args[:4], catch_exceptions=False)
     assert text.startswith(f"{dev[0].id}\t{dev[0].words[0]}/")
     assert f"[1] {first['passages'][0]['id']}: {first['passages'][0]['text'][:40]}" in text
+
+
+def ralm(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line, whose entry point turns errors into one line."""
+    command = [sys.executable, "-m", "ralm_es.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+
+
+def test_a_missing_retrieval_cache_names_the_file_and_the_command_that_makes_it(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    missing = tmp_path / "missing.cache.jsonl"
+    make = f"make it with `ralm-es retrieve {{}} --index INDEX --out {missing}`"
+    config = ner_config(tmp_path, {**ner_data, "train_cache": missing}, tiny_model_dir)
+    trained = ralm("train", "--config", str(config))
+    assert trained.returncode == 1 and "Traceback" not in trained.stderr
+    expected = f"ralm-es: error: {missing}: no such retrieval cache; {make.format(ner_data['train'])}"
+    assert trained.stderr.strip().splitlines()[-1] == expected
+    assert not (tmp_path / "run").exists()
+
+    result = train(load_config(config, [f"data.train_cache={ner_data['train_cache']}", "train.max_steps=2"]))
+    predicted = ralm("predict", "--model", str(result.out), str(ner_data["dev"]), "--cache", str(missing))
+    assert predicted.returncode == 1 and "Traceback" not in predicted.stderr
+    expected = f"ralm-es: error: {missing}: no such retrieval cache; {make.format(ner_data['dev'])}"
+    assert predicted.stderr.strip().splitlines()[-1] == expected
 
 
 def write_claims(path: Path, n: int, seed: int) -> Path:

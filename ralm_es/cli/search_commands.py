@@ -227,7 +227,7 @@ def retrieve(
         def flush() -> None:
             results = retriever.search_many([t for _, t in pending], k=k, input_ids=[i for i, _ in pending])
             for (input_id, text), hits in zip(pending, results, strict=True):
-                writer.write(input_id, text, [cache_hit(h) for h in hits])
+                writer.write(input_id, text, hits)
             writer.flush()
             bar.update(len(pending))
             pending.clear()
@@ -248,18 +248,6 @@ def retrieve(
     click.echo(f"{len(writer.done)} inputs in {out}" + (f"; {failed} unreadable" if failed else ""), err=True)
     if failed:
         sys.exit(1)
-
-
-def cache_hit(h: Any) -> dict[str, Any]:
-    return {
-        "id": h.id,
-        "doc_id": h.doc_id,
-        "rank": h.rank,
-        "score": h.score,
-        "scores": h.scores,
-        "title": h.title,
-        "text": h.text,
-    }
 
 
 @click.command()

@@ -46,7 +46,7 @@ def train(config_path: str, overrides: tuple[str, ...], stop_after: int | None, 
 
 def _passages(fs: FeatureSet, i: int) -> list[dict[str, Any]]:
     keys = ("id", "doc_id", "rank", "score", "title", "text")
-    return [{key: hit.get(key) for key in keys} for hit in fs.hits[i]]
+    return [{key: getattr(hit, key) for key in keys} for hit in fs.hits[i]]
 
 
 def _record(fs: FeatureSet, i: int, pred: Prediction, explain: bool) -> dict[str, Any]:

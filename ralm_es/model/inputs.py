@@ -1,73 +1,22 @@
-"""Examples and their retrieved passages as padded tensors: subword tokens, first-subword labels, word-case ids,
-and passages laid out for the chosen fusion (appended for ``concat``, a separate ``k`` axis for ``attention``)."""
+"""Examples and their retrieved passages as padded tensors: subword tokens, first-subword labels and word-case
+ids, with the passages laid out by the fusion strategy of ``spec.fusion``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from ralm_es.model.spec import ModelSpec
+from ralm_es.model.strategies import FusionStrategy, fusion_strategy
+from ralm_es.model.strategies.base import Embed
+from ralm_es.model.tokens import CASE_PAD, PassageTable, Tokenized, passage_text, tokenize_words
+from ralm_es.retrieve.cache import CacheHit
 from ralm_es.tasks.base import Example, LabelMap
 
 IGNORE = -100
-# Word-case classes. The default encoder is uncased, so capitalisation (a strong cue for names) is given back to
-# every fusion mode alike as a learned embedding per class.
-CASE_PAD, CASE_DIGIT, CASE_OTHER, CASE_UPPER, CASE_TITLE, CASE_LOWER, CASE_MIXED = range(7)
-N_CASES = 7
-# A passage cut to fewer tokens than this is left out of ``concat`` rather than appended as a stub.
-MIN_CONCAT_PIECE = 8
-
-
-def case_of(word: str) -> int:
-    letters = [c for c in word if c.isalpha()]
-    if not letters:
-        return CASE_DIGIT if any(c.isdigit() for c in word) else CASE_OTHER
-    if all(c.isupper() for c in letters):
-        return CASE_UPPER if len(letters) > 1 else CASE_TITLE
-    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
-        return CASE_TITLE
-    if all(c.islower() for c in letters):
-        return CASE_LOWER
-    return CASE_MIXED
-
-
-def passage_text(hit: dict[str, Any]) -> str:
-    return " ".join(part for part in (hit.get("title") or "", hit.get("text") or "") if part).strip()
-
-
-@dataclass
-class Tokenized:
-    ids: list[int]
-    cases: list[int]
-    word_ids: list[int]
-
-
-def tokenize_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[Sequence[str]]) -> list[Tokenized]:
-    """Subwords of pre-split texts (no special tokens), with the word each subword came from."""
-    if not texts:
-        return []
-    enc = tokenizer([list(t) for t in texts], is_split_into_words=True, add_special_tokens=False)
-    out = []
-    for i, words in enumerate(texts):
-        word_ids = [w for w in enc.word_ids(i) if w is not None]
-        cases = [case_of(words[w]) for w in word_ids]
-        out.append(Tokenized(list(enc["input_ids"][i]), cases, word_ids))
-    return out
-
-
-@dataclass
-class PassageTable:
-    """Each distinct retrieved passage once: its subwords (shared encoder, concat) or a frozen vector."""
-
-    keys: dict[str, int] = field(default_factory=dict)
-    texts: list[str] = field(default_factory=list)
-    tokens: list[Tokenized] = field(default_factory=list)
-    vectors: np.ndarray | None = None
 
 
 @dataclass
@@ -77,10 +26,11 @@ class Features:
     case_ids: list[int]
     # Token position of each word's first subword; -1 for a word cut off by truncation (or with no subword).
     word_starts: list[int]
-    labels: list[int] | int | None
-    passages: list[int]
-    scores: list[float]
     truncated: bool
+    labels: list[int] | int | None = None
+    # Rows of the passage table and their retrieval scores, for a strategy that batches passages on their own.
+    passages: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -89,9 +39,10 @@ class FeatureSet:
 
     examples: list[Example]
     features: list[Features]
-    hits: list[list[dict[str, Any]]]
+    hits: list[list[CacheHit]]
     table: PassageTable
     spec: ModelSpec
+    fusion: FusionStrategy
     pad_id: int
     cls_id: int
     sep_id: int
@@ -115,39 +66,8 @@ class FeatureSet:
                 batch["labels"] = _pad([f.labels for f in feats], width, IGNORE)  # type: ignore[misc]
             else:
                 batch["labels"] = torch.tensor([f.labels for f in feats], dtype=torch.long)
-        if self.spec.fusion == "attention":
-            batch.update(self._passage_batch(feats))
+        batch.update(self.fusion.batch(self, feats))
         return batch
-
-    def _passage_batch(self, feats: list[Features]) -> dict[str, torch.Tensor]:
-        k = self.spec.k
-        valid = torch.zeros(len(feats), k, dtype=torch.bool)
-        scores = torch.zeros(len(feats), k)
-        for b, f in enumerate(feats):
-            valid[b, : len(f.passages)] = True
-            scores[b, : len(f.scores)] = torch.tensor(f.scores)
-        out = {"passage_valid": valid, "passage_scores": scores}
-        if self.spec.passage_encoder == "frozen":
-            assert self.table.vectors is not None
-            vectors = torch.zeros(len(feats), k, self.table.vectors.shape[1])
-            for b, f in enumerate(feats):
-                if f.passages:
-                    vectors[b, : len(f.passages)] = torch.from_numpy(self.table.vectors[f.passages])
-            out["passage_vectors"] = vectors
-            return out
-        rows = [[self.table.tokens[p] for p in f.passages] for f in feats]
-        width = 2 + max((len(t.ids) for r in rows for t in r), default=0)
-        ids = torch.full((len(feats), k, width), self.pad_id, dtype=torch.long)
-        cases = torch.zeros((len(feats), k, width), dtype=torch.long)
-        mask = torch.zeros((len(feats), k, width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            for j, tok in enumerate(row):
-                n = len(tok.ids) + 2
-                ids[b, j, :n] = torch.tensor([self.cls_id, *tok.ids, self.sep_id])
-                cases[b, j, 1 : n - 1] = torch.tensor(tok.cases, dtype=torch.long)
-                mask[b, j, :n] = 1
-        out.update({"passage_input_ids": ids, "passage_case_ids": cases, "passage_attention_mask": mask})
-        return out
 
 
 def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
@@ -156,55 +76,40 @@ def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
 
 def build_features(
     examples: list[Example],
-    hits: list[list[dict[str, Any]]],
+    hits: Sequence[Sequence[CacheHit]],
     tokenizer: PreTrainedTokenizerBase,
     spec: ModelSpec,
     labels: LabelMap | None,
-    embed_passages: Callable[[list[str]], np.ndarray] | None = None,
+    embed_passages: Embed | None = None,
 ) -> FeatureSet:
-    """Tokenize ``examples`` with their top-``spec.k`` ``hits``. ``labels`` None means unlabelled (prediction).
-    ``embed_passages`` gives the frozen vectors when ``spec.passage_encoder`` is ``frozen``."""
-    hits = [h[: spec.k] if spec.uses_passages else [] for h in hits]
-    table = _passage_table(hits, tokenizer, spec, embed_passages)
+    """Tokenize ``examples`` with the hits their fusion mode keeps (the top ``spec.k``). ``labels`` None means
+    unlabelled (prediction). ``embed_passages`` gives the vectors of a mode with frozen passages."""
+    fusion = fusion_strategy(spec.fusion)
+    kept = [fusion.passages_of(spec, h) for h in hits]
+    table = PassageTable()
+    for ex_hits in kept:
+        for hit in ex_hits:
+            text = passage_text(hit)
+            if text not in table.keys:
+                table.keys[text] = len(table.texts)
+                table.texts.append(text)
+    fusion.fill_table(spec, table, tokenizer, embed_passages)
     fs = FeatureSet(
         examples=examples,
         features=[],
-        hits=hits,
+        hits=kept,
         table=table,
         spec=spec,
+        fusion=fusion,
         pad_id=int(tokenizer.pad_token_id or 0),
         cls_id=int(tokenizer.cls_token_id),
         sep_id=int(tokenizer.sep_token_id),
     )
     mains = tokenize_words(tokenizer, [ex.words for ex in examples])
     pairs = tokenize_words(tokenizer, [ex.pair_words or () for ex in examples])
-    for ex, main, pair, ex_hits in zip(examples, mains, pairs, hits, strict=True):
+    for ex, main, pair, ex_hits in zip(examples, mains, pairs, kept, strict=True):
         fs.features.append(_features(fs, ex, main, pair if ex.pair_words else None, ex_hits, labels))
     return fs
-
-
-def _passage_table(
-    hits: list[list[dict[str, Any]]],
-    tokenizer: PreTrainedTokenizerBase,
-    spec: ModelSpec,
-    embed_passages: Callable[[list[str]], np.ndarray] | None,
-) -> PassageTable:
-    table = PassageTable()
-    for ex_hits in hits:
-        for hit in ex_hits:
-            text = passage_text(hit)
-            if text not in table.keys:
-                table.keys[text] = len(table.texts)
-                table.texts.append(text)
-    if spec.fusion == "attention" and spec.passage_encoder == "frozen":
-        if embed_passages is None:
-            raise ValueError("frozen passage vectors need an embed_passages function")
-        table.vectors = embed_passages(table.texts)
-    else:
-        table.tokens = tokenize_words(tokenizer, [t.split() for t in table.texts])
-        for tok in table.tokens:
-            del tok.ids[spec.passage_max_length - 2 :], tok.cases[spec.passage_max_length - 2 :]
-    return table
 
 
 def _features(
@@ -212,7 +117,7 @@ def _features(
     ex: Example,
     main: Tokenized,
     pair: Tokenized | None,
-    hits: list[dict[str, Any]],
+    hits: list[CacheHit],
     labels: LabelMap | None,
 ) -> Features:
     spec = fs.spec
@@ -236,33 +141,16 @@ def _features(
     for pos, w in enumerate(main.word_ids[:a]):
         if word_starts[w] == -1:
             word_starts[w] = pos + 1
-    rows = [fs.table.keys[passage_text(h)] for h in hits]
-    if spec.fusion == "concat":
-        for row in rows:
-            room = spec.max_length - len(ids) - 1
-            tok = fs.table.tokens[row]
-            if room < min(MIN_CONCAT_PIECE, len(tok.ids)):
-                fs.passages_cut += 1
-                break
-            fs.passages_cut += len(tok.ids) > room
-            ids += [*tok.ids[:room], fs.sep_id]
-            cases += [*tok.cases[:room], CASE_PAD]
-            types += [1] * (len(tok.ids[:room]) + 1)
-    label_ids: list[int] | int | None = None
+    feature = Features(
+        input_ids=ids, token_type_ids=types, case_ids=cases, word_starts=word_starts, truncated=truncated
+    )
+    fs.fusion.add_passages(fs, feature, [fs.table.keys[passage_text(h)] for h in hits], hits)
     if labels is not None and spec.task == "ner":
-        label_ids = [IGNORE] * len(ids)
+        tags = [IGNORE] * len(feature.input_ids)
         for w, pos in enumerate(word_starts):
             if pos >= 0:
-                label_ids[pos] = labels.index((ex.tags or ())[w], ex.source)
+                tags[pos] = labels.index((ex.tags or ())[w], ex.source)
+        feature.labels = tags
     elif labels is not None:
-        label_ids = labels.index(ex.label or "", ex.source)
-    return Features(
-        input_ids=ids,
-        token_type_ids=types,
-        case_ids=cases,
-        word_starts=word_starts,
-        labels=label_ids,
-        passages=rows if spec.fusion == "attention" else [],
-        scores=[float(h.get("score") or 0.0) for h in hits] if spec.fusion == "attention" else [],
-        truncated=truncated,
-    )
+        feature.labels = labels.index(ex.label or "", ex.source)
+    return feature

@@ -1,14 +1,16 @@
-"""The model's shape as plain data: saved as ``model.json`` in a run folder and enough to rebuild the model."""
+"""The model's shape as plain data: saved as ``model.json`` in a run folder and enough to rebuild the model.
+Both classes are frozen: a spec is built once, complete, after the data gave its labels."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+# The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
 Fusion = Literal["none", "concat", "attention"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSettings:
     """The ``model:`` section of a training config. ``encoder``: a local Hugging Face encoder folder (None: the
     packaged all-MiniLM-L6-v2); it is also the frozen passage encoder. ``fusion``: how retrieved passages reach the
@@ -28,17 +30,19 @@ class ModelSettings:
     dropout: float = 0.1
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec(ModelSettings):
-    """The settings plus what training reads from the data: the task, its labels and the frozen vectors' size."""
+    """The settings plus what training reads from the data: the task, its labels and, with frozen passages, the
+    fixed encoder's vector size."""
 
     task: Literal["ner", "classification"]
-    labels: list[str] = field(default_factory=list)
+    labels: tuple[str, ...] = ()
     frozen_dim: int = 0
 
-    @property
-    def uses_passages(self) -> bool:
-        return self.fusion != "none"
-
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "labels": list(self.labels)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
+        """A spec from ``model.json``; a field this version does not know is a TypeError naming it."""
+        return cls(**{**data, "labels": tuple(data.get("labels", ()))})

@@ -8,7 +8,7 @@ are skipped by the writer.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,56 @@ class CacheHeader:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
 
 
+@dataclass
+class CacheHit:
+    """One retrieved passage as a cache line keeps it. A live search's ``RetrievedHit`` is one of these, with the
+    component ranks and metadata only a search has, so the model reads both alike."""
+
+    id: str
+    doc_id: str
+    rank: int
+    score: float
+    scores: dict[str, float | None] = field(default_factory=dict)
+    title: str = ""
+    text: str = ""
+
+    def to_cache(self) -> dict[str, Any]:
+        """The cache line's ``hits`` entry: the fields above, nothing a subclass adds."""
+        return {
+            "id": self.id,
+            "doc_id": self.doc_id,
+            "rank": self.rank,
+            "score": self.score,
+            "scores": self.scores,
+            "title": self.title,
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_cache(cls, raw: Any, rank: int, where: str) -> CacheHit:
+        """A hit read back; ``rank`` (its position) stands in for a missing rank, ``where`` is ``file:line``."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+            raise CacheError(f"{where}: hit {rank} needs a string id")
+        return cls(
+            id=raw["id"],
+            doc_id=str(raw.get("doc_id") or ""),
+            rank=int(raw.get("rank") or rank),
+            score=float(raw.get("score") or 0.0),
+            scores=dict(raw.get("scores") or {}),
+            title=str(raw.get("title") or ""),
+            text=str(raw.get("text") or ""),
+        )
+
+
+@dataclass
+class CacheEntry:
+    """One input's line: its id, the query sent for it, and its hits best first."""
+
+    input_id: str
+    query: str
+    hits: list[CacheHit]
+
+
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -61,21 +111,30 @@ def read_header(path: str | Path) -> CacheHeader:
     raise CacheError(f"{path}: empty retrieval cache")
 
 
-def read_cache(path: str | Path) -> tuple[CacheHeader, dict[str, dict[str, Any]]]:
-    """The header and ``{input_id: {"input_id", "query", "hits": [...]}}``."""
+def read_cache(path: str | Path, made_from: str | Path | None = None) -> tuple[CacheHeader, dict[str, CacheEntry]]:
+    """The header and each input's entry by input id. A missing file fails naming the command that makes it,
+    for the inputs ``made_from`` when the caller knows them."""
     path = Path(path)
+    if not path.is_file():
+        raise CacheError(
+            f"{path}: no such retrieval cache; make it with "
+            f"`ralm-es retrieve {made_from or 'INPUT'} --index INDEX --out {path}`"
+        )
     header = read_header(path)
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, CacheEntry] = {}
     for lineno, line in _lines(path):
         if line.get("format") == FORMAT:
             continue
-        if "input_id" not in line or "hits" not in line:
-            raise CacheError(f"{path}:{lineno}: a cache line needs input_id and hits")
-        entries[str(line["input_id"])] = line
+        if "input_id" not in line or not isinstance(line.get("hits"), list):
+            raise CacheError(f"{path}:{lineno}: a cache line needs input_id and a list of hits")
+        where = f"{path}:{lineno}"
+        hits = [CacheHit.from_cache(raw, i, where) for i, raw in enumerate(line["hits"], 1)]
+        entry = CacheEntry(str(line["input_id"]), str(line.get("query") or ""), hits)
+        entries[entry.input_id] = entry
     return header, entries
 
 
-def require(entries: dict[str, dict[str, Any]], input_ids: list[str], path: str | Path) -> None:
+def require(entries: dict[str, CacheEntry], input_ids: list[str], path: str | Path) -> None:
     """Fail naming the examples that have no cache entry (at most ten shown)."""
     missing = [i for i in input_ids if i not in entries]
     if missing:
@@ -112,8 +171,8 @@ class CacheWriter:
         if data and not data.endswith(b"\n"):
             self.path.write_bytes(data[: data.rfind(b"\n") + 1])
 
-    def write(self, input_id: str, query: str, hits: list[dict[str, Any]]) -> None:
-        line = {"input_id": input_id, "query": query, "hits": hits}
+    def write(self, input_id: str, query: str, hits: Sequence[CacheHit]) -> None:
+        line = {"input_id": input_id, "query": query, "hits": [hit.to_cache() for hit in hits]}
         self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.done.add(input_id)
 

@@ -17,6 +17,7 @@ import numpy as np
 from ralm_es.embed import Encoder
 from ralm_es.errors import RalmError
 from ralm_es.retrieve import fusion
+from ralm_es.retrieve.cache import CacheHit
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
 
 Mode = Literal["bm25", "dense", "hybrid"]
@@ -55,15 +56,10 @@ class RetrievalSettings:
 
 
 @dataclass
-class RetrievedHit:
-    id: str
-    doc_id: str
-    rank: int
-    score: float
-    scores: dict[str, float | None] = field(default_factory=dict)
+class RetrievedHit(CacheHit):
+    """A hit of a live search: the cache's fields plus each component's rank and the passage's metadata."""
+
     ranks: dict[str, int | None] = field(default_factory=dict)
-    title: str = ""
-    text: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -177,35 +173,26 @@ class Retriever:
         return out
 
     def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[RetrievedHit]:
-        if mode != "hybrid":
-            return [
-                RetrievedHit(
-                    id=h.id,
-                    doc_id=h.doc_id,
-                    rank=i,
-                    score=h.score,
-                    scores={name: h.score if name == mode else None for name in ("bm25", "dense")},
-                    ranks={name: i if name == mode else None for name in ("bm25", "dense")},
-                    title=h.title,
-                    text=h.text,
-                    metadata=h.metadata,
-                )
-                for i, h in enumerate(parts[0][:k], 1)
-            ]
         s = self.settings
-        bm25, dense = parts
-        by_id = {h.id: h for h in [*dense, *bm25]}
-        rankings = {"bm25": [(h.id, h.score) for h in bm25], "dense": [(h.id, h.score) for h in dense]}
-        weights = {"bm25": 1.0 - s.dense_weight, "dense": s.dense_weight}
-        if s.fusion == "rrf":
-            # Equal weights are plain RRF; dense_weight 0.5 keeps the textbook formula up to a factor.
-            fused = fusion.rrf(rankings, k=s.rrf_k, weights=weights)
+        if mode == "hybrid":
+            bm25, dense = parts
+            by_id = {h.id: h for h in [*dense, *bm25]}
+            rankings = {"bm25": [(h.id, h.score) for h in bm25], "dense": [(h.id, h.score) for h in dense]}
+            weights = {"bm25": 1.0 - s.dense_weight, "dense": s.dense_weight}
+            if s.fusion == "rrf":
+                # Equal weights are plain RRF; dense_weight 0.5 keeps the textbook formula up to a factor.
+                fused = fusion.rrf(rankings, k=s.rrf_k, weights=weights)
+            else:
+                fused = fusion.linear(rankings, weights=weights, norm=s.norm)
         else:
-            fused = fusion.linear(rankings, weights=weights, norm=s.norm)
+            # One list: it is its own single component.
+            by_id = {h.id: h for h in parts[0]}
+            fused = [
+                fusion.Fused(h.id, h.score, {mode: fusion.Component(h.score, i)}) for i, h in enumerate(parts[0], 1)
+            ]
         out = []
         for i, f in enumerate(fused[:k], 1):
-            h = by_id[f.id]
-            comps = f.components
+            h, comps = by_id[f.id], f.components
             out.append(
                 RetrievedHit(
                     id=h.id,

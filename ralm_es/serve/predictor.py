@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from ralm_es.cli.search_commands import cache_hit
 from ralm_es.model.inputs import build_features
+from ralm_es.retrieve.cache import CacheHit
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.tasks import DataError, Example
 from ralm_es.train.data import frozen_embedder
@@ -31,7 +32,7 @@ class Predictor:
 
     def __init__(self, run: LoadedRun, retriever: Retriever | None = None, batch_size: int = 32) -> None:
         spec = run.model.spec
-        if spec.uses_passages and retriever is None:
+        if run.model.strategy.uses_passages and retriever is None:
             raise DataError(f"the model in {run.folder} uses fusion '{spec.fusion}' and needs a retriever")
         self.run = run
         self.retriever = retriever
@@ -67,11 +68,10 @@ class Predictor:
             )
             for i, item in enumerate(inputs)
         ]
-        hits: list[list[dict[str, Any]]] = [[] for _ in examples]
-        if spec.uses_passages:
+        hits: Sequence[Sequence[CacheHit]] = [[] for _ in examples]
+        if self.run.model.strategy.uses_passages:
             assert self.retriever is not None
-            found = self.retriever.search_many([ex.text for ex in examples], k=spec.k)
-            hits = [[cache_hit(h) for h in ex_hits] for ex_hits in found]
+            hits = self.retriever.search_many([ex.text for ex in examples], k=spec.k)
         fs = build_features(examples, hits, self.run.tokenizer, spec, None, self.embed)
         preds = predict(self.run.model, fs, self.batch_size, next(self.run.model.parameters()).device)
         out = []
@@ -87,7 +87,7 @@ class Predictor:
             else:
                 record.update(label=pred.labels, probability=pred.probability)
             if explain:
-                record["passages"] = [{key: hit.get(key) for key in PASSAGE_KEYS} for hit in ex_hits]
+                record["passages"] = [{key: getattr(hit, key) for key in PASSAGE_KEYS} for hit in ex_hits]
                 record["weights"] = pred.weights
             out.append(record)
         return out

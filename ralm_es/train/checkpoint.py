@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from ralm_es.embed import ModelError, resolve_model_path
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.spec import ModelSpec
+from ralm_es.model.strategies import FusionError, fusion_strategy
 
 WEIGHTS = "model.safetensors"
 SPEC = "model.json"
@@ -70,8 +71,9 @@ def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel,
     if not (folder / WEIGHTS).is_file():
         raise ModelError(f"run folder {folder} has no weights ({WEIGHTS}); did training finish an evaluation?")
     try:
-        spec = ModelSpec(**json.loads((folder / SPEC).read_text(encoding="utf-8")))
-    except TypeError as exc:
+        spec = ModelSpec.from_json(json.loads((folder / SPEC).read_text(encoding="utf-8")))
+        fusion_strategy(spec.fusion)
+    except (TypeError, FusionError) as exc:
         raise ModelError(f"{folder / SPEC} was not written by this version of ralm-es: {exc}") from None
     hf_logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,8 +12,9 @@ from transformers import PreTrainedTokenizerBase
 
 from ralm_es.embed import Encoder
 from ralm_es.model.inputs import FeatureSet, build_features
-from ralm_es.model.spec import ModelSpec
-from ralm_es.retrieve.cache import read_cache, require
+from ralm_es.model.spec import ModelSettings, ModelSpec
+from ralm_es.model.strategies import fusion_strategy
+from ralm_es.retrieve.cache import CacheHit, read_cache, require
 from ralm_es.tasks import DataError, Example, LabelMap, Task
 from ralm_es.train.config import TrainConfig
 
@@ -40,25 +39,44 @@ def split_fraction(examples: list[Example], fraction: float, seed: int) -> tuple
 
 
 def cached_hits(
-    examples: list[Example], cache: str | Path | None, spec: ModelSpec, split: str
-) -> list[list[dict[str, Any]]]:
-    """Each example's hits from the retrieval cache; a missing cache or entry fails naming the examples."""
-    if not spec.uses_passages:
+    examples: list[Example],
+    cache: str | Path | None,
+    settings: ModelSettings,
+    split: str,
+    made_from: str | Path | None = None,
+) -> list[list[CacheHit]]:
+    """Each example's hits from the retrieval cache (made from the file ``made_from``); a missing cache or entry
+    fails naming the examples, or the command that makes the cache."""
+    if not fusion_strategy(settings.fusion).uses_passages:
         return [[] for _ in examples]
     if cache is None:
-        raise DataError(f"fusion '{spec.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)")
-    _, entries = read_cache(cache)
+        raise DataError(
+            f"fusion '{settings.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)"
+        )
+    _, entries = read_cache(cache, made_from)
     require(entries, [ex.id for ex in examples], cache)
-    return [entries[ex.id]["hits"] for ex in examples]
+    return [entries[ex.id].hits for ex in examples]
 
 
-def frozen_embedder(spec: ModelSpec, device: str) -> Callable[[list[str]], np.ndarray] | None:
-    """The fixed passage encoder of ``passage_encoder: frozen``; sets ``spec.frozen_dim`` from it."""
-    if spec.fusion != "attention" or spec.passage_encoder != "frozen":
+@dataclass
+class FrozenPassages:
+    """The fixed passage encoder of a mode with frozen passages: called on texts, it gives their vectors."""
+
+    encoder: Encoder
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=128)
+
+
+def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | None:
+    """The initial encoder, loaded once, when the fusion mode embeds passages with it; None otherwise."""
+    if not fusion_strategy(settings.fusion).frozen_passages(settings):
         return None
-    encoder = Encoder(spec.encoder, device=device, max_length=spec.passage_max_length)
-    spec.frozen_dim = encoder.dim
-    return lambda texts: encoder.encode(texts, batch_size=128)
+    return FrozenPassages(Encoder(settings.encoder, device=device, max_length=settings.passage_max_length))
 
 
 @dataclass
@@ -66,14 +84,12 @@ class Splits:
     train: FeatureSet
     dev: FeatureSet | None
     labels: LabelMap
+    # The model's spec, complete: the settings, the task, the labels of the training data, the frozen vector size.
+    spec: ModelSpec
 
 
 def load_splits(
-    cfg: TrainConfig,
-    task: Task,
-    spec: ModelSpec,
-    tokenizer: PreTrainedTokenizerBase,
-    embed: Callable[[list[str]], np.ndarray] | None,
+    cfg: TrainConfig, task: Task, tokenizer: PreTrainedTokenizerBase, embed: FrozenPassages | None
 ) -> Splits:
     """Train (and dev) features, with the label map read from the training data."""
     data = cfg.data
@@ -89,12 +105,17 @@ def load_splits(
     if data.train_fraction < 1:
         train = split_fraction(train, data.train_fraction, cfg.train.seed + 1)[0]
     labels = task.labels(train)
-    spec.labels = labels.labels
-    train_fs = build_features(
-        train, cached_hits(train, data.train_cache, spec, "train"), tokenizer, spec, labels, embed
+    spec = ModelSpec(
+        task=cfg.task.type,
+        labels=tuple(labels.labels),
+        frozen_dim=embed.dim if embed is not None else 0,
+        **asdict(cfg.model),
     )
+    train_hits = cached_hits(train, data.train_cache, spec, "train", data.train)
+    train_fs = build_features(train, train_hits, tokenizer, spec, labels, embed)
     dev_fs = None
     if dev is not None:
         task.check_labels(dev, labels)
-        dev_fs = build_features(dev, cached_hits(dev, dev_cache, spec, "dev"), tokenizer, spec, labels, embed)
-    return Splits(train_fs, dev_fs, labels)
+        dev_hits = cached_hits(dev, dev_cache, spec, "dev", data.dev or data.train)
+        dev_fs = build_features(dev, dev_hits, tokenizer, spec, labels, embed)
+    return Splits(train_fs, dev_fs, labels, spec)

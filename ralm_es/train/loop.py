@@ -8,7 +8,7 @@ import contextlib
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from ralm_es.embed import resolve_model_path
 from ralm_es.errors import RalmError
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
-from ralm_es.model.spec import ModelSpec
 from ralm_es.tasks import Task
 from ralm_es.train import checkpoint, distributed, report
 from ralm_es.train.config import TrainConfig
@@ -51,10 +50,6 @@ class RunResult:
     truncated: dict[str, int]
     # Metrics of the best checkpoint on data.test, when set, once the run has finished.
     test: dict[str, Any] | None = None
-
-
-def spec_from(cfg: TrainConfig) -> ModelSpec:
-    return ModelSpec(task=cfg.task.type, **asdict(cfg.model))
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> RunResult:
@@ -97,17 +92,16 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
 
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
     task = task_of(cfg)
-    spec = spec_from(cfg)
     tokenizer = checkpoint.load_tokenizer(resolve_model_path(cfg.model.encoder))
-    embed = frozen_embedder(spec, t.device)
+    embed = frozen_embedder(cfg.model, t.device)
     # After the frozen encoder, which sets its own thread count when loaded.
     if t.threads:
         torch.set_num_threads(t.threads)
-    splits = load_splits(cfg, task, spec, tokenizer, embed)
+    splits = load_splits(cfg, task, tokenizer, embed)
     train_fs, dev_fs = splits.train, splits.dev
 
     # Model, optimizer, schedule.
-    model = checkpoint.new_model(spec, cfg.model.encoder).to(device)
+    model = checkpoint.new_model(splits.spec, cfg.model.encoder).to(device)
     per_rank = t.batch_size * layout.world
     micro_per_epoch = math.ceil(len(train_fs) / per_rank)
     steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)

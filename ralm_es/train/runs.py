@@ -47,12 +47,12 @@ def features(
     examples = run.task.read(path, labelled=labelled)[:limit]
     if labelled:
         run.task.check_labels(examples, run.labels)
-    if spec.uses_passages and cache is None:
+    if run.model.strategy.uses_passages and cache is None:
         raise DataError(
             f"the model in {run.folder} uses fusion '{spec.fusion}': pass --cache with the retrieval cache of {path} "
             "(ralm-es retrieve)"
         )
-    hits = cached_hits(examples, cache, spec, "test")
+    hits = cached_hits(examples, cache, spec, "test", path)
     embed = frozen_embedder(spec, run.device_name)
     return build_features(examples, hits, run.tokenizer, spec, run.labels if labelled else None, embed)
 

@@ -1,0 +1,115 @@
+"""``attention``: the input's states attend over the passages (``model.fusion.PassageAttention``), with the
+retrieval scores as a prior. Its variants: ``passage_encoder`` ``shared`` (the trainable encoder reads each
+passage in every batch) or ``frozen`` (a fixed encoder embeds each distinct passage once, to one vector, projected
+to the model's width), and, when shared, ``passage_memory`` ``tokens`` (attend over every passage token) or
+``pooled`` (one mean-pooled vector per passage)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ralm_es.embed import mean_pool
+from ralm_es.model.fusion import PassageAttention, score_prior
+from ralm_es.model.strategies.base import Embed, FusionStrategy
+from ralm_es.model.tokens import PassageTable
+from ralm_es.retrieve.cache import CacheHit
+
+if TYPE_CHECKING:
+    from ralm_es.model.inputs import Features, FeatureSet
+    from ralm_es.model.ralm import RalmModel
+    from ralm_es.model.spec import ModelSettings, ModelSpec
+
+
+class AttentionFusion(FusionStrategy):
+    name = "attention"
+
+    def frozen_passages(self, settings: ModelSettings) -> bool:
+        return settings.passage_encoder == "frozen"
+
+    def fill_table(
+        self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
+    ) -> None:
+        if not self.frozen_passages(spec):
+            super().fill_table(spec, table, tokenizer, embed)
+            return
+        if embed is None:
+            raise ValueError("frozen passage vectors need an embed_passages function")
+        table.vectors = embed(table.texts)
+
+    def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
+        feature.passages = rows
+        feature.scores = [hit.score for hit in hits]
+
+    def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
+        k = fs.spec.k
+        valid = torch.zeros(len(feats), k, dtype=torch.bool)
+        scores = torch.zeros(len(feats), k)
+        for b, f in enumerate(feats):
+            valid[b, : len(f.passages)] = True
+            scores[b, : len(f.scores)] = torch.tensor(f.scores)
+        out = {"passage_valid": valid, "passage_scores": scores}
+        if self.frozen_passages(fs.spec):
+            assert fs.table.vectors is not None
+            vectors = torch.zeros(len(feats), k, fs.table.vectors.shape[1])
+            for b, f in enumerate(feats):
+                if f.passages:
+                    vectors[b, : len(f.passages)] = torch.from_numpy(fs.table.vectors[f.passages])
+            out["passage_vectors"] = vectors
+            return out
+        rows = [[fs.table.tokens[p] for p in f.passages] for f in feats]
+        width = 2 + max((len(t.ids) for r in rows for t in r), default=0)
+        ids = torch.full((len(feats), k, width), fs.pad_id, dtype=torch.long)
+        cases = torch.zeros((len(feats), k, width), dtype=torch.long)
+        mask = torch.zeros((len(feats), k, width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            for j, tok in enumerate(row):
+                n = len(tok.ids) + 2
+                ids[b, j, :n] = torch.tensor([fs.cls_id, *tok.ids, fs.sep_id])
+                cases[b, j, 1 : n - 1] = torch.tensor(tok.cases, dtype=torch.long)
+                mask[b, j, :n] = 1
+        out.update({"passage_input_ids": ids, "passage_case_ids": cases, "passage_attention_mask": mask})
+        return out
+
+    def modules(self, spec: ModelSpec, hidden: int) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {"fusion": PassageAttention(hidden, spec.heads, spec.dropout)}
+        if self.frozen_passages(spec):
+            out["passage_proj"] = nn.Linear(spec.frozen_dim, hidden)
+        return out
+
+    def fuse(
+        self, model: RalmModel, query: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        memory, memory_mask = self._memory(model, batch)
+        prior = score_prior(batch["passage_scores"], batch["passage_valid"]).to(query.dtype)
+        fused, weights = model.get_submodule("fusion")(query, memory, memory_mask, prior)
+        return fused, weights
+
+    def _memory(self, model: RalmModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Passage memory (B, S, d) and its mask (B, S); S is k (one vector each) or k times passage length."""
+        spec = model.spec
+        valid = batch["passage_valid"]
+        if self.frozen_passages(spec):
+            return model.get_submodule("passage_proj")(batch["passage_vectors"]), valid
+        ids, mask = batch["passage_input_ids"], batch["passage_attention_mask"]
+        b, k, length = ids.shape
+        flat_valid = valid.reshape(-1)
+        if not flat_valid.any():
+            hidden = int(model.encoder.config.hidden_size)
+            slots = k if spec.passage_memory == "pooled" else k * length
+            return ids.new_zeros(b, slots, hidden, dtype=torch.float), ids.new_zeros(b, slots, dtype=torch.bool)
+        states = model.encode(
+            ids.view(-1, length)[flat_valid],
+            mask.view(-1, length)[flat_valid],
+            batch["passage_case_ids"].view(-1, length)[flat_valid],
+        )
+        if spec.passage_memory == "pooled":
+            memory = states.new_zeros(b * k, states.shape[-1])
+            memory[flat_valid] = mean_pool(states, mask.view(-1, length)[flat_valid])
+            return memory.view(b, k, -1), valid
+        memory = states.new_zeros(b * k, length, states.shape[-1])
+        memory[flat_valid] = states
+        return memory.view(b, k * length, -1), mask.view(b, k * length).bool()

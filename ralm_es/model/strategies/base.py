@@ -1,0 +1,64 @@
+"""What a fusion mode decides, in one object: which passages an example keeps, how they are tokenized or embedded,
+what they add to an example's features and to a batch, which modules the model gets, and how they meet the input's
+states. The defaults are those of a mode that reads passages and adds nothing; each mode overrides its part."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ralm_es.model.tokens import PassageTable, tokenize_words
+from ralm_es.retrieve.cache import CacheHit
+
+if TYPE_CHECKING:
+    from ralm_es.model.inputs import Features, FeatureSet
+    from ralm_es.model.ralm import RalmModel
+    from ralm_es.model.spec import ModelSettings, ModelSpec
+
+Embed = Callable[[list[str]], np.ndarray]
+
+
+class FusionStrategy:
+    """One ``model.fusion`` mode. Stateless: the spec, features and model it works on are passed in."""
+
+    name: ClassVar[str]
+    # False: the mode never reads passages, so it needs no retrieval cache and no retriever.
+    uses_passages: ClassVar[bool] = True
+
+    def frozen_passages(self, settings: ModelSettings) -> bool:
+        """Whether passages are embedded once by a fixed encoder (whose vector size the spec then records)."""
+        return False
+
+    def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
+        """The hits an example keeps: its top ``k``."""
+        return list(hits[: spec.k])
+
+    def fill_table(
+        self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
+    ) -> None:
+        """Each distinct passage's subwords, cut to ``passage_max_length`` with room for [CLS] and [SEP]."""
+        table.tokens = tokenize_words(tokenizer, [t.split() for t in table.texts])
+        for tok in table.tokens:
+            del tok.ids[spec.passage_max_length - 2 :], tok.cases[spec.passage_max_length - 2 :]
+
+    def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
+        """Put an example's passages (``rows`` of ``fs.table``, in rank order) into its features."""
+
+    def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
+        """The passage tensors of a batch, beside the input's own."""
+        return {}
+
+    def modules(self, spec: ModelSpec, hidden: int) -> dict[str, nn.Module]:
+        """The mode's trainable parts, registered on the model under these names (the state-dict keys of runs)."""
+        return {}
+
+    def fuse(
+        self, model: RalmModel, query: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input's states (B, T, d) after the passages, and the weight each passage got (B, T, k) if any."""
+        return query, None
