@@ -25,13 +25,7 @@ from ralm_es.corpus.readers import plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.embed import Encoder, resolve_model_path, tokenizer_revision
 from ralm_es.es.distribution import cache_home
-from ralm_es.store.base import Backend, Chunking, IndexSpec, Refresh, WriteResult
-
-TRANSIENT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
-
-
-def _transient(result: WriteResult) -> bool:
-    return not result.ok and (result.status == 429 or result.status >= 500)
+from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSpec, Refresh, WriteResult
 
 
 @dataclass
@@ -52,6 +46,8 @@ class IngestSettings:
     batch_passages: int = 512
     bulk_docs: int = 500
     bulk_bytes: int = 8 * 1024 * 1024
+    bulk_retries: int = 5
+    bulk_backoff: float = 1.0
     in_flight: int = 2
     similarity: str = "cosine"
     index_type: str = "hnsw"
@@ -63,13 +59,16 @@ class IngestSettings:
     keep_old: bool = False
     resume: bool = True
 
+    def bulk(self) -> BulkSettings:
+        return BulkSettings(self.bulk_docs, self.bulk_bytes, self.bulk_retries, self.bulk_backoff)
+
     def __post_init__(self) -> None:
         # Checked before anything is read or written: a zero batch or bulk size would stall or crash mid-run.
         positive = ("max_chars", "encode_batch", "max_tokens", "batch_passages", "bulk_docs", "bulk_bytes")
         for name in (*positive, "in_flight", "shards"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ingest setting {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("overlap", "m", "ef_construction", "replicas"):
+        for name in ("overlap", "m", "ef_construction", "replicas", "bulk_retries", "bulk_backoff"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ingest setting {name} must not be negative, got {getattr(self, name)}")
 
@@ -353,7 +352,8 @@ class Ingest:
                     summary.passages += len(batch.passages)
                     fresh = self._drop_stored(batch.passages, target, summary)
                     self._embed(fresh)
-                    future = pool.submit(self._write, target, fresh)
+                    # write() is a generator: list() runs it, and the bulk requests, on the worker thread.
+                    future = pool.submit(list, target.write(fresh))
                     in_flight.append((future, batch.records_upto))
                     while len(in_flight) > self.s.in_flight:
                         settle_oldest()
@@ -366,18 +366,6 @@ class Ingest:
                 for future, _ in in_flight:
                     future.cancel()
                 raise
-
-    def _write(self, target: Backend, passages: list[Passage]) -> list[WriteResult]:
-        """Write a batch; passages refused for a passing reason (429, 5xx: a node lost, a shard relocating)
-        are written again with backoff, so a checkpoint never moves past a passage that could still be stored."""
-        results = {r.id: r for r in target.write(passages)}
-        for delay in TRANSIENT_BACKOFF:
-            retry = [p for p in passages if _transient(results[p.id])]
-            if not retry:
-                break
-            time.sleep(delay)
-            results.update({r.id: r for r in target.write(retry)})
-        return [results[p.id] for p in passages]
 
     def _drop_stored(self, passages: list[Passage], target: Backend, summary: IngestSummary) -> list[Passage]:
         """Passages already in the store are counted as skipped and neither embedded nor sent."""

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
 from ralm_es.config import apply_overrides, from_dict, load_yaml
-from ralm_es.store.base import BulkSettings
 
 LINE_FORMATS = {".jsonl": 0, ".ndjson": 0, ".csv": 1, ".tsv": 1}
 
@@ -125,7 +124,7 @@ def ingest(
         where="option",
     )
     settings = apply_overrides(settings, overrides)
-    store = open_backend(ctx, backend, index, bulk=BulkSettings(settings.bulk_docs, settings.bulk_bytes))
+    store = open_backend(ctx, backend, index, bulk=settings.bulk())
 
     bar = tqdm(
         desc="ingest", unit="rec", total=estimate_records(inputs), disable=quiet, file=sys.stderr, dynamic_ncols=True

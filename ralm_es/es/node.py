@@ -34,6 +34,8 @@ from ralm_es.es.distribution import DistributionError
 
 SERVICE_USER = "ralm-es"
 LOG_TAIL_LINES = 25
+HUNSPELL_DIR = "/usr/share/hunspell"
+HUNSPELL_LOCALE = "en_US"
 
 
 class NodeError(RalmError):
@@ -121,6 +123,20 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
         os.chown(root, uid, gid)
         for name in dirs + files:
             os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def install_hunspell(config: Path) -> bool:
+    """Copy the English Hunspell dictionary (Debian's ``hunspell-en-us``) into the node's config folder, where core
+    Elasticsearch's ``hunspell`` filter finds it: the stemming this distribution has without ``analysis-common``."""
+    source = Path(os.environ.get("RALM_ES_HUNSPELL_DIR", HUNSPELL_DIR))
+    files = [source / f"{HUNSPELL_LOCALE}.{ext}" for ext in ("aff", "dic")]
+    if not all(f.is_file() for f in files):
+        return False
+    target = config / "hunspell" / HUNSPELL_LOCALE
+    target.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, target / f.name)
+    return True
 
 
 class LocalCluster:
@@ -281,6 +297,7 @@ class LocalCluster:
                 settings["xpack.security.transport.ssl.enabled"] = True
                 settings["xpack.security.transport.ssl.verification_mode"] = "certificate"
                 settings.update({f"xpack.security.transport.ssl.{k}": v for k, v in tls_files.items()})
+        install_hunspell(config)
         lines = [f"{k}: {json.dumps(v)}" for k, v in settings.items()]
         (config / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
         (config / "jvm.options.d" / "heap.options").write_text(f"-Xms{heap}\n-Xmx{heap}\n")

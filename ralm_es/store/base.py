@@ -31,10 +31,13 @@ def check_dims(where: str, existing: int | None, wanted: int | None, fix: str) -
 
 @dataclass(frozen=True)
 class BulkSettings:
-    """How writes are grouped into bulk requests: at most ``docs`` passages and ``bytes`` bytes a request."""
+    """How writes are grouped into bulk requests (at most ``docs`` passages and ``bytes`` bytes a request), and how
+    often passages refused for a passing reason are sent again (``retries`` times, ``backoff`` seconds doubling)."""
 
     docs: int = 500
     bytes: int = 8 * 1024 * 1024
+    retries: int = 5
+    backoff: float = 1.0
 
 
 @dataclass(frozen=True)

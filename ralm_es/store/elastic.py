@@ -34,8 +34,23 @@ from ralm_es.version import __version__
 
 log = logging.getLogger(__name__)
 FALLBACK_ANALYZER = "ralm_english_fallback"
+HUNSPELL_ANALYZER = "ralm_english_hunspell"
+# English stemming from core Elasticsearch alone: the hunspell filter over the en_US dictionary in the node's
+# config folder (`ralm-es es start` puts it there), after lowercasing and the English stop list.
+HUNSPELL_FILTER = {"type": "hunspell", "locale": "en_US", "dedup": True}
+HUNSPELL_ANALYSIS = {
+    "filter": {"ralm_en_us_hunspell": HUNSPELL_FILTER},
+    "analyzer": {
+        HUNSPELL_ANALYZER: {
+            "type": "custom",
+            "tokenizer": "standard",
+            "filter": ["lowercase", "stop", "ralm_en_us_hunspell"],
+        }
+    },
+}
 MSEARCH_CHUNK = 64
 SHARD_RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
+MAX_BACKOFF = 30.0
 # Elasticsearch's rules for index and alias names; a pattern ('*', '_all', 'a,b') would reach other indices.
 NAME_FORBIDDEN = re.compile(r'[\\/*?"<>| ,#:A-Z]')
 HNSW_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw")
@@ -79,6 +94,28 @@ def load_template() -> dict[str, Any]:
     return json.loads(files("ralm_es.mappings").joinpath("passages.json").read_text())
 
 
+def english_analyzer(client: Elasticsearch) -> str:
+    """The best English analyzer the cluster has: ``english``, else hunspell stemming, else no stemming (warned)."""
+    if has_analyzer(client, "english"):
+        return "english"
+    try:
+        tokens = client.indices.analyze(tokenizer="standard", filter=[HUNSPELL_FILTER], text="treatments")["tokens"]
+    except ApiError:
+        tokens = []
+    if "treatment" in {t["token"] for t in tokens}:
+        log.warning(
+            "this cluster has no 'english' analyzer (analysis-common module missing): stemming with hunspell en_US "
+            "instead (no possessive filter, dictionary stems rather than Porter's)"
+        )
+        return HUNSPELL_ANALYZER
+    log.warning(
+        "this cluster has no 'english' analyzer (analysis-common module missing) and no hunspell en_US dictionary: "
+        "indexing without stemming ('treatments' will not match 'treatment'); install hunspell-en-us and restart "
+        "the node with `ralm-es es start` to get it"
+    )
+    return FALLBACK_ANALYZER
+
+
 def has_analyzer(client: Elasticsearch, name: str) -> bool:
     """Whether the cluster has a built-in analyzer (the integration-test node lacks analysis-common)."""
     try:
@@ -95,6 +132,10 @@ def index_body(spec: IndexSpec, analyzer: str) -> dict[str, Any]:
     settings.update(number_of_shards=spec.shards, number_of_replicas=spec.replicas)
     props = body["mappings"]["properties"]
     props["title"]["analyzer"] = props["text"]["analyzer"] = analyzer
+    if analyzer == HUNSPELL_ANALYZER:
+        analysis = body["settings"]["analysis"]
+        analysis["filter"] = HUNSPELL_ANALYSIS["filter"]
+        analysis["analyzer"].update(HUNSPELL_ANALYSIS["analyzer"])
     if spec.dims is None:
         del props["vector"]
     else:
@@ -225,12 +266,7 @@ class ElasticsearchBackend:
 
     def create_index(self, spec: IndexSpec, alias: bool) -> str:
         """A new timestamped index from the template; the alias points at it when ``alias`` is true."""
-        analyzer = "english" if has_analyzer(self.client, "english") else FALLBACK_ANALYZER
-        if analyzer == FALLBACK_ANALYZER:
-            log.warning(
-                "this cluster has no 'english' analyzer (analysis-common module missing): using the standard "
-                "analyzer with the _english_ stop list"
-            )
+        analyzer = english_analyzer(self.client)
         concrete = f"{self.index}-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1000000:06d}"
         body = index_body(spec, analyzer)
         if alias:
@@ -298,22 +334,40 @@ class ElasticsearchBackend:
         return doc
 
     def write(self, passages: Iterable[Passage]) -> Iterator[WriteResult]:
-        """Bulk-create passages; one result per passage, in input order. Existing ids are kept (``created=False``)."""
+        """Bulk-create passages; one result per passage, in input order. Existing ids are kept (``created=False``).
+
+        This is the one retry policy for writes: passages refused for a passing reason (429, 5xx: a node lost, a
+        shard relocating) are sent again with backoff, ``bulk.retries`` times, so an ingest checkpoint never moves
+        past a passage that could still be stored. Whole requests that fail are the transport's to retry."""
         target = self.write_index()
         batch = list(passages)
         dims = self.vector_dims(target)
         results: dict[str, WriteResult] = {}
-        valid = []
+        pending = []
         for p in batch:
             problem = _vector_problem(p, dims)
             if problem:
                 results[p.id] = WriteResult(id=p.id, source=p.source, ok=False, error=problem, status=400)
             else:
-                valid.append(p)
-        sources = {p.id: p.source for p in valid}
+                pending.append(p)
+        for attempt in range(self.bulk.retries + 1):
+            if attempt:
+                time.sleep(min(self.bulk.backoff * 2 ** (attempt - 1), MAX_BACKOFF))
+            for p, outcome in zip(pending, self._bulk_create(pending, target, dims, resent=attempt > 0), strict=True):
+                results[p.id] = outcome
+            pending = [p for p in pending if _transient(results[p.id])]
+            if not pending:
+                break
+        for p in batch:
+            yield results[p.id]
+
+    def _bulk_create(self, passages: list[Passage], target: str, dims: int | None, resent: bool) -> list[WriteResult]:
+        """One pass of ``streaming_bulk`` over ``passages``, its results in their order."""
+        sources = {p.id: p.source for p in passages}
         actions = (
-            {"_op_type": "create", "_index": target, "_id": p.id, "_source": self.to_source(p, dims)} for p in valid
+            {"_op_type": "create", "_index": target, "_id": p.id, "_source": self.to_source(p, dims)} for p in passages
         )
+        out: dict[str, WriteResult] = {}
         for ok, item in helpers.streaming_bulk(
             self.client,
             actions,
@@ -321,9 +375,7 @@ class ElasticsearchBackend:
             max_chunk_bytes=self.bulk.bytes,
             raise_on_error=False,
             raise_on_exception=False,
-            max_retries=5,
-            initial_backoff=1,
-            max_backoff=30,
+            max_retries=0,
             yield_ok=True,
         ):
             result = item["create"]
@@ -332,12 +384,12 @@ class ElasticsearchBackend:
             if ok:
                 outcome = WriteResult(id=pid, source=sources[pid], ok=True, created=True, status=status)
             elif status == 409:
-                outcome = WriteResult(id=pid, source=sources[pid], ok=True, created=False, status=status)
+                # Sent again after a passing failure, a conflict means the earlier try stored it after all.
+                outcome = WriteResult(id=pid, source=sources[pid], ok=True, created=resent, status=status)
             else:
                 outcome = WriteResult(id=pid, source=sources[pid], ok=False, error=_reason(result), status=status)
-            results[pid] = outcome
-        for p in batch:
-            yield results[p.id]
+            out[pid] = outcome
+        return [out[p.id] for p in passages]
 
     # -- reading ---------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -469,6 +521,10 @@ def _vector_problem(p: Passage, dims: int | None) -> str | None:
     if len(p.vector) != dims:
         return f"passage {p.id} has a {len(p.vector)}-dimensional vector but the index expects {dims}"
     return None
+
+
+def _transient(result: WriteResult) -> bool:
+    return not result.ok and (result.status == 429 or result.status >= 500)
 
 
 def request_needs_vectors(requests: Sequence[SearchRequest]) -> bool:
