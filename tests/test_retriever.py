@@ -17,6 +17,7 @@ from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit, read_cache
+from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
 from ralm_es.store.base import Filter, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend
@@ -197,5 +198,12 @@ def test_evaluate_cli_reports_ir_metrics(es_url: str, sample_index: str, tiny_mo
     assert set(metrics) == {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}
     assert metrics["queries"] == 2 and metrics["mrr@10"] == pytest.approx(1.0)
     sweep = run_cli(*args, "--sweep", "--model", str(tiny_model_dir), env=env)
-    rows = json.loads(sweep.stdout)
-    assert len(rows) == 18 and {r["settings"]["fusion"] for r in rows} == {"rrf", "linear"}
+    tuned = json.loads(sweep.stdout)
+    rows = tuned["rows"]
+    assert len(rows) == len(sweep_settings(RetrievalSettings())) and {r["settings"]["fusion"] for r in rows} == {
+        "rrf",
+        "linear",
+    }
+    # Two judged queries: one chooses, the other measures the choice.
+    assert tuned["tuned_on"]["tune_queries"] == 1 and tuned["dev"]["queries"] == 1
+    assert tuned["settings"] == rows[0]["settings"]

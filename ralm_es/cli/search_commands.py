@@ -78,24 +78,32 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
 
 
 query_options = retrieval_options("--model")
+# The options that `evaluate --sweep --save` can record with an index (RetrievalSettings fields of that name).
+RECORDED_SETTINGS = ("fusion", "rrf_k", "dense_weight", "norm", "title_boost", "num_candidates", "depth")
 
 
 def build_retriever(ctx: CliContext, options: dict[str, Any], exclude: str = "none") -> Any:
+    from ralm_es.config import from_dict
     from ralm_es.embed import Encoder
     from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 
     backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"), options.pop("fields"))
     model = options.pop("model")
-    settings = RetrievalSettings(
-        mode=options.pop("mode"),
-        fusion=options.pop("fusion"),
-        rrf_k=options.pop("rrf_k"),
-        dense_weight=options.pop("dense_weight"),
-        norm=options.pop("norm"),
-        title_boost=options.pop("title_boost"),
-        num_candidates=options.pop("num_candidates"),
-        depth=options.pop("depth"),
-        exclude=exclude,  # type: ignore[arg-type]
+    values = {name: options.pop(name) for name in RECORDED_SETTINGS}
+    # Settings recorded with the index by `evaluate --sweep --save` stand in for every flag not given.
+    click_ctx = click.get_current_context()
+    recorded = backend.tuned_settings().get("settings", {})
+    taken = {
+        name: value
+        for name, value in recorded.items()
+        if name in values and click_ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT
+    }
+    if taken and options["mode"] == "hybrid":
+        click.echo(f"ralm-es: notice: fusion settings tuned for this index: {json.dumps(taken)}", err=True)
+    settings = from_dict(
+        RetrievalSettings,
+        {"mode": options.pop("mode"), "exclude": exclude, **values, **taken},
+        where=f"retrieval settings of index {backend.index}",
     )
     encoder = None
     if settings.mode != "bm25":
@@ -254,7 +262,24 @@ def retrieve(
 @query_options
 @click.option("--queries", required=True, type=click.Path(exists=True), help="Queries (JSONL/BEIR: _id, text).")
 @click.option("--qrels", required=True, type=click.Path(exists=True), help="BEIR qrels TSV.")
-@click.option("--sweep", is_flag=True, help="Compare hybrid fusion settings (tune on a training split only).")
+@click.option(
+    "--sweep",
+    is_flag=True,
+    help="Choose hybrid fusion settings on a seeded tuning part of the queries and measure them on the rest (dev).",
+)
+@click.option(
+    "--dev-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="With --sweep: the share of the judged queries kept out of the choice, to measure it on.",
+)
+@click.option("--seed", default=13, show_default=True, help="With --sweep: the seed of the tuning/dev split.")
+@click.option(
+    "--save",
+    is_flag=True,
+    help="With --sweep: record the chosen settings with the index; search, retrieve and evaluate then use them.",
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}.')
 @click.option(
     "--strict",
@@ -263,7 +288,16 @@ def retrieve(
 )
 @pass_context
 def evaluate(
-    ctx: CliContext, queries: str, qrels: str, sweep: bool, as_json: bool, strict: bool, **options: Any
+    ctx: CliContext,
+    queries: str,
+    qrels: str,
+    sweep: bool,
+    dev_fraction: float,
+    seed: int,
+    save: bool,
+    as_json: bool,
+    strict: bool,
+    **options: Any,
 ) -> None:
     """nDCG@10, recall@100, MRR@10 and MAP of a retrieval mode over the given queries that have a relevant
     judgement (ranx). A mismatch between the queries and the qrels is a warning (with --strict, an error)."""
@@ -272,6 +306,8 @@ def evaluate(
     from ralm_es.retrieve import evaluate as ev
     from ralm_es.retrieve.metrics import load_qrels
 
+    if save and not sweep:
+        raise click.UsageError("--save records the choice of --sweep; give both")
     if sweep:
         options["mode"] = "hybrid"
     mode = options["mode"]
@@ -290,15 +326,25 @@ def evaluate(
         click.echo(f"ralm-es: warning: {match.describe(queries, qrels)}", err=True)
     retriever = build_retriever(ctx, options)
     if sweep:
-        rows = ev.sweep(retriever, texts, judgements)
+        tuned = ev.tune_fusion(retriever, texts, judgements, dev_fraction=dev_fraction, seed=seed)
+        if save:
+            retriever.backend.record_tuned_settings(tuned.record())
         if as_json:
-            click.echo(json.dumps(rows, indent=2))
-            return
-        click.echo(f"{len(rows)} hybrid fusion settings over {rows[0]['queries']} queries")
-        for row in rows:
+            click.echo(json.dumps({**tuned.record(), "dev": tuned.dev, "dev_base": tuned.dev_base, "rows": tuned.rows}))
+        else:
             click.echo(
-                f"ndcg@10 {row['ndcg@10']:.4f}  recall@100 {row['recall@100']:.4f}  {json.dumps(row['settings'])}"
+                f"{len(tuned.rows)} hybrid fusion settings over {tuned.tune_queries} tuning queries (seed {seed})"
             )
+            for row in tuned.rows:
+                click.echo(
+                    f"ndcg@10 {row['ndcg@10']:.4f}  recall@100 {row['recall@100']:.4f}  {json.dumps(row['settings'])}"
+                )
+            click.echo(
+                f"chosen {json.dumps(tuned.chosen.fusion_header())}: dev nDCG@10 {tuned.dev['ndcg@10']:.4f} over "
+                f"{tuned.dev['queries']} held-out queries (the starting settings: {tuned.dev_base['ndcg@10']:.4f})"
+            )
+        if save:
+            click.echo(f"recorded with index {retriever.backend.index}: search and retrieve now use it", err=True)
         return
     metrics = ev.evaluate_index(retriever, texts, judgements, mode)
     if as_json:

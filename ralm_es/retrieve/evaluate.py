@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
@@ -94,3 +95,69 @@ def sweep(
         metrics = evaluate_index(variant, queries, qrels, "hybrid")
         rows.append({"settings": settings.fusion_header(), **metrics})
     return sorted(rows, key=lambda r: -r["ndcg@10"])
+
+
+def split_queries(queries: Mapping[str, str], dev_fraction: float, seed: int) -> tuple[dict[str, str], dict[str, str]]:
+    """A seeded ``(tune, dev)`` split of ``queries``: the same seed and queries give the same split."""
+    if not 0 < dev_fraction < 1:
+        raise ValueError(f"the dev fraction must be between 0 and 1, got {dev_fraction}")
+    ids = sorted(queries)
+    random.Random(seed).shuffle(ids)
+    n_dev = min(len(ids) - 1, max(1, round(len(ids) * dev_fraction)))
+    if n_dev < 1:
+        raise QrelsError(f"{len(ids)} judged queries cannot be split into a tuning and a dev part")
+    dev = set(ids[:n_dev])
+    return {q: t for q, t in queries.items() if q not in dev}, {q: t for q, t in queries.items() if q in dev}
+
+
+@dataclass(frozen=True)
+class TunedFusion:
+    """The fusion setting with the best nDCG@10 on the tuning queries, and both it and the starting settings
+    measured on dev queries that the choice never saw."""
+
+    chosen: RetrievalSettings
+    rows: list[dict[str, Any]]
+    tune_queries: int
+    dev: dict[str, Any]
+    dev_base: dict[str, Any]
+    seed: int
+    dev_fraction: float
+
+    def record(self) -> dict[str, Any]:
+        """What is saved with the index: the settings, and how they were chosen."""
+        return {
+            "settings": self.chosen.fusion_header(),
+            "tuned_on": {
+                "tune_queries": self.tune_queries,
+                "dev_queries": self.dev["queries"],
+                "seed": self.seed,
+                "dev_fraction": self.dev_fraction,
+                "dev_ndcg@10": self.dev["ndcg@10"],
+                "dev_ndcg@10_before": self.dev_base["ndcg@10"],
+            },
+        }
+
+
+def tune_fusion(
+    retriever: Retriever,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    dev_fraction: float = 0.2,
+    seed: int = 13,
+) -> TunedFusion:
+    """Sweep the fusion grid on a seeded tuning part of the judged queries; measure the pick on the rest."""
+    tune, dev = split_queries(match_queries(queries, qrels).scored, dev_fraction, seed)
+    rows = sweep(retriever, tune, qrels)
+    by_header = {str(s.fusion_header()): s for s in sweep_settings(retriever.settings)}
+    chosen = by_header[str(rows[0]["settings"])]
+    return TunedFusion(
+        chosen=chosen,
+        rows=rows,
+        tune_queries=len(tune),
+        dev=evaluate_index(retriever.with_settings(chosen), dev, qrels, "hybrid"),
+        dev_base=evaluate_index(
+            retriever.with_settings(dataclasses.replace(retriever.settings, mode="hybrid")), dev, qrels, "hybrid"
+        ),
+        seed=seed,
+        dev_fraction=dev_fraction,
+    )

@@ -284,6 +284,15 @@ class ElasticsearchBackend:
             self.client.indices.delete(index=",".join(old))
         return old
 
+    def tuned_settings(self) -> dict[str, Any]:
+        return dict((self.mapping().get("_meta") or {}).get("retrieval") or {})
+
+    def record_tuned_settings(self, settings: dict[str, Any]) -> None:
+        target = self.write_index()
+        # _meta is replaced whole by a mapping update: keep what the index recorded at creation.
+        meta = {**(self.mapping(target).get("_meta") or {}), "retrieval": settings}
+        self.client.indices.put_mapping(index=target, meta=meta)
+
     def refresh_interval(self) -> Refresh:
         target = self.write_index()
         settings = self.client.indices.get_settings(index=target, name="index.refresh_interval").body

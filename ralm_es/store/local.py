@@ -176,8 +176,13 @@ class LocalBackend:
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (PASSAGES, VECTORS):
             (self.path / name).touch()
+        self._write_meta({"format": FORMAT, "version": VERSION, "spec": asdict(spec)})
+        self._spec = spec
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        """Replace ``meta.json`` atomically and durably."""
         tmp = self.path / f"{META}.tmp"
-        tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "spec": asdict(spec)}, indent=2))
+        tmp.write_text(json.dumps(meta, indent=2))
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path / META)
@@ -186,7 +191,25 @@ class LocalBackend:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self._spec = spec
+
+    def _read_meta(self) -> dict[str, Any]:
+        meta_path = self.path / META
+        if not meta_path.exists():
+            raise StoreError(f"no local index at {self.path} (no {META}); ingest into it first")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise StoreError(f"{meta_path}: not a ralm-es local index ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise StoreError(f"{meta_path}: not a ralm-es local index (format is not {FORMAT!r})")
+        return meta
+
+    def tuned_settings(self) -> dict[str, Any]:
+        return dict(self._read_meta().get("retrieval") or {})
+
+    def record_tuned_settings(self, settings: dict[str, Any]) -> None:
+        with self._lock:
+            self._write_meta({**self._read_meta(), "retrieval": settings})
 
     def staging(self, spec: IndexSpec, resume: str | None = None) -> LocalBackend:
         raise StoreError("--reindex needs the Elasticsearch backend; ingest into a new local index folder instead")
@@ -203,19 +226,14 @@ class LocalBackend:
 
     def spec(self) -> IndexSpec:
         if self._spec is None:
-            meta_path = self.path / META
-            if not meta_path.exists():
-                raise StoreError(f"no local index at {self.path} (no {META}); ingest into it first")
+            meta = self._read_meta()
             try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                if meta.get("format") != FORMAT:
-                    raise ValueError(f"format is {meta.get('format')!r}")
                 fields = dict(meta["spec"])
                 if fields.get("chunking") is not None:
                     fields["chunking"] = Chunking(**fields["chunking"])
                 self._spec = IndexSpec(**fields)
             except (ValueError, KeyError, TypeError) as exc:
-                raise StoreError(f"{meta_path}: not a ralm-es local index ({exc})") from None
+                raise StoreError(f"{self.path / META}: not a ralm-es local index ({exc})") from None
         return self._spec
 
     # -- loading and recovery --------------------------------------------------------------------------

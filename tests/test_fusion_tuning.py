@@ -1,0 +1,77 @@
+"""``evaluate --sweep`` chooses fusion on a seeded tuning part of the queries, measures it on the held-out rest, and
+``--save`` records the choice with the index, where search and retrieve pick it up unless a flag says otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.retrieve.evaluate import split_queries
+from ralm_es.store.local import LocalBackend
+
+RALM = [sys.executable, "-m", "ralm_es.cli.main"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RALM, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    queries = {f"q{i}": f"text {i}" for i in range(50)}
+    tune, dev = split_queries(queries, 0.2, seed=13)
+    assert len(dev) == 10 and len(tune) == 40 and not set(tune) & set(dev) and {**tune, **dev} == queries
+    assert split_queries(queries, 0.2, seed=13) == (tune, dev)
+    assert split_queries(queries, 0.2, seed=14)[1] != dev
+
+
+@pytest.fixture(scope="module")
+def local_index(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    folder = tmp_path_factory.mktemp("tuning")
+    index = folder / "index"
+    proc = run_cli(
+        "ingest", str(sample_path("sample_corpus.jsonl")), "--backend", "local", "--index", str(index),
+        "--model", str(tiny_model_dir), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    corpus = [json.loads(line) for line in sample_path("sample_corpus.jsonl").read_text().splitlines()[:10]]
+    queries = folder / "queries.jsonl"
+    queries.write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": d["title"] or d["text"][:60]}) + "\n" for i, d in enumerate(corpus))
+    )
+    qrels = folder / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{d['_id']}\t1\n" for i, d in enumerate(corpus)))
+    return index, queries, qrels
+
+
+def test_sweep_save_records_the_choice_and_search_uses_it(local_index: tuple[Path, Path, Path]) -> None:
+    index, queries, qrels = local_index
+    common = ["--backend", "local", "--index", str(index)]
+    proc = run_cli("evaluate", *common, "--queries", str(queries), "--qrels", str(qrels), "--sweep", "--save", "--json")
+    assert proc.returncode == 0, proc.stderr
+    tuned = json.loads(proc.stdout)
+    assert tuned["tuned_on"]["tune_queries"] == 8 and tuned["dev"]["queries"] == 2
+    assert tuned["rows"][0]["settings"] == tuned["settings"]
+    assert LocalBackend(index).tuned_settings()["settings"] == tuned["settings"]
+
+    search = run_cli("search", "capital city", *common, "--json")
+    assert search.returncode == 0, search.stderr
+    assert f"fusion settings tuned for this index: {json.dumps(tuned['settings'])}" in search.stderr
+    # A flag given on the command line wins over the recorded value of that setting.
+    override = run_cli("search", "capital city", *common, "--dense-weight", "0.9", "--json")
+    assert override.returncode == 0, override.stderr
+    assert '"dense_weight"' not in override.stderr.split("tuned for this index:")[-1]
+
+
+def test_save_without_sweep_is_refused(local_index: tuple[Path, Path, Path]) -> None:
+    index, queries, qrels = local_index
+    proc = run_cli(
+        "evaluate", "--backend", "local", "--index", str(index), "--queries", str(queries), "--qrels", str(qrels),
+        "--save",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--save records the choice of --sweep" in proc.stderr
