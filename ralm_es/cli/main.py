@@ -9,6 +9,7 @@ import click
 from elasticsearch import ApiError, TransportError
 
 from ralm_es.cli.context import CliContext
+from ralm_es.cli.doc_context_commands import doc_context
 from ralm_es.cli.es_commands import es
 from ralm_es.cli.ingest_commands import ingest
 from ralm_es.cli.search_commands import evaluate, retrieve, search
@@ -53,6 +54,7 @@ for command in (search, retrieve, evaluate):
 for command in (train, predict, evaluate_model):
     cli.add_command(command)
 cli.add_command(serve)
+cli.add_command(doc_context)
 
 
 def main() -> None:

@@ -1,0 +1,69 @@
+"""Document context as a retrieval source: for each sentence of a CoNLL file, the other sentences of its own
+document, nearest first. They are unlabeled text that is there at prediction time too (a news story arrives
+whole); a sentence never gets itself, and labels are never read (the reader drops them).
+
+The result is an ordinary retrieval cache, so training and prediction read it as they read cross-document
+retrieval; ``merge`` puts context first and fills the rest of the k slots from a cross-document cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from ralm_es.corpus.readers import read_corpus
+from ralm_es.corpus.types import ReadError, Record
+from ralm_es.retrieve.cache import CacheEntry, CacheHeader, CacheHit
+
+SOURCE = "document-context"
+
+
+def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadError]:
+    """One entry per readable sentence: up to ``k`` other sentences of its document, ordered by distance (the one
+    before, then the one after, then two before ...), each scored ``1 / distance``."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    documents: dict[object, list[Record]] = {}
+    order: list[Record | ReadError] = []
+    for item in read_corpus(path, format="conll"):
+        order.append(item)
+        if isinstance(item, Record):
+            documents.setdefault(item.metadata["doc_id"], []).append(item)
+    for item in order:
+        if isinstance(item, ReadError):
+            yield item
+            continue
+        sentences = documents[item.metadata["doc_id"]]
+        here = sentences.index(item)
+        others = sorted(
+            (s for i, s in enumerate(sentences) if i != here),
+            key=lambda s: (abs(s.metadata["sentence"] - item.metadata["sentence"]), s.metadata["sentence"]),
+        )[:k]
+        hits = [
+            CacheHit(
+                id=s.id,
+                doc_id=s.id,
+                rank=rank,
+                score=1.0 / abs(s.metadata["sentence"] - item.metadata["sentence"]),
+                scores={"context": float(abs(s.metadata["sentence"] - item.metadata["sentence"]))},
+                text=s.text,
+            )
+            for rank, s in enumerate(others, 1)
+        ]
+        yield CacheEntry(item.id, item.text, hits)
+
+
+def context_header(k: int, merged: CacheHeader | None) -> CacheHeader:
+    """The header of a context cache, or of context merged with the cross-document cache ``merged``."""
+    if merged is None:
+        return CacheHeader(index=SOURCE, mode=SOURCE, k=k, backend="none")
+    return replace(merged, mode=f"{SOURCE}+{merged.mode}", k=k)
+
+
+def merge(context: CacheEntry, retrieved: CacheEntry | None, k: int) -> list[CacheHit]:
+    """Context hits first, then the retrieved ones not already there (by id), ``k`` in all, ranked anew."""
+    hits = list(context.hits)
+    seen = {h.id for h in hits}
+    hits += [h for h in (retrieved.hits if retrieved else []) if h.id not in seen]
+    return [replace(h, rank=rank) for rank, h in enumerate(hits[:k], 1)]

@@ -1,0 +1,102 @@
+"""Document context as a retrieval source: the other sentences of a sentence's own document, nearest first, never
+itself and never a label; an ordinary retrieval cache that training reads, alone or merged with retrieval."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
+from ralm_es.train.config import load_config
+from ralm_es.train.loop import train
+from tests.test_train import ner_config, write_conll
+
+RALM = [sys.executable, "-m", "ralm_es.cli.main"]
+DOC = """-DOCSTART- -X- -X- O
+
+Alpha NNP B-NP B-PER
+one CD I-NP O
+
+Bravo NNP B-NP B-ORG
+two CD I-NP O
+
+Charlie NNP B-NP B-LOC
+three CD I-NP O
+
+Delta NNP B-NP B-MISC
+four CD I-NP O
+
+-DOCSTART- -X- -X- O
+
+Echo NNP B-NP B-PER
+five CD I-NP O
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RALM, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+
+
+def test_context_is_the_nearest_sentences_of_the_same_document(tmp_path: Path) -> None:
+    data = tmp_path / "train.txt"
+    data.write_text(DOC)
+    out = tmp_path / "context.jsonl"
+    proc = run_cli("doc-context", str(data), "-k", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    header, entries = read_cache(out)
+    assert header.mode == "document-context" and header.k == 2
+    third = entries["train-d0-s2"]
+    # Distance 1 on both sides first (the earlier one first), never the sentence itself.
+    assert [h.id for h in third.hits] == ["train-d0-s1", "train-d0-s3"]
+    assert [h.text for h in third.hits] == ["Bravo two", "Delta four"]
+    assert [h.id for h in entries["train-d0-s0"].hits] == ["train-d0-s1", "train-d0-s2"]
+    # A document of one sentence has no context, and no other document's sentence stands in.
+    assert entries["train-d1-s0"].hits == []
+    texts = " ".join(h.text for e in entries.values() for h in e.hits)
+    assert not any(tag in texts for tag in ("B-PER", "B-ORG", "NNP", "I-NP"))
+
+
+def test_merge_puts_context_first_then_fills_from_retrieval(tmp_path: Path) -> None:
+    data = tmp_path / "train.txt"
+    data.write_text(DOC)
+    retrieved = tmp_path / "retrieved.jsonl"
+    with CacheWriter(retrieved, CacheHeader(index="corpus", mode="hybrid", k=2)) as writer:
+        for sentence in ("d0-s0", "d0-s1", "d0-s2", "d0-s3", "d1-s0"):
+            hits = [CacheHit(id=f"x-{sentence}-{i}", doc_id="x", rank=i, score=1.0, text=f"other {i}") for i in (1, 2)]
+            writer.write(f"train-{sentence}", "q", hits)
+    out = tmp_path / "merged.jsonl"
+    proc = run_cli("doc-context", str(data), "-k", "3", "--with", str(retrieved), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    header, entries = read_cache(out)
+    assert header.mode == "document-context+hybrid" and header.index == "corpus"
+    assert [h.id for h in entries["train-d0-s0"].hits] == ["train-d0-s1", "train-d0-s2", "train-d0-s3"]
+    assert [(h.id, h.rank) for h in entries["train-d1-s0"].hits] == [("x-d1-s0-1", 1), ("x-d1-s0-2", 2)]
+
+
+def test_a_retrieval_cache_without_the_input_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "train.txt"
+    data.write_text(DOC)
+    retrieved = tmp_path / "retrieved.jsonl"
+    with CacheWriter(retrieved, CacheHeader(index="corpus", mode="hybrid", k=2)) as writer:
+        writer.write("train-d0-s0", "q", [])
+    proc = run_cli("doc-context", str(data), "--with", str(retrieved), "--out", str(tmp_path / "m.jsonl"))
+    assert proc.returncode == 1 and "no retrieval for train-d0-s1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_attention_trains_on_document_context(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = {
+        "train": write_conll(tmp_path / "train.txt", 40, seed=3),
+        "dev": write_conll(tmp_path / "dev.txt", 20, seed=4),
+    }
+    for split in ("train", "dev"):
+        cache = tmp_path / f"{split}.context.jsonl"
+        assert run_cli("doc-context", str(data[split]), "-k", "3", "--out", str(cache)).returncode == 0
+        data[f"{split}_cache"] = cache
+    result = train(load_config(ner_config(tmp_path, data, tiny_model_dir)))
+    seen = [
+        r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
+    assert result.finished and sum(seen[-3:]) / 3 < sum(seen[:3]) / 3
