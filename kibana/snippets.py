@@ -1,6 +1,6 @@
 """Regenerate the Dev Tools snippets of docs/kibana.md from the code that builds ralm-es's searches.
 
-The bodies come from ``Retriever.requests`` and ``ElasticsearchBackend.body``, exactly as ``ralm-es search
+The bodies come from ``Retriever.requests`` and the pure ``search_body``, exactly as ``ralm-es search
 --explain-dsl`` prints them; the query vector is the packaged all-MiniLM-L6-v2's, rounded to 4 decimals.
 Run ``python kibana/snippets.py`` after changing the query DSL; tests/test_kibana.py fails until you do.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ralm_es.embed import Encoder
-from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.retrieve.retriever import RetrievalSettings, search_requests
 from ralm_es.store.base import Filter
-from ralm_es.store.elastic import ElasticsearchBackend
+from ralm_es.store.elastic import FieldMap, search_body
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "kibana.md"
 START, END = "<!-- snippets:start -->", "<!-- snippets:end -->"
@@ -35,14 +35,13 @@ def dev_tools(body: dict[str, Any]) -> str:
 
 def bodies(encoder: Encoder) -> dict[str, list[dict[str, Any]]]:
     """The request bodies of each search, keyed by the doc section they appear in."""
-    backend = ElasticsearchBackend(None, INDEX)  # type: ignore[arg-type]
-    retriever = Retriever(backend, encoder, RetrievalSettings())
+    settings = RetrievalSettings()
     vector = [round(float(x), 4) for x in encoder.encode([QUERY])[0]]
-    k = retriever.settings.k
+    k, fields = settings.k, FieldMap()
     return {
-        "bm25": [backend.body(r) for r in retriever.requests(QUERY, None, "bm25", k, [], [])],
-        "knn": [backend.body(r) for r in retriever.requests(QUERY, vector, "dense", k, [], [])],
-        "hybrid": [backend.body(r) for r in retriever.requests(QUERY, vector, "hybrid", k, FILTERS, [])],
+        "bm25": [search_body(r, fields) for r in search_requests(settings, QUERY, None, "bm25", k, [], [])],
+        "knn": [search_body(r, fields) for r in search_requests(settings, QUERY, vector, "dense", k, [], [])],
+        "hybrid": [search_body(r, fields) for r in search_requests(settings, QUERY, vector, "hybrid", k, FILTERS, [])],
     }
 
 

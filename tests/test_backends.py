@@ -144,3 +144,13 @@ def test_dense_search_on_bm25_only_index(backend: Backend) -> None:
     assert ids(backend.search(SearchRequest(mode="bm25", text="Paris", k=1))) == ["p4"]
     with pytest.raises(StoreError, match="no vector"):
         backend.search(SearchRequest(mode="dense", vector=unit(1, 0, 0, 0), k=1))
+
+
+def test_explain_dsl_is_elasticsearch_only(backend: Backend) -> None:
+    request = SearchRequest(mode="bm25", text="insulin", k=3)
+    if isinstance(backend, LocalBackend):
+        with pytest.raises(StoreError, match="sends no Elasticsearch requests"):
+            backend.request_body(request)
+    else:
+        assert backend.request_body(request)["query"]["bool"]["must"][0]["multi_match"]["query"] == "insulin"
+    assert "fuse" in backend.fusion_notice()

@@ -18,9 +18,9 @@ from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit, read_cache
 from ralm_es.retrieve.evaluate import sweep_settings
-from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
+from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever, search_requests
 from ralm_es.store.base import Filter, StoreError
-from ralm_es.store.elastic import ElasticsearchBackend
+from ralm_es.store.elastic import ElasticsearchBackend, FieldMap, search_body
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 
@@ -125,9 +125,8 @@ def test_query_text_never_becomes_dsl(es_client: Elasticsearch, sample_index: st
     hostile = '"}}, "query": {"match_all": {}}, "size": 1000, "x": {"'
     hits = make(es_client, sample_index, tiny_encoder).search(hostile, k=50, mode="bm25")
     assert len(hits) < 50  # a match_all would return every passage
-    body = ElasticsearchBackend(es_client, sample_index).body(
-        make(es_client, sample_index, None).requests(hostile, None, "bm25", 5, [], [])[0]
-    )
+    (request,) = search_requests(RetrievalSettings(), hostile, None, "bm25", 5, [], [])
+    body = search_body(request, FieldMap())
     assert body["query"]["bool"]["must"][0]["multi_match"]["query"] == hostile
 
 

@@ -66,6 +66,26 @@ class RetrievedHit(CacheHit):
         return asdict(self)
 
 
+def search_requests(
+    s: RetrievalSettings,
+    query: str,
+    vector: Sequence[float] | None,
+    mode: Mode,
+    k: int,
+    filters: list[Filter],
+    exclude_ids: Sequence[str],
+) -> list[SearchRequest]:
+    """The store searches one query becomes under settings ``s``: one per mode, both for hybrid (``depth`` each)."""
+    depth = max(k, s.depth) if mode == "hybrid" else k
+    common = {"k": depth, "filters": filters, "exclude_ids": list(exclude_ids)}
+    out = []
+    if mode in ("bm25", "hybrid"):
+        out.append(SearchRequest(mode="bm25", text=query, title_boost=s.title_boost, **common))
+    if mode in ("dense", "hybrid"):
+        out.append(SearchRequest(mode="dense", vector=vector, num_candidates=max(s.num_candidates, depth), **common))
+    return out
+
+
 class Retriever:
     """Answers "the best k passages for each of these inputs" over any Backend."""
 
@@ -151,27 +171,6 @@ class Retriever:
         return out
 
     # -- requests ------------------------------------------------------------------------------------
-    def requests(
-        self,
-        query: str,
-        vector: Sequence[float] | None,
-        mode: Mode,
-        k: int,
-        filters: list[Filter],
-        exclude_ids: Sequence[str],
-    ) -> list[SearchRequest]:
-        s = self.settings
-        depth = max(k, s.depth) if mode == "hybrid" else k
-        common = {"k": depth, "filters": filters, "exclude_ids": list(exclude_ids)}
-        out = []
-        if mode in ("bm25", "hybrid"):
-            out.append(SearchRequest(mode="bm25", text=query, title_boost=s.title_boost, **common))
-        if mode in ("dense", "hybrid"):
-            out.append(
-                SearchRequest(mode="dense", vector=vector, num_candidates=max(s.num_candidates, depth), **common)
-            )
-        return out
-
     def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[RetrievedHit]:
         s = self.settings
         if mode == "hybrid":
@@ -250,13 +249,11 @@ class Retriever:
             vectors = self.encode(texts)
         if mode == "hybrid" and not self._fusion_noticed:
             self._fusion_noticed = True
-            fusion_notice = getattr(self.backend, "fusion_notice", None)
-            if fusion_notice is not None:
-                self.notice(fusion_notice())
+            self.notice(self.backend.fusion_notice())
         requests: list[SearchRequest] = []
         for i, text in enumerate(texts):
             vector = vectors[i].tolist() if vectors is not None else None
-            requests += self.requests(text, vector, mode, fetch, list(filters or []), excludes[i])
+            requests += search_requests(self.settings, text, vector, mode, fetch, list(filters or []), excludes[i])
         per_query = 2 if mode == "hybrid" else 1
         results = self.backend.search_many(requests)
         out = []
@@ -285,7 +282,7 @@ class Retriever:
         if mode != "bm25":
             self._check_dims()
             vector = self.encode([text])[0].tolist()
-        body = getattr(self.backend, "body", None)
-        if body is None:
-            raise RetrievalError(f"--explain-dsl needs the Elasticsearch backend, not '{self.backend.name}'")
-        return [body(r) for r in self.requests(text, vector, mode, k, list(filters or []), ())]
+        return [
+            self.backend.request_body(r)
+            for r in search_requests(self.settings, text, vector, mode, k, list(filters or []), ())
+        ]

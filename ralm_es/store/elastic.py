@@ -171,6 +171,38 @@ def filter_clause(f: Filter, fields: FieldMap) -> dict[str, Any]:
     return {"range": {path: bounds}}
 
 
+def search_body(request: SearchRequest, f: FieldMap) -> dict[str, Any]:
+    """The exact request body for one search (what ``--explain-dsl`` prints): a pure function of the request and
+    the index's field map ``f``, so Kibana snippets and tests need no cluster."""
+    filters = [filter_clause(flt, f) for flt in request.filters]
+    must_not = [{"terms": {f.id: list(request.exclude_ids)}}] if request.exclude_ids else []
+    source = {"excludes": [f.vector]}
+    if request.mode == "bm25":
+        match = {
+            "multi_match": {
+                "query": request.text,
+                "fields": [f"{f.title}^{request.title_boost:g}", f.text],
+                "type": "best_fields",
+            }
+        }
+        return {
+            "size": request.k,
+            "query": {"bool": {"must": [match], "filter": filters, "must_not": must_not}},
+            "_source": source,
+        }
+    if request.vector is None:
+        raise StoreError("dense search needs a query vector")
+    knn: dict[str, Any] = {
+        "field": f.vector,
+        "query_vector": [float(x) for x in request.vector],
+        "k": request.k,
+        "num_candidates": max(request.num_candidates, request.k),
+    }
+    if filters or must_not:
+        knn["filter"] = {"bool": {"filter": filters, "must_not": must_not}}
+    return {"size": request.k, "knn": knn, "_source": source}
+
+
 class ElasticsearchBackend:
     """Passages in an Elasticsearch index reached through ``alias`` (or a plain index of that name)."""
 
@@ -404,36 +436,8 @@ class ElasticsearchBackend:
     def count(self) -> int:
         return int(self.client.count(index=self.index)["count"])
 
-    def body(self, request: SearchRequest) -> dict[str, Any]:
-        """The exact request body for one search (what ``--explain-dsl`` prints)."""
-        f = self.fields
-        filters = [filter_clause(flt, f) for flt in request.filters]
-        must_not = [{"terms": {f.id: list(request.exclude_ids)}}] if request.exclude_ids else []
-        source = {"excludes": [f.vector]}
-        if request.mode == "bm25":
-            match = {
-                "multi_match": {
-                    "query": request.text,
-                    "fields": [f"{f.title}^{request.title_boost:g}", f.text],
-                    "type": "best_fields",
-                }
-            }
-            return {
-                "size": request.k,
-                "query": {"bool": {"must": [match], "filter": filters, "must_not": must_not}},
-                "_source": source,
-            }
-        if request.vector is None:
-            raise StoreError("dense search needs a query vector")
-        knn: dict[str, Any] = {
-            "field": f.vector,
-            "query_vector": [float(x) for x in request.vector],
-            "k": request.k,
-            "num_candidates": max(request.num_candidates, request.k),
-        }
-        if filters or must_not:
-            knn["filter"] = {"bool": {"filter": filters, "must_not": must_not}}
-        return {"size": request.k, "knn": knn, "_source": source}
+    def request_body(self, request: SearchRequest) -> dict[str, Any]:
+        return search_body(request, self.fields)
 
     def to_hit(self, raw: dict[str, Any]) -> Hit:
         f = self.fields
@@ -477,7 +481,7 @@ class ElasticsearchBackend:
             lines: list[dict[str, Any]] = []
             for i in pending:
                 lines.append({"index": self.index, "allow_partial_search_results": False})
-                lines.append(self.body(requests[i]))
+                lines.append(self.request_body(requests[i]))
             try:
                 resp = self.client.msearch(searches=lines)
             except NotFoundError:

@@ -204,6 +204,12 @@ class LocalBackend:
             raise StoreError(f"{meta_path}: not a ralm-es local index (format is not {FORMAT!r})")
         return meta
 
+    def fusion_notice(self) -> str:
+        return "the local backend fuses the BM25 and dense lists in ralm-es"
+
+    def request_body(self, request: SearchRequest) -> dict[str, Any]:
+        raise StoreError(f"local index {self.path} sends no Elasticsearch requests; --explain-dsl needs an index")
+
     def tuned_settings(self) -> dict[str, Any]:
         return dict(self._read_meta().get("retrieval") or {})
 
