@@ -15,17 +15,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, Literal
 
 from ralm_es.config import ConfigError
 from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
-from ralm_es.embed import Encoder, resolve_model_path, tokenizer_revision
 from ralm_es.es.distribution import cache_home
+from ralm_es.model_folder import load_tokenizer, resolve_model_path, tokenizer_revision
 from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSpec, Refresh, WriteResult
+
+if TYPE_CHECKING:
+    from ralm_es.embed import Encoder
 
 
 @dataclass
@@ -208,16 +209,13 @@ class Ingest:
         self.backend = backend
         self.s = settings
         if settings.embed and encoder is None:
+            from ralm_es.embed import Encoder  # torch is imported only by an ingest that embeds
+
             encoder = Encoder(settings.model, device=settings.device, max_length=settings.max_tokens)
         self.encoder = encoder if settings.embed else None
-        self.tokenizer: PreTrainedTokenizerBase = (
-            encoder.tokenizer
-            if encoder is not None
-            else AutoTokenizer.from_pretrained(resolve_model_path(settings.model), local_files_only=True)
-        )
-        self.chunker = Chunker(self.tokenizer, settings.max_tokens, settings.overlap)
-        model_folder = encoder.path if encoder is not None else resolve_model_path(settings.model)
-        self.chunking = Chunking(settings.max_tokens, settings.overlap, tokenizer_revision(model_folder))
+        folder = encoder.path if encoder is not None else resolve_model_path(settings.model)
+        self.chunker = Chunker(load_tokenizer(folder), settings.max_tokens, settings.overlap)
+        self.chunking = Chunking(settings.max_tokens, settings.overlap, tokenizer_revision(folder))
         self.on_error = on_error or (lambda source, reason: None)
         self.on_progress = on_progress or (lambda records, passages: None)
         self.checkpoint_dir = checkpoint_dir

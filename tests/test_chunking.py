@@ -6,11 +6,11 @@ import random
 from itertools import pairwise
 
 import pytest
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from tokenizers import Tokenizer
 
 from ralm_es.corpus.chunking import Chunker, ChunkingError, chunk_record
 from ralm_es.corpus.types import Record
-from ralm_es.embed import default_model_path
+from ralm_es.model_folder import default_model_path, load_tokenizer
 
 MAX_TOKENS = 48
 OVERLAP = 8
@@ -18,8 +18,8 @@ WORDS = ("protein", "cell", "insulin", "glucose", "receptor", "kinase", "membran
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+def tokenizer() -> Tokenizer:
+    return load_tokenizer(default_model_path())
 
 
 def prose(seed: int, sentences: int) -> str:
@@ -33,11 +33,11 @@ def record(text: str, rid: str = "doc1") -> Record:
     return Record(id=rid, text=text, source="corpus.jsonl:3", title="A title", metadata={"year": 2020})
 
 
-def token_count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+def token_count(tokenizer: Tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=True).ids)
 
 
-def test_long_record_is_cut_within_budget_with_overlap(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_long_record_is_cut_within_budget_with_overlap(tokenizer: Tokenizer) -> None:
     text = prose(1, 40)
     passages = Chunker(tokenizer, MAX_TOKENS, OVERLAP).chunk(record(text))
     assert len(passages) > 3
@@ -52,7 +52,7 @@ def test_long_record_is_cut_within_budget_with_overlap(tokenizer: PreTrainedToke
     assert all(p.text.endswith(".") for p in passages)
 
 
-def test_passage_fields_and_ids(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_passage_fields_and_ids(tokenizer: Tokenizer) -> None:
     rec = record(prose(2, 30))
     passages = chunk_record(rec, tokenizer, MAX_TOKENS, OVERLAP)
     assert [p.id for p in passages] == [f"doc1#{i}" for i in range(len(passages))]
@@ -65,20 +65,20 @@ def test_passage_fields_and_ids(tokenizer: PreTrainedTokenizerBase) -> None:
     assert chunk_record(rec, tokenizer, MAX_TOKENS, OVERLAP) == passages
 
 
-def test_short_record_is_one_passage(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_short_record_is_one_passage(tokenizer: Tokenizer) -> None:
     text = "  Insulin lowers blood glucose.  "
     (passage,) = chunk_record(record(text), tokenizer, MAX_TOKENS, OVERLAP)
     assert (passage.id, passage.chunk, passage.text, passage.start, passage.end) == ("doc1#0", 0, text, 0, len(text))
 
 
-def test_budget_counts_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_budget_counts_special_tokens(tokenizer: Tokenizer) -> None:
     words = ["word"] * (MAX_TOKENS - 1)
-    exact = " ".join(words[: MAX_TOKENS - tokenizer.num_special_tokens_to_add()])
+    exact = " ".join(words[: MAX_TOKENS - tokenizer.post_processor.num_special_tokens_to_add(False)])
     assert len(chunk_record(record(exact), tokenizer, MAX_TOKENS, OVERLAP)) == 1
     assert len(chunk_record(record(exact + " word"), tokenizer, MAX_TOKENS, OVERLAP)) == 2
 
 
-def test_batched_chunking_matches_one_by_one(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_batched_chunking_matches_one_by_one(tokenizer: Tokenizer) -> None:
     records = [record(prose(seed, seed % 7 + 1), f"d{seed}") for seed in range(25)]
     chunker = Chunker(tokenizer, MAX_TOKENS, OVERLAP)
     batched = list(chunker.chunk_many(records, batch_size=4))
@@ -86,11 +86,11 @@ def test_batched_chunking_matches_one_by_one(tokenizer: PreTrainedTokenizerBase)
     assert len({p.id for p in batched}) == len(batched)
 
 
-def test_words_longer_than_half_a_window_are_cut_and_chunking_ends(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_words_longer_than_half_a_window_are_cut_and_chunking_ends(tokenizer: Tokenizer) -> None:
     rng = random.Random(3)
     text = " ".join("".join(rng.choice("bcdfgkpqxz") for _ in range(99)) for _ in range(10))
-    total = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-    budget = MAX_TOKENS - tokenizer.num_special_tokens_to_add()
+    total = len(tokenizer.encode(text, add_special_tokens=False).ids)
+    budget = MAX_TOKENS - tokenizer.post_processor.num_special_tokens_to_add(False)
     passages = chunk_record(record(text), tokenizer, MAX_TOKENS, OVERLAP)
     assert total > 10 * budget // 2, "each word is over half a window"
     assert all(text[p.start : p.end] == p.text for p in passages)
@@ -100,6 +100,6 @@ def test_words_longer_than_half_a_window_are_cut_and_chunking_ends(tokenizer: Pr
 
 
 @pytest.mark.parametrize(("max_tokens", "overlap"), [(2, 0), (48, 40), (48, -1)])
-def test_impossible_settings_are_errors(tokenizer: PreTrainedTokenizerBase, max_tokens: int, overlap: int) -> None:
+def test_impossible_settings_are_errors(tokenizer: Tokenizer, max_tokens: int, overlap: int) -> None:
     with pytest.raises(ChunkingError):
         Chunker(tokenizer, max_tokens, overlap)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from ralm_es.embed import Encoder, ModelError
+from ralm_es.embed import Encoder
+from ralm_es.model_folder import ModelError
 
 TEXTS = ["statins lower cholesterol", "a much longer sentence about protein folding in the cells of the liver"]
 

@@ -100,8 +100,9 @@ def test_ingest_survives_a_lost_node_and_a_full_restart(
     assert summary.resumed_from > 0 and summary.failed == 0
     from ralm_es.corpus.chunking import Chunker
     from ralm_es.corpus.readers import read_corpus
+    from ralm_es.model_folder import load_tokenizer
 
-    expected = sum(1 for _ in Chunker(encoder.tokenizer, 256, 32).chunk_many(list(read_corpus(corpus))))
+    expected = sum(1 for _ in Chunker(load_tokenizer(encoder.path), 256, 32).chunk_many(list(read_corpus(corpus))))
     assert backend.count() == expected
     ids = client.search(index="faults-ingest", size=0, aggs={"ids": {"cardinality": {"field": "id"}}})
     assert ids["aggregations"]["ids"]["value"] == expected

@@ -42,9 +42,10 @@ def expected_passages(path: Path, encoder: Encoder, max_tokens: int = 256, overl
     """Passages the chunker makes for ``path``, counted independently of the ingest pipeline."""
     from ralm_es.corpus.chunking import Chunker
     from ralm_es.corpus.readers import read_corpus
+    from ralm_es.model_folder import load_tokenizer
 
     records = [r for r in read_corpus(path) if not hasattr(r, "reason")]
-    return sum(1 for _ in Chunker(encoder.tokenizer, max_tokens, overlap).chunk_many(records))
+    return sum(1 for _ in Chunker(load_tokenizer(encoder.path), max_tokens, overlap).chunk_many(records))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,12 @@ import torch
 from transformers import AutoTokenizer
 
 from ralm_es.config import ConfigError
-from ralm_es.embed import ModelError
 from ralm_es.model.fusion import PassageAttention, score_prior
 from ralm_es.model.inputs import IGNORE, build_features
 from ralm_es.model.spec import Fusion, ModelSpec
 from ralm_es.model.strategies import STRATEGIES, FusionError, fusion_strategy
 from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE, CASE_UPPER, case_of
+from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import Example, LabelMap
 from ralm_es.train.checkpoint import load_run_model, new_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 
-from transformers import PreTrainedTokenizerBase
+from tokenizers import Tokenizer
 
 from ralm_es.corpus.types import Passage, Record
 from ralm_es.errors import RalmError
@@ -16,7 +16,7 @@ DEFAULT_BATCH = 256
 
 
 class ChunkingError(RalmError):
-    """A chunking setting that cannot work with the tokenizer (budget, overlap, slow tokenizer)."""
+    """A chunking setting that cannot work with the tokenizer (budget, overlap)."""
 
 
 def passage_id(doc_id: str, chunk: int) -> str:
@@ -28,13 +28,15 @@ class Chunker:
     consecutive passages sharing about ``overlap`` tokens. Titles are never prepended (they stay a field).
 
     Cuts fall on word boundaries, where re-tokenizing a passage gives back the same tokens. Only a single word
-    longer than half a window is cut inside, and then its re-tokenized pieces may differ slightly in number."""
+    longer than half a window is cut inside, and then its re-tokenized pieces may differ slightly in number.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 256, overlap: int = 32) -> None:
-        if not tokenizer.is_fast:
-            raise ChunkingError("chunking needs a fast (Rust) tokenizer for character offsets")
+    ``tokenizer`` is the ``tokenizers`` library's (``model_folder.load_tokenizer``): character offsets and word ids
+    without transformers or torch, so a BM25-only ingest stays light."""
+
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int = 256, overlap: int = 32) -> None:
         self.tokenizer = tokenizer
-        self.budget = max_tokens - tokenizer.num_special_tokens_to_add(pair=False)
+        processor = tokenizer.post_processor
+        self.budget = max_tokens - (processor.num_special_tokens_to_add(False) if processor else 0)
         if self.budget < 2:
             raise ChunkingError(f"max_tokens={max_tokens} leaves no room for text after the special tokens")
         if not 0 <= overlap < self.budget // 2:
@@ -49,20 +51,13 @@ class Chunker:
         """Passages of every record, in order; the tokenizer runs once per ``batch_size`` records."""
         it = iter(records)
         while batch := list(islice(it, batch_size)):
-            encoded = self.tokenizer(
-                [r.text for r in batch],
-                add_special_tokens=False,
-                return_offsets_mapping=True,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-                verbose=False,
-            )
-            for i, record in enumerate(batch):
-                offsets = encoded["offset_mapping"][i]
+            encoded = self.tokenizer.encode_batch([r.text for r in batch], add_special_tokens=False)
+            for record, encoding in zip(batch, encoded, strict=True):
+                offsets = encoding.offsets
                 if len(offsets) <= self.budget:
                     yield _passage(record, 0, 0, len(record.text))
                     continue
-                spans = self._spans(record.text, offsets, encoded.word_ids(i))
+                spans = self._spans(record.text, offsets, encoding.word_ids)
                 yield from (_passage(record, n, start, end) for n, (start, end) in enumerate(spans))
 
     def _spans(
@@ -115,8 +110,6 @@ def _passage(record: Record, chunk: int, start: int, end: int) -> Passage:
     )
 
 
-def chunk_record(
-    record: Record, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 256, overlap: int = 32
-) -> list[Passage]:
+def chunk_record(record: Record, tokenizer: Tokenizer, max_tokens: int = 256, overlap: int = 32) -> list[Passage]:
     """The passages of one record; for a whole corpus build one ``Chunker`` and call ``chunk_many``."""
     return Chunker(tokenizer, max_tokens, overlap).chunk(record)

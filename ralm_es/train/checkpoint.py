@@ -21,10 +21,10 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from ralm_es.embed import ModelError, resolve_model_path
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import FusionError, fusion_strategy
+from ralm_es.model_folder import ModelError, resolve_model_path
 
 WEIGHTS = "model.safetensors"
 SPEC = "model.json"

@@ -18,10 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ralm_es.config import to_dict
-from ralm_es.embed import resolve_model_path
 from ralm_es.errors import RalmError
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
+from ralm_es.model_folder import resolve_model_path
 from ralm_es.tasks import Task
 from ralm_es.train import checkpoint, distributed, report
 from ralm_es.train.config import TrainConfig
