@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 from typing import Any
 
 from elasticsearch import ApiError, TransportError
@@ -161,68 +162,30 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
 
     @app.get("/health", response_model=m.HealthOut, responses={503: {"model": m.HealthOut}})
     def health(response: Response) -> m.HealthOut:
-        """Cluster, index and model state; 503 when the cluster cannot be reached (for load balancers)."""
-        status = "ok"
-        cluster = None
-        client = getattr(retriever.backend, "client", None)
-        if client is not None:
-            try:
-                state = client.cluster.health().body
-                cluster = {"reachable": True, "name": state["cluster_name"], "status": state["status"]}
-            except (ApiError, TransportError) as exc:
-                cluster = {"reachable": False, "error": type(exc).__name__}
-                status = "unavailable"
+        """Store, index and model state; 503 when the store cannot be reached (for load balancers)."""
+        state = retriever.backend.health()
+        cluster: dict[str, Any] = {"reachable": state.reachable, "name": state.name, "status": state.status}
+        if state.error is not None:
+            cluster["error"] = state.error
         index: dict[str, Any] = {"mode": retriever.settings.mode}
         if retriever.encoder is not None:
             index["encoder"] = {"name": retriever.encoder.name, "dim": retriever.encoder.dim}
-        if status == "ok":
+        if state.reachable:
             try:
                 info = retriever.backend.info()
                 index.update(name=info["index"], count=info["count"], dims=info["dims"])
             except RalmError as exc:
                 index["error"] = str(exc)
-        model = {"loaded": True, **predictor.info()} if predictor is not None else {"loaded": False}
-        if status != "ok":
+        else:
             response.status_code = 503
+        model = {"loaded": True, **predictor.info()} if predictor is not None else {"loaded": False}
+        status = "ok" if state.reachable else "unavailable"
         return m.HealthOut(status=status, version=__version__, cluster=cluster, index=index, model=model)
 
     @app.get("/indices", response_model=list[m.IndexOut], dependencies=protected, responses=ERRORS)
     def indices() -> list[m.IndexOut]:
-        """The cluster's indices (hidden ones left out) with doc counts, aliases and vector fields."""
-        backend = retriever.backend
-        client = getattr(backend, "client", None)
-        if client is None:
-            info = backend.info()
-            vectors = {"vector": info["dims"]} if info.get("dims") else {}
-            return [
-                m.IndexOut(
-                    index=info["index"], docs=info["count"], health=None, aliases=[], vectors=vectors, serving=True
-                )
-            ]
-        serving = getattr(backend, "index", "")
-        rows = client.cat.indices(format="json", h="index,docs.count,health").body
-        aliases = client.indices.get_alias(index="*").body
-        mappings = client.indices.get_mapping(index="*").body
-        out = []
-        for row in sorted(rows, key=lambda r: r["index"]):
-            name = row["index"]
-            if name.startswith("."):
-                continue
-            names = sorted((aliases.get(name) or {}).get("aliases", {}))
-            props = (mappings.get(name) or {}).get("mappings", {}).get("properties", {})
-            vectors = {f: int(p["dims"]) for f, p in props.items() if p.get("type") == "dense_vector" and "dims" in p}
-            docs = row.get("docs.count")
-            out.append(
-                m.IndexOut(
-                    index=name,
-                    docs=int(docs) if docs is not None else None,
-                    health=row.get("health"),
-                    aliases=names,
-                    vectors=vectors,
-                    serving=serving == name or serving in names,
-                )
-            )
-        return out
+        """The store's indices (hidden ones left out) with doc counts, aliases and vector fields."""
+        return [m.IndexOut(**asdict(listing)) for listing in retriever.backend.list_indices()]
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
