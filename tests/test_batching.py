@@ -97,6 +97,28 @@ def test_batch_size_1_answers_one_job_at_a_time() -> None:
     assert [payloads for _, payloads in run.calls] == [["first"], ["0"], ["1"], ["2"], ["3"]]
 
 
+def test_a_batch_waits_for_more_only_while_requests_overlap() -> None:
+    gate = Gate()
+    run = Recorder(gate)
+    # A wait far longer than the test: a batch that waits closes only when it is full (two jobs).
+    batcher: Batcher[str, str] = Batcher(run, batch_size=2, wait_s=600.0, queue_size=16)
+
+    async def scenario() -> None:
+        # The first job ran alone: no overlap seen, so a lone job next is answered without waiting.
+        await held_then(batcher, gate, [])
+        assert await asyncio.wait_for(batcher.submit("a", "lone"), timeout=60) == "a:lone"
+        # Two jobs in one batch: requests overlap now, so the next batch waits for a second job.
+        run.gate = Gate()
+        await held_then(batcher, run.gate, [("a", "1", 1), ("a", "2", 1)])
+        first = asyncio.ensure_future(batcher.submit("a", "3"))
+        await asyncio.sleep(0.2)
+        assert await asyncio.gather(first, batcher.submit("a", "4")) == ["a:3", "a:4"]
+
+    asyncio.run(scenario())
+    batcher.close()
+    assert [payloads for _, payloads in run.calls] == [["first"], ["lone"], ["first"], ["1", "2"], ["3", "4"]]
+
+
 def test_a_refused_input_fails_only_its_own_job() -> None:
     gate = Gate()
     run = Recorder(gate)
