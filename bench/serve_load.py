@@ -1,15 +1,19 @@
-"""``python -m bench.serve_load [--quick] [--duration S] [--clients N]``: a bounded load test of ``ralm-es serve``.
+"""``python -m bench.serve_load [--quick] [--duration S] [--clients N ...] [--batch-sizes B ...]``: a bounded load
+test of ``ralm-es serve``, one-at-a-time against dynamic batching.
 
-A scratch index is built from the packaged sample corpus; ``ralm-es serve`` runs as its own process (real uvicorn,
-bearer-token auth on) on 127.0.0.1; then N client threads in this process post ``/search`` requests in a closed loop
-until the duration or the request cap is reached. Total requests, errors (any non-200 or transport failure),
-throughput and latency percentiles go to ``bench/results/serve_load.json``; the exit status is 1 when any request
-failed. The server and the index are removed afterwards, also when the run is interrupted.
+A scratch index is built from the packaged sample corpus; one ``ralm-es serve`` process (real uvicorn, bearer-token
+auth on) per ``--batch-size`` runs on 127.0.0.1 (``--batch-size 1`` answers requests one at a time). For each number
+of clients, each server in turn gets a short warm-up, then N client threads in this process post ``/search``
+requests in a closed loop until the duration or the request cap is reached: the configurations alternate, so a
+change in the machine's load falls on all of them. Per configuration, total requests, errors (any non-200 or
+transport failure), throughput and latency percentiles go to ``bench/results/serve_load.json``; the exit status is
+1 when any request failed. The servers and the index are removed afterwards, also when the run is interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -41,6 +45,7 @@ from ralm_es.store.elastic import ElasticsearchBackend
 HOST = "127.0.0.1"
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 STARTUP_S = 180.0
+WARMUP_S = 3.0
 
 
 @dataclass
@@ -79,9 +84,12 @@ def drop_index(es_url: str, name: str) -> None:
         client.indices.delete(index=",".join(created))
 
 
-def start_server(es_url: str, index: str, model: str, mode: str, port: int, token: str) -> subprocess.Popen[bytes]:
+def start_server(
+    es_url: str, index: str, model: str, mode: str, port: int, token: str, batch_size: int
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": token}
     args = ["serve", "--index", index, "--mode", mode, "--query-model", model, "--host", HOST, "--port", str(port)]
+    args += ["--batch-size", str(batch_size)]
     # The access log (one line a request) is not wanted here: it would cost the server time and fill a pipe.
     return subprocess.Popen(
         [sys.executable, "-m", "ralm_es.cli.main", *args],
@@ -107,7 +115,14 @@ def wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
 
 
 def client_loop(
-    http: httpx.Client, texts: list[str], start: int, stop_at: float, cap: int, issued: list[int], tally: Tally
+    http: httpx.Client,
+    texts: list[str],
+    start: int,
+    stop_at: float,
+    cap: int,
+    issued: list[int],
+    tally: Tally,
+    unique: bool,
 ) -> None:
     """Post queries until the deadline or until ``cap`` requests were issued across all threads."""
     i = start
@@ -116,9 +131,14 @@ def client_loop(
             if issued[0] >= cap:
                 return
             issued[0] += 1
+            n = issued[0]
+        text = texts[i % len(texts)]
+        if unique:
+            # A query never sent before: the server's query-vector cache cannot answer it, the encoder must.
+            text = f"{text} {n}"
         began = time.perf_counter()
         try:
-            response = http.post("/search", json={"text": texts[i % len(texts)], "k": 5})
+            response = http.post("/search", json={"text": text, "k": 5})
             error = None if response.status_code == 200 else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             error = type(exc).__name__
@@ -131,7 +151,7 @@ def client_loop(
         i += 1
 
 
-def run_load(url: str, token: str, clients: int, duration: float, cap: int) -> tuple[Tally, float]:
+def run_load(url: str, token: str, clients: int, duration: float, cap: int, unique: bool) -> tuple[Tally, float]:
     texts = queries()
     tally = Tally()
     issued = [0]
@@ -142,7 +162,7 @@ def run_load(url: str, token: str, clients: int, duration: float, cap: int) -> t
         stop_at = started + duration
         with ThreadPoolExecutor(max_workers=clients) as pool:
             for n in range(clients):
-                pool.submit(client_loop, http, texts, n, stop_at, cap, issued, tally)
+                pool.submit(client_loop, http, texts, n, stop_at, cap, issued, tally, unique)
         elapsed = time.monotonic() - started
     return tally, elapsed
 
@@ -171,72 +191,109 @@ def summarise(tally: Tally, elapsed: float) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="10 s instead of 60 s")
-    parser.add_argument("--duration", type=float, help="seconds of load (default 60, 10 with --quick)")
-    parser.add_argument("--clients", type=int, default=48, help="concurrent client threads (default 48)")
-    parser.add_argument("--max-requests", type=int, default=200_000, help="stop after this many requests")
+    parser.add_argument("--quick", action="store_true", help="10 s per configuration instead of 30 s")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of load per configuration (default 30, 10 with --quick)"
+    )
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[48, 1], help="concurrent client threads, one run each (48 1)"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 64],
+        help="serve --batch-size of each server (default 1 64: one at a time, then batched)",
+    )
+    parser.add_argument(
+        "--queries",
+        choices=["repeated", "unique", "both"],
+        default="repeated",
+        help="the sample claims in turn (their vectors soon cached), a new text every request (the encoder runs "
+        "for each), or a run of each",
+    )
+    parser.add_argument("--max-requests", type=int, default=200_000, help="stop a run after this many requests")
     parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
     parser.add_argument("--model", help="encoder folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--es-url", default=os.environ.get("RALM_ES_URL", "http://127.0.0.1:9200"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.duration is None:
-        args.duration = 10.0 if args.quick else 60.0
-    if args.duration <= 0 or args.clients < 1 or args.max_requests < 1:
-        parser.error("--duration, --clients and --max-requests must be positive")
+        args.duration = 10.0 if args.quick else 30.0
+    if args.duration <= 0 or min(args.clients) < 1 or min(args.batch_sizes) < 1 or args.max_requests < 1:
+        parser.error("--duration, --clients, --batch-sizes and --max-requests must be positive")
     return args
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # A terminated run still stops its server and deletes its index (the finally below).
+    # A terminated run still stops its servers and deletes its index (the finally below).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     model = str(args.model or default_model_path())
     index = f"bench-serve-{uuid.uuid4().hex[:8]}"
     token = secrets.token_urlsafe(24)
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    server = None
+    servers: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+    runs = []
     try:
         passages = build_index(args.es_url, model, index)
-        server = start_server(args.es_url, index, model, args.mode, port, token)
-        wait_ready(url, server)
-        load_start = load_average()
-        tally, elapsed = run_load(url, token, args.clients, args.duration, args.max_requests)
+        ports: set[int] = set()
+        for batch_size in args.batch_sizes:
+            # Each server binds its port only once started: a port handed out before must not come back.
+            while (port := free_port()) in ports:
+                pass
+            ports.add(port)
+            server = start_server(args.es_url, index, model, args.mode, port, token, batch_size)
+            servers[batch_size] = (f"http://{HOST}:{port}", server)
+        for url, server in servers.values():
+            wait_ready(url, server)
+        kinds = ["repeated", "unique"] if args.queries == "both" else [args.queries]
+        for kind, clients in itertools.product(kinds, args.clients):
+            for batch_size, (url, _) in servers.items():
+                unique = kind == "unique"
+                run_load(url, token, clients, WARMUP_S, args.max_requests, unique)
+                load_start = load_average()
+                tally, elapsed = run_load(url, token, clients, args.duration, args.max_requests, unique)
+                run = {"queries": kind, "clients": clients, "batch_size": batch_size, "load_start": load_start}
+                runs.append({**run, "load_end": load_average(), **summarise(tally, elapsed)})
+                lat = runs[-1]["latency_ms"]
+                print(
+                    f"{kind} queries, {clients} clients, batch size {batch_size}: {runs[-1]['requests']} requests, "
+                    f"{runs[-1]['errors']} errors, {runs[-1]['throughput_rps']} req/s, p50 {lat['p50']} ms, "
+                    f"p99 {lat['p99']} ms",
+                    file=sys.stderr,
+                )
         results = {
             "command": " ".join(["python -m bench.serve_load", *(argv if argv is not None else sys.argv[1:])]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "target": f"POST {url}/search (ralm-es serve, one uvicorn worker, bearer token)",
+            "target": "POST /search on 127.0.0.1 (ralm-es serve, one uvicorn worker, bearer token)",
             "mode": args.mode,
             "k": 5,
             "model": "all-MiniLM-L6-v2 (packaged)" if args.model is None else model,
             "passages": passages,
-            "clients": args.clients,
             "duration_s": args.duration,
+            "warmup_s": WARMUP_S,
             "max_requests": args.max_requests,
             "cpus": os.cpu_count(),
-            "load_start": load_start,
-            "load_end": load_average(),
-            **summarise(tally, elapsed),
+            "runs": runs,
         }
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        for _, server in servers.values():
+            stop(server)
         drop_index(args.es_url, index)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    lat = results["latency_ms"]
-    print(
-        f"{results['requests']} requests, {results['errors']} errors, {results['throughput_rps']} req/s, "
-        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms -> {args.out}",
-        file=sys.stderr,
-    )
-    if results["errors"]:
+    print(f"-> {args.out}", file=sys.stderr)
+    if any(run["errors"] for run in runs):
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@ over the OpenAPI document, and ``ralm-es serve`` as a real uvicorn process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -32,12 +33,14 @@ from ralm_es.config import ConnectionSettings, Secret
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.es.client import build_client
+from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.serve.app import create_app
-from ralm_es.serve.predictor import Predictor
+from ralm_es.serve.predictor import PredictInput, Predictor
 from ralm_es.serve.settings import ServeSettings
 from ralm_es.store.elastic import ElasticsearchBackend
+from ralm_es.store.local import LocalBackend
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
@@ -150,6 +153,63 @@ def test_predict_ner_entities_with_explain(retriever: Retriever, ner_predictor: 
     assert len(explained["weights"]) == len(words)
     assert all(len(row) == 3 for row in explained["weights"])
     assert any(sum(row) == pytest.approx(1.0, abs=1e-4) for row in explained["weights"])
+
+
+def test_concurrent_predictions_match_single_ones(retriever: Retriever, ner_predictor: Predictor) -> None:
+    """Predictions answered in one batch (ids numbered per request, passages retrieved batch-wide) are the ones
+    each request gets alone."""
+    app = create_app(ServeSettings(batch_wait_ms=20), retriever, ner_predictor)
+    sentences = ["Frederick Banting isolated insulin in Toronto .", "Eli Lilly sold it", "NASA flew to the Moon"]
+    bodies = [
+        {"inputs": [{"text": sentences[0]}, {"id": "b", "text": sentences[1]}]},
+        {"inputs": [{"words": sentences[2].split()}], "explain": True},
+        {"inputs": [{"text": sentences[1]}]},
+        {"inputs": [{"text": sentences[0]}, {"text": sentences[2]}], "explain": True},
+    ]
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as api:
+            return list(await asyncio.gather(*[api.post("/predict", json=body) for body in bodies]))
+
+    for body, resp in zip(bodies, asyncio.run(scenario()), strict=True):
+        assert resp.status_code == 200, resp.text
+        inputs = [
+            PredictInput(words=(item.get("words") or item["text"].split()), id=item.get("id"))
+            for item in body["inputs"]
+        ]
+        alone = ner_predictor.predict(inputs, explain=body.get("explain", False))
+        got = resp.json()["predictions"]
+        assert [(p["id"], p["tags"], p.get("passages")) for p in got] == [
+            (r["id"], r["tags"], r.get("passages")) for r in alone
+        ]
+        for pred, record in zip(got, alone, strict=True):
+            assert (pred.get("weights") is None) == (record.get("weights") is None)
+            for row, expected in zip(pred.get("weights") or [], record.get("weights") or [], strict=True):
+                assert row == pytest.approx(expected, abs=1e-5)
+
+
+def test_health_and_indices_of_a_local_index(tmp_path: Path, tiny_encoder: Encoder) -> None:
+    backend = LocalBackend(tmp_path / "index")
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path / "ckpt").run(
+        [sample_path("sample_corpus.jsonl")]
+    )
+    api = client_for(Retriever(backend, tiny_encoder))
+    health = api.get("/health").json()
+    assert health["status"] == "ok" and health["cluster"] == {"reachable": True, "name": backend.index, "status": None}
+    assert health["index"]["count"] == backend.count() > 0 and health["index"]["dims"] == 32
+    assert api.get("/indices").json() == [
+        {
+            "index": backend.index,
+            "docs": backend.count(),
+            "health": None,
+            "aliases": [],
+            "vectors": {"vector": 32},
+            "serving": True,
+        }
+    ]
+    gone = client_for(Retriever(LocalBackend(tmp_path / "missing"), tiny_encoder)).get("/health")
+    assert gone.status_code == 503 and gone.json()["cluster"]["error"] == "no such folder"
 
 
 def test_predict_classification_and_without_a_model(retriever: Retriever, claim_predictor: Predictor) -> None:

@@ -23,6 +23,9 @@ FLAGS = (
     "cors_origins",
     "open_docs",
     "graceful_timeout",
+    "batch_size",
+    "batch_wait_ms",
+    "queue_size",
 )
 
 
@@ -46,6 +49,19 @@ FLAGS = (
     help="Serve /docs, /redoc and /openapi.json without the bearer token (with RALM_ES_API_TOKEN set).",
 )
 @click.option("--graceful-timeout", type=float, help="Seconds open requests get on shutdown (default 10).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    help="Most queries answered together in one encoder batch and one _msearch (default 64; 1: one at a time).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0),
+    help="Milliseconds a batch waits for more requests while they overlap (default 5).",
+)
+@click.option(
+    "--queue-size", type=click.IntRange(1), help="Requests that may wait; more get 503 with Retry-After (default 256)."
+)
 @pass_context
 def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> None:
     """Serve /search, /retrieve, /predict, /health and /indices (OpenAPI at /docs). Set RALM_ES_API_TOKEN to

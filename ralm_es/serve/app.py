@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 from elasticsearch import ApiError, TransportError
@@ -18,6 +21,7 @@ from ralm_es.errors import RalmError
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.serve import models as m
 from ralm_es.serve.auth import bearer_auth
+from ralm_es.serve.batching import RETRY_AFTER_S, Batcher, PredictKey, Queries, QueueFull, SearchKey, api_runner
 from ralm_es.serve.limits import check_request
 from ralm_es.serve.middleware import AccessLog, BodyLimit
 from ralm_es.serve.predictor import PredictInput, Predictor
@@ -31,7 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "The library refused the request (empty query, unknown field, wrong mode for the index).",
         401: "Missing or wrong bearer token (only when RALM_ES_API_TOKEN is set).",
         413: "Too many inputs, too long a text, or too large a body.",
-        503: "Elasticsearch is unreachable or overloaded.",
+        503: "Elasticsearch is unreachable or overloaded, or this server's queue is full (with Retry-After).",
     }.items()
 }
 
@@ -73,6 +77,15 @@ def _protected_docs(app: FastAPI, protected: list[Any]) -> None:
 def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predictor | None = None) -> FastAPI:
     """The app over ``retriever`` (and ``predictor`` for /predict); ``settings`` set the limits, auth and CORS."""
     docs_open = settings.token is None or settings.open_docs
+    batcher: Batcher[Any, list[Any]] = Batcher(
+        api_runner(retriever, predictor), settings.batch_size, settings.batch_wait_ms / 1000, settings.queue_size
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(batcher.close)
+
     app = FastAPI(
         title="ralm-es",
         version=__version__,
@@ -81,12 +94,17 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         openapi_url="/openapi.json" if docs_open else None,
         docs_url="/docs" if docs_open else None,
         redoc_url="/redoc" if docs_open else None,
+        lifespan=lifespan,
     )
-    # The Retriever's query-vector cache and the torch models are not safe to share between threads.
-    lock = threading.Lock()
     protected = [Depends(bearer_auth(settings.token))] if settings.token is not None else []
     if not docs_open:
         _protected_docs(app, protected)
+
+    async def batched(key: SearchKey | PredictKey, payload: Any, size: int) -> list[Any]:
+        try:
+            return await batcher.submit(key, payload, size)
+        except QueueFull as exc:
+            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
     @app.exception_handler(RequestValidationError)
     def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,35 +123,32 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
     def unreachable(request: Request, exc: TransportError) -> JSONResponse:
         return JSONResponse({"detail": f"Elasticsearch is unavailable ({type(exc).__name__})"}, status_code=503)
 
+    def search_key(body: m.QueryOptions) -> SearchKey:
+        filters = json.dumps([f.model_dump() for f in body.filters], sort_keys=True)
+        return SearchKey(mode=body.mode or retriever.settings.mode, k=body.k, filters=filters)
+
     @app.post("/search", response_model=m.SearchOut, dependencies=protected, responses=ERRORS)
-    def search(body: m.SearchIn) -> m.SearchOut:
+    async def search(body: m.SearchIn) -> m.SearchOut:
         """The top-k passages for one query (the hits of ``ralm-es search --json``)."""
         check_request(settings, [body.text], body.k)
-        mode = body.mode or retriever.settings.mode
-        with lock:
-            hits = retriever.search(
-                body.text, k=body.k, mode=mode, filters=_filters(body.filters), exclude_ids=body.exclude_ids
-            )
-        return m.SearchOut(mode=mode, hits=[m.HitOut(**h.to_json()) for h in hits])
+        key = search_key(body)
+        (hits,) = await batched(key, Queries([body.text], [body.exclude_ids], _filters(body.filters)), 1)
+        return m.SearchOut(mode=key.mode, hits=[m.HitOut(**h.to_json()) for h in hits])
 
     @app.post("/retrieve", response_model=m.RetrieveOut, dependencies=protected, responses=ERRORS)
-    def retrieve(body: m.RetrieveIn) -> m.RetrieveOut:
+    async def retrieve(body: m.RetrieveIn) -> m.RetrieveOut:
         """The top-k passages for each of a batch of inputs, in one ``search_many`` call."""
         check_request(settings, [item.text for item in body.inputs], body.k)
-        mode = body.mode or retriever.settings.mode
-        with lock:
-            found = retriever.search_many(
-                [item.text for item in body.inputs],
-                k=body.k,
-                mode=mode,
-                filters=_filters(body.filters),
-                exclude_ids=[item.exclude_ids for item in body.inputs],
-            )
+        key = search_key(body)
+        queries = Queries(
+            [item.text for item in body.inputs], [item.exclude_ids for item in body.inputs], _filters(body.filters)
+        )
+        found = await batched(key, queries, len(body.inputs))
         results = [
             m.RetrieveResult(id=item.id, hits=[m.HitOut(**h.to_json()) for h in hits])
             for item, hits in zip(body.inputs, found, strict=True)
         ]
-        return m.RetrieveOut(mode=mode, results=results)
+        return m.RetrieveOut(mode=key.mode, results=results)
 
     @app.post(
         "/predict",
@@ -142,7 +157,7 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         dependencies=protected,
         responses={**ERRORS, 404: {"model": m.ErrorOut, "description": "No model loaded (serve --model)."}},
     )
-    def predict(body: m.PredictIn) -> m.PredictOut:
+    async def predict(body: m.PredictIn) -> m.PredictOut:
         """Entities (NER) or a class for each input, with the trained run given to ``ralm-es serve --model``."""
         if predictor is None:
             raise HTTPException(404, "no model loaded: start the server with --model RUN_DIR")
@@ -154,75 +169,39 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
             if not text.split():
                 raise HTTPException(422, f"inputs[{i}]: empty text")
             pair_words = pair.split() if pair else None
-            inputs.append(PredictInput(words=text.split(), id=item.id, pair_words=pair_words))
-        with lock:
-            records = predictor.predict(inputs, explain=body.explain)
+            # Ids given here: in a batch with other requests the predictor would number inputs batch-wide.
+            item_id = item.id if item.id is not None else str(i)
+            inputs.append(PredictInput(words=text.split(), id=item_id, pair_words=pair_words))
+        records = await batched(PredictKey(body.explain), inputs, len(inputs))
         return m.PredictOut(task=predictor.task, predictions=[m.PredictionOut(**r) for r in records])
 
     @app.get("/health", response_model=m.HealthOut, responses={503: {"model": m.HealthOut}})
     def health(response: Response) -> m.HealthOut:
-        """Cluster, index and model state; 503 when the cluster cannot be reached (for load balancers)."""
-        status = "ok"
-        cluster = None
-        client = getattr(retriever.backend, "client", None)
-        if client is not None:
-            try:
-                state = client.cluster.health().body
-                cluster = {"reachable": True, "name": state["cluster_name"], "status": state["status"]}
-            except (ApiError, TransportError) as exc:
-                cluster = {"reachable": False, "error": type(exc).__name__}
-                status = "unavailable"
+        """Store, index, model and queue state; 503 when the store cannot be reached (for load balancers)."""
+        state = retriever.backend.health()
+        cluster: dict[str, Any] = {"reachable": state.reachable, "name": state.name, "status": state.status}
+        if state.error is not None:
+            cluster["error"] = state.error
         index: dict[str, Any] = {"mode": retriever.settings.mode}
         if retriever.encoder is not None:
             index["encoder"] = {"name": retriever.encoder.name, "dim": retriever.encoder.dim}
-        if status == "ok":
+        if state.reachable:
             try:
                 info = retriever.backend.info()
                 index.update(name=info["index"], count=info["count"], dims=info["dims"])
             except RalmError as exc:
                 index["error"] = str(exc)
-        model = {"loaded": True, **predictor.info()} if predictor is not None else {"loaded": False}
-        if status != "ok":
+        else:
             response.status_code = 503
-        return m.HealthOut(status=status, version=__version__, cluster=cluster, index=index, model=model)
+        model = {"loaded": True, **predictor.info()} if predictor is not None else {"loaded": False}
+        status = "ok" if state.reachable else "unavailable"
+        queue = {"waiting": batcher.waiting, "size": settings.queue_size, "batch_size": settings.batch_size}
+        return m.HealthOut(status=status, version=__version__, cluster=cluster, index=index, model=model, queue=queue)
 
     @app.get("/indices", response_model=list[m.IndexOut], dependencies=protected, responses=ERRORS)
     def indices() -> list[m.IndexOut]:
-        """The cluster's indices (hidden ones left out) with doc counts, aliases and vector fields."""
-        backend = retriever.backend
-        client = getattr(backend, "client", None)
-        if client is None:
-            info = backend.info()
-            vectors = {"vector": info["dims"]} if info.get("dims") else {}
-            return [
-                m.IndexOut(
-                    index=info["index"], docs=info["count"], health=None, aliases=[], vectors=vectors, serving=True
-                )
-            ]
-        serving = getattr(backend, "index", "")
-        rows = client.cat.indices(format="json", h="index,docs.count,health").body
-        aliases = client.indices.get_alias(index="*").body
-        mappings = client.indices.get_mapping(index="*").body
-        out = []
-        for row in sorted(rows, key=lambda r: r["index"]):
-            name = row["index"]
-            if name.startswith("."):
-                continue
-            names = sorted((aliases.get(name) or {}).get("aliases", {}))
-            props = (mappings.get(name) or {}).get("mappings", {}).get("properties", {})
-            vectors = {f: int(p["dims"]) for f, p in props.items() if p.get("type") == "dense_vector" and "dims" in p}
-            docs = row.get("docs.count")
-            out.append(
-                m.IndexOut(
-                    index=name,
-                    docs=int(docs) if docs is not None else None,
-                    health=row.get("health"),
-                    aliases=names,
-                    vectors=vectors,
-                    serving=serving == name or serving in names,
-                )
-            )
-        return out
+        """The store's indices (hidden ones left out) with doc counts, aliases and vector fields."""
+        return [m.IndexOut(**asdict(listing)) for listing in retriever.backend.list_indices()]
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

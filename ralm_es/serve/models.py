@@ -155,6 +155,9 @@ class HealthOut(BaseModel):
     cluster: dict[str, Any] | None
     index: dict[str, Any] | None
     model: dict[str, Any] | None
+    queue: dict[str, int] = Field(
+        description="Requests waiting for a batch (waiting), the most that may wait (size), the most queries a batch."
+    )
 
 
 class ErrorOut(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ralm_es.config import Secret
+from ralm_es.config import ConfigError, Secret
 
 TOKEN_ENV = "RALM_ES_API_TOKEN"
 
@@ -26,3 +26,17 @@ class ServeSettings:
     open_docs: bool = False
     # Seconds in-flight requests get to finish on shutdown (SIGINT/SIGTERM).
     graceful_timeout: float = 10.0
+    # Concurrent /search, /retrieve and /predict requests are answered together, at most this many queries (or
+    # inputs) in one encoder batch and one _msearch; 1 answers them one at a time.
+    batch_size: int = 64
+    # How long a batch waits for more requests, once requests were seen to overlap (a lone client never waits).
+    batch_wait_ms: float = 5.0
+    # Requests waiting for a batch; one more is refused with 503 and Retry-After.
+    queue_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve.{name} must be at least 1, not {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            raise ConfigError(f"serve.batch_wait_ms must not be negative, not {self.batch_wait_ms}")

@@ -193,3 +193,35 @@ class Backend(Protocol):
     def request_body(self, request: SearchRequest) -> dict[str, Any]:
         """The Elasticsearch request body ``request`` becomes (``--explain-dsl``); a store that sends none refuses."""
         ...
+
+    def health(self) -> StoreHealth:
+        """Whether the store answers, and its own word for its state; never raises for an unreachable store."""
+        ...
+
+    def list_indices(self) -> list[IndexListing]:
+        """The indices this store can serve from (hidden ones left out), each marked if it is the one served."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    reachable: bool
+    # The cluster's name (Elasticsearch) or the folder (local).
+    name: str | None = None
+    # green/yellow/red on Elasticsearch; None where the store has no such word.
+    status: str | None = None
+    # Why it is unreachable (on Elasticsearch, the client exception's class name).
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexListing:
+    index: str
+    docs: int | None
+    # green/yellow/red on Elasticsearch; None where the store has no such word.
+    health: str | None
+    aliases: list[str]
+    # dense_vector fields and their dimension.
+    vectors: dict[str, int]
+    # Whether this backend searches it (its name or one of its aliases is the backend's ``index``).
+    serving: bool

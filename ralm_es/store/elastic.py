@@ -14,7 +14,7 @@ from functools import cached_property
 from importlib.resources import files
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, NotFoundError, helpers
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
 
 from ralm_es.corpus.types import Passage
 from ralm_es.store.base import (
@@ -22,10 +22,12 @@ from ralm_es.store.base import (
     Chunking,
     Filter,
     Hit,
+    IndexListing,
     IndexSpec,
     Refresh,
     SearchRequest,
     StoreError,
+    StoreHealth,
     WriteResult,
     check_dims,
     check_shape,
@@ -524,6 +526,39 @@ class ElasticsearchBackend:
             "model": (mapping.get("_meta") or {}).get("model"),
             "analyzer": (mapping.get("_meta") or {}).get("analyzer"),
         }
+
+    def health(self) -> StoreHealth:
+        try:
+            state = self.client.cluster.health().body
+        except (ApiError, TransportError) as exc:
+            return StoreHealth(reachable=False, error=type(exc).__name__)
+        return StoreHealth(reachable=True, name=state["cluster_name"], status=state["status"])
+
+    def list_indices(self) -> list[IndexListing]:
+        rows = self.client.cat.indices(format="json", h="index,docs.count,health").body
+        aliases = self.client.indices.get_alias(index="*").body
+        mappings = self.client.indices.get_mapping(index="*").body
+        out = []
+        for row in sorted(rows, key=lambda r: r["index"]):
+            name = row["index"]
+            if name.startswith("."):
+                continue
+            names = sorted((aliases.get(name) or {}).get("aliases", {}))
+            props = (mappings.get(name) or {}).get("mappings", {}).get("properties", {})
+            docs = row.get("docs.count")
+            out.append(
+                IndexListing(
+                    index=name,
+                    docs=int(docs) if docs is not None else None,
+                    health=row.get("health"),
+                    aliases=names,
+                    vectors={
+                        f: int(p["dims"]) for f, p in props.items() if p.get("type") == "dense_vector" and "dims" in p
+                    },
+                    serving=self.index == name or self.index in names,
+                )
+            )
+        return out
 
 
 def _vector_problem(p: Passage, dims: int | None) -> str | None:

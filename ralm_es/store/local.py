@@ -38,10 +38,12 @@ from ralm_es.store.base import (
     Chunking,
     Filter,
     Hit,
+    IndexListing,
     IndexSpec,
     Refresh,
     SearchRequest,
     StoreError,
+    StoreHealth,
     WriteResult,
     check_dims,
     check_shape,
@@ -499,3 +501,13 @@ class LocalBackend:
             "similarity": spec.similarity,
             "model": spec.model,
         }
+
+    def health(self) -> StoreHealth:
+        if not self.path.is_dir():
+            return StoreHealth(reachable=False, name=str(self.path), error="no such folder")
+        return StoreHealth(reachable=True, name=str(self.path))
+
+    def list_indices(self) -> list[IndexListing]:
+        dims = self.spec().dims
+        vectors = {"vector": dims} if dims else {}
+        return [IndexListing(self.index, self.count(), None, [], vectors, serving=True)]
