@@ -3,7 +3,9 @@ seeded tuning part of them and measured on the held-out dev part. Results go to 
 under a label (one entry per index variant, rewritten after every mode, so a killed run keeps what finished).
 
 ``python -m bench.scifact_eval --index scifact-stem --label "hunspell stemming"``; the index is made beforehand with
-``ralm-es ingest ../shared/data/scifact/corpus.jsonl --index scifact-stem``.
+``ralm-es ingest ../shared/data/scifact/corpus.jsonl --index scifact-stem``, or, with ``--copy-from scifact``, made
+here from an index already embedded: a new index from the template (so with the analyzer the cluster gives now)
+filled by ``_reindex``, which analyses the text again and copies the vectors.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ralm_es.es.client import connect
 from ralm_es.retrieve.evaluate import evaluate_index, tune_fusion
 from ralm_es.retrieve.metrics import load_qrels
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.store.base import Chunking, IndexSpec
 from ralm_es.store.elastic import ElasticsearchBackend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scifact_eval.json"
@@ -43,12 +46,28 @@ def main() -> None:
     parser.add_argument("--dev-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--copy-from", help="Fill --index from this embedded index first (text analysed anew).")
     args = parser.parse_args()
 
     paths = scifact_paths()
     queries = {r.id: r.text for r in read_corpus(paths["queries_train"]) if isinstance(r, Record)}
     qrels = load_qrels(paths["qrels_train"])
-    backend = ElasticsearchBackend(connect(ConnectionSettings(hosts=[args.es_url], request_timeout=120)), args.index)
+    client = connect(ConnectionSettings(hosts=[args.es_url], request_timeout=600))
+    backend = ElasticsearchBackend(client, args.index)
+    if args.copy_from:
+        source = ElasticsearchBackend(client, args.copy_from)
+        meta = source.mapping().get("_meta") or {}
+        chunking = meta.get("chunking")
+        backend.ensure_index(
+            IndexSpec(
+                name=args.index,
+                dims=source.vector_dims(),
+                model=meta.get("model"),
+                chunking=Chunking(**chunking) if chunking else None,
+            )
+        )
+        client.reindex(source={"index": args.copy_from}, dest={"index": args.index}, wait_for_completion=True)
+        backend.refresh()
     info = backend.info()
     retriever = Retriever(backend, Encoder(args.model), RetrievalSettings())
     entry: dict[str, Any] = {
