@@ -7,10 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from ralm_es.config import ConfigError
 from ralm_es.corpus.readers import CorpusError, read_corpus
@@ -264,3 +268,32 @@ def test_every_index_type_ingests_and_searches(
     vector = encoder.encode(["what reduces cholesterol"])[0]
     hits = backend.search(SearchRequest(mode="dense", vector=vector.tolist(), k=1))
     assert [h.id for h in hits] == ["p#0"]
+
+
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    files=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([f"id{i}" for i in range(12)]), st.text(alphabet="abc xyz\n", max_size=40)),
+            max_size=10,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_counts_equal_the_store_for_any_records(files: list[list[tuple[str, str]]], tiny_model_dir: Path) -> None:
+    """Random files with repeated ids (within and across files) and empty texts: what the summary says was indexed
+    is what the store holds, and every record is either indexed or reported."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [write_jsonl(Path(folder) / f"f{n}.jsonl", rows) for n, rows in enumerate(files)]
+        backend = LocalBackend(Path(folder) / "idx")
+        summary = Ingest(
+            backend, IngestSettings(embed=False, model=str(tiny_model_dir)), checkpoint_dir=Path(folder)
+        ).run(paths)
+        first_valid = {i for rows in files for i, t in rows if t.strip()}
+        total = sum(len(rows) for rows in files)
+        assert summary.read + summary.failed == total
+        stored = backend.existing_ids([f"id{i}#0" for i in range(12)])  # texts this short are one passage each
+        assert {p.removesuffix("#0") for p in stored} == first_valid
+        assert summary.indexed == backend.count() == summary.passages
+        assert summary.read == len(first_valid)
