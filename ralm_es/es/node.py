@@ -93,7 +93,8 @@ class ClusterState:
         out = {"RALM_ES_URL": ",".join(self.urls)}
         if self.security and self.username and self.password:
             out.update(RALM_ES_USERNAME=self.username, RALM_ES_PASSWORD=self.password)
-        if self.ca_certs:
+        # Without --tls the CA signs only the transport layer; over http:// the client has no use for it.
+        if self.tls and self.ca_certs:
             out["RALM_ES_CA_CERTS"] = self.ca_certs
         return out
 
