@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.es.node import free_port
 
@@ -153,3 +156,33 @@ def test_a_bad_connection_setting_does_not_stop_the_local_backend(tmp_path: Path
     assert ingested.returncode == 0, ingested.stderr
     found = run("search", "insulin", "--backend", "local", "--index", "s", "--mode", "bm25", env=env)
     assert found.returncode == 0 and "med-01" in found.stdout, found.stderr
+
+
+@pytest.mark.parametrize("index", ["..", ".", "./", "sub/.."])
+def test_a_local_index_is_never_the_current_or_parent_folder(index: str, tmp_path: Path) -> None:
+    work = tmp_path / "a" / "b"
+    (work / "sub").mkdir(parents=True)
+    env = clean_env(RALM_ES_HOME=str(tmp_path / "home"))
+    proc = subprocess.run(
+        [*RALM, "ingest", SAMPLE, "--backend", "local", "--index", index, "--no-embed", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        cwd=work,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"ralm-es: error: --index {index!r}: a local index is a folder of its own; name it, e.g. ./my-index"
+    ]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "sub"]
+
+
+def test_a_bare_local_index_name_stays_under_the_local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ralm_es.cli.context import local_index_path
+
+    monkeypatch.setenv("RALM_ES_HOME", str(tmp_path))
+    assert local_index_path("a..b") == tmp_path / "local" / "a..b"
+    assert local_index_path("./x") == Path("./x")
+    with pytest.raises(ConfigError, match="--index: a local index needs a name"):
+        local_index_path("")

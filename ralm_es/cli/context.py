@@ -106,9 +106,16 @@ def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def local_index_path(index: str) -> Path:
-    """A local index is a folder: a path as given, or a name under ``~/.cache/ralm-es/local``."""
+    """A local index is a folder: a path as given (with a ``/`` or a leading ``.``), or a bare name under
+    ``~/.cache/ralm-es/local``. A bare name has no ``/`` and no leading dot, so it cannot leave that folder."""
     if "/" in index or index.startswith("."):
-        return Path(index)
+        path = Path(index)
+        # "..", "." or "a/.." would make a folder that holds other things (the current one, its parent) the index.
+        if path.name in ("", ".", ".."):
+            raise ConfigError(f"--index {index!r}: a local index is a folder of its own; name it, e.g. ./my-index")
+        return path
+    if not index.strip():
+        raise ConfigError("--index: a local index needs a name")
     return cache_home() / "local" / index
 
 
