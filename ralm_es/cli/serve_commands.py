@@ -21,7 +21,7 @@ FLAGS = ("host", "port", "max_k", "max_batch", "max_text_chars", "max_body_bytes
 @click.option("--model", "run_dir", type=click.Path(file_okay=False, exists=True), help="A run folder for /predict.")
 @click.option("--device", default="auto", show_default=True, help="Device of the --model run.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default 8000).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000).")
 @click.option("--max-k", type=click.IntRange(1), help="Most passages per query (default 100).")
 @click.option("--max-batch", type=click.IntRange(1), help="Most inputs per request (default 64).")
 @click.option("--max-text-chars", type=click.IntRange(1), help="Longest input text (default 4000).")
@@ -29,7 +29,9 @@ FLAGS = ("host", "port", "max_k", "max_batch", "max_text_chars", "max_body_bytes
 @click.option(
     "--cors-origin", "cors_origins", multiple=True, help="Allow this browser origin (repeatable; off if none)."
 )
-@click.option("--graceful-timeout", type=float, help="Seconds open requests get on shutdown (default 10).")
+@click.option(
+    "--graceful-timeout", type=click.FloatRange(min=0), help="Seconds open requests get on shutdown (default 10)."
+)
 @pass_context
 def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> None:
     """Serve /search, /retrieve, /predict, /health and /indices (OpenAPI at /docs). Set RALM_ES_API_TOKEN to
