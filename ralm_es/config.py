@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
+from elastic_transport.client_utils import parse_cloud_id
 
 from ralm_es.errors import RalmError
 
 T = TypeVar("T")
 REDACTED = "<redacted>"
+log = logging.getLogger(__name__)
 
 
 class ConfigError(RalmError, ValueError):
@@ -84,6 +89,16 @@ CONNECTION_ENV = {
     "RALM_ES_MAX_RETRIES": "max_retries",
 }
 
+# ConnectionSettings field -> the command-line flag that sets it (errors name the flag).
+CONNECTION_FLAGS = {
+    "hosts": "--es-url",
+    "username": "--es-username",
+    "ca_certs": "--es-ca-certs",
+    "verify_certs": "--es-verify-certs",
+    "request_timeout": "--es-timeout",
+    "max_retries": "--es-retries",
+}
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
@@ -138,6 +153,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        # int(2.5) would silently drop the fraction.
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected int, got {value!r}")
         try:
             return hint(value)
         except (TypeError, ValueError) as exc:
@@ -221,19 +239,91 @@ def resolve_connection(
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
 ) -> ConnectionSettings:
-    """Connection settings by precedence: CLI flags, environment, config file (``es:`` section), defaults."""
+    """Connection settings by precedence: CLI flags, environment, config file (``es:`` section), defaults.
+
+    Every value is checked here, before anything connects; an error names the flag, variable or file key it
+    came from.
+    """
     env = os.environ if env is None else env
     merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
     if config_file:
         data = load_yaml(config_file)
         section = data.get("es", {})
         if not isinstance(section, Mapping):
             raise ConfigError(f"{config_file}: 'es' must be a mapping")
-        merged.update(section)
-    for var, field in CONNECTION_ENV.items():
+        for key, value in section.items():
+            merged[key] = value
+            source[key] = f"{config_file}: es.{key}"
+    for var, name in CONNECTION_ENV.items():
         if env.get(var):
-            merged[field] = env[var]
+            merged[name] = env[var]
+            source[name] = f"{var} (es.{name})"
     for key, value in (cli or {}).items():
         if value is not None and value != ():
             merged[key] = list(value) if isinstance(value, tuple) else value
-    return from_dict(ConnectionSettings, merged, where="es")
+            source[key] = f"{CONNECTION_FLAGS.get(key, key)} (es.{key})"
+    fields = {f.name for f in dataclasses.fields(ConnectionSettings)}
+    hints = typing.get_type_hints(ConnectionSettings)
+    kwargs = {}
+    for key, value in merged.items():
+        if key not in fields:
+            raise _unknown_key(str(key), fields, f"{config_file}: es")
+        kwargs[key] = _coerce(value, hints[key], source.get(key, f"es.{key}"))
+    settings = ConnectionSettings(**kwargs)
+    return check_connection(settings, {name: source.get(name, f"es.{name}") for name in fields})
+
+
+def _check_url(url: str, where: str) -> str:
+    """The URL's scheme, after checking it has an http(s) scheme, a host and a valid port."""
+    shape = "expected a URL like http://localhost:9200"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {shape}, got {url!r} ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{where}: {shape} (scheme http or https), got {url!r}")
+    if not parts.hostname or any(c.isspace() for c in parts.netloc):
+        raise ConfigError(f"{where}: {shape} (with a host name), got {url!r}")
+    if port == 0:
+        raise ConfigError(f"{where}: {shape} (port 1-65535), got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{where}: {shape} (no ?query or #fragment), got {url!r}")
+    return parts.scheme
+
+
+def check_connection(settings: ConnectionSettings, where: Mapping[str, str]) -> ConnectionSettings:
+    """Reject connection settings the client would fail on later (or silently ignore); ``where`` names sources."""
+    if settings.cloud_id:
+        try:
+            parse_cloud_id(settings.cloud_id)
+        except ValueError:
+            raise ConfigError(f"{where['cloud_id']}: not an Elastic Cloud id (expected name:base64)") from None
+        schemes = {"https"}
+    else:
+        if not settings.hosts:
+            raise ConfigError(f"{where['hosts']}: no Elasticsearch URL given")
+        schemes = {_check_url(url, where["hosts"]) for url in settings.hosts}
+    timeout = settings.request_timeout
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"{where['request_timeout']}: expected a number of seconds above 0, got {timeout!r}")
+    if settings.max_retries < 0:
+        raise ConfigError(f"{where['max_retries']}: expected 0 or more retries, got {settings.max_retries!r}")
+    if settings.api_key is None and (settings.username is None) != (settings.password is None):
+        missing = "password" if settings.password is None else "username"
+        given = "username" if missing == "password" else "password"
+        raise ConfigError(
+            f"{where[given]}: a {given} without a {missing} does nothing; set RALM_ES_{missing.upper()} "
+            f"(or es.{missing} in the config file)"
+        )
+    if settings.ca_certs:
+        if schemes == {"http"}:
+            # A CA bundle (e.g. a leftover RALM_ES_CA_CERTS) does nothing over plain HTTP: say so, not crash.
+            log.warning("%s: ignored, the Elasticsearch URL is http:// (no TLS)", where["ca_certs"])
+            return dataclasses.replace(settings, ca_certs=None)
+        if "http" in schemes:
+            raise ConfigError(f"{where['hosts']}: mixes http:// and https:// URLs; a CA bundle needs https for all")
+        if not Path(settings.ca_certs).is_file():
+            raise ConfigError(f"{where['ca_certs']}: no such file: {settings.ca_certs}")
+    return settings

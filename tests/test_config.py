@@ -43,7 +43,7 @@ def test_secrets_never_printed() -> None:
 def test_env_booleans_and_numbers() -> None:
     settings = resolve_connection({}, env={"RALM_ES_VERIFY_CERTS": "false", "RALM_ES_MAX_RETRIES": "7"})
     assert settings.verify_certs is False and settings.max_retries == 7
-    with pytest.raises(ConfigError, match=r"es\.verify_certs: expected true or false"):
+    with pytest.raises(ConfigError, match=r"^RALM_ES_VERIFY_CERTS \(es\.verify_certs\): expected true or false"):
         resolve_connection({}, env={"RALM_ES_VERIFY_CERTS": "maybe"})
 
 
@@ -83,3 +83,65 @@ def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
 
 def test_connection_defaults_are_safe() -> None:
     assert ConnectionSettings().verify_certs is True
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RALM_ES_URL": "localhost:9200"}, r"RALM_ES_URL \(es\.hosts\): expected a URL like http://localhost:9200"),
+        ({"RALM_ES_URL": "http://ok:9200,ftp://x"}, r"RALM_ES_URL .*scheme http or https.*'ftp://x'"),
+        ({"RALM_ES_URL": "http://h:99999"}, r"RALM_ES_URL .*'http://h:99999' \(Port out of range"),
+        ({"RALM_ES_URL": "http://:9200"}, r"RALM_ES_URL .*with a host name"),
+        ({"RALM_ES_REQUEST_TIMEOUT": "-1"}, r"RALM_ES_REQUEST_TIMEOUT .*above 0, got -1\.0"),
+        ({"RALM_ES_REQUEST_TIMEOUT": "nan"}, r"RALM_ES_REQUEST_TIMEOUT .*above 0, got nan"),
+        ({"RALM_ES_REQUEST_TIMEOUT": "soon"}, r"RALM_ES_REQUEST_TIMEOUT \(es\.request_timeout\): expected float"),
+        ({"RALM_ES_MAX_RETRIES": "-2"}, r"RALM_ES_MAX_RETRIES .*0 or more retries, got -2"),
+        ({"RALM_ES_MAX_RETRIES": "2.5"}, r"RALM_ES_MAX_RETRIES \(es\.max_retries\): expected int"),
+        ({"RALM_ES_CLOUD_ID": "garbage"}, r"RALM_ES_CLOUD_ID .*not an Elastic Cloud id"),
+        ({"RALM_ES_USERNAME": "bob"}, r"RALM_ES_USERNAME .*without a password does nothing"),
+        ({"RALM_ES_URL": "https://h:9200", "RALM_ES_CA_CERTS": "/no/such.crt"}, r"RALM_ES_CA_CERTS .*no such file"),
+        (
+            {"RALM_ES_URL": "https://a:9200,http://b:9200", "RALM_ES_CA_CERTS": __file__},
+            r"RALM_ES_URL .*mixes http:// and https://",
+        ),
+    ],
+)
+def test_bad_connection_env_is_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_connection({}, env=env)
+
+
+def test_bad_connection_flags_and_file_keys_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--es-timeout \(es\.request_timeout\): expected a number of seconds"):
+        resolve_connection({"request_timeout": 0.0}, env={})
+    with pytest.raises(ConfigError, match=r"^--es-url \(es\.hosts\): .*'nope'"):
+        resolve_connection({"hosts": ("nope",)}, env={})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("es:\n  max_retries: 1.5\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: es\.max_retries: expected int, got 1\.5"):
+        resolve_connection({}, env={}, config_file=cfg)
+    cfg.write_text("es:\n  request_timeout: -3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: es\.request_timeout: expected a number of seconds above 0"):
+        resolve_connection({}, env={}, config_file=cfg)
+    cfg.write_text("es:\n  hostz: [http://h:9200]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: es: unknown setting 'hostz'; did you mean hosts"):
+        resolve_connection({}, env={}, config_file=cfg)
+
+
+def test_a_ca_bundle_with_an_http_url_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"RALM_ES_URL": "http://127.0.0.1:9200", "RALM_ES_CA_CERTS": "/whatever/ca.crt"}
+    with caplog.at_level("WARNING"):
+        settings = resolve_connection({}, env=env)
+    assert settings.ca_certs is None and settings.hosts == ["http://127.0.0.1:9200"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "RALM_ES_CA_CERTS (es.ca_certs): ignored, the Elasticsearch URL is http:// (no TLS)"
+    ]
+    https = resolve_connection({}, env={"RALM_ES_URL": "https://127.0.0.1:9200", "RALM_ES_CA_CERTS": __file__})
+    assert https.ca_certs == __file__
+
+
+def test_settings_built_in_code_fail_in_one_line_not_in_the_client() -> None:
+    from ralm_es.es.client import build_client
+
+    with pytest.raises(ConfigError, match=r"TLS options require scheme to be 'https'"):
+        build_client(ConnectionSettings(hosts=["http://127.0.0.1:9200"], ca_certs=__file__))

@@ -13,7 +13,7 @@ import pytest
 
 from ralm_es.es import distribution
 from ralm_es.es.distribution import DistributionError, find_java
-from ralm_es.es.node import LocalCluster, port_in_use
+from ralm_es.es.node import ClusterState, LocalCluster, NodeError, port_in_use
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 
@@ -70,3 +70,48 @@ def test_session_node_reports_version(es_url: str) -> None:
     with urllib.request.urlopen(es_url + "/_nodes/_local?filter_path=nodes.*.version", timeout=10) as resp:
         versions = {n["version"] for n in json.loads(resp.read())["nodes"].values()}
     assert versions == {distribution.ES_VERSION}
+
+
+@pytest.mark.parametrize("name", ["../../etc", "..", "a/b", "/tmp/x", "-rf", "", "x" * 65, "name with space"])
+def test_a_cluster_name_is_never_a_path(name: str, tmp_path: Path) -> None:
+    runtime = tmp_path / "a" / "runtime"
+    runtime.mkdir(parents=True)
+    with pytest.raises(NodeError, match="use 1-64 letters, digits"):
+        LocalCluster(name, root=runtime)
+    env = {**os.environ, "RALM_ES_RUNTIME": str(runtime), "RALM_ES_HOME": str(tmp_path / "home")}
+    for command in (["start", "--port", "auto", "--quiet"], ["stop", "--remove"], ["status"], ["env"]):
+        proc = run_cli("es", *command, "--name", name, env=env)
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("ralm-es: error: Invalid value for '--name': cluster name") and "Traceback" not in line
+    useradd = run_cli("es", "useradd", "bob", "--name", name, env={**env, "RALM_ES_NEW_PASSWORD": "pw-123456"})
+    assert useradd.returncode == 2 and "Invalid value for '--name'" in useradd.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/runtime"]
+
+
+def test_a_secured_cluster_without_tls_exports_no_ca_bundle() -> None:
+    state = ClusterState(
+        name="s", version="v", http_ports=[9201], transport_ports=[9301], security=True, username="elastic"
+    )
+    state.password, state.ca_certs = "pw", "/x/certs/ca.crt"
+    assert state.env() == {
+        "RALM_ES_URL": "http://127.0.0.1:9201",
+        "RALM_ES_USERNAME": "elastic",
+        "RALM_ES_PASSWORD": "pw",
+    }
+    state.tls = True
+    assert state.env()["RALM_ES_CA_CERTS"] == "/x/certs/ca.crt" and state.url.startswith("https://")
+
+
+def test_unreadable_cluster_state_is_one_line_and_remove_still_works(tmp_path: Path) -> None:
+    cluster = LocalCluster("broken", root=tmp_path)
+    cluster.dir.mkdir(parents=True)
+    cluster.state_file.write_text('{"name": "broken", "from_a_future_version": 1}')
+    env = {**os.environ, "RALM_ES_RUNTIME": str(tmp_path)}
+    proc = run_cli("es", "status", "--name", "broken", env=env)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"ralm-es: error: {cluster.state_file}: unreadable cluster state")
+    assert "es stop --name broken --remove" in line
+    removed = run_cli("es", "stop", "--name", "broken", "--remove", env=env)
+    assert removed.returncode == 0 and not cluster.dir.exists()

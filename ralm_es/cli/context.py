@@ -1,7 +1,9 @@
-"""What every command shares: the connection flags and config file given to the top-level group."""
+"""What every command that connects shares: the connection flags and config file, before or after its name."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,18 @@ from ralm_es.store.base import Backend, BulkSettings
 class CliContext:
     config_file: str | None = None
     connection_flags: dict[str, Any] = field(default_factory=dict)
+    _settings: ConnectionSettings | None = field(default=None, init=False, repr=False)
+
+    def merged(self, config_file: str | None, flags: dict[str, Any]) -> CliContext:
+        """This context with flags given after the subcommand taking precedence over those before it."""
+        given = {k: v for k, v in flags.items() if v is not None and v != ()}
+        return CliContext(config_file or self.config_file, {**self.connection_flags, **given})
 
     def connection(self) -> ConnectionSettings:
-        return resolve_connection(self.connection_flags, config_file=self.config_file)
+        """The resolved, checked settings (resolved once, so a warning about them shows once)."""
+        if self._settings is None:
+            self._settings = resolve_connection(self.connection_flags, config_file=self.config_file)
+        return self._settings
 
     def client(self) -> Elasticsearch:
         return connect(self.connection())
@@ -44,13 +55,67 @@ class CliContext:
         return from_dict(FieldMap, merged, where=f"{self.config_file}: fields" if section else "--field")
 
 
-pass_context = click.make_pass_decorator(CliContext, ensure=True)
+CONNECTION_OPTIONS = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file (see configs/)."),
+    click.option(
+        "--es-url", "hosts", multiple=True, help="Elasticsearch URL (repeat for several nodes). [env RALM_ES_URL]"
+    ),
+    click.option("--es-username", "username", help="Basic-auth user. [env RALM_ES_USERNAME]"),
+    click.option(
+        "--es-ca-certs", "ca_certs", type=click.Path(dir_okay=False), help="CA bundle for TLS. [env RALM_ES_CA_CERTS]"
+    ),
+    click.option(
+        "--es-verify-certs/--es-no-verify-certs",
+        "verify_certs",
+        default=None,
+        help="Verify TLS certificates (on by default).",
+    ),
+    click.option("--es-timeout", "request_timeout", type=float, help="Request timeout in seconds (default 30)."),
+    click.option("--es-retries", "max_retries", type=int, help="Retries on timeouts, 429 and 5xx (default 3)."),
+]
+CONNECTION_PARAMS = ("hosts", "username", "ca_certs", "verify_certs", "request_timeout", "max_retries")
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--config`` and the ``--es-*`` flags to a click command or group, listed after its own options."""
+    own = list(getattr(func, "__click_params__", []))
+    func.__click_params__ = []  # type: ignore[attr-defined]
+    for option in reversed(CONNECTION_OPTIONS):
+        func = option(func)
+    # click lists parameters in reverse order of this list: the connection flags go last in --help.
+    func.__click_params__ = [*func.__click_params__, *own]  # type: ignore[attr-defined]
+    return func
+
+
+def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands that connect: take the connection flags after the subcommand too, merge them over those
+    given before it, check the resulting settings before any work, and pass the ``CliContext`` first."""
+
+    @functools.wraps(func)
+    def run(*args: Any, config_file: str | None, **kwargs: Any) -> Any:
+        click_ctx = click.get_current_context()
+        flags = {name: kwargs.pop(name) for name in CONNECTION_PARAMS}
+        ctx = click_ctx.ensure_object(CliContext).merged(config_file, flags)
+        click_ctx.obj = ctx
+        # A folder on disk needs no cluster, so its connection settings are not needed either.
+        if kwargs.get("backend") != "local":
+            ctx.connection()
+        return func(ctx, *args, **kwargs)
+
+    return connection_options(run)
 
 
 def local_index_path(index: str) -> Path:
-    """A local index is a folder: a path as given, or a name under ``~/.cache/ralm-es/local``."""
+    """A local index is a folder: a path as given (with a ``/`` or a leading ``.``), or a bare name under
+    ``~/.cache/ralm-es/local``. A bare name has no ``/`` and no leading dot, so it cannot leave that folder."""
     if "/" in index or index.startswith("."):
-        return Path(index)
+        path = Path(index)
+        # "..", "." or "a/.." would make a folder that holds other things (the current one, its parent) the index.
+        if path.name in ("", ".", ".."):
+            raise ConfigError(f"--index {index!r}: a local index is a folder of its own; name it, e.g. ./my-index")
+        return path
+    if not index.strip():
+        raise ConfigError("--index: a local index needs a name")
     return cache_home() / "local" / index
 
 

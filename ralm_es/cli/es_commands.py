@@ -1,22 +1,47 @@
-"""``ralm-es es start|stop|status``: the local Elasticsearch cluster."""
+"""``ralm-es es start|stop|status|env|useradd``: the local Elasticsearch cluster."""
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import click
 
-from ralm_es.es.node import LocalCluster
+from ralm_es.es.node import LocalCluster, NodeError, check_cluster_name
+
+HEAP = re.compile(r"[1-9][0-9]*[kKmMgG]")
 
 
-def _port(value: str) -> int | None:
+def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_cluster_name(value)
+    except NodeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _port(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
     if value == "auto":
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a port number or 'auto', got {value!r}") from None
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise click.BadParameter(f"expected a port number (1-65535) or 'auto', got {value!r}")
+    return int(value)
+
+
+def _heap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not HEAP.fullmatch(value):
+        raise click.BadParameter(f"expected a size with a unit, like 512m or 2g, got {value!r}")
+    return value
+
+
+name_option = click.option(
+    "--name",
+    default="default",
+    show_default=True,
+    callback=_name,
+    help="Cluster name (letters, digits, '_', '-'); several can run side by side.",
+)
+seconds = click.FloatRange(min=0, min_open=True)
 
 
 @click.group()
@@ -25,21 +50,25 @@ def es() -> None:
 
 
 @es.command()
-@click.option("--name", default="default", show_default=True, help="Cluster name; several can run side by side.")
-@click.option("--port", default="9200", show_default=True, help="HTTP port of the first node, or 'auto'.")
-@click.option("--heap", default="1g", show_default=True, help="JVM heap per node.")
+@name_option
+@click.option(
+    "--port", default="9200", show_default=True, callback=_port, help="HTTP port of the first node, or 'auto'."
+)
+@click.option("--heap", default="1g", show_default=True, callback=_heap, help="JVM heap per node.")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 9), help="Number of nodes.")
 @click.option("--security", is_flag=True, help="Enable x-pack security with a generated password for 'elastic'.")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with a CA generated for this cluster (implies --security).")
-@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for yellow health.")
+@click.option("--timeout", default=180.0, show_default=True, type=seconds, help="Seconds to wait for yellow health.")
 @click.option("--quiet", is_flag=True, help="No download progress bar.")
-def start(name: str, port: str, heap: str, nodes: int, security: bool, tls: bool, timeout: float, quiet: bool) -> None:
+def start(
+    name: str, port: int | None, heap: str, nodes: int, security: bool, tls: bool, timeout: float, quiet: bool
+) -> None:
     """Start (or reuse) a local cluster on 127.0.0.1 and print its URL."""
+    if port is not None and port + nodes - 1 > 65535:
+        raise click.BadParameter(f"{nodes} nodes from port {port} run past 65535", param_hint="'--port'")
     cluster = LocalCluster(name)
     was_running = cluster.running() is not None
-    state = cluster.start(
-        port=_port(port), heap=heap, nodes=nodes, security=security, tls=tls, timeout=timeout, quiet=quiet
-    )
+    state = cluster.start(port=port, heap=heap, nodes=nodes, security=security, tls=tls, timeout=timeout, quiet=quiet)
     verb = "already running" if was_running else "started"
     click.echo(f"Elasticsearch {state.version} {verb}: {' '.join(state.urls)}", err=True)
     if state.security:
@@ -50,7 +79,7 @@ def start(name: str, port: str, heap: str, nodes: int, security: bool, tls: bool
 
 
 @es.command("env")
-@click.option("--name", default="default", show_default=True)
+@name_option
 def env(name: str) -> None:
     """Print `export RALM_ES_...` lines for the cluster (URL, and credentials and CA when secured)."""
     state = LocalCluster(name).running()
@@ -61,20 +90,18 @@ def env(name: str) -> None:
 
 
 @es.command()
-@click.option("--name", default="default", show_default=True)
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait before SIGKILL.")
+@name_option
+@click.option("--timeout", default=30.0, show_default=True, type=seconds, help="Seconds to wait before SIGKILL.")
 @click.option("--remove", is_flag=True, help="Also delete the cluster's data, logs and certificates.")
 def stop(name: str, timeout: float, remove: bool) -> None:
     """Stop the local cluster gracefully (SIGTERM, wait, then SIGKILL)."""
     cluster = LocalCluster(name)
-    stopped = cluster.stop(timeout=timeout)
-    if remove:
-        cluster.remove()
+    stopped = cluster.remove(timeout=timeout) if remove else cluster.stop(timeout=timeout)
     click.echo(("stopped" if stopped else "not running") + (" and removed" if remove else ""), err=True)
 
 
 @es.command()
-@click.option("--name", default="default", show_default=True)
+@name_option
 @click.option("--json", "as_json", is_flag=True, help='Print {"url", "version", "health", "nodes"}.')
 def status(name: str, as_json: bool) -> None:
     """Show whether the local cluster runs, its URL, version and health."""
@@ -87,7 +114,7 @@ def status(name: str, as_json: bool) -> None:
 
 @es.command("useradd")
 @click.argument("username")
-@click.option("--name", default="default", show_default=True)
+@name_option
 @click.option(
     "--role", "roles", multiple=True, default=["viewer"], show_default=True, help="Built-in role (repeatable)."
 )

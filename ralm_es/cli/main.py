@@ -8,7 +8,7 @@ import sys
 import click
 from elasticsearch import ApiError, TransportError
 
-from ralm_es.cli.context import CliContext
+from ralm_es.cli.context import CliContext, connection_options
 from ralm_es.cli.doc_context_commands import doc_context
 from ralm_es.cli.es_commands import es
 from ralm_es.cli.ingest_commands import ingest
@@ -22,27 +22,13 @@ from ralm_es.version import __version__
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="ralm-es")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file (see configs/).")
-@click.option(
-    "--es-url", "hosts", multiple=True, help="Elasticsearch URL (repeat for several nodes). [env RALM_ES_URL]"
-)
-@click.option("--es-username", "username", help="Basic-auth user. [env RALM_ES_USERNAME]")
-@click.option(
-    "--es-ca-certs", "ca_certs", type=click.Path(dir_okay=False), help="CA bundle for TLS. [env RALM_ES_CA_CERTS]"
-)
-@click.option(
-    "--es-verify-certs/--es-no-verify-certs",
-    "verify_certs",
-    default=None,
-    help="Verify TLS certificates (on by default).",
-)
-@click.option("--es-timeout", "request_timeout", type=float, help="Request timeout in seconds (default 30).")
-@click.option("--es-retries", "max_retries", type=int, help="Retries on timeouts, 429 and 5xx (default 3).")
+@connection_options
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, **connection: object) -> None:
     """ralm-es: retrieval-augmented language models on Elasticsearch.
 
-    Secrets (RALM_ES_API_KEY, RALM_ES_PASSWORD) are read from the environment or the config file only.
+    The connection options work before the command or after it (after wins). Secrets (RALM_ES_API_KEY,
+    RALM_ES_PASSWORD) are read from the environment or the config file only.
     """
     ctx.obj = CliContext(config_file=config_file, connection_flags=connection)
 
@@ -66,8 +52,16 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("ralm-es: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line, like every other error: the usage block would push the reason off a narrow terminal.
+        where = f"; see '{exc.ctx.command_path} --help'" if exc.ctx else ""
+        click.echo(f"ralm-es: error: {exc.format_message().rstrip('.')}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"ralm-es: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except RalmError as exc:
         click.echo(f"ralm-es: error: {exc}", err=True)
@@ -79,6 +73,11 @@ def main() -> None:
         click.echo(
             f"ralm-es: error: lost the connection to Elasticsearch ({type(exc).__name__}: {exc.message})", err=True
         )
+        sys.exit(1)
+    except OSError as exc:
+        # A file or folder the user named that cannot be read or written (missing folder, permissions, full disk).
+        name = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"ralm-es: error: {name}{exc.strerror or exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("ralm-es: interrupted", err=True)

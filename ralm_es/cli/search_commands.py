@@ -65,12 +65,28 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
             help="Query encoder folder (default: the index's).",
         ),
         click.option("--fusion", type=click.Choice(["rrf", "linear"]), default="rrf", show_default=True),
-        click.option("--rrf-k", default=60.0, show_default=True, help="RRF rank constant."),
-        click.option("--dense-weight", default=0.5, show_default=True, help="Weight of the dense list in fusion."),
+        click.option(
+            "--rrf-k", default=60.0, show_default=True, type=click.FloatRange(min=0), help="RRF rank constant."
+        ),
+        click.option(
+            "--dense-weight",
+            default=0.5,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Weight of the dense list in fusion.",
+        ),
         click.option("--norm", type=click.Choice(["minmax", "zscore"]), default="minmax", show_default=True),
-        click.option("--title-boost", default=1.0, show_default=True),
-        click.option("--num-candidates", default=100, show_default=True, help="kNN candidates per shard."),
-        click.option("--depth", default=50, show_default=True, help="Hits per component list before fusion."),
+        click.option("--title-boost", default=1.0, show_default=True, type=click.FloatRange(min=0)),
+        click.option(
+            "--num-candidates", default=100, show_default=True, type=click.IntRange(1), help="kNN candidates per shard."
+        ),
+        click.option(
+            "--depth",
+            default=50,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Hits per component list before fusion.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -127,7 +143,7 @@ def _fmt(value: float | None) -> str:
 @click.command()
 @click.argument("query")
 @query_options
-@click.option("-k", "--k", "k", default=10, show_default=True, help="Number of passages.")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Number of passages.")
 @click.option("--filter", "filters", multiple=True, help="Metadata filter: f=v, f=a,b or f>=n (repeatable).")
 @click.option("--exclude-id", "exclude_ids", multiple=True, help="Never return this passage id (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as a JSON list.")
@@ -180,7 +196,7 @@ def guess_text_field(path: str) -> str:
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
 @query_options
-@click.option("-k", "--k", "k", default=8, show_default=True, help="Passages per input.")
+@click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(1), help="Passages per input.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file (JSONL) to write or resume.")
 @click.option("--text-field", default="auto", show_default=True, help="Input text field (auto: text, else claim).")
 @click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto, jsonl, conll, …).")
@@ -191,7 +207,7 @@ def guess_text_field(path: str) -> str:
     show_default=True,
     help="Keep an input from retrieving itself: by its id as doc_id, by identical text, or both.",
 )
-@click.option("--batch", default=256, show_default=True, help="Inputs per search_many call.")
+@click.option("--batch", default=256, show_default=True, type=click.IntRange(1), help="Inputs per search_many call.")
 @click.option("--quiet", is_flag=True)
 @pass_context
 def retrieve(

@@ -34,7 +34,7 @@ FLAGS = (
 @click.option("--model", "run_dir", type=click.Path(file_okay=False, exists=True), help="A run folder for /predict.")
 @click.option("--device", default="auto", show_default=True, help="Device of the --model run.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default 8000).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000).")
 @click.option("--max-k", type=click.IntRange(1), help="Most passages per query (default 100).")
 @click.option("--max-batch", type=click.IntRange(1), help="Most inputs per request (default 64).")
 @click.option("--max-text-chars", type=click.IntRange(1), help="Longest input text (default 4000).")
@@ -48,7 +48,9 @@ FLAGS = (
     default=None,
     help="Serve /docs, /redoc and /openapi.json without the bearer token (with RALM_ES_API_TOKEN set).",
 )
-@click.option("--graceful-timeout", type=float, help="Seconds open requests get on shutdown (default 10).")
+@click.option(
+    "--graceful-timeout", type=click.FloatRange(min=0), help="Seconds open requests get on shutdown (default 10)."
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(1),

@@ -83,8 +83,10 @@ def _explain_lines(record: dict[str, Any], top: int) -> list[str]:
 @click.option("--cache", type=click.Path(dir_okay=False), help="Retrieval cache for INPUT (ralm-es retrieve).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input.")
 @click.option("--explain", is_flag=True, help="Show the passages and the attention weight each got.")
-@click.option("--top", default=3, show_default=True, help="Passages shown per prediction with --explain.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option(
+    "--top", default=3, show_default=True, type=click.IntRange(1), help="Passages shown per prediction with --explain."
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True)
 def predict(
     run_dir: str,
@@ -120,7 +122,7 @@ def predict(
 @click.argument("test_path", metavar="TEST_FILE", type=click.Path(dir_okay=False))
 @click.option("--cache", type=click.Path(dir_okay=False), help="Retrieval cache for TEST_FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True)
 def evaluate_model(
     run_dir: str, test_path: str, cache: str | None, as_json: bool, batch_size: int, device: str

@@ -8,7 +8,7 @@ from elastic_transport import TlsError
 from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
 
-from ralm_es.config import ConnectionSettings
+from ralm_es.config import ConfigError, ConnectionSettings
 from ralm_es.errors import RalmError
 
 
@@ -35,7 +35,11 @@ def build_client(settings: ConnectionSettings) -> Elasticsearch:
     if settings.ca_certs:
         kwargs["ca_certs"] = settings.ca_certs
     kwargs["verify_certs"] = settings.verify_certs
-    return Elasticsearch(**kwargs)
+    try:
+        return Elasticsearch(**kwargs)
+    except ValueError as exc:
+        # Settings built in code skip resolve_connection's checks; the client's refusal is still one line.
+        raise ConfigError(f"es: the Elasticsearch client refused these connection settings ({exc})") from None
 
 
 def describe_api_error(exc: ApiError) -> str:

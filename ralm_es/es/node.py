@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -36,10 +37,19 @@ SERVICE_USER = "ralm-es"
 LOG_TAIL_LINES = 25
 HUNSPELL_DIR = "/usr/share/hunspell"
 HUNSPELL_LOCALE = "en_US"
+# A cluster name becomes a folder name (and part of cluster.name): no separators, no dot-dot, no leading dash.
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class NodeError(RalmError):
     """A local node failed to start, stop or answer; the message carries the reason and log lines."""
+
+
+def check_cluster_name(name: str) -> str:
+    """``name`` if it is safe as a folder name under the runtime root, else ``NodeError``."""
+    if not CLUSTER_NAME.fullmatch(name):
+        raise NodeError(f"cluster name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit")
+    return name
 
 
 def runtime_root() -> Path:
@@ -95,7 +105,8 @@ class ClusterState:
         out = {"RALM_ES_URL": ",".join(self.urls)}
         if self.security and self.username and self.password:
             out.update(RALM_ES_USERNAME=self.username, RALM_ES_PASSWORD=self.password)
-        if self.ca_certs:
+        # Without --tls the CA signs only the transport layer; over http:// the client has no use for it.
+        if self.tls and self.ca_certs:
             out["RALM_ES_CA_CERTS"] = self.ca_certs
         return out
 
@@ -143,7 +154,7 @@ class LocalCluster:
     """Start, stop and inspect a named local cluster. A second ``start`` reuses a running one."""
 
     def __init__(self, name: str = "default", root: Path | None = None) -> None:
-        self.name = name
+        self.name = check_cluster_name(name)
         self.root = root or runtime_root()
         self.dir = self.root / "clusters" / name
         self.state_file = self.dir / "state.json"
@@ -152,7 +163,13 @@ class LocalCluster:
     def state(self) -> ClusterState | None:
         if not self.state_file.exists():
             return None
-        return ClusterState(**json.loads(self.state_file.read_text()))
+        try:
+            return ClusterState(**json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise NodeError(
+                f"{self.state_file}: unreadable cluster state ({exc}); "
+                f"`ralm-es es stop --name {self.name} --remove` deletes the cluster"
+            ) from None
 
     def _save(self, state: ClusterState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -483,10 +500,15 @@ class LocalCluster:
         self._save(state)
         return bool(alive)
 
-    def remove(self) -> None:
-        """Stop the cluster and delete its folder: data, logs, certificates and state."""
-        self.stop()
+    def remove(self, timeout: float = 30.0) -> bool:
+        """Stop the cluster and delete its folder: data, logs, certificates and state; True when it ran."""
+        try:
+            stopped = self.stop(timeout=timeout)
+        except NodeError:
+            # Unreadable state names no processes to stop; the folder still goes.
+            stopped = False
         shutil.rmtree(self.dir, ignore_errors=True)
+        return stopped
 
     def kill_node(self, i: int) -> None:
         """SIGKILL node ``i``, as a crash would (the fault tests use this)."""
@@ -515,4 +537,12 @@ class LocalCluster:
             return {"url": state.url, "version": state.version, "health": f"unreachable ({exc})", "nodes": 0}
 
 
-__all__ = ["ClusterState", "DistributionError", "LocalCluster", "NodeError", "free_port", "runtime_root"]
+__all__ = [
+    "ClusterState",
+    "DistributionError",
+    "LocalCluster",
+    "NodeError",
+    "check_cluster_name",
+    "free_port",
+    "runtime_root",
+]

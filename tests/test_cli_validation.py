@@ -1,0 +1,178 @@
+"""Bad input to any command ends in one line naming what is wrong, a non-zero exit and no traceback.
+
+Every command of ``ralm-es --help`` is driven as a user would (a subprocess) with bad values: URLs, timeouts,
+retry counts and TLS files through flags (before and after the command), environment and config file; bad
+counts and ranges; missing, unreadable and misplaced files; unsafe names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ralm_es.corpora.benchmarks import sample_path
+from ralm_es.es.node import free_port
+
+RALM = [sys.executable, "-m", "ralm_es.cli.main"]
+SAMPLE = str(sample_path("sample_corpus.jsonl"))
+LOCAL = ["--backend", "local", "--index", "smp", "--mode", "bm25"]
+
+# (id, arguments, extra environment, text the one error line must contain). "{tmp}" is the test's folder, in
+# which smp is a local index of the sample corpus, bad.yaml has a negative es.request_timeout, broken.yaml is
+# not YAML and afile is a plain file.
+CASES: list[tuple[str, list[str], dict[str, str], str]] = [
+    # Connection settings, each where a user can give it.
+    ("url-no-scheme", ["search", "q", "--es-url", "localhost:9200"], {}, "--es-url (es.hosts): expected a URL"),
+    ("url-before-command", ["--es-url", "ftp://h:9200", "search", "q"], {}, "--es-url (es.hosts): expected a URL"),
+    ("url-bad-port", ["search", "q", "--es-url", "http://h:99999"], {}, "Port out of range"),
+    ("timeout-negative", ["search", "q", "--es-timeout", "-1"], {}, "--es-timeout (es.request_timeout): expected"),
+    ("timeout-not-a-number", ["search", "q", "--es-timeout", "soon"], {}, "Invalid value for '--es-timeout'"),
+    ("retries-negative", ["search", "q", "--es-retries", "-1"], {}, "--es-retries (es.max_retries): expected 0 or"),
+    ("retries-not-a-number", ["search", "q", "--es-retries", "x"], {}, "Invalid value for '--es-retries'"),
+    (
+        "ca-certs-missing",
+        ["search", "q", "--es-url", "https://127.0.0.1:9200", "--es-ca-certs", "{tmp}/none.crt"],
+        {},
+        "--es-ca-certs (es.ca_certs): no such file",
+    ),
+    ("env-url", ["search", "q"], {"RALM_ES_URL": "http//oops"}, "RALM_ES_URL (es.hosts): expected a URL"),
+    ("env-timeout", ["search", "q"], {"RALM_ES_REQUEST_TIMEOUT": "0"}, "RALM_ES_REQUEST_TIMEOUT (es.request_tim"),
+    ("env-retries", ["search", "q"], {"RALM_ES_MAX_RETRIES": "lots"}, "RALM_ES_MAX_RETRIES (es.max_retries): exp"),
+    ("env-verify", ["search", "q"], {"RALM_ES_VERIFY_CERTS": "maybe"}, "RALM_ES_VERIFY_CERTS (es.verify_certs)"),
+    ("env-cloud-id", ["search", "q"], {"RALM_ES_CLOUD_ID": "garbage"}, "RALM_ES_CLOUD_ID (es.cloud_id): not an"),
+    ("config-missing", ["search", "q", "--config", "{tmp}/none.yaml"], {}, "none.yaml: cannot read config file"),
+    ("config-bad-value", ["--config", "{tmp}/bad.yaml", "search", "q"], {}, "bad.yaml: es.request_timeout: expected"),
+    ("config-not-yaml", ["search", "q", "--config", "{tmp}/broken.yaml"], {}, "broken.yaml:3: invalid YAML"),
+    # The connection flags on every command that connects.
+    ("ingest-url", ["ingest", SAMPLE, "--no-embed", "--es-url", "nope"], {}, "--es-url (es.hosts)"),
+    ("retrieve-timeout", ["retrieve", SAMPLE, "--out", "{tmp}/o.jsonl", "--es-timeout", "0"], {}, "--es-timeout ("),
+    (
+        "evaluate-retries",
+        ["evaluate", "--queries", SAMPLE, "--qrels", SAMPLE, "--es-retries", "-1"],
+        {},
+        "--es-retries (es.max_retries)",
+    ),
+    ("serve-url", ["serve", "--mode", "bm25", "--es-url", "nope"], {}, "--es-url (es.hosts)"),
+    # search
+    ("search-k-zero", ["search", "q", *LOCAL, "-k", "0"], {}, "Invalid value for '-k' / '--k': 0 is not in the range"),
+    ("search-k-negative", ["search", "q", *LOCAL, "-k", "-3"], {}, "Invalid value for '-k' / '--k'"),
+    ("search-k-text", ["search", "q", *LOCAL, "-k", "many"], {}, "'many' is not a valid integer"),
+    ("search-depth", ["search", "q", *LOCAL, "--depth", "0"], {}, "Invalid value for '--depth'"),
+    ("search-candidates", ["search", "q", *LOCAL, "--num-candidates", "0"], {}, "Invalid value for '--num-candidates'"),
+    ("search-rrf-k", ["search", "q", *LOCAL, "--rrf-k", "-1"], {}, "Invalid value for '--rrf-k'"),
+    ("search-dense-weight", ["search", "q", *LOCAL, "--dense-weight", "1.5"], {}, "Invalid value for '--dense-weight'"),
+    ("search-title-boost", ["search", "q", *LOCAL, "--title-boost", "-1"], {}, "Invalid value for '--title-boost'"),
+    ("search-filter", ["search", "q", *LOCAL, "--filter", "???"], {}, "expected field=value"),
+    ("search-mode", ["search", "q", "--mode", "fuzzy"], {}, "Invalid value for '--mode'"),
+    ("search-no-index", ["search", "q", "--backend", "local", "--index", "nothere"], {}, "no local index at"),
+    ("search-empty-name", ["search", "q", "--backend", "local", "--index", ""], {}, "--index: a local index needs"),
+    ("search-parent", ["search", "q", "--backend", "local", "--index", ".."], {}, "--index '..': a local index is"),
+    ("search-unknown-option", ["search", "q", "--bogus"], {}, "No such option '--bogus'"),
+    # retrieve
+    ("retrieve-no-input", ["retrieve", "{tmp}/none.jsonl", "--out", "{tmp}/o.jsonl"], {}, "does not exist"),
+    ("retrieve-k", ["retrieve", SAMPLE, "--out", "{tmp}/o.jsonl", *LOCAL, "-k", "0"], {}, "Invalid value for '-k'"),
+    ("retrieve-batch", ["retrieve", SAMPLE, "--out", "{tmp}/o.jsonl", *LOCAL, "--batch", "0"], {}, "'--batch'"),
+    ("retrieve-out-folder", ["retrieve", SAMPLE, "--out", "{tmp}", *LOCAL], {}, "is a directory"),
+    (
+        "retrieve-out-under-a-file",
+        ["retrieve", SAMPLE, "--out", "{tmp}/afile/o.jsonl", *LOCAL, "--quiet"],
+        {},
+        "afile: File exists",
+    ),
+    # evaluate
+    ("evaluate-no-queries", ["evaluate", "--queries", "{tmp}/none", "--qrels", SAMPLE], {}, "'--queries'"),
+    # ingest
+    ("ingest-no-input", ["ingest", "{tmp}/none.jsonl"], {}, "Path '{tmp}/none.jsonl' does not exist"),
+    ("ingest-format", ["ingest", SAMPLE, "--format", "xml"], {}, "Invalid value for '--format'"),
+    ("ingest-set", ["ingest", SAMPLE, "--no-embed", "--backend", "local", "--set", "bogus=1"], {}, "'bogus'"),
+    (
+        "ingest-device",
+        ["ingest", SAMPLE, "--backend", "local", "--index", "d", "--device", "gpu9", "--quiet"],
+        {},
+        "'gpu9'",
+    ),
+    (
+        "ingest-index-under-a-file",
+        ["ingest", SAMPLE, "--no-embed", "--backend", "local", "--index", "{tmp}/afile/idx", "--quiet"],
+        {},
+        "afile/idx",
+    ),
+    # train, predict, evaluate-model
+    ("train-config-missing", ["train", "--config", "{tmp}/none.yaml"], {}, "none.yaml: cannot read config file"),
+    ("train-stop-after", ["train", "--config", "{tmp}/bad.yaml", "--stop-after", "0"], {}, "'--stop-after'"),
+    ("predict-not-a-run", ["predict", "--model", "{tmp}", SAMPLE], {}, "is not a ralm-es run folder"),
+    ("predict-batch", ["predict", "--model", "{tmp}", SAMPLE, "--batch-size", "0"], {}, "'--batch-size'"),
+    ("predict-top", ["predict", "--model", "{tmp}", SAMPLE, "--top", "0"], {}, "Invalid value for '--top'"),
+    ("evaluate-model-batch", ["evaluate-model", "--model", "{tmp}", SAMPLE, "--batch-size", "0"], {}, "'--batch-size'"),
+    # serve
+    ("serve-port", ["serve", *LOCAL, "--port", "70000"], {}, "Invalid value for '--port'"),
+    ("serve-graceful", ["serve", *LOCAL, "--graceful-timeout", "-1"], {}, "Invalid value for '--graceful-timeout'"),
+    ("serve-max-k", ["serve", *LOCAL, "--max-k", "0"], {}, "Invalid value for '--max-k'"),
+    # es
+    ("es-start-port", ["es", "start", "--port", "99999"], {}, "Invalid value for '--port'"),
+    ("es-start-heap", ["es", "start", "--heap", "lots"], {}, "Invalid value for '--heap'"),
+    ("es-start-timeout", ["es", "start", "--timeout", "-1"], {}, "Invalid value for '--timeout'"),
+    ("es-start-nodes", ["es", "start", "--nodes", "0"], {}, "Invalid value for '--nodes'"),
+    ("es-stop-timeout", ["es", "stop", "--timeout", "-5"], {}, "Invalid value for '--timeout'"),
+    ("es-env-not-running", ["es", "env", "--name", "never"], {}, "cluster 'never' is not running"),
+    ("es-useradd-not-running", ["es", "useradd", "bob", "--name", "never"], {}, "is not running with security"),
+    ("no-such-command", ["nosuch"], {}, "No such command 'nosuch'"),
+    ("no-such-es-command", ["es", "nosuch"], {}, "No such command 'nosuch'"),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bad-input")
+    (tmp / "bad.yaml").write_text("es:\n  request_timeout: -3\n")
+    (tmp / "broken.yaml").write_text("es:\n  hosts: [a\n  user: b\n")
+    (tmp / "afile").write_text("a file, not a folder\n")
+    proc = subprocess.run(
+        [*RALM, "ingest", SAMPLE, "--backend", "local", "--index", "smp", "--no-embed", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=base_env(tmp),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return tmp
+
+
+def base_env(tmp: Path) -> dict[str, str]:
+    """No RALM_ES_* setting of the caller; a URL where nothing answers, so a check that misses shows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALM_ES_")}
+    return {
+        **env,
+        "RALM_ES_HOME": str(tmp / "home"),
+        "RALM_ES_RUNTIME": str(tmp / "runtime"),
+        "RALM_ES_URL": f"http://127.0.0.1:{free_port()}",
+        "RALM_ES_MAX_RETRIES": "0",
+        "RALM_ES_NEW_PASSWORD": "pw-123456",
+    }
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_without_traceback(
+    args: list[str], env: dict[str, str], expected: str, workdir: Path
+) -> None:
+    argv = [a.replace("{tmp}", str(workdir)) for a in args]
+    proc = subprocess.run(
+        [*RALM, *argv],
+        capture_output=True,
+        text=True,
+        env={**base_env(workdir), **env},
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "Traceback" not in output, output
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ralm-es: error: "), lines[0]
+    assert expected.replace("{tmp}", str(workdir)) in lines[0]
