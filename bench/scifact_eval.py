@@ -5,7 +5,7 @@ under a label (one entry per index variant, rewritten after every mode, so a kil
 ``python -m bench.scifact_eval --index scifact-stem --label "hunspell stemming"``; the index is made beforehand with
 ``ralm-es ingest ../shared/data/scifact/corpus.jsonl --index scifact-stem``, or, with ``--copy-from scifact``, made
 here from an index already embedded: a new index from the template (so with the analyzer the cluster gives now)
-filled by ``_reindex``, which analyses the text again and copies the vectors.
+filled from a scroll of the source through the store's bulk writes (the text analysed anew, the vectors copied).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from ralm_es.config import ConnectionSettings
 from ralm_es.corpora.benchmarks import scifact_paths
 from ralm_es.corpus.readers import read_corpus
-from ralm_es.corpus.types import Record
+from ralm_es.corpus.types import Passage, Record
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
 from ralm_es.retrieve.evaluate import evaluate_index, tune_fusion
@@ -66,7 +66,15 @@ def main() -> None:
                 chunking=Chunking(**chunking) if chunking else None,
             )
         )
-        client.reindex(source={"index": args.copy_from}, dest={"index": args.index}, wait_for_completion=True)
+        # The integration-test node has no reindex module: scroll the source and bulk-write through the store.
+        batch: list[Passage] = []
+        for passage in [*source.passages(), None]:
+            if passage is not None:
+                batch.append(passage)
+            if len(batch) == 1000 or (passage is None and batch):
+                if failed := [r for r in backend.write(batch) if not r.ok]:
+                    raise SystemExit(f"copying {args.copy_from}: {failed[0].source}: {failed[0].error}")
+                batch = []
         backend.refresh()
     info = backend.info()
     retriever = Retriever(backend, Encoder(args.model), RetrievalSettings())

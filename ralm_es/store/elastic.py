@@ -359,6 +359,24 @@ class ElasticsearchBackend:
         resp = self.client.mget(index=self.index, ids=list(ids), source=False)
         return {d["_id"] for d in resp["docs"] if d.get("found")}
 
+    def passages(self) -> Iterator[Passage]:
+        """Every stored passage with its vector, in no particular order (a scroll), to copy an index elsewhere."""
+        f = self.fields
+        for raw in helpers.scan(self.client, index=self.index, query={"query": {"match_all": {}}}, size=500):
+            src = raw["_source"]
+            yield Passage(
+                id=str(src.get(f.id, raw["_id"])),
+                doc_id=str(src.get(f.doc_id, raw["_id"])),
+                chunk=int(src.get("chunk", 0)),
+                text=src.get(f.text, ""),
+                source=src.get("source", ""),
+                title=src.get(f.title, "") or "",
+                start=int(src.get("start", 0)),
+                end=int(src.get("end", 0)),
+                metadata=dict(src.get(f.metadata) or {}),
+                vector=src.get(f.vector),
+            )
+
     def to_source(self, p: Passage, dims: int | None) -> dict[str, Any]:
         f = self.fields
         doc: dict[str, Any] = {
