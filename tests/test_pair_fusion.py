@@ -223,3 +223,15 @@ def test_regulariser_settings_that_cannot_apply_are_one_line(
         train(load(claims_config(tmp_path, claims, tiny_model_dir, *sets)))
     assert str(caught.value) == message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_drops_the_same_passages(tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path) -> None:
+    whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
+    whole_dir.mkdir(), split_dir.mkdir()
+    sets = ["train.max_steps=6", "train.passage_dropout=0.5"]
+    whole = train(load(claims_config(whole_dir, claims, tiny_model_dir, *sets)))
+    split = claims_config(split_dir, claims, tiny_model_dir, *sets)
+    assert train(load(split), stop_after=3).steps == 3
+    resumed = train(load([*split, "run.resume=true"]))
+    assert resumed.steps == whole.steps == 6
+    assert losses(split_dir / "run") == pytest.approx(losses(whole_dir / "run"), abs=1e-6)
