@@ -147,8 +147,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         start = j * per_rank + layout.rank * t.batch_size
         batch = train_fs.batch(permutations[epoch][start : start + t.batch_size])
         if t.passage_dropout > 0:
-            # Seeded by the micro-batch, so a resumed run drops the same passages.
-            generator = torch.Generator().manual_seed(t.seed * 1_000_003 + i)
+            # Seeded by the micro-batch and rank, so a resumed run drops the same passages.
+            generator = torch.Generator().manual_seed(t.seed * 1_000_003 + i * layout.world + layout.rank)
             batch = drop_passages(batch, t.passage_dropout, generator)
         return {k: v.to(device) for k, v in batch.items()}
 
