@@ -122,7 +122,7 @@ def test_unknown_config_key_lists_close_matches(tmp_path: Path) -> None:
         ConfigError, match=r"--set train.batchsize: unknown setting 'batchsize'; did you mean batch_size"
     ):
         load_config(path, ["train.batchsize=8"])
-    with pytest.raises(ConfigError, match=r"expected one of none, concat, attention"):
+    with pytest.raises(ConfigError, match=r"expected one of none, concat, attention, pair"):
         load_config(path, ["model.fusion=sum"])
 
 
@@ -159,7 +159,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 )
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.data.train and cfg.model.fusion in ("none", "concat", "attention")
+    assert cfg.data.train and cfg.model.fusion in typing.get_args(Fusion)
 
 
 def test_optimizer_groups_spare_biases_and_layernorm_from_decay(tiny_model_dir: Path) -> None:
@@ -186,16 +186,17 @@ def test_every_fusion_mode_the_config_accepts_has_a_strategy(tmp_path: Path) -> 
 
 def test_an_unknown_fusion_mode_is_one_line_naming_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(FusionError) as caught:
-        fusion_strategy("pair")
-    assert str(caught.value) == "unknown fusion mode 'pair' (model.fusion); expected one of none, concat, attention"
+        fusion_strategy("late")
+    expected = "unknown fusion mode 'late' (model.fusion); expected one of none, concat, attention, pair"
+    assert str(caught.value) == expected
     # A run folder from a version with more modes.
     (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "model.json").write_text('{"task": "ner", "fusion": "pair"}')
+    (tmp_path / "model.json").write_text('{"task": "ner", "fusion": "late"}')
     with pytest.raises(ModelError) as loaded:
         load_run_model(tmp_path, torch.device("cpu"))
     message = str(loaded.value)
     assert message.startswith(f"{tmp_path / 'model.json'} was not written by this version") and "\n" not in message
-    assert message.endswith("unknown fusion mode 'pair' (model.fusion); expected one of none, concat, attention")
+    assert message.endswith(expected)
 
 
 def test_the_spec_is_frozen_and_round_trips_through_json() -> None:

@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ralm_es.model.spec import ModelSpec
-from ralm_es.model.strategies import FusionStrategy, fusion_strategy
+from ralm_es.model.strategies import FusionError, FusionStrategy, fusion_strategy
 from ralm_es.model.strategies.base import Embed
 from ralm_es.model.tokens import CASE_PAD, PassageTable, Tokenized, passage_text, tokenize_words
 from ralm_es.retrieve.cache import CacheHit
@@ -85,6 +85,9 @@ def build_features(
     """Tokenize ``examples`` with the hits their fusion mode keeps (the top ``spec.k``). ``labels`` None means
     unlabelled (prediction). ``embed_passages`` gives the vectors of a mode with frozen passages."""
     fusion = fusion_strategy(spec.fusion)
+    if spec.task not in fusion.tasks:
+        tasks = " and ".join(fusion.tasks)
+        raise FusionError(f"fusion '{spec.fusion}' (model.fusion) is for {tasks} tasks, not task.type {spec.task}")
     kept = [fusion.passages_of(spec, h) for h in hits]
     table = PassageTable()
     for ex_hits in kept:

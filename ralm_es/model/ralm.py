@@ -13,6 +13,7 @@ from ralm_es.embed import mean_pool
 from ralm_es.model.inputs import IGNORE
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import fusion_strategy
+from ralm_es.model.strategies.base import VALID
 from ralm_es.model.tokens import N_CASES
 
 
@@ -60,17 +61,28 @@ class RalmModel(nn.Module):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         return self.encoder(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs).last_hidden_state
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Output:
+    def forward(self, batch: dict[str, torch.Tensor], consistency: float = 0.0) -> Output:
+        """``consistency`` > 0 (``train.consistency_weight``, a mode with passage slots, labelled batch) adds CL-KL
+        (Wang et al. 2021) to the loss: KL from the prediction with passages, held fixed as the target, to the
+        prediction on the input alone (every slot cleared), so the input-alone view learns from the passages."""
         mask = batch["attention_mask"]
         states = self.encode(batch["input_ids"], mask, batch["case_ids"], batch["token_type_ids"])
         query = states if self.spec.task == "ner" else mean_pool(states, mask).unsqueeze(1)
-        query, weights = self.strategy.fuse(self, query, batch)
-        logits = self.head(self.drop(query))
-        if self.spec.task == "classification":
-            logits = logits.squeeze(1)
+        fused, weights = self.strategy.fuse(self, query, batch)
+        logits = self._logits(fused)
         loss = None
         if "labels" in batch:
-            loss = nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE
-            )
+            labels = batch["labels"].reshape(-1)
+            flat = logits.float().reshape(-1, logits.shape[-1])
+            loss = nn.functional.cross_entropy(flat, labels, ignore_index=IGNORE)
+            if consistency > 0:
+                alone, _ = self.strategy.fuse(self, query, {**batch, VALID: torch.zeros_like(batch[VALID])})
+                alone_log = self._logits(alone).float().reshape(-1, logits.shape[-1]).log_softmax(-1)
+                kl = nn.functional.kl_div(alone_log, flat.detach().log_softmax(-1), log_target=True, reduction="none")
+                counted = labels != IGNORE
+                loss = loss + consistency * kl.sum(-1)[counted].mean()
         return Output(logits=logits, loss=loss, passage_weights=weights)
+
+    def _logits(self, fused: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.drop(fused))
+        return logits.squeeze(1) if self.spec.task == "classification" else logits

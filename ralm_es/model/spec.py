@@ -7,16 +7,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 # The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
-Fusion = Literal["none", "concat", "attention"]
+Fusion = Literal["none", "concat", "attention", "pair"]
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     """The ``model:`` section of a training config. ``encoder``: a local Hugging Face encoder folder (None: the
     packaged all-MiniLM-L6-v2); it is also the frozen passage encoder. ``fusion``: how retrieved passages reach the
-    task head. ``passage_encoder``: ``shared`` encodes passages with the trainable encoder, ``frozen`` uses fixed
-    vectors from the initial encoder (fast). ``passage_memory``: attend over each passage's token states
-    (``tokens``) or one mean-pooled vector per passage (``pooled``)."""
+    task head. ``passage_encoder`` (attention only): ``shared`` encodes passages with the trainable encoder,
+    ``frozen`` uses fixed vectors from the initial encoder (fast). ``passage_memory`` (attention with shared
+    passages): attend over each passage's token states (``tokens``) or one mean-pooled vector per passage
+    (``pooled``). ``passage_max_length``: tokens of a passage, with its [CLS] and [SEP]; ``pair`` appends the
+    passage (and its [SEP]) to the input of up to ``max_length`` tokens."""
 
     encoder: str | None = None
     fusion: Fusion = "attention"

@@ -1,5 +1,6 @@
-"""Predictions of a model over a feature set: labels per example and, with attention fusion, the weight each
-passage got. Shared by dev evaluation during training, ``ralm-es predict`` and ``ralm-es evaluate-model``."""
+"""Predictions of a model over a feature set: labels per example and, with a mode that weighs passages
+(attention, pair), the weight each passage got. Shared by dev evaluation during training, ``ralm-es predict``
+and ``ralm-es evaluate-model``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ralm_es.model.ralm import RalmModel
 class Prediction:
     # NER: one tag per word; classification: one label.
     labels: list[str] | str
-    # NER: per word, the weight of each passage; classification: one row. None without attention fusion.
+    # NER: per word, the weight of each passage; classification: one row. None for none and concat.
     weights: list[list[float]] | None
     probability: float | None = None
 

@@ -21,6 +21,8 @@ from ralm_es.config import to_dict
 from ralm_es.errors import RalmError
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
+from ralm_es.model.strategies import STRATEGIES, fusion_strategy
+from ralm_es.model.strategies.base import drop_passages
 from ralm_es.model_folder import resolve_model_path
 from ralm_es.tasks import Task
 from ralm_es.train import checkpoint, distributed, report
@@ -77,6 +79,18 @@ def _check_out(out: Path, resume: bool) -> None:
         raise TrainError(f"{out} already holds a run: set run.resume=true to continue it, or choose another run.out")
 
 
+def _check_regularisers(cfg: TrainConfig) -> None:
+    t, fusion = cfg.train, cfg.model.fusion
+    if not 0 <= t.passage_dropout < 1:
+        raise TrainError(f"train.passage_dropout must be at least 0 and below 1, got {t.passage_dropout}")
+    if t.consistency_weight < 0:
+        raise TrainError(f"train.consistency_weight must be 0 or more, got {t.consistency_weight}")
+    slotted = ", ".join(name for name, s in STRATEGIES.items() if s.slotted)
+    for name, value in (("passage_dropout", t.passage_dropout), ("consistency_weight", t.consistency_weight)):
+        if value > 0 and not fusion_strategy(fusion).slotted:
+            raise TrainError(f"train.{name} needs a fusion mode with separate passages ({slotted}), not '{fusion}'")
+
+
 def _evaluate(model: RalmModel, task: Task, fs: FeatureSet, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     preds = predict(model, fs, cfg.train.eval_batch_size, device, cfg.train.precision)
     model.train()
@@ -87,6 +101,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     t = cfg.train
     out = Path(cfg.run.out)
     _check_out(out, cfg.run.resume)
+    _check_regularisers(cfg)
     device = layout.device
     torch.manual_seed(t.seed)
 
@@ -131,6 +146,10 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
             ]
         start = j * per_rank + layout.rank * t.batch_size
         batch = train_fs.batch(permutations[epoch][start : start + t.batch_size])
+        if t.passage_dropout > 0:
+            # Seeded by the micro-batch and rank, so a resumed run drops the same passages.
+            generator = torch.Generator().manual_seed(t.seed * 1_000_003 + i * layout.world + layout.rank)
+            batch = drop_passages(batch, t.passage_dropout, generator)
         return {k: v.to(device) for k, v in batch.items()}
 
     bar = tqdm(total=total_steps, initial=loop["step"], desc="train", disable=not (cfg.run.progress and layout.main))
@@ -147,7 +166,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
             sync = ddp.no_sync() if ddp is not None and micro < t.grad_accum - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(device, t.precision):
-                    loss = forward(batch).loss / t.grad_accum
+                    loss = forward(batch, t.consistency_weight).loss / t.grad_accum
                 loss.backward()
             step_loss += loss.item()
         if t.grad_clip > 0:

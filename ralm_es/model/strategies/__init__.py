@@ -11,8 +11,11 @@ from ralm_es.model.strategies.attention import AttentionFusion
 from ralm_es.model.strategies.base import FusionStrategy
 from ralm_es.model.strategies.concat import ConcatFusion
 from ralm_es.model.strategies.none import NoFusion
+from ralm_es.model.strategies.pair import PairFusion
 
-STRATEGIES: dict[str, FusionStrategy] = {s.name: s for s in (NoFusion(), ConcatFusion(), AttentionFusion())}
+STRATEGIES: dict[str, FusionStrategy] = {
+    s.name: s for s in (NoFusion(), ConcatFusion(), AttentionFusion(), PairFusion())
+}
 
 
 class FusionError(RalmError, ValueError):

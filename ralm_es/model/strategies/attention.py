@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ralm_es.embed import mean_pool
 from ralm_es.model.fusion import PassageAttention, score_prior
-from ralm_es.model.strategies.base import Embed, FusionStrategy
+from ralm_es.model.strategies.base import VALID, Embed, FusionStrategy, passage_slots
 from ralm_es.model.tokens import PassageTable
 from ralm_es.retrieve.cache import CacheHit
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 class AttentionFusion(FusionStrategy):
     name = "attention"
+    slotted = True
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         return settings.passage_encoder == "frozen"
@@ -46,12 +47,7 @@ class AttentionFusion(FusionStrategy):
 
     def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
         k = fs.spec.k
-        valid = torch.zeros(len(feats), k, dtype=torch.bool)
-        scores = torch.zeros(len(feats), k)
-        for b, f in enumerate(feats):
-            valid[b, : len(f.passages)] = True
-            scores[b, : len(f.scores)] = torch.tensor(f.scores)
-        out = {"passage_valid": valid, "passage_scores": scores}
+        out = passage_slots(feats, k)
         if self.frozen_passages(fs.spec):
             assert fs.table.vectors is not None
             vectors = torch.zeros(len(feats), k, fs.table.vectors.shape[1])
@@ -84,14 +80,14 @@ class AttentionFusion(FusionStrategy):
         self, model: RalmModel, query: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         memory, memory_mask = self._memory(model, batch)
-        prior = score_prior(batch["passage_scores"], batch["passage_valid"]).to(query.dtype)
+        prior = score_prior(batch["passage_scores"], batch[VALID]).to(query.dtype)
         fused, weights = model.get_submodule("fusion")(query, memory, memory_mask, prior)
         return fused, weights
 
     def _memory(self, model: RalmModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Passage memory (B, S, d) and its mask (B, S); S is k (one vector each) or k times passage length."""
         spec = model.spec
-        valid = batch["passage_valid"]
+        valid = batch[VALID]
         if self.frozen_passages(spec):
             return model.get_submodule("passage_proj")(batch["passage_vectors"]), valid
         ids, mask = batch["passage_input_ids"], batch["passage_attention_mask"]
@@ -112,4 +108,6 @@ class AttentionFusion(FusionStrategy):
             return memory.view(b, k, -1), valid
         memory = states.new_zeros(b * k, length, states.shape[-1])
         memory[flat_valid] = states
-        return memory.view(b, k * length, -1), mask.view(b, k * length).bool()
+        # A dropped slot (train.passage_dropout) keeps its tokens in the batch: its mask is cleared here.
+        slot_mask = mask.bool() & valid.unsqueeze(-1)
+        return memory.view(b, k * length, -1), slot_mask.view(b, k * length)

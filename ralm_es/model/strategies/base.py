@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 Embed = Callable[[list[str]], np.ndarray]
 
+# The batch key of a mode with passage slots: (B, k), True where slot j holds a passage.
+VALID = "passage_valid"
+
 
 class FusionStrategy:
     """One ``model.fusion`` mode. Stateless: the spec, features and model it works on are passed in."""
@@ -29,6 +32,12 @@ class FusionStrategy:
     name: ClassVar[str]
     # False: the mode never reads passages, so it needs no retrieval cache and no retriever.
     uses_passages: ClassVar[bool] = True
+    # The ``task.type`` values the mode works for.
+    tasks: ClassVar[tuple[str, ...]] = ("ner", "classification")
+    # True: the passages reach the model as k slots flagged in ``batch[VALID]``, apart from the input's own
+    # tokens, so training can drop slots (``train.passage_dropout``) and clear them all to predict on the input
+    # alone (``train.consistency_weight``).
+    slotted: ClassVar[bool] = False
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         """Whether passages are embedded once by a fixed encoder (whose vector size the spec then records)."""
@@ -62,3 +71,21 @@ class FusionStrategy:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The input's states (B, T, d) after the passages, and the weight each passage got (B, T, k) if any."""
         return query, None
+
+
+def passage_slots(feats: list[Features], k: int) -> dict[str, torch.Tensor]:
+    """``VALID`` and the retrieval score of each of the k slots, for features whose strategy kept ``passages``
+    and ``scores``."""
+    valid = torch.zeros(len(feats), k, dtype=torch.bool)
+    scores = torch.zeros(len(feats), k)
+    for b, f in enumerate(feats):
+        valid[b, : len(f.passages)] = True
+        scores[b, : len(f.scores)] = torch.tensor(f.scores)
+    return {VALID: valid, "passage_scores": scores}
+
+
+def drop_passages(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``batch`` with each passage slot dropped with probability ``p``. An example that loses all its passages is
+    left without any, as when retrieval returns nothing: the mode's no-passage path."""
+    keep = torch.rand(batch[VALID].shape, generator=generator) >= p
+    return {**batch, VALID: batch[VALID] & keep}
