@@ -311,12 +311,12 @@ def check_connection(settings: ConnectionSettings, where: Mapping[str, str]) -> 
     if settings.max_retries < 0:
         raise ConfigError(f"{where['max_retries']}: expected 0 or more retries, got {settings.max_retries!r}")
     if settings.api_key is None and (settings.username is None) != (settings.password is None):
-        missing = "password" if settings.password is None else "username"
-        given = "username" if missing == "password" else "password"
-        raise ConfigError(
-            f"{where[given]}: a {given} without a {missing} does nothing; set RALM_ES_{missing.upper()} "
-            f"(or es.{missing} in the config file)"
+        given, missing, how = (
+            ("username", "password", "RALM_ES_PASSWORD or es.password in the config file")
+            if settings.password is None
+            else ("password", "username", "--es-username, RALM_ES_USERNAME or es.username in the config file")
         )
+        raise ConfigError(f"{where[given]}: a {given} without a {missing} does nothing; set {how}")
     if settings.ca_certs:
         if schemes == {"http"}:
             # A CA bundle (e.g. a leftover RALM_ES_CA_CERTS) does nothing over plain HTTP: say so, not crash.

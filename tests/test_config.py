@@ -145,3 +145,9 @@ def test_settings_built_in_code_fail_in_one_line_not_in_the_client() -> None:
 
     with pytest.raises(ConfigError, match=r"TLS options require scheme to be 'https'"):
         build_client(ConnectionSettings(hosts=["http://127.0.0.1:9200"], ca_certs=__file__))
+
+
+def test_a_password_without_a_username_names_the_flag_to_add() -> None:
+    with pytest.raises(ConfigError, match=r"^RALM_ES_PASSWORD \(es\.password\): .* set --es-username, RALM_ES_USER"):
+        resolve_connection({}, env={"RALM_ES_PASSWORD": "pw"})
+    assert resolve_connection({"username": "bob"}, env={"RALM_ES_PASSWORD": "pw"}).username == "bob"
