@@ -21,7 +21,7 @@ setup(
     package_dir={"ralm_es.mappings": "mappings", "ralm_es.corpora": "corpora"},
     package_data={"ralm_es.mappings": ["*.json"], "ralm_es.corpora": ["*.jsonl", "*.txt", "*.tsv"]},
     install_requires=[
-        # Same major as the pinned server (ralm_es/es/distribution.py).
+        # Same major as the pinned server (ralm_es/node/distribution.py).
         "elasticsearch>=8.19,<9",
         "torch>=2.4,<3",
         "transformers>=4.45,<6",

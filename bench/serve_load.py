@@ -37,9 +37,9 @@ from bench.common import load_average
 from ralm_es.config import ConnectionSettings
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.es.client import connect
-from ralm_es.es.node import free_port
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.model_folder import default_model_path
+from ralm_es.node.cluster import free_port
 from ralm_es.store.elastic import ElasticsearchBackend
 
 HOST = "127.0.0.1"

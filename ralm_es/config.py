@@ -29,6 +29,12 @@ REDACTED = "<redacted>"
 log = logging.getLogger(__name__)
 
 
+def cache_home() -> Path:
+    """Per-user home for ralm-es's caches, checkpoints, local indices and nodes (``RALM_ES_HOME``, else
+    ``~/.cache/ralm-es``)."""
+    return Path(os.environ.get("RALM_ES_HOME") or Path.home() / ".cache" / "ralm-es")
+
+
 class ConfigError(RalmError, ValueError):
     """A setting that is unknown, of the wrong type, or unreadable; the message names where."""
 

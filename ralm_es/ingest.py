@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ralm_es.config import ConfigError
+from ralm_es.config import ConfigError, cache_home
 from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
-from ralm_es.es.distribution import cache_home
 from ralm_es.model_folder import load_tokenizer, resolve_model_path, tokenizer_revision
 from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSpec, Refresh, WriteResult
 

@@ -14,9 +14,9 @@ from ralm_es.config import ConnectionSettings
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
-from ralm_es.es.node import LocalCluster
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.model_folder import default_model_path
+from ralm_es.node.cluster import LocalCluster
 from ralm_es.store.elastic import ElasticsearchBackend
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ralm_es.corpora.benchmarks import sample_path
-from ralm_es.es.node import free_port
+from ralm_es.node.cluster import free_port
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 SAMPLE = str(sample_path("sample_corpus.jsonl"))

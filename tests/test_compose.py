@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ralm_es.es.distribution import ES_VERSION
+from ralm_es.node.distribution import ES_VERSION
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 

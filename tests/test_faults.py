@@ -14,8 +14,8 @@ from ralm_es.config import ConnectionSettings
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
-from ralm_es.es.node import ClusterState, LocalCluster
 from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.node.cluster import ClusterState, LocalCluster
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.store.elastic import ElasticsearchBackend
 

@@ -16,8 +16,8 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 from ralm_es.config import ConnectionSettings
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
-from ralm_es.es.node import LocalCluster
 from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.node.cluster import LocalCluster
 from ralm_es.store.base import Backend, SearchRequest
 from ralm_es.store.elastic import ElasticsearchBackend
 from ralm_es.store.local import LocalBackend

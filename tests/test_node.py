@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ralm_es.es import distribution
-from ralm_es.es.distribution import DistributionError, find_java
-from ralm_es.es.node import ClusterState, LocalCluster, NodeError, port_in_use
+from ralm_es.node import distribution
+from ralm_es.node.cluster import ClusterState, LocalCluster, NodeError, port_in_use
+from ralm_es.node.distribution import DistributionError, find_java
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 

@@ -26,7 +26,7 @@ from elasticsearch import Elasticsearch
 
 from ralm_es.cli.main import main
 from ralm_es.corpora.benchmarks import sample_path
-from ralm_es.es.node import free_port
+from ralm_es.node.cluster import free_port
 
 PASSWORD = "pw-Zq8vK2-not-for-logs"
 API_KEY = "ak-Lm3xR7-not-for-logs"

@@ -13,7 +13,7 @@ from elasticsearch import Elasticsearch
 from ralm_es.config import ConnectionSettings, Secret
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.es.client import ClusterUnavailable, connect
-from ralm_es.es.node import ClusterState, LocalCluster
+from ralm_es.node.cluster import ClusterState, LocalCluster
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 INDEX = "secure-sample"

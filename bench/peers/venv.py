@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ralm_es.es.distribution import cache_home
+from ralm_es.config import cache_home
 
 HERE = Path(__file__).resolve().parent
 SHARED = ("torch",)

@@ -11,9 +11,8 @@ from typing import Any
 import click
 from elasticsearch import Elasticsearch
 
-from ralm_es.config import ConfigError, ConnectionSettings, from_dict, load_yaml, resolve_connection
+from ralm_es.config import ConfigError, ConnectionSettings, cache_home, from_dict, load_yaml, resolve_connection
 from ralm_es.es.client import connect
-from ralm_es.es.distribution import cache_home
 from ralm_es.store.base import Backend, BulkSettings
 
 

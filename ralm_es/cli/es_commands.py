@@ -8,7 +8,7 @@ import shlex
 
 import click
 
-from ralm_es.es.node import LocalCluster, NodeError, check_cluster_name
+from ralm_es.node.cluster import LocalCluster, NodeError, check_cluster_name
 
 HEAP = re.compile(r"[1-9][0-9]*[kKmMgG]")
 

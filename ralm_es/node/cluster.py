@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ralm_es.config import cache_home
 from ralm_es.errors import RalmError
-from ralm_es.es import distribution
-from ralm_es.es.distribution import DistributionError
+from ralm_es.node import distribution
+from ralm_es.node.distribution import DistributionError
 
 SERVICE_USER = "ralm-es"
 LOG_TAIL_LINES = 25
@@ -57,7 +58,7 @@ def runtime_root() -> Path:
         return Path(os.environ["RALM_ES_RUNTIME"])
     if os.geteuid() == 0:
         return Path("/var/lib/ralm-es")
-    return distribution.cache_home()
+    return cache_home()
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ralm_es.config import cache_home
 from ralm_es.errors import RalmError
 
 ES_VERSION = "8.19.21"
@@ -30,11 +31,6 @@ JVM_DIRS = (Path("/usr/lib/jvm"),)
 
 class DistributionError(RalmError):
     """The distribution could not be fetched, verified or unpacked, or no suitable Java exists."""
-
-
-def cache_home() -> Path:
-    """Per-user cache for downloads (``RALM_ES_HOME``, else ``~/.cache/ralm-es``)."""
-    return Path(os.environ.get("RALM_ES_HOME") or Path.home() / ".cache" / "ralm-es")
 
 
 def artifact_url(version: str = ES_VERSION) -> str:
