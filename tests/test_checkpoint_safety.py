@@ -16,10 +16,11 @@ from safetensors import safe_open
 
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.errors import RalmError
-from ralm_es.train.checkpoint import STATE_DIR, WEIGHTS
+from ralm_es.inference.checkpoint import WEIGHTS
+from ralm_es.inference.runs import open_run
+from ralm_es.train.checkpoint import STATE_DIR
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
-from ralm_es.train.runs import open_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ralm_es"
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}

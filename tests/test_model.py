@@ -13,6 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from ralm_es.config import ConfigError
+from ralm_es.inference.checkpoint import load_run_model
+from ralm_es.inference.passages import cached_hits
 from ralm_es.model.fusion import PassageAttention, score_prior
 from ralm_es.model.inputs import IGNORE, build_features
 from ralm_es.model.spec import Fusion, ModelSpec
@@ -21,9 +23,8 @@ from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE,
 from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import Example, LabelMap
-from ralm_es.train.checkpoint import load_run_model, new_model
+from ralm_es.train.checkpoint import new_model
 from ralm_es.train.config import OptimSettings, TrainConfig, load_config
-from ralm_es.train.data import cached_hits
 from ralm_es.train.loop import TrainError, train
 from ralm_es.train.optim import param_groups
 

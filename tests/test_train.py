@@ -17,14 +17,15 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
+from ralm_es.inference.runs import evaluate_file, open_run, predict_file
+from ralm_es.inference.task import task_of
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
-from ralm_es.train.data import load_splits, task_of
+from ralm_es.train.data import load_splits
 from ralm_es.train.loop import TrainError, train
-from ralm_es.train.runs import evaluate_file, open_run, predict_file
 
 PEOPLE = ["john smith", "mary jones", "peter blackburn", "anna berg", "li wei"]
 PLACES = ["paris", "london", "brussels", "tokyo", "lima"]
@@ -145,6 +146,12 @@ def test_each_fusion_mode_learns(fusion: str, tmp_path: Path, ner_data: dict[str
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "dev" in r]
     assert [r["step"] for r in evals] == [6, 12]
     assert all(0 <= r["dev"]["f1"] <= 1 and set(r["dev"]["per_type"]) <= {"PER", "LOC", "ORG"} for r in evals)
+    args = ["predict", "--model", str(run), str(ner_data["dev"]), "--cache", str(ner_data["dev_cache"]), "--explain"]
+    explained = CliRunner().invoke(cli, args, catch_exceptions=False).output.splitlines()
+    if mode == "attention":
+        assert explained[1].startswith("  [1] ")
+    else:
+        assert explained[1] == f"  (fusion '{mode}' does not weigh passages)"
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(
@@ -168,7 +175,7 @@ def test_holdout_and_train_fraction_split_the_training_data(
 ) -> None:
     sets = ["data.dev=null", "data.holdout=0.25", "data.train_fraction=0.5"]
     cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
-    splits = load_splits(cfg, task_of(cfg), AutoTokenizer.from_pretrained(tiny_model_dir), None)
+    splits = load_splits(cfg, task_of(cfg.task), AutoTokenizer.from_pretrained(tiny_model_dir), None)
     assert splits.dev is not None and len(splits.dev) == 12 and len(splits.train) == 18
     train_ids = {ex.id for ex in splits.train.examples}
     assert train_ids.isdisjoint(ex.id for ex in splits.dev.examples)

@@ -9,8 +9,8 @@ import click
 
 # Torch and the model code load inside the commands, so `ralm-es --help` and `ralm-es es ...` stay quick.
 if TYPE_CHECKING:
+    from ralm_es.inference.predictions import Prediction
     from ralm_es.model.inputs import FeatureSet
-    from ralm_es.train.inference import Prediction
 
 SCALARS = ("f1", "precision", "recall", "accuracy", "macro_f1")
 
@@ -61,10 +61,11 @@ def _record(fs: FeatureSet, i: int, pred: Prediction, explain: bool) -> dict[str
     return record
 
 
-def _explain_lines(record: dict[str, Any], top: int) -> list[str]:
+def _explain_lines(record: dict[str, Any], top: int, fusion: str) -> list[str]:
     passages = record["passages"]
+    # The model's fusion strategy gave no weights (``Prediction.weights``): only the modes that weigh passages do.
     if record["weights"] is None:
-        return ["  (this model does not weigh passages: fusion is not attention)"]
+        return [f"  (fusion '{fusion}' does not weigh passages)"]
     lines = [f"  [{j + 1}] {p['id']}: {(p['text'] or '')[:90]}" for j, p in enumerate(passages)]
     if "tags" in record:
         triples = zip(record["words"], record["tags"], record["weights"], strict=True)
@@ -99,7 +100,7 @@ def predict(
     device: str,
 ) -> None:
     """Label INPUT (CoNLL for NER, JSONL for classification) with a trained run."""
-    from ralm_es.train.runs import open_run, predict_file
+    from ralm_es.inference.runs import open_run, predict_file
 
     run = open_run(run_dir, device)
     fs, preds = predict_file(run, input_path, cache, batch_size)
@@ -114,7 +115,7 @@ def predict(
         else:
             click.echo(f"{record['id']}\t{record['label']}\t{record['probability']:.3f}")
         if explain:
-            click.echo("\n".join(_explain_lines(record, top)))
+            click.echo("\n".join(_explain_lines(record, top, run.model.spec.fusion)))
 
 
 @click.command("evaluate-model")
@@ -128,7 +129,7 @@ def evaluate_model(
     run_dir: str, test_path: str, cache: str | None, as_json: bool, batch_size: int, device: str
 ) -> None:
     """Score a trained run on a labelled file (seqeval entity F1 for NER; accuracy and macro-F1 otherwise)."""
-    from ralm_es.train.runs import evaluate_file, open_run
+    from ralm_es.inference.runs import evaluate_file, open_run
 
     run = open_run(run_dir, device)
     metrics = evaluate_file(run, test_path, cache, batch_size)

@@ -9,13 +9,13 @@ from typing import Any
 
 from seqeval.metrics.sequence_labeling import get_entities
 
+from ralm_es.inference.passages import frozen_embedder
+from ralm_es.inference.predictions import predict
+from ralm_es.inference.runs import LoadedRun, open_run
 from ralm_es.model.inputs import build_features
 from ralm_es.retrieve.cache import CacheHit
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.tasks import DataError, Example
-from ralm_es.train.data import frozen_embedder
-from ralm_es.train.inference import predict
-from ralm_es.train.runs import LoadedRun, open_run
 
 PASSAGE_KEYS = ("id", "doc_id", "rank", "score", "title", "text")
 

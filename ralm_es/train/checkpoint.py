@@ -1,46 +1,30 @@
-"""Run folders and resumable state, without pickle: tensors in safetensors, everything else in JSON.
+"""Writing run folders and resumable state, without pickle: tensors in safetensors, everything else in JSON.
 
 A run folder holds the best model (``model.safetensors``, ``model.json`` with the spec and label map,
-``encoder/config.json``, the tokenizer); ``state/`` holds the latest weights, optimizer, schedule, RNG and
-loop counters for ``run.resume``.
+``encoder/config.json``, the tokenizer), read back by ``inference/checkpoint.py``; ``state/`` holds the latest
+weights, optimizer, schedule, RNG and loop counters for ``run.resume``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from ralm_es.inference.checkpoint import ENCODER_DIR, SPEC, WEIGHTS, read_safetensors
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.spec import ModelSpec
-from ralm_es.model.strategies import FusionError, fusion_strategy
 from ralm_es.model_folder import ModelError, resolve_model_path
 
-WEIGHTS = "model.safetensors"
-SPEC = "model.json"
-ENCODER_DIR = "encoder"
 STATE_DIR = "state"
-T = TypeVar("T")
-
-
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer in {folder}: {exc}") from exc
-    if not tokenizer.is_fast:
-        raise ModelError(f"{folder}: a fast tokenizer (tokenizer.json) is needed for word alignment")
-    return tokenizer
 
 
 def new_model(spec: ModelSpec, encoder_path: str | None) -> RalmModel:
@@ -61,33 +45,6 @@ def save_run_model(folder: Path, model: RalmModel, tokenizer: PreTrainedTokenize
     model.encoder.config.save_pretrained(folder / ENCODER_DIR)
     tokenizer.save_pretrained(folder)
     save_model(model, str(folder / WEIGHTS))
-
-
-def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel, PreTrainedTokenizerBase]:
-    """The model saved in a run folder; fails naming the folder when it is not one or has no weights."""
-    folder = Path(folder)
-    if not (folder / SPEC).is_file():
-        raise ModelError(f"{folder} is not a ralm-es run folder (no {SPEC})")
-    if not (folder / WEIGHTS).is_file():
-        raise ModelError(f"run folder {folder} has no weights ({WEIGHTS}); did training finish an evaluation?")
-    try:
-        spec = ModelSpec.from_json(json.loads((folder / SPEC).read_text(encoding="utf-8")))
-        fusion_strategy(spec.fusion)
-    except (TypeError, FusionError) as exc:
-        raise ModelError(f"{folder / SPEC} was not written by this version of ralm-es: {exc}") from None
-    hf_logging.set_verbosity_error()
-    config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
-    model = RalmModel(spec, AutoModel.from_config(config))
-    _read(folder / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
-    return model.to(device).eval(), load_tokenizer(folder)
-
-
-def _read(path: Path, load: Callable[[str], T]) -> T:
-    """``load(path)``, with a damaged or foreign file (a pickle put in its place) reported as a ModelError."""
-    try:
-        return load(str(path))
-    except (SafetensorError, RuntimeError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def save_state(
@@ -121,10 +78,10 @@ def load_state(
     state_dir = folder / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise ModelError(f"cannot resume: {state_dir} holds no saved training state")
-    _read(state_dir / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
+    read_safetensors(state_dir / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     # Loaded on the CPU: ``load_state_dict`` moves each value where the optimizer keeps it.
-    tensors = _read(state_dir / "optimizer.safetensors", load_file)
+    tensors = read_safetensors(state_dir / "optimizer.safetensors", load_file)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("rng."):

@@ -8,17 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from ralm_es.config import apply_overrides, from_dict, load_yaml
+from ralm_es.inference.task import TaskSettings
 from ralm_es.model.spec import ModelSettings
-
-
-@dataclass
-class TaskSettings:
-    type: Literal["ner", "classification"] = "ner"
-    # JSONL field names for classification.
-    text_field: str = "text"
-    label_field: str = "label"
-    pair_field: str | None = "text_pair"
-    id_field: str = "id"
 
 
 @dataclass

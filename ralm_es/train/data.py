@@ -6,22 +6,14 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ralm_es.embed import Encoder
+from ralm_es.inference.passages import FrozenPassages, cached_hits
 from ralm_es.model.inputs import FeatureSet, build_features
-from ralm_es.model.spec import ModelSettings, ModelSpec
-from ralm_es.model.strategies import fusion_strategy
-from ralm_es.retrieve.cache import CacheHit, read_cache, require
+from ralm_es.model.spec import ModelSpec
 from ralm_es.tasks import DataError, Example, LabelMap, Task
 from ralm_es.train.config import TrainConfig
-
-
-def task_of(cfg: TrainConfig) -> Task:
-    t = cfg.task
-    return Task(t.type, t.text_field, t.label_field, t.pair_field, t.id_field)
 
 
 def read_split(task: Task, path: str | Path, limit: int | None = None, labelled: bool = True) -> list[Example]:
@@ -36,47 +28,6 @@ def split_fraction(examples: list[Example], fraction: float, seed: int) -> tuple
     chosen = set(torch.randperm(len(examples), generator=generator)[:n].tolist())
     picked = [ex for i, ex in enumerate(examples) if i in chosen]
     return picked, [ex for i, ex in enumerate(examples) if i not in chosen]
-
-
-def cached_hits(
-    examples: list[Example],
-    cache: str | Path | None,
-    settings: ModelSettings,
-    split: str,
-    made_from: str | Path | None = None,
-) -> list[list[CacheHit]]:
-    """Each example's hits from the retrieval cache (made from the file ``made_from``); a missing cache or entry
-    fails naming the examples, or the command that makes the cache."""
-    if not fusion_strategy(settings.fusion).uses_passages:
-        return [[] for _ in examples]
-    if cache is None:
-        raise DataError(
-            f"fusion '{settings.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)"
-        )
-    _, entries = read_cache(cache, made_from)
-    require(entries, [ex.id for ex in examples], cache)
-    return [entries[ex.id].hits for ex in examples]
-
-
-@dataclass
-class FrozenPassages:
-    """The fixed passage encoder of a mode with frozen passages: called on texts, it gives their vectors."""
-
-    encoder: Encoder
-
-    @property
-    def dim(self) -> int:
-        return self.encoder.dim
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=128)
-
-
-def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | None:
-    """The initial encoder, loaded once, when the fusion mode embeds passages with it; None otherwise."""
-    if not fusion_strategy(settings.fusion).frozen_passages(settings):
-        return None
-    return FrozenPassages(Encoder(settings.encoder, device=device, max_length=settings.passage_max_length))
 
 
 @dataclass

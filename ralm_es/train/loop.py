@@ -19,6 +19,11 @@ from tqdm import tqdm
 
 from ralm_es.config import to_dict
 from ralm_es.errors import RalmError
+from ralm_es.inference.checkpoint import WEIGHTS, load_tokenizer
+from ralm_es.inference.passages import frozen_embedder
+from ralm_es.inference.predictions import autocast, predict
+from ralm_es.inference.runs import evaluate_file, open_run
+from ralm_es.inference.task import task_of
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.strategies import STRATEGIES, fusion_strategy
@@ -27,10 +32,8 @@ from ralm_es.model_folder import resolve_model_path
 from ralm_es.tasks import Task
 from ralm_es.train import checkpoint, distributed, report
 from ralm_es.train.config import TrainConfig
-from ralm_es.train.data import frozen_embedder, load_splits, task_of
-from ralm_es.train.inference import autocast, predict
+from ralm_es.train.data import load_splits
 from ralm_es.train.optim import make_optimizer, make_scheduler
-from ralm_es.train.runs import evaluate_file, open_run
 
 
 class TrainError(RalmError):
@@ -72,7 +75,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> RunResult:
 
 
 def _check_out(out: Path, resume: bool) -> None:
-    has_run = (out / checkpoint.STATE_DIR).exists() or (out / checkpoint.WEIGHTS).exists()
+    has_run = (out / checkpoint.STATE_DIR).exists() or (out / WEIGHTS).exists()
     if resume and not has_run:
         raise TrainError(f"run.resume is set but {out} holds no run to resume")
     if not resume and has_run:
@@ -106,8 +109,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     torch.manual_seed(t.seed)
 
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
-    task = task_of(cfg)
-    tokenizer = checkpoint.load_tokenizer(resolve_model_path(cfg.model.encoder))
+    task = task_of(cfg.task)
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model.encoder))
     embed = frozen_embedder(cfg.model, t.device)
     # After the frozen encoder, which sets its own thread count when loaded.
     if t.threads:

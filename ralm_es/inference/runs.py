@@ -8,15 +8,15 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ralm_es.config import from_dict, load_yaml
+from ralm_es.config import ConfigError, from_dict, load_yaml
 from ralm_es.embed import pick_device
+from ralm_es.inference.checkpoint import load_run_model
+from ralm_es.inference.passages import cached_hits, frozen_embedder
+from ralm_es.inference.predictions import Prediction, predict
+from ralm_es.inference.task import TaskSettings, task_of
 from ralm_es.model.inputs import FeatureSet, build_features
 from ralm_es.model.ralm import RalmModel
 from ralm_es.tasks import DataError, LabelMap, Task
-from ralm_es.train.checkpoint import load_run_model
-from ralm_es.train.config import TrainConfig
-from ralm_es.train.data import cached_hits, frozen_embedder, task_of
-from ralm_es.train.inference import Prediction, predict
 
 
 @dataclass
@@ -35,8 +35,16 @@ class LoadedRun:
 def open_run(folder: str | Path, device: str = "auto") -> LoadedRun:
     folder = Path(folder)
     model, tokenizer = load_run_model(folder, pick_device(device))
-    cfg = from_dict(TrainConfig, load_yaml(folder / "config.yaml"), where=str(folder / "config.yaml"))
-    return LoadedRun(folder, model, tokenizer, task_of(cfg), device)
+    return LoadedRun(folder, model, tokenizer, task_of(run_task(folder)), device)
+
+
+def run_task(folder: Path) -> TaskSettings:
+    """The task settings the run was trained with, from the ``task`` section of its ``config.yaml``."""
+    path = folder / "config.yaml"
+    section = load_yaml(path).get("task", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}.task: expected a mapping, got {section!r}")
+    return from_dict(TaskSettings, section, where=f"{path}.task")
 
 
 def features(
