@@ -152,7 +152,7 @@ def test_predict_ner_entities_with_explain(retriever: Retriever, ner_predictor: 
     assert [p["id"] for p in explained["passages"]] == [h.id for h in expected]
     assert len(explained["weights"]) == len(words)
     assert all(len(row) == 3 for row in explained["weights"])
-    assert any(sum(row) == pytest.approx(1.0, abs=1e-4) for row in explained["weights"])
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in explained["weights"])
 
 
 def test_concurrent_predictions_match_single_ones(retriever: Retriever, ner_predictor: Predictor) -> None:
