@@ -222,7 +222,8 @@ def dev_candidates(
 
 @dataclass
 class EpochResult:
-    """Dev metrics after ``epoch`` epochs (0: the base encoder) and that epoch's mean training loss."""
+    """Dev metrics after ``epoch`` epochs (0: the base encoder), that epoch's mean training loss, and the seconds
+    its training and dev evaluation took."""
 
     epoch: int
     dev: dict[str, float]
@@ -375,7 +376,9 @@ class Tuner:
         total = sum(len(p) for p in plans)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.s.warmup * total), total)
 
+        tick = time.monotonic()
         history = [EpochResult(0, self._evaluate(model, data, candidates, dev_qrels))]
+        history[0].seconds = time.monotonic() - tick
         notice(f"base encoder: dev nDCG@10 {history[0].dev['ndcg@10']:.4f}")
         best_epoch, best_state = 0, _snapshot(model)
         for epoch, plan in enumerate(plans, 1):
