@@ -25,6 +25,8 @@ setup(
         "elasticsearch>=8.19,<9",
         "torch>=2.4,<3",
         "transformers>=4.45,<6",
+        # 6.x: the sentence_transformer.losses module path and SentenceTransformer.preprocess (tune-retriever).
+        "sentence-transformers>=6.2,<7",
         "safetensors>=0.4,<1",
         "rank-bm25>=0.2.2,<0.3",
         "click>=8.1,<9",

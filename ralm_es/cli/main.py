@@ -15,6 +15,7 @@ from ralm_es.cli.ingest_commands import ingest
 from ralm_es.cli.search_commands import evaluate, retrieve, search
 from ralm_es.cli.serve_commands import serve
 from ralm_es.cli.train_commands import evaluate_model, predict, train
+from ralm_es.cli.tune_commands import tune_retriever
 from ralm_es.errors import RalmError
 from ralm_es.es.client import describe_api_error
 from ralm_es.version import __version__
@@ -41,6 +42,7 @@ for command in (train, predict, evaluate_model):
     cli.add_command(command)
 cli.add_command(serve)
 cli.add_command(doc_context)
+cli.add_command(tune_retriever)
 
 
 def main() -> None:

@@ -1,0 +1,455 @@
+"""Fine-tuning the dense retriever's encoder on a task's own relevance judgements (sentence-transformers).
+
+Training pairs are (query, relevant document) from BEIR queries and qrels; the loss is
+MultipleNegativesRankingLoss: every other document in the batch is a negative, plus one hard negative a pair
+drawn each epoch from the query's top BM25 hits that are not judged relevant. A seeded share of the training
+*queries* is held out as a dev split and never trained on. Dev nDCG@10 (ranx) is measured before training and
+after every epoch, by exact cosine ranking of each dev query's candidates (its relevant documents plus its BM25
+top ``dev_candidates``, or the whole corpus when that is 0); the best epoch is kept and training stops after
+``patience`` epochs without a gain. The output is a sentence-transformers folder that
+:class:`ralm_es.embed.Encoder` loads, with ``tuning.json`` recording how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ralm_es.corpus.readers import read_corpus
+from ralm_es.corpus.types import Passage, ReadError
+from ralm_es.embed import Encoder, pick_device
+from ralm_es.errors import RalmError
+from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements
+from ralm_es.store.base import Backend, IndexSpec, SearchRequest
+
+FORMAT = "ralm-es-tuned-encoder"
+VERSION = 1
+MINE_BATCH = 256
+
+
+class TuningError(RalmError):
+    """Tuning input or settings that cannot be used; the message names the file, line or option."""
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How the encoder is tuned. ``hard_negatives=False`` trains on in-batch negatives only."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup: float = 0.1
+    dev_fraction: float = 0.2
+    seed: int = 13
+    patience: int = 1
+    hard_negatives: bool = True
+    negative_depth: int = 20
+    dev_candidates: int = 100
+    max_length: int = 256
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "negative_depth", "max_length", "patience")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TuningError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise TuningError(f"--batch-size must be at least 2 (in-batch negatives), got {self.batch_size}")
+        if not 0 < self.dev_fraction < 1:
+            raise TuningError(f"--dev-fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}")
+        if not self.lr > 0:
+            raise TuningError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise TuningError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if self.dev_candidates < 0:
+            raise TuningError(f"--dev-candidates must be 0 (whole corpus) or more, got {self.dev_candidates}")
+
+
+@dataclass(frozen=True)
+class TuningData:
+    """Queries with a relevant judgement, their judgements, and the corpus texts (what the encoder embeds)."""
+
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    docs: dict[str, str]
+    sources: dict[str, str]
+
+
+def _read_texts(path: str | Path, what: str) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for item in read_corpus(path):
+        if isinstance(item, ReadError):
+            raise TuningError(f"{item.source}: {item.reason} ({what})")
+        texts[item.id] = item.text
+    if not texts:
+        raise TuningError(f"{path}: no {what}")
+    return texts
+
+
+def _qrels_line(path: Path, qid: str, doc_id: str) -> int:
+    with path.open(encoding="utf-8") as fh:
+        return next(n for n, line in enumerate(fh, 1) if line.split()[:2] == [qid, doc_id])
+
+
+def load_data(queries: str | Path, qrels: str | Path, corpus: str | Path) -> TuningData:
+    """Read and cross-check the three files: a judged relevant document missing from the corpus is an error that
+    names its qrels line; queries without a relevant judgement (and judgements of queries not given) are left out."""
+    texts = _read_texts(queries, "queries")
+    docs = _read_texts(corpus, "corpus documents")
+    relevant = relevant_judgements(load_qrels(qrels))
+    for qid, judged in relevant.items():
+        missing = next((d for d, r in judged.items() if r > 0 and d not in docs), None)
+        if missing is not None:
+            line = _qrels_line(Path(qrels), qid, missing)
+            raise TuningError(f"{qrels}:{line}: document '{missing}' is not in the corpus {corpus}")
+    used = {q: texts[q] for q in sorted(relevant) if q in texts}
+    if len(used) < 2:
+        raise TuningError(f"{len(used)} of the queries in {queries} have a relevant judgement in {qrels}; need 2+")
+    return TuningData(
+        queries=used,
+        qrels={q: relevant[q] for q in used},
+        docs=docs,
+        sources={"queries": str(queries), "qrels": str(qrels), "corpus": str(corpus)},
+    )
+
+
+def split_queries(ids: Sequence[str], dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded (train, dev) split of query ids; both sides keep at least one query."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    n_dev = min(len(order) - 1, max(1, round(len(order) * dev_fraction)))
+    return sorted(order[n_dev:]), sorted(order[:n_dev])
+
+
+def mine_bm25(backend: Backend, queries: Mapping[str, str], depth: int, progress: bool = False) -> dict[str, list[str]]:
+    """Each query's BM25 documents, best first (passages folded into their documents, best passage wins)."""
+    ids = list(queries)
+    ranked: dict[str, list[str]] = {}
+    with tqdm(total=len(ids), desc="bm25", unit="query", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(ids), MINE_BATCH):
+            chunk = ids[start : start + MINE_BATCH]
+            requests = [SearchRequest(mode="bm25", text=queries[q], k=depth) for q in chunk]
+            for qid, hits in zip(chunk, backend.search_many(requests), strict=True):
+                scores = passages_to_docs(hits)
+                ranked[qid] = sorted(scores, key=lambda d: -scores[d])
+            bar.update(len(chunk))
+    return ranked
+
+
+@contextmanager
+def memory_bm25(docs: Mapping[str, str]) -> Iterator[Backend]:
+    """A throwaway BM25-only local index of the corpus (one passage a document), for when no index is given."""
+    from ralm_es.store.local import LocalBackend
+
+    with tempfile.TemporaryDirectory(prefix="ralm-es-tune-") as folder:
+        backend = LocalBackend(Path(folder) / "bm25")
+        backend.ensure_index(IndexSpec(name="tune-bm25"))
+        passages = (Passage(id=d, doc_id=d, chunk=0, text=t, source=d) for d, t in docs.items())
+        failed = [r for r in backend.write(passages) if not r.ok]
+        if failed:
+            raise TuningError(f"corpus document '{failed[0].id}' cannot be indexed for BM25: {failed[0].error}")
+        yield backend
+
+
+@dataclass(frozen=True)
+class Pair:
+    query: str
+    positive: str
+    negative: str | None
+
+
+def training_pairs(
+    data: TuningData, train: Sequence[str], ranked: Mapping[str, list[str]], depth: int, rng: random.Random
+) -> list[Pair]:
+    """One pair per (train query, relevant document), each with a hard negative drawn from the query's top
+    ``depth`` non-relevant BM25 documents when ``ranked`` has any (a fresh draw every epoch)."""
+    pairs = []
+    for qid in train:
+        pool = [d for d in ranked.get(qid, []) if d not in data.qrels[qid]][:depth]
+        for doc in sorted(data.qrels[qid]):
+            pairs.append(Pair(qid, doc, rng.choice(pool) if pool else None))
+    return pairs
+
+
+def batches(
+    pairs: Sequence[Pair], size: int, qrels: Mapping[str, Mapping[str, int]], rng: random.Random
+) -> list[list[Pair]]:
+    """Shuffled batches in which no document is relevant to another pair's query and no document appears twice:
+    in-batch negatives are then true negatives. A pair that does not fit waits for a later batch."""
+    order = list(pairs)
+    rng.shuffle(order)
+    out: list[list[Pair]] = []
+    while order:
+        batch: list[Pair] = []
+        docs: set[str] = set()
+        judged: set[str] = set()
+        rest = []
+        for p in order:
+            mine = {p.positive} | ({p.negative} if p.negative else set())
+            if len(batch) < size and not mine & (docs | judged) and not docs & set(qrels[p.query]):
+                batch.append(p)
+                docs |= mine
+                judged |= set(qrels[p.query])
+            else:
+                rest.append(p)
+        out.append(batch)
+        order = rest
+    return out
+
+
+def dev_candidates(
+    data: TuningData, dev: Sequence[str], ranked: Mapping[str, list[str]], depth: int
+) -> dict[str, list[str]]:
+    """Each dev query's documents to rank: its relevant ones plus its BM25 top ``depth``; all of them for 0."""
+    if depth == 0:
+        everything = list(data.docs)
+        return {q: everything for q in dev}
+    return {q: sorted(set(data.qrels[q]) | set(ranked.get(q, [])[:depth])) for q in dev}
+
+
+@dataclass
+class EpochResult:
+    """Dev metrics after ``epoch`` epochs (0: the base encoder), that epoch's mean training loss, and the seconds
+    its training and dev evaluation took."""
+
+    epoch: int
+    dev: dict[str, float]
+    loss: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class TuneReport:
+    out: Path
+    base: dict[str, Any]
+    revision: str
+    train_queries: int
+    dev_queries: int
+    pairs: int
+    negatives: str
+    dev_evaluation: str
+    best_epoch: int
+    history: list[EpochResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def before(self) -> dict[str, float]:
+        return self.history[0].dev
+
+    @property
+    def after(self) -> dict[str, float]:
+        return next(h.dev for h in self.history if h.epoch == self.best_epoch)
+
+
+Notice = Callable[[str], None]
+
+
+class Tuner:
+    """Fine-tunes ``base`` (an encoder folder; ``None``: the packaged default) on ``data``."""
+
+    def __init__(self, base: str | Path | None, settings: TuneSettings, progress: bool = False) -> None:
+        self.s = settings
+        self.progress = progress
+        self.base = Encoder(base, device="cpu")  # checks the folder, and names its weights by their hash
+        self.device = pick_device(settings.device)
+
+    def _model(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            model = SentenceTransformer(str(self.base.path), device=str(self.device), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise TuningError(f"sentence-transformers cannot load {self.base.path}: {exc}") from None
+        model.max_seq_length = self.s.max_length
+        return model
+
+    def _evaluate(
+        self, model: Any, data: TuningData, candidates: Mapping[str, list[str]], dev_qrels: Mapping[str, Any]
+    ) -> dict[str, float]:
+        model.eval()
+        pool = sorted({d for docs in candidates.values() for d in docs})
+        row = {d: i for i, d in enumerate(pool)}
+        qids = list(candidates)
+        encode = lambda texts: model.encode(  # noqa: E731
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=self.progress
+        )
+        doc_vectors = encode([data.docs[d] for d in pool])
+        query_vectors = encode([data.queries[q] for q in qids])
+        run = {}
+        for qid, vector in zip(qids, query_vectors, strict=True):
+            docs = candidates[qid]
+            scores = doc_vectors[[row[d] for d in docs]] @ vector
+            run[qid] = {d: float(s) for d, s in zip(docs, scores, strict=True)}
+        metrics = evaluate_run(run, dev_qrels)
+        return {name: float(value) for name, value in metrics.items() if name != "queries"}
+
+    def _epoch(
+        self,
+        model: Any,
+        loss_fn: Any,
+        optimizer: Any,
+        scheduler: Any,
+        plan: list[list[Pair]],
+        data: TuningData,
+        epoch: int,
+    ) -> float:
+        from sentence_transformers.util import batch_to_device
+
+        model.train()
+        losses = []
+        bar = tqdm(plan, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, dynamic_ncols=True)
+        for batch in bar:
+            columns = [[data.queries[p.query] for p in batch], [data.docs[p.positive] for p in batch]]
+            if all(p.negative for p in batch):
+                columns.append([data.docs[p.negative] for p in batch if p.negative])
+            features = [batch_to_device(model.preprocess(texts), self.device) for texts in columns]
+            loss = loss_fn(features, torch.zeros(len(batch), device=self.device))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return float(np.mean(losses))
+
+    def run(
+        self, data: TuningData, out: str | Path, miner: Backend | None, negatives: str, notice: Notice
+    ) -> TuneReport:
+        """Tune, keep the best epoch, write it to ``out`` (a new folder). ``miner`` gives the BM25 rankings for
+        hard negatives and dev candidates (``None``: in-batch negatives only, dev ranks the whole corpus)."""
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from transformers import get_linear_schedule_with_warmup
+
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise TuningError(f"--out {out} already exists and is not an empty folder")
+        started = time.monotonic()
+        rng = random.Random(self.s.seed)
+        torch.manual_seed(self.s.seed)
+        train, dev = split_queries(list(data.queries), self.s.dev_fraction, self.s.seed)
+        depth = self.s.dev_candidates if miner is not None else 0
+        ranked: dict[str, list[str]] = {}
+        if miner is not None:
+            wanted = {q: data.queries[q] for q in (train if self.s.hard_negatives else []) + dev}
+            ranked = mine_bm25(miner, wanted, max(self.s.negative_depth, depth), self.progress)
+            known = sum(d in data.docs for docs in ranked.values() for d in docs)
+            found = sum(len(docs) for docs in ranked.values())
+            if found and known < found / 2:
+                raise TuningError(
+                    f"only {known} of the {found} documents BM25 found in {miner.index} are in the corpus "
+                    f"{data.sources['corpus']}: the index does not hold this corpus"
+                )
+            ranked = {q: [d for d in docs if d in data.docs] for q, docs in ranked.items()}
+        mined = ranked if self.s.hard_negatives else {}
+        candidates = dev_candidates(data, dev, ranked, depth)
+        dev_qrels = {q: data.qrels[q] for q in dev}
+        described = (
+            "the whole corpus"
+            if depth == 0
+            else f"each dev query's relevant documents plus its BM25 top {depth} ({negatives})"
+        )
+        notice(f"{len(train)} training and {len(dev)} dev queries (seed {self.s.seed}); dev ranks {described}")
+
+        model = self._model()
+        loss_fn = MultipleNegativesRankingLoss(model)
+        plans = []
+        for _ in range(self.s.epochs):
+            pairs = training_pairs(data, train, mined, self.s.negative_depth, rng)
+            plans.append(batches(pairs, self.s.batch_size, data.qrels, rng))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.s.lr)
+        total = sum(len(p) for p in plans)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.s.warmup * total), total)
+
+        tick = time.monotonic()
+        history = [EpochResult(0, self._evaluate(model, data, candidates, dev_qrels))]
+        history[0].seconds = time.monotonic() - tick
+        notice(f"base encoder: dev nDCG@10 {history[0].dev['ndcg@10']:.4f}")
+        best_epoch, best_state = 0, _snapshot(model)
+        for epoch, plan in enumerate(plans, 1):
+            tick = time.monotonic()
+            loss = self._epoch(model, loss_fn, optimizer, scheduler, plan, data, epoch)
+            result = EpochResult(epoch, self._evaluate(model, data, candidates, dev_qrels), loss)
+            result.seconds = time.monotonic() - tick
+            history.append(result)
+            notice(f"epoch {epoch}: loss {loss:.4f}, dev nDCG@10 {result.dev['ndcg@10']:.4f}")
+            if result.dev["ndcg@10"] > next(h.dev["ndcg@10"] for h in history if h.epoch == best_epoch):
+                best_epoch, best_state = epoch, _snapshot(model)
+            elif epoch - best_epoch >= self.s.patience:
+                notice(f"no gain for {self.s.patience} epoch(s): stopping")
+                break
+        if best_epoch == 0:
+            notice("no epoch beat the base encoder on the dev split: writing the base weights unchanged")
+        model.load_state_dict(best_state)
+
+        report = TuneReport(
+            out=out,
+            base=self.base.info(),
+            revision="",
+            train_queries=len(train),
+            dev_queries=len(dev),
+            pairs=sum(len(data.qrels[q]) for q in train),
+            negatives=negatives if self.s.hard_negatives and miner is not None else "none (in-batch only)",
+            dev_evaluation=described,
+            best_epoch=best_epoch,
+            history=history,
+        )
+        self._write(model, out, report, data, dev)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _write(self, model: Any, out: Path, report: TuneReport, data: TuningData, dev: list[str]) -> None:
+        """Save into a sibling temporary folder and rename it, so an interrupted run leaves no half encoder."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            model.save(str(staging), create_model_card=False)
+            report.revision = Encoder(staging, device="cpu").revision
+            record = {
+                "format": FORMAT,
+                "version": VERSION,
+                "base": report.base,
+                "revision": report.revision,
+                "data": {**data.sources, "queries_used": len(data.queries), "corpus_documents": len(data.docs)},
+                "seed": self.s.seed,
+                "split": {
+                    "dev_fraction": self.s.dev_fraction,
+                    "train_queries": report.train_queries,
+                    "dev_queries": report.dev_queries,
+                    "dev_ids": dev,
+                },
+                "settings": asdict(self.s),
+                "pairs": report.pairs,
+                "negatives": report.negatives,
+                "dev_evaluation": report.dev_evaluation,
+                "best_epoch": report.best_epoch,
+                "before": report.before,
+                "after": report.after,
+                "history": [asdict(h) for h in report.history],
+            }
+            (staging / "tuning.json").write_text(json.dumps(record, indent=2) + "\n")
+            if out.exists():
+                out.rmdir()  # checked empty before training
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def _snapshot(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

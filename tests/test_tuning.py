@@ -1,0 +1,244 @@
+"""``tune-retriever``: a tiny encoder trained on a SciFact slice learns, and is written as a folder Encoder loads;
+the split is seeded and disjoint; batches hold true negatives only; bad qrels are one line naming file:line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from ralm_es.embed import Encoder
+from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.retrieve.metrics import evaluate_run
+from ralm_es.retrieve.tuning import (
+    Tuner,
+    TuneReport,
+    TuneSettings,
+    TuningData,
+    TuningError,
+    batches,
+    dev_candidates,
+    load_data,
+    memory_bm25,
+    mine_bm25,
+    split_queries,
+    training_pairs,
+)
+from ralm_es.store.elastic import ElasticsearchBackend
+
+RALM = [sys.executable, "-m", "ralm_es.cli.main"]
+SLICE_QUERIES = 60
+SLICE_OTHER_DOCS = 200
+# A learning rate a random 32-wide BERT moves at within a few dozen steps.
+FAST = TuneSettings(epochs=3, patience=3, batch_size=8, lr=1e-3, max_length=64, dev_candidates=30, device="cpu")
+
+
+def _slice(shared_data: Path, folder: Path) -> tuple[Path, Path, Path]:
+    """The first SciFact training queries, their qrels, and a corpus of their relevant abstracts plus others."""
+    scifact = shared_data / "scifact"
+    qrels_lines = (scifact / "qrels" / "train.tsv").read_text().splitlines()
+    judged: dict[str, list[str]] = {}
+    for line in qrels_lines[1:]:
+        qid, doc, _ = line.split("\t")
+        judged.setdefault(qid, []).append(doc)
+    chosen = sorted(judged, key=int)[:SLICE_QUERIES]
+    relevant = {d for q in chosen for d in judged[q]}
+    queries = [line for line in (scifact / "queries.train.jsonl").open() if json.loads(line)["_id"] in chosen]
+    corpus, others = [], 0
+    for line in (scifact / "corpus.jsonl").open():
+        doc_id = json.loads(line)["_id"]
+        if doc_id in relevant or others < SLICE_OTHER_DOCS:
+            corpus.append(line)
+            others += doc_id not in relevant
+    paths = (folder / "queries.jsonl", folder / "qrels.tsv", folder / "corpus.jsonl")
+    paths[0].write_text("".join(queries))
+    paths[1].write_text(qrels_lines[0] + "\n" + "".join(f"{q}\t{d}\t1\n" for q in chosen for d in judged[q]))
+    paths[2].write_text("".join(corpus))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def scifact_slice(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return _slice(shared_data, tmp_path_factory.mktemp("scifact-slice"))
+
+
+@pytest.fixture(scope="module")
+def slice_data(scifact_slice: tuple[Path, Path, Path]) -> TuningData:
+    return load_data(*scifact_slice)
+
+
+@pytest.fixture(scope="module")
+def tuned(
+    slice_data: TuningData, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TuneReport, list[str]]:
+    notices: list[str] = []
+    out = tmp_path_factory.mktemp("tuned") / "encoder"
+    with memory_bm25(slice_data.docs) as miner:
+        report = Tuner(tiny_model_dir, FAST).run(slice_data, out, miner, "in-memory BM25", notices.append)
+    return report, notices
+
+
+def test_training_lowers_the_loss_and_raises_dev_ndcg(tuned: tuple[TuneReport, list[str]]) -> None:
+    report, _ = tuned
+    losses = [h.loss for h in report.history[1:]]
+    assert len(losses) == FAST.epochs
+    assert losses[-1] < losses[0]
+    assert report.after["ndcg@10"] > report.before["ndcg@10"]
+    best = max(report.history, key=lambda h: h.dev["ndcg@10"])
+    assert report.best_epoch == best.epoch > 0
+
+
+def test_the_folder_loads_in_encoder_and_holds_the_best_epoch(
+    tuned: tuple[TuneReport, list[str]], slice_data: TuningData
+) -> None:
+    report, _ = tuned
+    encoder = Encoder(report.out, device="cpu")
+    assert encoder.pooling == "mean" and encoder.dim == 32
+    assert encoder.revision == report.revision != report.base["revision"]
+    record = json.loads((report.out / "tuning.json").read_text())
+    assert record["revision"] == encoder.revision and record["best_epoch"] == report.best_epoch
+    assert record["seed"] == FAST.seed and record["base"]["revision"] == report.base["revision"]
+    assert record["data"]["qrels"].endswith("qrels.tsv")
+    # Ranking the dev candidates with ralm-es's own Encoder gives the dev figures recorded for the best epoch.
+    dev = record["split"]["dev_ids"]
+    with memory_bm25(slice_data.docs) as miner:
+        ranked = mine_bm25(miner, {q: slice_data.queries[q] for q in dev}, FAST.dev_candidates)
+    candidates = dev_candidates(slice_data, dev, ranked, FAST.dev_candidates)
+    run: dict[str, dict[str, float]] = {}
+    for qid, docs in candidates.items():
+        vectors = encoder.encode([slice_data.docs[d] for d in docs])
+        scores = vectors @ encoder.encode([slice_data.queries[qid]])[0]
+        run[qid] = dict(zip(docs, map(float, scores), strict=True))
+    ndcg = evaluate_run(run, {q: slice_data.qrels[q] for q in dev})["ndcg@10"]
+    assert ndcg == pytest.approx(record["after"]["ndcg@10"], abs=1e-3)
+
+
+def test_notices_name_the_split_and_every_epoch(tuned: tuple[TuneReport, list[str]]) -> None:
+    report, notices = tuned
+    assert f"{report.train_queries} training and {report.dev_queries} dev queries (seed {FAST.seed})" in notices[0]
+    assert "BM25 top 30" in notices[0]
+    assert sum(n.startswith("epoch ") for n in notices) == FAST.epochs
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    ids = [str(i) for i in range(100)]
+    train, dev = split_queries(ids, 0.2, seed=7)
+    assert len(dev) == 20 and set(train) | set(dev) == set(ids) and not set(train) & set(dev)
+    assert split_queries(list(reversed(ids)), 0.2, seed=7) == (train, dev)
+    assert split_queries(ids, 0.2, seed=8)[1] != dev
+
+
+def test_batches_hold_only_true_negatives(slice_data: TuningData) -> None:
+    with memory_bm25(slice_data.docs) as miner:
+        ranked = mine_bm25(miner, slice_data.queries, 20)
+    rng = random.Random(0)
+    pairs = training_pairs(slice_data, list(slice_data.queries), ranked, 20, rng)
+    assert len(pairs) == sum(len(j) for j in slice_data.qrels.values())
+    assert all(p.negative is not None and p.negative not in slice_data.qrels[p.query] for p in pairs)
+    plan = batches(pairs, 8, slice_data.qrels, rng)
+    key = lambda p: (p.query, p.positive, p.negative or "")  # noqa: E731
+    assert sorted((p for b in plan for p in b), key=key) == sorted(pairs, key=key)
+    for batch in plan:
+        assert len(batch) <= 8
+        docs = [d for p in batch for d in (p.positive, p.negative)]
+        assert len(docs) == len(set(docs))
+        for p in batch:
+            others = {d for o in batch if o is not p for d in (o.positive, o.negative)}
+            assert not others & set(slice_data.qrels[p.query])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([*RALM, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _args(queries: Path, qrels: Path, corpus: Path, out: Path, model: Path) -> list[str]:
+    files = ["--queries", str(queries), "--qrels", str(qrels), "--corpus", str(corpus)]
+    return ["tune-retriever", *files, "--out", str(out), "--model", str(model)]
+
+
+def test_bad_qrels_line_is_one_line_naming_it(
+    scifact_slice: tuple[Path, Path, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    queries, qrels, corpus = scifact_slice
+    lines = qrels.read_text().splitlines()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join([*lines[:3], lines[3].replace("\t1", "\tyes"), *lines[4:]]) + "\n")
+    proc = _cli(*_args(queries, bad, corpus, tmp_path / "out", tiny_model_dir))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"ralm-es: error: {bad}:4: relevance 'yes' is not an integer"
+    assert not (tmp_path / "out").exists()
+
+
+def test_judged_document_missing_from_the_corpus_names_the_qrels_line(
+    scifact_slice: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    queries, qrels, corpus = scifact_slice
+    lines = qrels.read_text().splitlines()
+    qid = lines[5].split("\t")[0]
+    bad = tmp_path / "qrels.tsv"
+    bad.write_text("\n".join([*lines[:6], f"{qid}\tno-such-doc\t1", *lines[6:]]) + "\n")
+    with pytest.raises(TuningError) as err:
+        load_data(queries, bad, corpus)
+    assert str(err.value) == f"{bad}:7: document 'no-such-doc' is not in the corpus {corpus}"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("dev_fraction", 1.0, "--dev-fraction must be between 0 and 1"),
+        ("batch_size", 1, "--batch-size must be at least 2"),
+        ("dev_candidates", -1, "--dev-candidates must be 0 (whole corpus) or more"),
+    ],
+)
+def test_bad_settings_name_the_option(option: str, value: Any, message: str) -> None:
+    with pytest.raises(TuningError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TuneSettings(**{option: value})
+
+
+def test_an_existing_output_folder_is_refused(slice_data: TuningData, tiny_model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(TuningError, match=f"--out {tmp_path} already exists and is not an empty folder"):
+        Tuner(tiny_model_dir, FAST).run(slice_data, tmp_path, None, "none", lambda m: None)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_hard_negatives_mined_from_an_elasticsearch_index(
+    scifact_slice: tuple[Path, Path, Path],
+    tiny_model_dir: Path,
+    es_client: Elasticsearch,
+    es_url: str,
+    index_name: str,
+    tmp_path: Path,
+) -> None:
+    queries, qrels, corpus = scifact_slice
+    Ingest(ElasticsearchBackend(es_client, index_name), IngestSettings(embed=False), checkpoint_dir=tmp_path).run(
+        [corpus]
+    )
+    out = tmp_path / "encoder"
+    extra = ["--index", index_name, "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--json", "--quiet"]
+    proc = _cli("--es-url", es_url, *_args(queries, qrels, corpus, out, tiny_model_dir), *extra)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["negatives"] == f"BM25 of index {index_name}"
+    assert f"its BM25 top 100 (BM25 of index {index_name})" in report["dev_evaluation"]
+    assert len(report["history"]) == 2 and report["history"][1]["loss"] > 0
+    assert Encoder(out, device="cpu").revision == report["revision"]
+
+
+def test_an_index_of_another_corpus_is_refused(
+    scifact_slice: tuple[Path, Path, Path], tiny_model_dir: Path, es_url: str, sample_index: str, tmp_path: Path
+) -> None:
+    queries, qrels, corpus = scifact_slice
+    proc = _cli(
+        "--es-url", es_url, *_args(queries, qrels, corpus, tmp_path / "out", tiny_model_dir), "--index", sample_index
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].endswith(f"in the corpus {corpus}: the index does not hold this corpus")
