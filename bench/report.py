@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,11 +24,13 @@ SECTIONS = (
     "search_many against a loop of search",
     "CoNLL-2003 sentences as queries",
     "Training",
+    "Tuning the retriever",
     "Serving under load",
     "How to rerun",
 )
 SERVE_LOAD = Path(__file__).resolve().parent / "results" / "serve_load.json"
 SCIFACT_EVAL = Path(__file__).resolve().parent / "results" / "scifact_eval.json"
+TUNE_RETRIEVER = Path(__file__).resolve().parent / "results" / "tune_retriever.json"
 
 
 def fig(summary: dict[str, Any], digits: int = 1, scale: float = 1.0) -> str:
@@ -307,6 +310,18 @@ def _mode_table(values: dict[str, Any], label: str) -> list[str]:
 TRAIN_RESULTS = ("conll", "scifact", "efficiency", "throughput")
 
 
+def written_at(path: Path) -> str:
+    """When a results file was written: its last commit if it is committed unchanged (a checkout resets file
+    times), else its modification time."""
+    changed = subprocess.run(["git", "status", "--porcelain", "--", path.name], cwd=path.parent, capture_output=True)
+    committed = subprocess.run(
+        ["git", "log", "-1", "--format=%ct", "--", path.name], cwd=path.parent, capture_output=True, text=True
+    )
+    stamp = committed.stdout.strip()
+    seconds = int(stamp) if changed.returncode == 0 and not changed.stdout and stamp else path.stat().st_mtime
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
 def collect_train(results_dir: Path) -> dict[str, Any]:
     """The training benchmarks' results as ``bench/train_bench.py`` saved them in the results folder.
 
@@ -321,7 +336,7 @@ def collect_train(results_dir: Path) -> dict[str, Any]:
             found[name] = {
                 **json.loads(path.read_text(encoding="utf-8")),
                 "file": path.name,
-                "written": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(path.stat().st_mtime)),
+                "written": written_at(path),
             }
     return found
 
@@ -444,6 +459,32 @@ def full_quality_section(path: Path) -> list[str]:
     return lines
 
 
+def tune_section(path: Path) -> list[str]:
+    """The last ``ralm-es tune-retriever`` run on SciFact, from its own results file."""
+    if not path.is_file():
+        return ["No `bench/results/tune_retriever.json`: run the `ralm-es tune-retriever` command it records."]
+    run = json.loads(path.read_text(encoding="utf-8"))
+    split, timing = run["split"], run["timing_s"]
+    rows = [["base encoder", f"{run['dev_ndcg@10']['base']:.4f}", ""]]
+    rows += [
+        [name.replace("_", " "), f"{value:.4f}", f"≥ {run['target_dev_ndcg@10']}"]
+        for name, value in run["dev_ndcg@10"].items()
+        if name != "base"
+    ]
+    return [
+        f"From `bench/results/{path.name}`, written {run['written']} by `{run['command']}`: {run['encoder']}; "
+        f"{split['train_queries']} of the {split['queries_judged']} judged SciFact train queries tuned on, the other "
+        f"{split['dev_queries']} the dev split, never trained on; {run['negatives']}; dev evaluation: "
+        f"{run['dev_evaluation']}.",
+        "",
+        *_table(["encoder", "dev nDCG@10", "target"], rows),
+        "",
+        f"**Status: {run['status']}.** On {run['machine']}: base evaluation {timing['base_dev_evaluation_wall']} s, "
+        f"epoch 1 training {timing['epoch_1_training_wall']} s and its evaluation "
+        f"{timing['epoch_1_dev_evaluation_wall']} s (wall); peak RSS {run['peak_rss_mb']:,} MB.",
+    ]
+
+
 def serve_section(path: Path) -> list[str]:
     """The last ``python -m bench.serve_load`` run, from its own results file: one row per configuration."""
     if not path.is_file():
@@ -539,6 +580,7 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
         body["search_many against a loop of search"] = many_section(retrieval["many"])
         body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
     body["Training"] = train_section(results.get("train"), docs_dir)
+    body["Tuning the retriever"] = tune_section(TUNE_RETRIEVER)
     body["Serving under load"] = serve_section(SERVE_LOAD)
     body["Retrieval quality on the whole SciFact corpus"] = full_quality_section(SCIFACT_EVAL)
     body["How to rerun"] = [
