@@ -224,7 +224,7 @@ class Retriever:
         mode: Mode | None = None,
         filters: list[Filter] | None = None,
         exclude_ids: Sequence[Sequence[str]] | None = None,
-        input_ids: Sequence[str] | None = None,
+        input_ids: Sequence[str | None] | None = None,
     ) -> list[list[RetrievedHit]]:
         """Top-k for every query: queries embedded in batches, searches packed into ``_msearch`` chunks.
 
