@@ -187,7 +187,8 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
             cluster["error"] = state.error
         index: dict[str, Any] = {"mode": retriever.settings.mode}
         if retriever.encoder is not None:
-            index["encoder"] = {"name": retriever.encoder.name, "dim": retriever.encoder.dim}
+            encoder = retriever.encoder
+            index["encoder"] = {"name": encoder.name, "dim": encoder.dim, "runtime": encoder.runtime}
         if state.reachable:
             try:
                 info = retriever.backend.info()
