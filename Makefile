@@ -11,7 +11,7 @@ $(PY):
 
 # Editable install of this clone; quick when the requirements are already satisfied.
 install: | $(PY)
-	$(PY) -m pip install -q -e '.[model,serve,dev]'
+	$(PY) -m pip install -q -e '.[model,serve,onnx,dev]'
 
 # English stemming for the local node (it lacks analysis-common): Debian's hunspell-en-us, where apt can install it.
 hunspell:

@@ -26,11 +26,13 @@ SECTIONS = (
     "Training",
     "Tuning the retriever",
     "Serving under load",
+    "Encoder runtimes (ONNX)",
     "How to rerun",
 )
 SERVE_LOAD = Path(__file__).resolve().parent / "results" / "serve_load.json"
 SCIFACT_EVAL = Path(__file__).resolve().parent / "results" / "scifact_eval.json"
 TUNE_RETRIEVER = Path(__file__).resolve().parent / "results" / "tune_retriever.json"
+ONNX = Path(__file__).resolve().parent / "results" / "onnx.json"
 
 
 def fig(summary: dict[str, Any], digits: int = 1, scale: float = 1.0) -> str:
@@ -543,6 +545,48 @@ def serve_section(path: Path) -> list[str]:
     ]
 
 
+def onnx_section(path: Path) -> list[str]:
+    """The last ``python -m bench.onnx_bench`` run: query encoding per runtime, vector agreement, dense nDCG@10."""
+    if not path.is_file():
+        return ["No `bench/results/onnx.json`: run `python -m bench.onnx_bench`."]
+    run = json.loads(path.read_text(encoding="utf-8"))
+    speed, agreement = run["speed"], run["agreement"]
+    torch_ms = {batch: speed["torch"][batch]["median_ms"] for batch in ("1", "32")}
+    rows = [
+        [
+            runtime,
+            *(
+                f"{speed[runtime][b]['median_ms']:.1f} ({speed[runtime][b]['min_ms']:.1f}–"
+                f"{speed[runtime][b]['max_ms']:.1f}), {torch_ms[b] / speed[runtime][b]['median_ms']:.1f}x"
+                for b in ("1", "32")
+            ),
+            f"{agreement[runtime]['mean']:.4f} / {agreement[runtime]['min']:.4f}",
+            f"{run['quality'][runtime]['ndcg@10']:.4f}" if runtime in run["quality"] else "refused (int8)",
+        ]
+        for runtime in speed
+    ]
+    return [
+        f"From `bench/results/{path.name}`, written by `{run['command']}` at {run['written']}: model {run['model']} "
+        f"({run['revision']}) on {run['cpus']} CPU cores shared with other jobs (1-minute load average "
+        f"{run['load_average']:.1f} at the end), {run['queries_timed']} SciFact train queries (mean "
+        f"{run['mean_words']:.1f} words) encoded one at a time and in batches of 32, {run['reps']} interleaved "
+        "repetitions. Agreement: cosine to torch's vector over all train queries. nDCG@10: dense search of the "
+        f"index {run['index']}, with only the query encoder's runtime changed (an index filled by torch answers fp32 "
+        "onnx queries and refuses int8 ones).",
+        "",
+        *_table(
+            [
+                "runtime",
+                "ms/query, batch 1 (min–max), speed-up",
+                "ms/query, batch 32 (min–max), speed-up",
+                "cosine to torch mean / min",
+                "dense nDCG@10",
+            ],
+            rows,
+        ),
+    ]
+
+
 def _batching_gains(runs: list[dict[str, Any]]) -> list[str]:
     """One line per (queries, clients): each batched run's requests/s and p99 against the one-at-a-time run."""
     alone = {(r["queries"], r["clients"]): r for r in runs if r["batch_size"] == 1}
@@ -583,6 +627,7 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
     body["Tuning the retriever"] = tune_section(TUNE_RETRIEVER)
     body["Serving under load"] = serve_section(SERVE_LOAD)
     body["Retrieval quality on the whole SciFact corpus"] = full_quality_section(SCIFACT_EVAL)
+    body["Encoder runtimes (ONNX)"] = onnx_section(ONNX)
     body["How to rerun"] = [
         "`make bench` (full) or `make bench QUICK=1`; one part: `python -m bench.run --only ingest` "
         "(`ingest`, `retrieval`, `train`). Peers get their own environments under `~/.cache/ralm-es/bench-venvs/`, "

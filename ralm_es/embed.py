@@ -1,6 +1,8 @@
 """Sentence embeddings from a local Hugging Face encoder folder: the pooling its sentence-transformers
 ``modules.json`` declares (mean when it declares none), L2 normalisation, batches sorted by length, CUDA
-(bf16/fp16) when present. Nothing is ever downloaded."""
+(bf16/fp16) when present. The network runs under torch, or under ONNX Runtime on the CPU (``runtime`` onnx or
+onnx-int8, see ``ralm_es.onnx_runtime``); pooling and normalisation are the same for all. Nothing is ever
+downloaded."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from ralm_es.model_folder import WEIGHT_FILES, ModelError, resolve_model_path
+from ralm_es.onnx_runtime import Runtime, check_runtime, load_session, run_session
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -93,27 +96,38 @@ def pooling_mode(folder: Path) -> str:
 class Encoder:
     """A frozen sentence encoder. ``encode`` returns float32 unit vectors in input order."""
 
-    def __init__(self, path: str | Path | None = None, device: str = "auto", max_length: int = 256) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        device: str = "auto",
+        max_length: int = 256,
+        runtime: Runtime = "torch",
+    ) -> None:
         self.path = resolve_model_path(path)
         self.name = DEFAULT_MODEL_NAME if path is None else self.path.name
+        self.runtime = check_runtime(runtime, "encoder")
         hf_logging.disable_progress_bar()
-        self.device = pick_device(device)
+        # The onnxruntime package ralm-es installs runs on the CPU only.
+        self.device = pick_device(device) if runtime == "torch" else torch.device("cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            dtype = cuda_dtype() if self.device.type == "cuda" else torch.float32
-            self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)
+            self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+            if runtime == "torch":
+                dtype = cuda_dtype() if self.device.type == "cuda" else torch.float32
+                self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)
+                self.model.to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
-        self.model.to(self.device).eval()
+        self.session = load_session(self.path, self.revision, runtime) if runtime != "torch" else None
         self.max_length = min(max_length, self.tokenizer.model_max_length)
         self.pooling = pooling_mode(self.path)
         self._pool = POOLING[self.pooling]
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     @cached_property
     def revision(self) -> str:
@@ -132,11 +146,25 @@ class Encoder:
             "dim": self.dim,
             "pooling": self.pooling,
             "path": str(self.path),
+            "runtime": self.runtime,
         }
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
         return [len(ids) for ids in encoded]
+
+    def _hidden(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden states of one batch and its attention mask."""
+        if self.session is not None:
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            )
+            hidden = torch.from_numpy(run_session(self.session, dict(batch)))
+            return hidden, torch.from_numpy(batch["attention_mask"])
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        return self.model(**encoded).last_hidden_state, encoded["attention_mask"]
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -148,14 +176,7 @@ class Encoder:
         starts = range(0, len(texts), batch_size)
         for start in tqdm(starts, desc="encode", unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            pooled = torch.nn.functional.normalize(self._pool(hidden, batch["attention_mask"]).float(), dim=-1)
+            hidden, mask = self._hidden([texts[i] for i in idx])
+            pooled = torch.nn.functional.normalize(self._pool(hidden, mask).float(), dim=-1)
             out[idx] = pooled.cpu().numpy()
         return out

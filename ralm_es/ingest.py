@@ -22,6 +22,7 @@ from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.model_folder import load_tokenizer, resolve_model_path, tokenizer_revision
+from ralm_es.onnx_runtime import Runtime
 from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSpec, Refresh, WriteResult
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class IngestSettings:
     model: str | None = None
     embed: bool = True
     device: str = "auto"
+    runtime: Runtime = "torch"
     encode_batch: int = 64
     max_tokens: int = 256
     overlap: int = 32
@@ -210,7 +212,9 @@ class Ingest:
         if settings.embed and encoder is None:
             from ralm_es.embed import Encoder  # torch is imported only by an ingest that embeds
 
-            encoder = Encoder(settings.model, device=settings.device, max_length=settings.max_tokens)
+            encoder = Encoder(
+                settings.model, device=settings.device, max_length=settings.max_tokens, runtime=settings.runtime
+            )
         self.encoder = encoder if settings.embed else None
         folder = encoder.path if encoder is not None else resolve_model_path(settings.model)
         self.chunker = Chunker(load_tokenizer(folder), settings.max_tokens, settings.overlap)

@@ -128,6 +128,19 @@ def test_retrieve_is_search_many(retriever: Retriever) -> None:
     assert all(h["metadata"]["year"] >= 1990 for h in ranged["results"][0]["hits"])
 
 
+def test_retrieve_excludes_each_input_by_its_document_id(retriever: Retriever) -> None:
+    """A server that excludes inputs by document id gets the ids of /retrieve's inputs (it refused them all)."""
+    own = retriever.search_many(["insulin"], k=1, mode="bm25")[0][0].doc_id
+    api = client_for(retriever.with_settings(RetrievalSettings(mode="bm25", k=5, exclude="doc")))
+    body = {"inputs": [{"id": own, "text": "insulin"}, {"id": "elsewhere", "text": "insulin"}], "mode": "bm25"}
+    resp = api.post("/retrieve", json=body)
+    assert resp.status_code == 200, resp.text
+    mine, other = ([h["doc_id"] for h in r["hits"]] for r in resp.json()["results"])
+    assert own not in mine and mine
+    assert own in other
+    assert api.post("/search", json={"text": "insulin", "mode": "bm25"}).status_code == 200
+
+
 def test_predict_ner_entities_with_explain(retriever: Retriever, ner_predictor: Predictor) -> None:
     api = client_for(retriever, ner_predictor)
     words = ["Frederick", "Banting", "isolated", "insulin", "in", "Toronto", "."]

@@ -13,6 +13,7 @@ import click
 from tqdm import tqdm
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
+from ralm_es.onnx_runtime import RUNTIMES
 from ralm_es.store.base import Backend, Filter
 
 FILTER = re.compile(r"^(?P<field>[\w.\-]+)\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>.+)$")
@@ -64,6 +65,13 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
             type=click.Path(file_okay=False),
             help="Query encoder folder (default: the index's).",
         ),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIMES),
+            default="torch",
+            show_default=True,
+            help="Query encoder runtime (onnx: an fp32 ONNX Runtime export, answers torch-filled indices too).",
+        ),
         click.option("--fusion", type=click.Choice(["rrf", "linear"]), default="rrf", show_default=True),
         click.option(
             "--rrf-k", default=60.0, show_default=True, type=click.FloatRange(min=0), help="RRF rank constant."
@@ -105,6 +113,7 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], exclude: str = "no
 
     backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"), options.pop("fields"))
     model = options.pop("model")
+    runtime = options.pop("runtime")
     values = {name: options.pop(name) for name in RECORDED_SETTINGS}
     # Settings recorded with the index by `evaluate --sweep --save` stand in for every flag not given.
     click_ctx = click.get_current_context()
@@ -126,7 +135,7 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], exclude: str = "no
         if model is None:
             recorded = (backend.info().get("model") or {}).get("path")
             model = recorded if recorded and Path(recorded).is_dir() else None
-        encoder = Encoder(model)
+        encoder = Encoder(model, runtime=runtime)
     notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
     return Retriever(backend, encoder, settings, notice=notice)
 

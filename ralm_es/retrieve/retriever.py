@@ -16,6 +16,7 @@ import numpy as np
 
 from ralm_es.embed import Encoder
 from ralm_es.errors import RalmError
+from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
@@ -86,6 +87,25 @@ def search_requests(
     return out
 
 
+def check_query_encoder(recorded: dict[str, Any] | None, query: dict[str, Any]) -> None:
+    """Refuse a query encoder whose vectors are not comparable with the ones the index recorded: other weights, or
+    another kind of runtime (fp32 torch and onnx mix, int8 mixes with neither). An index that recorded no encoder
+    (made elsewhere) is not checked; one that recorded no runtime was filled by torch."""
+    if not recorded:
+        return
+    if recorded.get("revision") and recorded["revision"] != query["revision"]:
+        raise RetrievalError(
+            f"the index was embedded by encoder {recorded['revision']} but the query encoder is {query['revision']}; "
+            "use the model the index was built with"
+        )
+    filled = recorded.get("runtime") or "torch"
+    if vector_kind(filled) != vector_kind(query["runtime"]):
+        raise RetrievalError(
+            f"the index was embedded with runtime {filled} but queries would be encoded with {query['runtime']}; "
+            "use --runtime " + " or ".join(r for r in RUNTIMES if vector_kind(r) == vector_kind(filled))
+        )
+
+
 class Retriever:
     """Answers "the best k passages for each of these inputs" over any Backend."""
 
@@ -152,6 +172,7 @@ class Retriever:
                 f"the query model gives {self.encoder.dim}-dimensional vectors but the index holds {dims}; "
                 "use the model the index was built with"
             )
+        check_query_encoder(self.backend.info().get("model"), self.encoder.info())
         self._dims_checked = True
 
     def encode(self, queries: Sequence[str]) -> np.ndarray:
@@ -224,7 +245,7 @@ class Retriever:
         mode: Mode | None = None,
         filters: list[Filter] | None = None,
         exclude_ids: Sequence[Sequence[str]] | None = None,
-        input_ids: Sequence[str] | None = None,
+        input_ids: Sequence[str | None] | None = None,
     ) -> list[list[RetrievedHit]]:
         """Top-k for every query: queries embedded in batches, searches packed into ``_msearch`` chunks.
 

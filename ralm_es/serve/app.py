@@ -132,7 +132,7 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         """The top-k passages for one query (the hits of ``ralm-es search --json``)."""
         check_request(settings, [body.text], body.k)
         key = search_key(body)
-        (hits,) = await batched(key, Queries([body.text], [body.exclude_ids], _filters(body.filters)), 1)
+        (hits,) = await batched(key, Queries([body.text], [body.exclude_ids], _filters(body.filters), [None]), 1)
         return m.SearchOut(mode=key.mode, hits=[m.HitOut(**h.to_json()) for h in hits])
 
     @app.post("/retrieve", response_model=m.RetrieveOut, dependencies=protected, responses=ERRORS)
@@ -141,7 +141,10 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         check_request(settings, [item.text for item in body.inputs], body.k)
         key = search_key(body)
         queries = Queries(
-            [item.text for item in body.inputs], [item.exclude_ids for item in body.inputs], _filters(body.filters)
+            [item.text for item in body.inputs],
+            [item.exclude_ids for item in body.inputs],
+            _filters(body.filters),
+            [item.id for item in body.inputs],
         )
         found = await batched(key, queries, len(body.inputs))
         results = [
@@ -184,7 +187,8 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
             cluster["error"] = state.error
         index: dict[str, Any] = {"mode": retriever.settings.mode}
         if retriever.encoder is not None:
-            index["encoder"] = {"name": retriever.encoder.name, "dim": retriever.encoder.dim}
+            encoder = retriever.encoder
+            index["encoder"] = {"name": encoder.name, "dim": encoder.dim, "runtime": encoder.runtime}
         if state.reachable:
             try:
                 info = retriever.backend.info()

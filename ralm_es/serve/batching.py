@@ -177,6 +177,8 @@ class Queries:
     texts: list[str]
     exclude_ids: list[list[str]]
     filters: list[Filter]
+    # The inputs' ids, for self-exclusion by document id; None where a request names none (/search).
+    ids: list[str | None]
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def api_runner(retriever: Retriever, predictor: Predictor | None) -> Callable[[H
             # Equal across the group: the key holds them.
             filters=payloads[0].filters,
             exclude_ids=[ids for p in payloads for ids in p.exclude_ids],
+            input_ids=[item_id for p in payloads for item_id in p.ids],
         )
         return _split(found, [len(p.texts) for p in payloads])
 

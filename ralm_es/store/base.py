@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol
 
 from ralm_es.corpus.types import Passage
 from ralm_es.errors import RalmError
+from ralm_es.onnx_runtime import vector_kind
 
 Mode = Literal["bm25", "dense"]
 
@@ -64,6 +65,14 @@ def check_shape(where: str, spec: IndexSpec, model: dict[str, Any] | None, chunk
             f"{where} was embedded by encoder {recorded} but this ingest uses {wanted}; "
             "use that encoder, or --reindex to rebuild the index with this one"
         )
+    # torch and fp32 onnx vectors agree to 1e-3 cosine and may share an index; int8 ones mix with neither.
+    if recorded and wanted:
+        filled, runtime = (model or {}).get("runtime") or "torch", (spec.model or {}).get("runtime") or "torch"
+        if vector_kind(filled) != vector_kind(runtime):
+            raise StoreError(
+                f"{where} was embedded with encoder runtime {filled} but this ingest uses {runtime}; "
+                f"use --set runtime={filled}, or --reindex to rebuild the index with {runtime}"
+            )
     if chunking is not None and spec.chunking is not None and chunking != spec.chunking:
         raise StoreError(
             f"{where} holds passages cut with {chunking.describe()}, but this ingest cuts them with "
