@@ -264,19 +264,24 @@ class Ingest:
             self.checkpoint_dir,
         )
         state = checkpoint.load() if self.s.resume else None
+        skip = 0
+        if state is not None:
+            reshaped = state.shape != shape
+            summary.restarted = changed_inputs(state.inputs, inputs) or (
+                "the settings that read and cut passages changed" if reshaped else None
+            )
+            skip = 0 if summary.restarted else state.records_done
+            if reshaped and self.s.reindex:
+                # Passages cut otherwise must not join the half-filled index: build a fresh one, say so.
+                summary.restarted += f"; the index the interrupted run was filling, {state.target}, is left as it was"
+                state = None
+        summary.resumed_from = skip
         if self.s.reindex:
             target = self.backend.staging(spec, resume=state.target if state else None)
         else:
             self.backend.ensure_index(spec)
             target = self.backend
         summary.index = target.index
-        skip = 0
-        if state is not None:
-            summary.restarted = changed_inputs(state.inputs, inputs) or (
-                "the settings that read and cut passages changed" if state.shape != shape else None
-            )
-            skip = 0 if summary.restarted else state.records_done
-        summary.resumed_from = skip
         before = Refresh(state.refresh) if state else target.refresh_interval()
         # Saved before refresh is paused, so that even a run killed in its first batch restores the interval.
         progress = CheckpointState(skip, target.index, inputs, shape, before.interval)

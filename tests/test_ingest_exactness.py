@@ -296,3 +296,22 @@ def test_counts_equal_the_store_for_any_records(files: list[list[tuple[str, str]
         assert {p.removesuffix("#0") for p in stored} == first_valid
         assert summary.indexed == backend.count() == summary.passages
         assert summary.read == len(first_valid)
+
+
+def test_a_reindex_resumed_with_other_chunking_starts_a_fresh_index(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    long_rows = [(f"d{i}", " ".join(f"word{i}x{j}" for j in range(120))) for i in range(80)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", long_rows)
+    backend = ElasticsearchBackend(es_client, index_name)
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    first = IngestSettings(batch_passages=64, reindex=True)
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(backend, first, encoder=tiny_encoder, on_progress=StopAfter(1), checkpoint_dir=tmp_path).run([corpus])
+    other = IngestSettings(batch_passages=64, reindex=True, max_tokens=64, overlap=8)
+    summary = Ingest(backend, other, encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    assert summary.restarted and "is left as it was" in summary.restarted
+    (served,) = backend.concrete_indices()
+    meta = es_client.indices.get_mapping(index=served).body[served]["mappings"]["_meta"]
+    assert meta["chunking"]["max_tokens"] == 64
+    assert count(es_client, index_name) == summary.indexed == summary.passages
