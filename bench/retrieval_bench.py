@@ -12,7 +12,7 @@ import numpy as np
 from bench.common import Session, head_conll, load_average, percentiles, ratios, read_jsonl, summarize, timed
 from bench.ingest_bench import scifact_corpus, settings_for
 from ralm_es.corpora.benchmarks import conll_paths, scifact_paths
-from ralm_es.corpus.readers import read_corpus
+from ralm_es.corpus.readers import ReadOptions, read_corpus
 from ralm_es.corpus.types import Record
 from ralm_es.ingest import Ingest
 from ralm_es.retrieve.evaluate import evaluate_index, sweep, sweep_settings
@@ -174,7 +174,7 @@ def conll(session: Session) -> dict[str, Any]:
     summary = Ingest(
         ElasticsearchBackend(session.client, index), settings, encoder=session.encoder, checkpoint_dir=session.workdir
     ).run([path])
-    records = [r for r in read_corpus(path, format="conll") if isinstance(r, Record)]
+    records = [r for r in read_corpus(path, ReadOptions(format="conll")) if isinstance(r, Record)]
     retriever = Retriever(
         ElasticsearchBackend(session.client, index),
         session.encoder,

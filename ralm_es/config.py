@@ -1,8 +1,9 @@
 """Typed settings: dataclasses loaded from YAML, environment and CLI, with secrets kept out of output.
 
-Every settings tree in ralm-es (connection, ingest, training) is a dataclass. This module turns nested
-dicts into those dataclasses with errors that name the unknown key and its close matches, applies
-``key=value`` overrides, and dumps them back with secrets redacted.
+Every settings tree in ralm-es (connection, ingest, retrieval, serving, training) is a dataclass, its sections
+dataclasses too. ``compose`` builds one from its defaults and layers of sources in order (a config file section,
+the environment, command-line flags, ``--set a.b=value``), with errors that name the source of a bad value and
+the close matches of an unknown key; ``to_dict`` dumps settings back with secrets redacted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -126,11 +127,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _unknown_key(key: str, known: Iterable[str], where: str) -> ConfigError:
+def _unknown_key(key: str, known: Iterable[str], where: str, leaves: Iterable[str] = ()) -> ConfigError:
     known = sorted(known)
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    # A key of a sub-section given at the wrong level (``bulk_docs`` for ``bulk.docs``) is pointed to its place.
+    moved = [leaf for leaf in leaves if leaf.replace(".", "_") == key or leaf.rpartition(".")[2] == key]
+    close = moved or difflib.get_close_matches(key, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
     return ConfigError(f"{where}: unknown setting '{key}'{hint}")
+
+
+def _leaves(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key below ``cls`` that is a value, not a section."""
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        out += _leaves(hint, f"{prefix}{name}.") if dataclasses.is_dataclass(hint) else [f"{prefix}{name}"]
+    return out
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -189,40 +200,119 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from a nested mapping; unknown keys are errors with close matches."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise _unknown_key(str(key), fields, where)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One source of settings: a mapping whose keys are setting names, dotted (``bulk.docs``) or nested as in a
+    YAML section. ``name(key)`` says where a value came from, ``scope(key)`` where an unknown key was found; errors
+    quote them."""
+
+    values: Mapping[str, Any]
+    name: Callable[[str], str]
+    scope: Callable[[str], str]
 
 
-def apply_overrides(obj: T, pairs: Iterable[str], where: str = "--set") -> T:
-    """Return a copy of ``obj`` with ``a.b=value`` overrides applied (values parsed as YAML scalars)."""
+def mapping_layer(values: Mapping[str, Any], where: str) -> Layer:
+    """Values from one mapping, e.g. a config file section; ``where`` is its place (``c.yaml: ingest``)."""
+    parent = lambda key: where + "".join(f".{p}" for p in key.split(".")[:-1])  # noqa: E731
+    return Layer(values, name=lambda key: f"{where}.{key}", scope=parent)
+
+
+def file_layer(path: str | Path, section: str | None = None) -> Layer:
+    """A YAML config file, or one top-level section of it (none there: an empty layer)."""
+    data: Any = load_yaml(path)
+    if section is not None:
+        data = data.get(section, {})
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: '{section}' must be a mapping")
+    where = f"{path}: {section}" if section else str(path)
+    if section is None:
+        # Top-level keys of a whole file are named after the file and a colon: c.yaml: model.fusion.
+        return Layer(
+            data,
+            name=lambda key: f"{path}: {key}",
+            scope=lambda key: f"{path}" + (f": {key.rpartition('.')[0]}" if "." in key else ""),
+        )
+    return mapping_layer(data, where)
+
+
+def env_layer(variables: Mapping[str, str], env: Mapping[str, str], section: str) -> Layer:
+    """The set ones of ``variables`` (environment variable -> setting)."""
+    given = {key: env[var] for var, key in variables.items() if env.get(var)}
+    var_of = {key: var for var, key in variables.items()}
+    return Layer(given, name=lambda key: f"{var_of[key]} ({section}.{key})", scope=lambda key: var_of[key])
+
+
+def flag_layer(values: Mapping[str, Any], flags: Mapping[str, str], section: str) -> Layer:
+    """Values given on the command line, by setting; ``flags`` names each setting's flag (``--es-url``)."""
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None and v != ()}
+    flag = lambda key: flags.get(key, "--" + key.rpartition(".")[2].replace("_", "-"))  # noqa: E731
+    return Layer(given, name=lambda key: f"{flag(key)} ({section}.{key})", scope=flag)
+
+
+def set_layer(pairs: Iterable[str], where: str = "--set") -> Layer:
+    """``a.b=value`` overrides, the values parsed as YAML scalars (``[a, b]`` is a list)."""
+    values: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"{where}: expected key=value, got {pair!r}")
         dotted, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        obj = _replace_path(obj, dotted.strip().split("."), value, f"{where} {dotted.strip()}")
-    return obj
+        values[dotted.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return Layer(values, name=lambda key: f"{where} {key}", scope=lambda key: f"{where} {key}")
 
 
-def _replace_path(obj: Any, path: list[str], value: Any, where: str) -> Any:
-    hints = typing.get_type_hints(type(obj))
-    head, rest = path[0], path[1:]
+Sources = dict[str, tuple[Any, str]]
+
+
+def merge_layers(cls: type, layers: Iterable[Layer]) -> Sources:
+    """Each setting's value from the last layer that gives it, with the name of that source: dotted key ->
+    (value, name). A key ``cls`` does not have fails here, naming its layer and the close matches."""
+    merged: Sources = {}
+    for layer in layers:
+        for key, value in layer.values.items():
+            _place(cls, str(key), value, layer, merged, str(key))
+    return merged
+
+
+def _place(cls: type, key: str, value: Any, layer: Layer, merged: Sources, full: str) -> None:
+    hints = typing.get_type_hints(cls)
+    head, _, rest = key.partition(".")
     if head not in hints:
-        raise _unknown_key(head, [f.name for f in dataclasses.fields(obj)], where)
+        raise _unknown_key(head, hints, layer.scope(full), _leaves(cls))
+    hint = hints[head]
+    prefix = full[: len(full) - len(key)]
     if rest:
-        child = getattr(obj, head)
-        if not dataclasses.is_dataclass(child):
-            raise ConfigError(f"{where}: '{head}' has no sub-settings")
-        return dataclasses.replace(obj, **{head: _replace_path(child, rest, value, where)})
-    return dataclasses.replace(obj, **{head: _coerce(value, hints[head], where)})
+        if not dataclasses.is_dataclass(hint):
+            raise ConfigError(f"{layer.scope(full)}: '{head}' has no sub-settings")
+        _place(hint, rest, value, layer, merged, full)  # type: ignore[arg-type]
+    elif dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        for name, inner in value.items():
+            _place(hint, str(name), inner, layer, merged, f"{full}.{name}")  # type: ignore[arg-type]
+    else:
+        merged[prefix + head] = (value, layer.name(full))
+
+
+def build(cls: type[T], merged: Sources, prefix: str = "") -> T:
+    """``cls`` from merged values (``merge_layers``); what no layer gives keeps the dataclass default."""
+    kwargs = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        key = prefix + name
+        if key in merged:
+            value, where = merged[key]
+            kwargs[name] = _coerce(value, hint, where)
+        elif dataclasses.is_dataclass(hint) and any(k.startswith(key + ".") for k in merged):
+            kwargs[name] = build(hint, merged, key + ".")  # type: ignore[arg-type]
+    return cls(**kwargs)
+
+
+def compose(cls: type[T], *layers: Layer) -> T:
+    """Settings ``cls`` from its defaults and then each layer in turn (later ones win): the one way every
+    command resolves a config file, the environment and its flags."""
+    return build(cls, merge_layers(cls, layers))
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys are errors with close matches."""
+    return compose(cls, mapping_layer(data, where))
 
 
 def to_dict(obj: Any, redact: bool = True) -> Any:
@@ -250,33 +340,13 @@ def resolve_connection(
     Every value is checked here, before anything connects; an error names the flag, variable or file key it
     came from.
     """
+    layers = [file_layer(config_file, "es")] if config_file else []
     env = os.environ if env is None else env
-    merged: dict[str, Any] = {}
-    source: dict[str, str] = {}
-    if config_file:
-        data = load_yaml(config_file)
-        section = data.get("es", {})
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{config_file}: 'es' must be a mapping")
-        for key, value in section.items():
-            merged[key] = value
-            source[key] = f"{config_file}: es.{key}"
-    for var, name in CONNECTION_ENV.items():
-        if env.get(var):
-            merged[name] = env[var]
-            source[name] = f"{var} (es.{name})"
-    for key, value in (cli or {}).items():
-        if value is not None and value != ():
-            merged[key] = list(value) if isinstance(value, tuple) else value
-            source[key] = f"{CONNECTION_FLAGS.get(key, key)} (es.{key})"
-    fields = {f.name for f in dataclasses.fields(ConnectionSettings)}
-    hints = typing.get_type_hints(ConnectionSettings)
-    kwargs = {}
-    for key, value in merged.items():
-        if key not in fields:
-            raise _unknown_key(str(key), fields, f"{config_file}: es")
-        kwargs[key] = _coerce(value, hints[key], source.get(key, f"es.{key}"))
-    settings = ConnectionSettings(**kwargs)
+    layers += [env_layer(CONNECTION_ENV, env, "es"), flag_layer(cli or {}, CONNECTION_FLAGS, "es")]
+    merged = merge_layers(ConnectionSettings, layers)
+    settings = build(ConnectionSettings, merged)
+    source = {key: where for key, (_, where) in merged.items()}
+    fields = [f.name for f in dataclasses.fields(ConnectionSettings)]
     return check_connection(settings, {name: source.get(name, f"es.{name}") for name in fields})
 
 

@@ -15,64 +15,60 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ralm_es.config import ConfigError, cache_home
 from ralm_es.corpus.chunking import Chunker
-from ralm_es.corpus.readers import plan_inputs, read_corpus
+from ralm_es.corpus.readers import ReadOptions, plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.model_folder import load_tokenizer, resolve_model_path, tokenizer_revision
 from ralm_es.onnx_runtime import Runtime
-from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSpec, Refresh, WriteResult
+from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSettings, IndexSpec, Refresh, WriteResult
 
 if TYPE_CHECKING:
     from ralm_es.embed import Encoder
 
 
+@dataclass(frozen=True)
+class ChunkSettings:
+    """How records are cut into passages: at most ``max_tokens`` encoder tokens, ``overlap`` shared by neighbours."""
+
+    max_tokens: int = 256
+    overlap: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"chunking.max_tokens must be at least 1, got {self.max_tokens}")
+        if self.overlap < 0:
+            raise ConfigError(f"chunking.overlap must not be negative, got {self.overlap}")
+
+
 @dataclass
 class IngestSettings:
-    format: str = "auto"
-    id_field: str | None = None
-    text_field: str = "text"
-    title_field: str = "title"
-    metadata_fields: list[str] | None = None
-    unit: Literal["paragraph", "file"] = "paragraph"
-    max_chars: int = 1_000_000
+    """An ingest, section by section: how records are read, cut into passages, embedded (``model``, ``embed``,
+    ``device``, ``runtime``, ``encode_batch``), into what kind of index, and how they are written (``bulk``;
+    ``batch_passages`` a checkpointed batch, ``in_flight`` batches written while the next is embedded)."""
+
+    read: ReadOptions = field(default_factory=ReadOptions)
+    chunking: ChunkSettings = field(default_factory=ChunkSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    bulk: BulkSettings = field(default_factory=BulkSettings)
     model: str | None = None
     embed: bool = True
     device: str = "auto"
     runtime: Runtime = "torch"
     encode_batch: int = 64
-    max_tokens: int = 256
-    overlap: int = 32
     batch_passages: int = 512
-    bulk_docs: int = 500
-    bulk_bytes: int = 8 * 1024 * 1024
-    bulk_retries: int = 5
-    bulk_backoff: float = 1.0
     in_flight: int = 2
-    similarity: str = "cosine"
-    index_type: str = "hnsw"
-    m: int = 16
-    ef_construction: int = 100
-    shards: int = 1
-    replicas: int = 0
     reindex: bool = False
     keep_old: bool = False
     resume: bool = True
 
-    def bulk(self) -> BulkSettings:
-        return BulkSettings(self.bulk_docs, self.bulk_bytes, self.bulk_retries, self.bulk_backoff)
-
     def __post_init__(self) -> None:
-        # Checked before anything is read or written: a zero batch or bulk size would stall or crash mid-run.
-        positive = ("max_chars", "encode_batch", "max_tokens", "batch_passages", "bulk_docs", "bulk_bytes")
-        for name in (*positive, "in_flight", "shards"):
+        # Checked before anything is read or written: a zero batch would stall the run.
+        for name in ("encode_batch", "batch_passages", "in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ingest setting {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("overlap", "m", "ef_construction", "replicas", "bulk_retries", "bulk_backoff"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"ingest setting {name} must not be negative, got {getattr(self, name)}")
 
 
 @dataclass
@@ -172,19 +168,6 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-def _records(paths: Sequence[str | Path], s: IngestSettings) -> Iterator[Record | ReadError]:
-    return read_corpus(
-        paths,
-        format=s.format,
-        id_field=s.id_field,
-        text_field=s.text_field,
-        title_field=s.title_field,
-        metadata_fields=s.metadata_fields,
-        unit=s.unit,
-        max_chars=s.max_chars,
-    )
-
-
 def changed_inputs(before: list[InputFile], now: list[InputFile]) -> str | None:
     """Why ``now`` is not the input ``before`` describes, or None when it is the same."""
     if [f.path for f in before] != [f.path for f in now]:
@@ -213,36 +196,33 @@ class Ingest:
             from ralm_es.embed import Encoder  # torch is imported only by an ingest that embeds
 
             encoder = Encoder(
-                settings.model, device=settings.device, max_length=settings.max_tokens, runtime=settings.runtime
+                settings.model,
+                device=settings.device,
+                max_length=settings.chunking.max_tokens,
+                runtime=settings.runtime,
             )
         self.encoder = encoder if settings.embed else None
         folder = encoder.path if encoder is not None else resolve_model_path(settings.model)
-        self.chunker = Chunker(load_tokenizer(folder), settings.max_tokens, settings.overlap)
-        self.chunking = Chunking(settings.max_tokens, settings.overlap, tokenizer_revision(folder))
+        cut = settings.chunking
+        self.chunker = Chunker(load_tokenizer(folder), cut.max_tokens, cut.overlap)
+        self.chunking = Chunking(cut.max_tokens, cut.overlap, tokenizer_revision(folder))
         self.on_error = on_error or (lambda source, reason: None)
         self.on_progress = on_progress or (lambda records, passages: None)
         self.checkpoint_dir = checkpoint_dir
 
     def spec(self) -> IndexSpec:
-        s = self.s
         return IndexSpec(
             name=self.backend.index,
             dims=self.encoder.dim if self.encoder else None,
-            similarity=s.similarity,
-            index_type=s.index_type,
-            m=s.m,
-            ef_construction=s.ef_construction,
-            shards=s.shards,
-            replicas=s.replicas,
+            settings=self.s.index,
             model=self.encoder.info() if self.encoder else None,
             chunking=self.chunking,
         )
 
     def shape(self) -> dict[str, Any]:
         """The settings that decide which records are read and how they are cut: a resume needs the same."""
-        s = self.s
         return {
-            "read": [s.format, s.id_field, s.text_field, s.title_field, s.metadata_fields, s.unit, s.max_chars],
+            "read": asdict(self.s.read),
             "chunking": asdict(self.chunking),
             "embed": self.encoder.revision if self.encoder else None,
         }
@@ -252,7 +232,7 @@ class Ingest:
         summary = IngestSummary()
         spec = self.spec()
         # Planning checks every path and format up front; the fingerprint proves what a resume continues.
-        inputs = [InputFile.of(file) for file, _, _ in plan_inputs(paths, self.s.format, self.s.text_field)]
+        inputs = [InputFile.of(file) for file, _, _ in plan_inputs(paths, self.s.read)]
         shape = self.shape()
         checkpoint = Checkpoint(
             {
@@ -303,7 +283,7 @@ class Ingest:
             batch.passages.extend(self.chunker.chunk_many(pending))
             pending.clear()
 
-        for item in _records(paths, self.s):
+        for item in read_corpus(paths, self.s.read):
             position += 1
             if position <= skip:
                 continue
@@ -359,7 +339,7 @@ class Ingest:
                     fresh = self._drop_stored(batch.passages, target, summary)
                     self._embed(fresh)
                     # write() is a generator: list() runs it, and the bulk requests, on the worker thread.
-                    future = pool.submit(list, target.write(fresh))
+                    future = pool.submit(list, target.write(fresh, self.s.bulk))
                     in_flight.append((future, batch.records_upto))
                     while len(in_flight) > self.s.in_flight:
                         settle_oldest()

@@ -25,7 +25,7 @@ VALUES = st.one_of(
 ).map(str)
 SEARCH_OPTIONS = ["-k", "--depth", "--num-candidates", "--dense-weight", "--rrf-k", "--title-boost"]
 INGEST_OPTIONS = ["--max-tokens", "--overlap", "--shards", "--replicas"]
-INGEST_SETTINGS = ["bulk_docs", "bulk_bytes", "encode_batch", "batch_passages", "max_chars", "bulk_retries"]
+INGEST_SETTINGS = ["bulk.docs", "bulk.bytes", "encode_batch", "batch_passages", "read.max_chars", "bulk.retries"]
 
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:

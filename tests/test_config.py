@@ -11,9 +11,10 @@ from ralm_es.config import (
     ConfigError,
     ConnectionSettings,
     Secret,
-    apply_overrides,
+    compose,
     from_dict,
     resolve_connection,
+    set_layer,
     to_dict,
 )
 
@@ -64,14 +65,14 @@ def test_unknown_key_lists_close_matches() -> None:
     with pytest.raises(ConfigError, match=r"unknown setting 'optm'; did you mean optim"):
         from_dict(Outer, {"optm": {}})
     with pytest.raises(ConfigError, match=r"--set optim.stesp: unknown setting 'stesp'; did you mean steps"):
-        apply_overrides(Outer(), ["optim.stesp=3"])
+        compose(Outer, set_layer(["optim.stesp=3"]))
 
 
 def test_overrides_parse_yaml_values() -> None:
-    out = apply_overrides(Outer(), ["optim.lr=5e-5", "optim.steps=3", "tags=[a, b]", "name=run1"])
+    out = compose(Outer, set_layer(["optim.lr=5e-5", "optim.steps=3", "tags=[a, b]", "name=run1"]))
     assert out.optim.lr == 5e-5 and out.optim.steps == 3 and out.tags == ["a", "b"] and out.name == "run1"
     with pytest.raises(ConfigError, match="expected int"):
-        apply_overrides(Outer(), ["optim.steps=many"])
+        compose(Outer, set_layer(["optim.steps=many"]))
 
 
 def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:

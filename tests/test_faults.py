@@ -17,6 +17,7 @@ from ralm_es.es.client import connect
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.node.cluster import ClusterState, LocalCluster
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.store.base import IndexSettings
 from ralm_es.store.elastic import ElasticsearchBackend
 
 QUERIES = ["insulin hormone", "football club", "capital city", "software company", "protein structure"] * 20
@@ -43,7 +44,7 @@ def test_search_many_answers_every_query_while_a_node_dies(
     client = client_for(state)
     encoder = Encoder(tiny_model_dir, device="cpu")
     backend = ElasticsearchBackend(client, "faults")
-    settings = IngestSettings(replicas=1, shards=3)
+    settings = IngestSettings(index=IndexSettings(replicas=1, shards=3))
     Ingest(backend, settings, encoder=encoder, checkpoint_dir=tmp_path).run([sample_path("sample_corpus.jsonl")])
     client.cluster.health(index="faults", wait_for_status="green", timeout="120s")
     retriever = Retriever(backend, encoder, RetrievalSettings(mode="hybrid", k=5))
@@ -77,7 +78,7 @@ def test_ingest_survives_a_lost_node_and_a_full_restart(
     with (shared_data / "scifact" / "corpus.jsonl").open() as src:
         corpus.write_text("".join(line for _, line in zip(range(300), src, strict=False)))
     encoder = Encoder(tiny_model_dir, device="cpu")
-    settings = IngestSettings(replicas=1, shards=3, batch_passages=64)
+    settings = IngestSettings(index=IndexSettings(replicas=1, shards=3), batch_passages=64)
     calls = 0
 
     def chaos(records: int, passages: int) -> None:

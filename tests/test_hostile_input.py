@@ -31,7 +31,7 @@ from ralm_es.cli.main import main
 from ralm_es.config import Secret
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.corpus.conll import DOCSTART, conll_sentence_id
-from ralm_es.corpus.readers import FORMATS, read_corpus
+from ralm_es.corpus.readers import FORMATS, ReadOptions, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.embed import Encoder
 from ralm_es.errors import RalmError
@@ -216,7 +216,9 @@ def write(folder: Path, name: str, corpus: Corpus, gz: bool, crlf: bool) -> Path
 def read_all(path: Path, fmt: str) -> tuple[dict[str, Record], dict[str, list[ReadError]]]:
     records: dict[str, Record] = {}
     errors: dict[str, list[ReadError]] = {}
-    for item in read_corpus(path, fmt, id_field="id" if fmt in ("csv", "tsv") else None, max_chars=MAX_CHARS):
+    for item in read_corpus(
+        path, ReadOptions(format=fmt, id_field="id" if fmt in ("csv", "tsv") else None, max_chars=MAX_CHARS)
+    ):
         if isinstance(item, ReadError):
             errors.setdefault(item.source, []).append(item)
         else:
@@ -315,7 +317,7 @@ def test_any_bytes_give_records_read_errors_or_one_ralm_error(
     file = folder / (("corpus.jsonl" if fmt == "beir" else "blob.dat") + (".gz" if gz else ""))
     file.write_bytes(data)
     try:
-        items = list(read_corpus(folder if fmt == "beir" else file, fmt, max_chars=MAX_CHARS))
+        items = list(read_corpus(folder if fmt == "beir" else file, ReadOptions(format=fmt, max_chars=MAX_CHARS)))
     except RalmError as exc:
         assert str(file) in str(exc) or str(folder) in str(exc)
         return

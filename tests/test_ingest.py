@@ -134,7 +134,7 @@ def test_bad_input_reported_with_file_line_rest_indexed(
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_HOME": str(tmp_path / "home")}
     index = index_name if backend_name == "elasticsearch" else str(tmp_path / "local-index")
     args = ["ingest", str(bad_corpus), "--index", index, "--backend", backend_name, "--model", str(tiny_model_dir)]
-    proc = run_cli(*args, "--json", "--quiet", "--set", "max_chars=300", env=env)
+    proc = run_cli(*args, "--json", "--quiet", "--set", "read.max_chars=300", env=env)
     assert proc.returncode == 1
     summary = json.loads(proc.stdout)
     assert summary["indexed"] == 3 and summary["failed"] == 6
@@ -142,7 +142,7 @@ def test_bad_input_reported_with_file_line_rest_indexed(
     for line in (2, 3, 4, 5, 7, 8):
         assert f"{name}:{line}:" in proc.stderr, (line, proc.stderr)
     assert "duplicate" in proc.stderr.lower()
-    skip = run_cli(*args, "--json", "--quiet", "--set", "max_chars=300", "--on-error", "skip", env=env)
+    skip = run_cli(*args, "--json", "--quiet", "--set", "read.max_chars=300", "--on-error", "skip", env=env)
     assert skip.returncode == 0 and json.loads(skip.stdout)["indexed"] == 0
 
 

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ralm_es.config import ConfigError
+from ralm_es.config import ConfigError, compose, set_layer
 from ralm_es.corpus.readers import CorpusError, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.embed import Encoder
-from ralm_es.ingest import Ingest, IngestSettings
-from ralm_es.store.base import BulkSettings, SearchRequest, StoreError
+from ralm_es.ingest import ChunkSettings, Ingest, IngestSettings
+from ralm_es.store.base import BulkSettings, IndexSettings, SearchRequest, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend, check_index_name
 from ralm_es.store.local import LocalBackend
 
@@ -196,7 +196,10 @@ def test_other_chunking_into_the_same_index_is_refused(
 
     corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 3))
     Ingest(backend(), IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
-    for other in (IngestSettings(max_tokens=128), IngestSettings(overlap=8)):
+    for other in (
+        IngestSettings(chunking=ChunkSettings(max_tokens=128)),
+        IngestSettings(chunking=ChunkSettings(overlap=8)),
+    ):
         with pytest.raises(StoreError, match="--reindex"):
             Ingest(backend(), other, encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
     assert backend().count() == 3
@@ -224,8 +227,10 @@ def test_bulk_docs_sets_the_bulk_request_size(
     es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
 ) -> None:
     corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 40))
-    backend = ElasticsearchBackend(es_client, index_name, bulk=BulkSettings(docs=10))
-    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    backend = ElasticsearchBackend(es_client, index_name)
+    Ingest(backend, IngestSettings(bulk=BulkSettings(docs=10)), encoder=tiny_encoder, checkpoint_dir=tmp_path).run(
+        [corpus]
+    )
     (concrete,) = backend.concrete_indices()
     stats = es_client.indices.stats(index=concrete, metric="bulk").body["indices"][concrete]["primaries"]["bulk"]
     assert stats["total_operations"] == 4  # 40 passages, 10 a request, one shard
@@ -237,17 +242,19 @@ def test_bulk_docs_reaches_the_backend_from_the_cli(
     corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 30))
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_HOME": str(tmp_path / "home")}
     args = ["ingest", str(corpus), "--index", index_name, "--model", str(tiny_model_dir), "--quiet"]
-    proc = subprocess.run([*RALM, *args, "--set", "bulk_docs=5"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([*RALM, *args, "--set", "bulk.docs=5"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (concrete,) = es_client.indices.get_alias(name=index_name).body
     stats = es_client.indices.stats(index=concrete, metric="bulk").body["indices"][concrete]["primaries"]["bulk"]
     assert stats["total_operations"] == 6
 
 
-@pytest.mark.parametrize("name", ["bulk_docs", "bulk_bytes", "encode_batch", "max_tokens", "in_flight"])
-def test_sizes_below_one_are_refused(name: str) -> None:
-    with pytest.raises(ConfigError, match=name):
-        IngestSettings(**{name: 0})  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    "key", ["bulk.docs", "bulk.bytes", "encode_batch", "chunking.max_tokens", "in_flight", "index.shards"]
+)
+def test_sizes_below_one_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose(IngestSettings, set_layer([f"{key}=0"]))
 
 
 @pytest.mark.parametrize("index_type", ["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"])
@@ -257,9 +264,9 @@ def test_every_index_type_ingests_and_searches(
     encoder = Encoder(device="cpu")  # 384 dimensions: bbq needs at least 64
     corpus = write_jsonl(tmp_path / "a.jsonl", [("p", "statins lower cholesterol"), ("q", "the sky is blue")])
     backend = ElasticsearchBackend(es_client, index_name)
-    summary = Ingest(backend, IngestSettings(index_type=index_type), encoder=encoder, checkpoint_dir=tmp_path).run(
-        [corpus]
-    )
+    summary = Ingest(
+        backend, IngestSettings(index=IndexSettings(index_type=index_type)), encoder=encoder, checkpoint_dir=tmp_path
+    ).run([corpus])
     assert summary.indexed == 2
     (concrete,) = backend.concrete_indices()
     mapping = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]
@@ -308,7 +315,7 @@ def test_a_reindex_resumed_with_other_chunking_starts_a_fresh_index(
     first = IngestSettings(batch_passages=64, reindex=True)
     with pytest.raises(KeyboardInterrupt):
         Ingest(backend, first, encoder=tiny_encoder, on_progress=StopAfter(1), checkpoint_dir=tmp_path).run([corpus])
-    other = IngestSettings(batch_passages=64, reindex=True, max_tokens=64, overlap=8)
+    other = IngestSettings(batch_passages=64, reindex=True, chunking=ChunkSettings(max_tokens=64, overlap=8))
     summary = Ingest(backend, other, encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
     assert summary.restarted and "is left as it was" in summary.restarted
     (served,) = backend.concrete_indices()

@@ -14,7 +14,7 @@ import torch
 from elasticsearch import Elasticsearch
 from transformers import AutoModel
 
-from ralm_es.config import ConfigError, apply_overrides
+from ralm_es.config import ConfigError, compose, set_layer
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
@@ -73,7 +73,7 @@ def test_an_unknown_runtime_is_one_clear_error(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="unknown encoder runtime 'onnx16'"):
         Encoder(tiny_model_dir, runtime="onnx16")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="runtime"):
-        apply_overrides(IngestSettings(), ["runtime=tensorrt"])
+        compose(IngestSettings, set_layer(["runtime=tensorrt"]))
 
 
 def test_the_index_refuses_query_vectors_of_another_kind(

@@ -18,7 +18,7 @@ from ralm_es.corpora.benchmarks import (
     shared_data_dir,
 )
 from ralm_es.corpus.conll import conll_sentence_id, read_conll
-from ralm_es.corpus.readers import CorpusError, content_id, detect_format, read_corpus
+from ralm_es.corpus.readers import CorpusError, ReadOptions, content_id, detect_format, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 
 
@@ -59,7 +59,7 @@ def test_jsonl_fields_sources_and_ids(tmp_path: Path) -> None:
 def test_jsonl_configurable_fields(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "c.jsonl", jsonl({"doc": "x1", "head": "H", "body": "text one", "lang": "en"}))
     (record,) = read_corpus(
-        path, id_field="doc", text_field="body", title_field="head", metadata_fields=["lang", "absent"]
+        path, ReadOptions(id_field="doc", text_field="body", title_field="head", metadata_fields=["lang", "absent"])
     )
     assert record == Record(id="x1", text="text one", source=f"{path}:1", title="H", metadata={"lang": "en"})
 
@@ -68,14 +68,14 @@ def test_beir_folder(tmp_path: Path) -> None:
     write_lines(tmp_path / "corpus.jsonl", jsonl({"_id": "d1", "title": "", "text": "one", "metadata": {}}))
     write_lines(tmp_path / "queries.jsonl", jsonl({"_id": "q1", "text": "a query"}))
     for fmt in ("auto", "beir"):
-        records, errors = split(read_corpus(tmp_path, fmt))
+        records, errors = split(read_corpus(tmp_path, ReadOptions(format=fmt)))
         assert ([r.id for r in records], errors) == (["d1"], [])
 
 
 def test_beir_format_needs_corpus_file(tmp_path: Path) -> None:
     write_lines(tmp_path / "other.jsonl", jsonl({"text": "x"}))
     with pytest.raises(CorpusError, match=r"corpus\.jsonl"):
-        read_corpus(tmp_path, "beir")
+        read_corpus(tmp_path, ReadOptions(format="beir"))
 
 
 def test_jsonl_bad_input_is_reported_and_skipped(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_jsonl_bad_input_is_reported_and_skipped(tmp_path: Path) -> None:
         json.dumps({"_id": "ok2", "text": "last"}).encode(),
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    records, errors = split(read_corpus(path, max_chars=40))
+    records, errors = split(read_corpus(path, ReadOptions(max_chars=40)))
     assert [r.id for r in records] == ["ok1", "ok2"]
     assert [r.source for r in records] == [f"{path}:1", f"{path}:9"]
     reasons = {e.source: e.reason for e in errors}
@@ -111,7 +111,7 @@ def test_overlong_line_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
     max_chars = 10
     huge = json.dumps({"_id": "huge", "text": "y" * (6 * max_chars + (1 << 20) + 100)})
     write_lines(path, [huge, *jsonl({"_id": "after", "text": "short"})])
-    records, errors = split(read_corpus(path, max_chars=max_chars))
+    records, errors = split(read_corpus(path, ReadOptions(max_chars=max_chars)))
     assert [r.id for r in records] == ["after"] and records[0].source == f"{path}:2"
     assert [e.source for e in errors] == [f"{path}:1"] and "longer than" in errors[0].reason
 
@@ -186,7 +186,7 @@ def test_text_paragraphs_and_files(tmp_path: Path) -> None:
         ("sub/b.md-p0", "Only one.", f"{folder / 'sub' / 'b.md'}:1"),
     ]
     assert records[1].metadata == {"path": "a.txt", "paragraph": 1}
-    whole, errors = split(read_corpus(folder / "a.txt", unit="file"))
+    whole, errors = split(read_corpus(folder / "a.txt", ReadOptions(unit="file")))
     assert errors == [] and [(r.id, r.text) for r in whole] == [
         ("a.txt", "First para\ncontinues here.\n\n\nSecond para.")
     ]
@@ -195,7 +195,7 @@ def test_text_paragraphs_and_files(tmp_path: Path) -> None:
 def test_text_bad_paragraph_keeps_the_others_and_their_ids(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
     path.write_bytes(b"good one\n\nbad \xff line\nrest\n\n" + b"z" * 30 + b"\n\nlast one\n")
-    records, errors = split(read_corpus(path, "text", max_chars=20))
+    records, errors = split(read_corpus(path, ReadOptions(format="text", max_chars=20)))
     assert [(r.id, r.source) for r in records] == [("t.txt-p0", f"{path}:1"), ("t.txt-p3", f"{path}:8")]
     assert [(e.source, "invalid UTF-8" in e.reason) for e in errors] == [(f"{path}:3", True), (f"{path}:6", False)]
 
@@ -235,7 +235,7 @@ def test_conll_malformed_line_keeps_following_ids(tmp_path: Path) -> None:
     lines = list(CONLL)
     lines[3] = "rejects VBZ O"
     path = write_lines(tmp_path / "dev.txt", lines)
-    records, errors = split(read_corpus(path, "conll"))
+    records, errors = split(read_corpus(path, ReadOptions(format="conll")))
     assert [r.id for r in records] == ["dev-d0-s1", "dev-d1-s0"]
     assert [e.source for e in errors] == [f"{path}:4"] and "expected 4 columns, found 3" in errors[0].reason
 
@@ -303,7 +303,7 @@ def test_undecidable_and_missing_inputs_raise(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="nope"):
         read_corpus(tmp_path / "nope.jsonl")
     with pytest.raises(CorpusError, match="xml"):
-        read_corpus(tmp_path / "arr.json", "xml")
+        read_corpus(tmp_path / "arr.json", ReadOptions(format="xml"))
     folder = tmp_path / "mixed"
     folder.mkdir()
     write_lines(folder / "good.jsonl", jsonl({"text": "fine"}))
@@ -323,7 +323,9 @@ def test_sample_corpus_parses() -> None:
 
 
 def test_sample_claims_parse_and_cite_the_corpus() -> None:
-    records, errors = split(read_corpus(sample_path("sample_claims.jsonl"), metadata_fields=["label", "evidence"]))
+    records, errors = split(
+        read_corpus(sample_path("sample_claims.jsonl"), ReadOptions(metadata_fields=["label", "evidence"]))
+    )
     assert errors == [] and len(records) >= 30
     assert {r.metadata["label"] for r in records} == {"SUPPORT", "CONTRADICT", "NOT_ENOUGH_INFO"}
     corpus_ids = {r.id for r in read_corpus(sample_path("sample_corpus.jsonl"))}  # type: ignore[union-attr]

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from elasticsearch import Elasticsearch
 
-from ralm_es.config import ConfigError, ConnectionSettings, cache_home, from_dict, load_yaml, resolve_connection
+from ralm_es.cli.options import given_layer
+from ralm_es.config import (
+    ConfigError,
+    ConnectionSettings,
+    Layer,
+    cache_home,
+    compose,
+    env_layer,
+    file_layer,
+    from_dict,
+    load_yaml,
+    resolve_connection,
+)
 from ralm_es.es.client import connect
-from ralm_es.store.base import Backend, BulkSettings
+from ralm_es.store.base import Backend
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +47,24 @@ class CliContext:
         if self._settings is None:
             self._settings = resolve_connection(self.connection_flags, config_file=self.config_file)
         return self._settings
+
+    def layers(self, cls: type, section: str, env: Mapping[str, str] | None = None) -> list[Layer]:
+        """Where a command's settings come from, in the order every command keeps: the config file's
+        ``section``, the environment variables ``env`` names (variable -> setting), then the command's flags."""
+        layers = [file_layer(self.config_file, section)] if self.config_file else []
+        if env:
+            layers.append(env_layer(env, os.environ, section))
+        return [*layers, given_layer(cls, section)]
+
+    def settings(
+        self,
+        cls: type[T],
+        section: str,
+        *later: Layer,
+        env: Mapping[str, str] | None = None,
+    ) -> T:
+        """A command's settings ``cls``, composed once: defaults, the ``layers``, then ``later`` (``--set``)."""
+        return compose(cls, *self.layers(cls, section, env), *later)
 
     def client(self) -> Elasticsearch:
         return connect(self.connection())
@@ -69,8 +102,18 @@ CONNECTION_OPTIONS = [
         default=None,
         help="Verify TLS certificates (on by default).",
     ),
-    click.option("--es-timeout", "request_timeout", type=float, help="Request timeout in seconds (default 30)."),
-    click.option("--es-retries", "max_retries", type=int, help="Retries on timeouts, 429 and 5xx (default 3)."),
+    click.option(
+        "--es-timeout",
+        "request_timeout",
+        type=float,
+        help=f"Request timeout in seconds (default {ConnectionSettings.request_timeout:g}).",
+    ),
+    click.option(
+        "--es-retries",
+        "max_retries",
+        type=int,
+        help=f"Retries on timeouts, 429 and 5xx (default {ConnectionSettings.max_retries}).",
+    ),
 ]
 CONNECTION_PARAMS = ("hosts", "username", "ca_certs", "verify_certs", "request_timeout", "max_retries")
 
@@ -118,16 +161,14 @@ def local_index_path(index: str) -> Path:
     return cache_home() / "local" / index
 
 
-def open_backend(
-    ctx: CliContext, backend: str, index: str, fields: tuple[str, ...] = (), bulk: BulkSettings | None = None
-) -> Backend:
+def open_backend(ctx: CliContext, backend: str, index: str, fields: tuple[str, ...] = ()) -> Backend:
     if backend == "local":
         from ralm_es.store.local import LocalBackend
 
         return LocalBackend(local_index_path(index))
     from ralm_es.store.elastic import ElasticsearchBackend
 
-    return ElasticsearchBackend(ctx.client(), index, fields=ctx.field_map(fields), bulk=bulk)
+    return ElasticsearchBackend(ctx.client(), index, fields=ctx.field_map(fields))
 
 
 backend_option = click.option(

@@ -10,7 +10,9 @@ import click
 from tqdm import tqdm
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
-from ralm_es.config import apply_overrides, from_dict, load_yaml
+from ralm_es.cli.options import choices, setting
+from ralm_es.config import set_layer
+from ralm_es.ingest import IngestSettings
 
 LINE_FORMATS = {".jsonl": 0, ".ndjson": 0, ".csv": 1, ".tsv": 1}
 
@@ -31,44 +33,63 @@ def estimate_records(inputs: tuple[str, ...]) -> int | None:
     return total
 
 
+S = IngestSettings
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--index", default="passages", show_default=True, help="Alias (Elasticsearch) or folder/name (local).")
 @backend_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "jsonl", "beir", "csv", "tsv", "text", "conll"]),
-    default="auto",
-    show_default=True,
+@setting(S, "read.format", "--format", type=choices(S, "read.format"))
+@setting(
+    S, "read.id_field", "--id-field", help="Id field (default: _id, else id; records without one get a content hash)."
 )
-@click.option("--id-field", help="Id field (default: _id, else id; records without one get a content hash).")
-@click.option("--text-field", default="text", show_default=True)
-@click.option("--title-field", default="title", show_default=True)
-@click.option("--metadata-field", "metadata_fields", multiple=True, help="Keep this field as metadata (repeatable).")
-@click.option(
-    "--unit",
-    type=click.Choice(["paragraph", "file"]),
-    default="paragraph",
-    show_default=True,
-    help="Plain text: a passage per paragraph or per file.",
+@setting(S, "read.text_field", "--text-field")
+@setting(S, "read.title_field", "--title-field")
+@setting(
+    S,
+    "read.metadata_fields",
+    "--metadata-field",
+    multiple=True,
+    convert=lambda names: list(names) or None,
+    help="Keep this field as metadata (repeatable).",
 )
-@click.option("--model", type=click.Path(file_okay=False), help="Local encoder folder (default: all-MiniLM-L6-v2).")
-@click.option("--no-embed", is_flag=True, help="BM25 only: no vectors, no encoder run.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …")
-@click.option("--max-tokens", default=256, show_default=True, help="Passage length budget in encoder tokens.")
-@click.option("--overlap", default=32, show_default=True, help="Tokens shared by consecutive chunks.")
-@click.option(
-    "--index-type",
-    type=click.Choice(["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"]),
-    default="hnsw",
-    show_default=True,
+@setting(
+    S, "read.unit", "--unit", type=choices(S, "read.unit"), help="Plain text: a passage per paragraph or per file."
 )
-@click.option("--shards", default=1, show_default=True)
-@click.option("--replicas", default=0, show_default=True)
-@click.option("--reindex", is_flag=True, help="Build a fresh index and swap the alias to it atomically at the end.")
-@click.option("--keep-old", is_flag=True, help="With --reindex: keep the previous index instead of deleting it.")
-@click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
+@setting(
+    S, "model", "--model", type=click.Path(file_okay=False), help="Local encoder folder (default: all-MiniLM-L6-v2)."
+)
+@setting(
+    S,
+    "embed",
+    "--no-embed",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="BM25 only: no vectors, no encoder run.",
+)
+@setting(S, "device", "--device", help="auto, cpu, cuda, cuda:1 …")
+@setting(S, "chunking.max_tokens", "--max-tokens", help="Passage length budget in encoder tokens.")
+@setting(S, "chunking.overlap", "--overlap", help="Tokens shared by consecutive chunks.")
+@setting(S, "index.index_type", "--index-type", type=choices(S, "index.index_type"))
+@setting(S, "index.shards", "--shards")
+@setting(S, "index.replicas", "--replicas")
+@setting(
+    S, "reindex", "--reindex", is_flag=True, help="Build a fresh index and swap the alias to it atomically at the end."
+)
+@setting(
+    S, "keep_old", "--keep-old", is_flag=True, help="With --reindex: keep the previous index instead of deleting it."
+)
+@setting(
+    S,
+    "resume",
+    "--no-resume",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="Ignore a checkpoint left by an interrupted run.",
+)
 @click.option(
     "--on-error",
     type=click.Choice(["fail", "skip"]),
@@ -76,7 +97,12 @@ def estimate_records(inputs: tuple[str, ...]) -> int | None:
     show_default=True,
     help="fail: exit 1 when any document failed (all valid ones are still indexed).",
 )
-@click.option("--set", "overrides", multiple=True, help="Any ingest setting as key=value (e.g. bulk_docs=1000).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    help="Any ingest setting as key=value (e.g. bulk.docs=1000, read.max_chars=5000).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
@@ -85,46 +111,18 @@ def ingest(
     inputs: tuple[str, ...],
     index: str,
     backend: str,
-    fmt: str,
-    metadata_fields: tuple[str, ...],
-    model: str | None,
-    no_embed: bool,
-    no_resume: bool,
     on_error: str,
     overrides: tuple[str, ...],
     quiet: bool,
     as_json: bool,
-    **options: object,
 ) -> None:
-    """Read INPUTS (JSONL, BEIR, CSV/TSV, text, CoNLL, or gzip of these), chunk, embed and index them."""
+    """Read INPUTS (JSONL, BEIR, CSV/TSV, text, CoNLL, or gzip of these), chunk, embed and index them. Settings
+    come from the config file's 'ingest' section, then the flags, then --set."""
     # Imported here so that `ralm-es --help` and `ralm-es es ...` do not pay for torch.
-    from ralm_es.ingest import Ingest, IngestSettings
+    from ralm_es.ingest import Ingest
 
-    file_settings = load_yaml(ctx.config_file).get("ingest", {}) if ctx.config_file else {}
-    settings = from_dict(IngestSettings, file_settings, where=f"{ctx.config_file}: ingest")
-    # Flags override the config file only where given on the command line.
-    click_ctx = click.get_current_context()
-    given = {
-        name
-        for name in click_ctx.params
-        if click_ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-    }
-    values = {
-        **options,
-        "format": fmt,
-        "embed": not no_embed,
-        "resume": not no_resume,
-        "metadata_fields": list(metadata_fields) or None,
-        "model": model,
-    }
-    param_of = {"format": "fmt", "embed": "no_embed", "resume": "no_resume"}
-    settings = apply_overrides(
-        settings,
-        [f"{key}={json.dumps(value)}" for key, value in values.items() if param_of.get(key, key) in given],
-        where="option",
-    )
-    settings = apply_overrides(settings, overrides)
-    store = open_backend(ctx, backend, index, bulk=settings.bulk())
+    settings = ctx.settings(S, "ingest", set_layer(overrides))
+    store = open_backend(ctx, backend, index)
 
     bar = tqdm(
         desc="ingest", unit="rec", total=estimate_records(inputs), disable=quiet, file=sys.stderr, dynamic_ncols=True

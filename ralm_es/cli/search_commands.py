@@ -13,7 +13,11 @@ import click
 from tqdm import tqdm
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
+from ralm_es.cli.options import choices, setting
+from ralm_es.config import Layer, build, mapping_layer, merge_layers, set_layer
+from ralm_es.corpus.readers import FORMATS
 from ralm_es.onnx_runtime import RUNTIMES
+from ralm_es.retrieve.settings import RetrievalSettings as R
 from ralm_es.store.base import Backend, Filter
 
 FILTER = re.compile(r"^(?P<field>[\w.\-]+)\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>.+)$")
@@ -58,7 +62,7 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
             help="Field map for an index made elsewhere: id, doc_id, text, title, vector, metadata, extra "
             "(repeatable; e.g. text=body). Config file: fields: section.",
         ),
-        click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True),
+        setting(R, "mode", "--mode", type=choices(R, "mode")),
         click.option(
             encoder_flag,
             "model",
@@ -72,29 +76,13 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
             show_default=True,
             help="Query encoder runtime (onnx: an fp32 ONNX Runtime export, answers torch-filled indices too).",
         ),
-        click.option("--fusion", type=click.Choice(["rrf", "linear"]), default="rrf", show_default=True),
-        click.option(
-            "--rrf-k", default=60.0, show_default=True, type=click.FloatRange(min=0), help="RRF rank constant."
-        ),
-        click.option(
-            "--dense-weight",
-            default=0.5,
-            show_default=True,
-            type=click.FloatRange(0, 1),
-            help="Weight of the dense list in fusion.",
-        ),
-        click.option("--norm", type=click.Choice(["minmax", "zscore"]), default="minmax", show_default=True),
-        click.option("--title-boost", default=1.0, show_default=True, type=click.FloatRange(min=0)),
-        click.option(
-            "--num-candidates", default=100, show_default=True, type=click.IntRange(1), help="kNN candidates per shard."
-        ),
-        click.option(
-            "--depth",
-            default=50,
-            show_default=True,
-            type=click.IntRange(1),
-            help="Hits per component list before fusion.",
-        ),
+        setting(R, "fusion", "--fusion", type=choices(R, "fusion")),
+        setting(R, "rrf_k", "--rrf-k", type=click.FloatRange(min=0), help="RRF rank constant."),
+        setting(R, "dense_weight", "--dense-weight", type=click.FloatRange(0, 1), help="Weight of the dense list."),
+        setting(R, "norm", "--norm", type=choices(R, "norm"), help="Score normalisation of linear fusion."),
+        setting(R, "title_boost", "--title-boost", type=click.FloatRange(min=0)),
+        setting(R, "num_candidates", "--num-candidates", type=click.IntRange(1), help="kNN candidates per shard."),
+        setting(R, "depth", "--depth", type=click.IntRange(1), help="Hits per component list before fusion."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -102,34 +90,26 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
 
 
 query_options = retrieval_options("--model")
-# The options that `evaluate --sweep --save` can record with an index (RetrievalSettings fields of that name).
-RECORDED_SETTINGS = ("fusion", "rrf_k", "dense_weight", "norm", "title_boost", "num_candidates", "depth")
 
 
-def build_retriever(ctx: CliContext, options: dict[str, Any], exclude: str = "none") -> Any:
-    from ralm_es.config import from_dict
+def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> Any:
+    """The command's retriever. Its settings: defaults, those recorded with the index by ``evaluate --sweep
+    --save``, the config file's ``retrieval:`` section, the flags, then ``fixed`` (what the command decides)."""
     from ralm_es.embed import Encoder
-    from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+    from ralm_es.retrieve.retriever import Retriever
 
     backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"), options.pop("fields"))
     model = options.pop("model")
     runtime = options.pop("runtime")
-    values = {name: options.pop(name) for name in RECORDED_SETTINGS}
-    # Settings recorded with the index by `evaluate --sweep --save` stand in for every flag not given.
-    click_ctx = click.get_current_context()
     recorded = backend.tuned_settings().get("settings", {})
-    taken = {
-        name: value
-        for name, value in recorded.items()
-        if name in values and click_ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT
-    }
-    if taken and options["mode"] == "hybrid":
+    tuned = mapping_layer(recorded, f"settings tuned for index {backend.index}")
+    layers = [tuned, *ctx.layers(R, "retrieval"), *fixed]
+    merged = merge_layers(R, layers)
+    settings = build(R, merged)
+    # The recorded settings that no later source replaced.
+    taken = {name: value for name, value in recorded.items() if merged[name][1] == tuned.name(name)}
+    if taken and settings.mode == "hybrid":
         click.echo(f"ralm-es: notice: fusion settings tuned for this index: {json.dumps(taken)}", err=True)
-    settings = from_dict(
-        RetrievalSettings,
-        {"mode": options.pop("mode"), "exclude": exclude, **values, **taken},
-        where=f"retrieval settings of index {backend.index}",
-    )
     encoder = None
     if settings.mode != "bm25":
         if model is None:
@@ -208,12 +188,12 @@ def guess_text_field(path: str) -> str:
 @click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(1), help="Passages per input.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file (JSONL) to write or resume.")
 @click.option("--text-field", default="auto", show_default=True, help="Input text field (auto: text, else claim).")
-@click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto, jsonl, conll, …).")
-@click.option(
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(FORMATS), help="Input format.")
+@setting(
+    R,
+    "exclude",
     "--exclude",
-    type=click.Choice(["none", "doc", "content", "doc+content"]),
-    default="none",
-    show_default=True,
+    type=choices(R, "exclude"),
     help="Keep an input from retrieving itself: by its id as doc_id, by identical text, or both.",
 )
 @click.option("--batch", default=256, show_default=True, type=click.IntRange(1), help="Inputs per search_many call.")
@@ -226,19 +206,18 @@ def retrieve(
     out: str,
     text_field: str,
     fmt: str,
-    exclude: str,
     batch: int,
     quiet: bool,
     **options: Any,
 ) -> None:
     """Top-k passages for every input of a data set (JSONL/BEIR queries, CoNLL sentences, claims) into a cache."""
-    from ralm_es.corpus.readers import read_corpus
+    from ralm_es.corpus.readers import ReadOptions, read_corpus
     from ralm_es.corpus.types import ReadError
     from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 
     index = options["index"]
     backend_name = options["backend"]
-    retriever = build_retriever(ctx, options, exclude=exclude)
+    retriever = build_retriever(ctx, options)
     s = retriever.settings
     header = CacheHeader(
         index=index,
@@ -247,7 +226,7 @@ def retrieve(
         fusion=s.fusion_header(),
         encoder=retriever.encoder.info() if retriever.encoder else None,
         backend=backend_name,
-        exclude=exclude,
+        exclude=s.exclude,
     )
     field = guess_text_field(input_path) if text_field == "auto" else text_field
     failed = 0
@@ -265,7 +244,7 @@ def retrieve(
             bar.update(len(pending))
             pending.clear()
 
-        for item in read_corpus(input_path, format=fmt, text_field=field):
+        for item in read_corpus(input_path, ReadOptions(format=fmt, text_field=field)):
             if isinstance(item, ReadError):
                 failed += 1
                 tqdm.write(f"ralm-es: {item.source}: {item.reason}", file=sys.stderr)
@@ -326,18 +305,15 @@ def evaluate(
 ) -> None:
     """nDCG@10, recall@100, MRR@10 and MAP of a retrieval mode over the given queries that have a relevant
     judgement (ranx). A mismatch between the queries and the qrels is a warning (with --strict, an error)."""
-    from ralm_es.corpus.readers import read_corpus
+    from ralm_es.corpus.readers import ReadOptions, read_corpus
     from ralm_es.corpus.types import ReadError
     from ralm_es.retrieve import evaluate as ev
     from ralm_es.retrieve.metrics import load_qrels
 
     if save and not sweep:
         raise click.UsageError("--save records the choice of --sweep; give both")
-    if sweep:
-        options["mode"] = "hybrid"
-    mode = options["mode"]
     texts: dict[str, str] = {}
-    for item in read_corpus(queries, text_field=guess_text_field(queries)):
+    for item in read_corpus(queries, ReadOptions(text_field=guess_text_field(queries))):
         if isinstance(item, ReadError):
             raise click.ClickException(f"{item.source}: {item.reason}")
         texts[item.id] = item.text
@@ -349,7 +325,9 @@ def evaluate(
         if strict:
             raise click.ClickException(f"{match.describe(queries, qrels)} (--strict)")
         click.echo(f"ralm-es: warning: {match.describe(queries, qrels)}", err=True)
-    retriever = build_retriever(ctx, options)
+    # A sweep tunes hybrid fusion, whatever --mode says.
+    retriever = build_retriever(ctx, options, *([set_layer(["mode=hybrid"], where="--sweep")] if sweep else []))
+    mode = retriever.settings.mode
     if sweep:
         tuned = ev.tune_fusion(retriever, texts, judgements, dev_fraction=dev_fraction, seed=seed)
         if save:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from typing import Any
 
 import click
 
 from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
+from ralm_es.cli.options import setting
+from ralm_es.retrieve.settings import TuneSettings as T
 
 
 @click.command("tune-retriever")
@@ -19,23 +20,31 @@ from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_c
 @click.option("--model", type=click.Path(file_okay=False), help="Encoder folder to start from (default: packaged).")
 @click.option("--index", help="Index to mine BM25 hard negatives from (default: an in-memory BM25 of --corpus).")
 @backend_option
-@click.option("--no-hard-negatives", is_flag=True, help="In-batch negatives only (no BM25 mining).")
-@click.option("--epochs", default=3, show_default=True, help="At most this many epochs.")
-@click.option("--patience", default=1, show_default=True, help="Stop after this many epochs without a dev gain.")
-@click.option("--batch-size", default=32, show_default=True, help="Pairs a batch (the in-batch negatives).")
-@click.option("--lr", default=2e-5, show_default=True, help="AdamW learning rate (linear decay).")
-@click.option("--warmup", default=0.1, show_default=True, help="Share of the steps with a rising learning rate.")
-@click.option("--dev-fraction", default=0.2, show_default=True, help="Share of the queries held out as dev.")
-@click.option("--seed", default=13, show_default=True, help="Seed of the split, the negatives and the order.")
-@click.option("--negative-depth", default=20, show_default=True, help="Hard negatives come from this BM25 top.")
-@click.option(
+@setting(
+    T,
+    "hard_negatives",
+    "--no-hard-negatives",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="In-batch negatives only.",
+)
+@setting(T, "epochs", "--epochs", help="At most this many epochs.")
+@setting(T, "patience", "--patience", help="Stop after this many epochs without a dev gain.")
+@setting(T, "batch_size", "--batch-size", help="Pairs a batch (the in-batch negatives).")
+@setting(T, "lr", "--lr", help="AdamW learning rate (linear decay).")
+@setting(T, "warmup", "--warmup", help="Share of the steps with a rising learning rate.")
+@setting(T, "dev_fraction", "--dev-fraction", help="Share of the queries held out as dev.")
+@setting(T, "seed", "--seed", help="Seed of the split, the negatives and the order.")
+@setting(T, "negative_depth", "--negative-depth", help="Hard negatives come from this BM25 top.")
+@setting(
+    T,
+    "dev_candidates",
     "--dev-candidates",
-    default=100,
-    show_default=True,
     help="Dev ranks each query's relevant docs plus its BM25 top N (0: the whole corpus).",
 )
-@click.option("--max-length", default=256, show_default=True, help="Tokens kept of a query or document.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, …")
+@setting(T, "max_length", "--max-length", help="Tokens kept of a query or document.")
+@setting(T, "device", "--device", help="auto, cpu, cuda, cuda:1, …")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @pass_context
@@ -48,17 +57,15 @@ def tune_retriever(
     model: str | None,
     index: str | None,
     backend: str,
-    no_hard_negatives: bool,
     as_json: bool,
     quiet: bool,
-    **options: Any,
 ) -> None:
     """Fine-tune the dense encoder on (query, relevant document) pairs with in-batch and BM25 hard negatives,
     keeping the epoch with the best nDCG@10 on a seeded dev split of the queries. Re-embed an index with it by
     `ingest --reindex --model OUT`."""
-    from ralm_es.retrieve.tuning import Tuner, TuneSettings, load_data, memory_bm25
+    from ralm_es.retrieve.tuning import Tuner, load_data, memory_bm25
 
-    settings = TuneSettings(hard_negatives=not no_hard_negatives, **options)
+    settings = ctx.settings(T, "tune")
     data = load_data(queries, qrels, corpus)
     tuner = Tuner(model, settings, progress=not quiet)
     notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731

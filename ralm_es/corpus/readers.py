@@ -9,15 +9,17 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ralm_es.corpus.conll import looks_like_conll, read_conll
 from ralm_es.corpus.lines import head_bytes, iter_lines
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.errors import RalmError
 
-FORMATS = ("auto", "jsonl", "beir", "csv", "tsv", "text", "conll")
-UNITS = ("paragraph", "file")
+Format = Literal["auto", "jsonl", "beir", "csv", "tsv", "text", "conll"]
+Unit = Literal["paragraph", "file"]
+FORMATS: tuple[str, ...] = get_args(Format)
+UNITS: tuple[str, ...] = get_args(Unit)
 DEFAULT_MAX_CHARS = 1_000_000
 DEFAULT_ID_FIELDS = ("_id", "id")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".conll": "conll"}
@@ -31,15 +33,26 @@ class CorpusError(RalmError):
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How records are found in a file. ``id_field=None`` tries ``_id`` then ``id``; ``metadata_fields=None`` keeps
-    the ``metadata`` object of JSON records and the remaining columns of CSV/TSV rows."""
+    """How records are found in the inputs. ``format`` ``auto`` decides per file (suffix, then content);
+    ``id_field=None`` tries ``_id`` then ``id``; ``metadata_fields=None`` keeps the ``metadata`` object of JSON
+    records and the remaining columns of CSV/TSV rows; ``unit`` cuts plain text per paragraph or per file;
+    a record whose text is over ``max_chars`` characters is refused."""
 
+    format: Format = "auto"
     id_field: str | None = None
     text_field: str = "text"
     title_field: str = "title"
-    metadata_fields: tuple[str, ...] | None = None
-    unit: str = "paragraph"
+    metadata_fields: list[str] | None = None
+    unit: Unit = "paragraph"
     max_chars: int = DEFAULT_MAX_CHARS
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise CorpusError(f"unknown corpus format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.unit not in UNITS:
+            raise CorpusError(f"unknown text unit {self.unit!r}; choose one of {', '.join(UNITS)}")
+        if self.max_chars < 1:
+            raise CorpusError(f"read.max_chars must be positive, got {self.max_chars}")
 
     @property
     def id_fields(self) -> tuple[str, ...]:
@@ -58,40 +71,16 @@ def content_id(text: str) -> str:
 
 
 def read_corpus(
-    paths: str | Path | Sequence[str | Path],
-    format: str = "auto",
-    *,
-    id_field: str | None = None,
-    text_field: str = "text",
-    title_field: str = "title",
-    metadata_fields: Sequence[str] | None = None,
-    unit: str = "paragraph",
-    max_chars: int = DEFAULT_MAX_CHARS,
+    paths: str | Path | Sequence[str | Path], options: ReadOptions = ReadOptions()
 ) -> Iterator[Record | ReadError]:
     """Stream the records of one or more files or folders, in order. Every path and the format of every file are
     checked before the first record is read, so a missing path, a file given twice or an undecidable file raises
     ``CorpusError`` here, not mid-ingest. Ids are unique over all the inputs together: a repeated id is a
     ``ReadError`` at the repeat that names the first place, whichever file either is in."""
-    if format not in FORMATS:
-        raise CorpusError(f"unknown corpus format {format!r}; choose one of {', '.join(FORMATS)}")
-    if unit not in UNITS:
-        raise CorpusError(f"unknown text unit {unit!r}; choose one of {', '.join(UNITS)}")
-    if max_chars < 1:
-        raise CorpusError(f"max_chars must be positive, got {max_chars}")
-    options = ReadOptions(
-        id_field=id_field,
-        text_field=text_field,
-        title_field=title_field,
-        metadata_fields=None if metadata_fields is None else tuple(metadata_fields),
-        unit=unit,
-        max_chars=max_chars,
-    )
-    return _checked(plan_inputs(paths, format, text_field), options)
+    return _checked(plan_inputs(paths, options), options)
 
 
-def plan_inputs(
-    paths: str | Path | Sequence[str | Path], format: str = "auto", text_field: str = "text"
-) -> list[tuple[Path, str, str]]:
+def plan_inputs(paths: str | Path | Sequence[str | Path], options: ReadOptions) -> list[tuple[Path, str, str]]:
     """``plan_files`` over every input path; a file reached twice (named twice, or also inside a folder given) is a
     ``CorpusError``: reading it twice would make every record of it a duplicate of itself."""
     roots = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
@@ -100,7 +89,7 @@ def plan_inputs(
     plan: list[tuple[Path, str, str]] = []
     reached: dict[Path, Path] = {}
     for root in roots:
-        for file, fmt, name in plan_files(root, format, text_field):
+        for file, fmt, name in plan_files(root, options.format, options.text_field):
             key = file.resolve()
             if key in reached:
                 raise CorpusError(f"{file} would be read twice (via {reached[key]} and {root}); give each input once")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ralm_es.corpus.readers import read_corpus
+from ralm_es.corpus.readers import ReadOptions, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.retrieve.cache import CacheEntry, CacheHeader, CacheHit
 
@@ -26,7 +26,7 @@ def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadErro
         raise ValueError(f"k must be at least 1, got {k}")
     documents: dict[object, list[Record]] = {}
     order: list[Record | ReadError] = []
-    for item in read_corpus(path, format="conll"):
+    for item in read_corpus(path, ReadOptions(format="conll")):
         order.append(item)
         if isinstance(item, Record):
             documents.setdefault(item.metadata["doc_id"], []).append(item)

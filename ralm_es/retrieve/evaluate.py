@@ -10,7 +10,8 @@ from itertools import product
 from typing import Any
 
 from ralm_es.retrieve.metrics import QrelsError, evaluate_run, passages_to_docs, relevant_judgements
-from ralm_es.retrieve.retriever import Mode, RetrievalSettings, Retriever
+from ralm_es.retrieve.retriever import Retriever
+from ralm_es.retrieve.settings import Mode, RetrievalSettings
 
 EVAL_DEPTH = 100
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -19,41 +19,16 @@ from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
+from ralm_es.retrieve.settings import Mode, RetrievalSettings
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
 
-Mode = Literal["bm25", "dense", "hybrid"]
 MAX_BM25_WORDS = 1024
-Exclude = Literal["none", "doc", "content", "doc+content"]
 # Extra hits fetched per query when self-matches are dropped after the search.
 EXCLUDE_SLACK = 4
 
 
 class RetrievalError(RalmError):
     """A query that cannot be answered as asked (empty, dense without an encoder, dimension mismatch)."""
-
-
-@dataclass
-class RetrievalSettings:
-    mode: Mode = "hybrid"
-    k: int = 10
-    num_candidates: int = 100
-    depth: int = 50
-    title_boost: float = 1.0
-    fusion: Literal["rrf", "linear"] = "rrf"
-    rrf_k: float = 60.0
-    dense_weight: float = 0.5
-    norm: Literal["minmax", "zscore"] = "minmax"
-    query_batch: int = 64
-    query_cache_size: int = 4096
-    # How an input is kept from retrieving itself: by document id (the input's id), by identical text, or both.
-    exclude: Exclude = "none"
-
-    def fusion_header(self) -> dict[str, Any]:
-        if self.mode != "hybrid":
-            return {}
-        keys = ["fusion", "depth", "num_candidates", "title_boost"]
-        keys += ["rrf_k", "dense_weight"] if self.fusion == "rrf" else ["dense_weight", "norm"]
-        return {key: getattr(self, key) for key in keys}
 
 
 @dataclass

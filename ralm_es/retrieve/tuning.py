@@ -31,51 +31,13 @@ from tqdm import tqdm
 from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Passage, ReadError
 from ralm_es.embed import Encoder, pick_device
-from ralm_es.errors import RalmError
 from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements
+from ralm_es.retrieve.settings import TuneSettings, TuningError
 from ralm_es.store.base import Backend, IndexSpec, SearchRequest
 
 FORMAT = "ralm-es-tuned-encoder"
 VERSION = 1
 MINE_BATCH = 256
-
-
-class TuningError(RalmError):
-    """Tuning input or settings that cannot be used; the message names the file, line or option."""
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """How the encoder is tuned. ``hard_negatives=False`` trains on in-batch negatives only."""
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 2e-5
-    warmup: float = 0.1
-    dev_fraction: float = 0.2
-    seed: int = 13
-    patience: int = 1
-    hard_negatives: bool = True
-    negative_depth: int = 20
-    dev_candidates: int = 100
-    max_length: int = 256
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "negative_depth", "max_length", "patience")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TuningError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise TuningError(f"--batch-size must be at least 2 (in-batch negatives), got {self.batch_size}")
-        if not 0 < self.dev_fraction < 1:
-            raise TuningError(f"--dev-fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}")
-        if not self.lr > 0:
-            raise TuningError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.warmup < 1:
-            raise TuningError(f"--warmup must be in [0, 1), got {self.warmup}")
-        if self.dev_candidates < 0:
-            raise TuningError(f"--dev-candidates must be 0 (whole corpus) or more, got {self.dev_candidates}")
 
 
 @dataclass(frozen=True)

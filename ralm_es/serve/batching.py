@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ralm_es.errors import RalmError
-from ralm_es.retrieve.retriever import Mode, RetrievedHit, Retriever
+from ralm_es.retrieve.retriever import RetrievedHit, Retriever
+from ralm_es.retrieve.settings import Mode
 from ralm_es.serve.predictor import PredictInput, Predictor
 from ralm_es.store.base import Filter
 

@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ralm_es.config import ConfigError
 from ralm_es.corpus.types import Passage
 from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import vector_kind
@@ -30,6 +31,14 @@ def check_dims(where: str, existing: int | None, wanted: int | None, fix: str) -
         )
 
 
+def _at_least(section: str, settings: object, names: Sequence[str], low: int) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if value < low:
+            bound = "must be at least 1" if low == 1 else "must not be negative"
+            raise ConfigError(f"{section}.{name} {bound}, got {value}")
+
+
 @dataclass(frozen=True)
 class BulkSettings:
     """How writes are grouped into bulk requests (at most ``docs`` passages and ``bytes`` bytes a request), and how
@@ -39,6 +48,34 @@ class BulkSettings:
     bytes: int = 8 * 1024 * 1024
     retries: int = 5
     backoff: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Checked before anything is written: a zero request size would stall or crash mid-run.
+        _at_least("bulk", self, ("docs", "bytes"), 1)
+        _at_least("bulk", self, ("retries", "backoff"), 0)
+
+
+DEFAULT_BULK = BulkSettings()
+
+Similarity = Literal["cosine", "dot_product", "l2_norm", "max_inner_product"]
+IndexType = Literal["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"]
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a new index is built: the vectors' similarity, the kNN structure (``m`` and ``ef_construction`` shape
+    the HNSW types' graph), shards and replicas."""
+
+    similarity: Similarity = "cosine"
+    index_type: IndexType = "hnsw"
+    m: int = 16
+    ef_construction: int = 100
+    shards: int = 1
+    replicas: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least("index", self, ("m", "ef_construction", "shards"), 1)
+        _at_least("index", self, ("replicas",), 0)
 
 
 @dataclass(frozen=True)
@@ -93,12 +130,7 @@ class IndexSpec:
 
     name: str
     dims: int | None = None
-    similarity: str = "cosine"
-    index_type: str = "hnsw"
-    m: int = 16
-    ef_construction: int = 100
-    shards: int = 1
-    replicas: int = 0
+    settings: IndexSettings = field(default_factory=IndexSettings)
     model: dict[str, Any] | None = None
     chunking: Chunking | None = None
 
@@ -185,7 +217,7 @@ class Backend(Protocol):
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
 
-    def write(self, passages: Iterable[Passage]) -> Iterator[WriteResult]: ...
+    def write(self, passages: Iterable[Passage], bulk: BulkSettings = DEFAULT_BULK) -> Iterator[WriteResult]: ...
 
     def count(self) -> int: ...
 

@@ -18,6 +18,7 @@ from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
 
 from ralm_es.corpus.types import Passage
 from ralm_es.store.base import (
+    DEFAULT_BULK,
     BulkSettings,
     Chunking,
     Filter,
@@ -131,7 +132,7 @@ def index_body(spec: IndexSpec, analyzer: str) -> dict[str, Any]:
     """The create-index body for ``spec`` from ``mappings/passages.json``."""
     body = load_template()
     settings = body["settings"]["index"]
-    settings.update(number_of_shards=spec.shards, number_of_replicas=spec.replicas)
+    settings.update(number_of_shards=spec.settings.shards, number_of_replicas=spec.settings.replicas)
     props = body["mappings"]["properties"]
     props["title"]["analyzer"] = props["text"]["analyzer"] = analyzer
     if analyzer == HUNSPELL_ANALYZER:
@@ -142,10 +143,11 @@ def index_body(spec: IndexSpec, analyzer: str) -> dict[str, Any]:
         del props["vector"]
     else:
         vector = props["vector"]
-        vector.update(dims=spec.dims, similarity=spec.similarity)
-        options: dict[str, Any] = {"type": spec.index_type}
-        if spec.index_type in HNSW_TYPES:  # the flat types build no graph and refuse its parameters
-            options.update(m=spec.m, ef_construction=spec.ef_construction)
+        built = spec.settings
+        vector.update(dims=spec.dims, similarity=built.similarity)
+        options: dict[str, Any] = {"type": built.index_type}
+        if built.index_type in HNSW_TYPES:  # the flat types build no graph and refuse its parameters
+            options.update(m=built.m, ef_construction=built.ef_construction)
         vector["index_options"] = options
     body["mappings"]["_meta"] = {
         "created_by": f"ralm-es {__version__}",
@@ -215,14 +217,12 @@ class ElasticsearchBackend:
         client: Elasticsearch,
         index: str,
         fields: FieldMap | None = None,
-        bulk: BulkSettings | None = None,
         in_flight: int = 2,
     ) -> None:
         check_index_name(index)
         self.client = client
         self.index = index
         self.fields = fields or FieldMap()
-        self.bulk = bulk or BulkSettings()
         self.in_flight = in_flight
 
     # -- index management ------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ class ElasticsearchBackend:
 
     def bound(self, index: str) -> ElasticsearchBackend:
         """The same store settings, reaching ``index`` instead of the alias."""
-        return ElasticsearchBackend(self.client, index, self.fields, bulk=self.bulk, in_flight=self.in_flight)
+        return ElasticsearchBackend(self.client, index, self.fields, in_flight=self.in_flight)
 
     def staging(self, spec: IndexSpec, resume: str | None = None) -> ElasticsearchBackend:
         if resume is not None and self.client.indices.exists(index=resume):
@@ -394,8 +394,9 @@ class ElasticsearchBackend:
             doc[f.vector] = p.vector
         return doc
 
-    def write(self, passages: Iterable[Passage]) -> Iterator[WriteResult]:
-        """Bulk-create passages; one result per passage, in input order. Existing ids are kept (``created=False``).
+    def write(self, passages: Iterable[Passage], bulk: BulkSettings = DEFAULT_BULK) -> Iterator[WriteResult]:
+        """Bulk-create passages in requests of ``bulk.docs`` passages and ``bulk.bytes`` bytes at most; one result
+        per passage, in input order. Existing ids are kept (``created=False``).
 
         This is the one retry policy for writes: passages refused for a passing reason (429, 5xx: a node lost, a
         shard relocating) are sent again with backoff, ``bulk.retries`` times, so an ingest checkpoint never moves
@@ -411,10 +412,11 @@ class ElasticsearchBackend:
                 results[p.id] = WriteResult(id=p.id, source=p.source, ok=False, error=problem, status=400)
             else:
                 pending.append(p)
-        for attempt in range(self.bulk.retries + 1):
+        for attempt in range(bulk.retries + 1):
             if attempt:
-                time.sleep(min(self.bulk.backoff * 2 ** (attempt - 1), MAX_BACKOFF))
-            for p, outcome in zip(pending, self._bulk_create(pending, target, dims, resent=attempt > 0), strict=True):
+                time.sleep(min(bulk.backoff * 2 ** (attempt - 1), MAX_BACKOFF))
+            sent = self._bulk_create(pending, target, dims, bulk, resent=attempt > 0)
+            for p, outcome in zip(pending, sent, strict=True):
                 results[p.id] = outcome
             pending = [p for p in pending if _transient(results[p.id])]
             if not pending:
@@ -422,7 +424,9 @@ class ElasticsearchBackend:
         for p in batch:
             yield results[p.id]
 
-    def _bulk_create(self, passages: list[Passage], target: str, dims: int | None, resent: bool) -> list[WriteResult]:
+    def _bulk_create(
+        self, passages: list[Passage], target: str, dims: int | None, bulk: BulkSettings, resent: bool
+    ) -> list[WriteResult]:
         """One pass of ``streaming_bulk`` over ``passages``, its results in their order."""
         sources = {p.id: p.source for p in passages}
         actions = (
@@ -432,8 +436,8 @@ class ElasticsearchBackend:
         for ok, item in helpers.streaming_bulk(
             self.client,
             actions,
-            chunk_size=self.bulk.docs,
-            max_chunk_bytes=self.bulk.bytes,
+            chunk_size=bulk.docs,
+            max_chunk_bytes=bulk.bytes,
             raise_on_error=False,
             raise_on_exception=False,
             max_retries=0,

@@ -26,6 +26,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,13 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ralm_es.corpus.types import Passage
 from ralm_es.store.base import (
+    DEFAULT_BULK,
+    BulkSettings,
     Chunking,
     Filter,
     Hit,
     IndexListing,
+    IndexSettings,
     IndexSpec,
     Refresh,
     SearchRequest,
@@ -52,8 +56,8 @@ from ralm_es.store.base import (
 FORMAT = "ralm-es-local-index"
 VERSION = 1
 META, PASSAGES, VECTORS = "meta.json", "passages.jsonl", "vectors.f32"
+INDEX_SETTINGS = [f.name for f in dataclass_fields(IndexSettings)]
 SIMILARITIES = ("cosine", "dot_product")  # both rank unit vectors by their dot product
-BATCH = 512
 SCORE_BUDGET = 1 << 24  # query-by-row scores held at once by search_many (64 MB of float32)
 RANGE_OPS = {"gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt}
 TOKEN = re.compile(r"\w+")
@@ -169,9 +173,9 @@ class LocalBackend:
             check_dims(f"local index {self.path}", stored.dims, spec.dims, "a new index folder")
             check_shape(f"local index {self.path}", spec, stored.model, stored.chunking)
             return
-        if spec.similarity not in SIMILARITIES:
+        if spec.settings.similarity not in SIMILARITIES:
             raise StoreError(
-                f"the local backend supports similarity {' or '.join(SIMILARITIES)}, not {spec.similarity}"
+                f"the local backend supports similarity {' or '.join(SIMILARITIES)}, not {spec.settings.similarity}"
             )
         if self.path.is_dir() and any(self.path.iterdir()):
             raise StoreError(f"{self.path} is not empty and holds no {META}: not a ralm-es local index")
@@ -239,7 +243,11 @@ class LocalBackend:
                 fields = dict(meta["spec"])
                 if fields.get("chunking") is not None:
                     fields["chunking"] = Chunking(**fields["chunking"])
-                self._spec = IndexSpec(**fields)
+                # Folders written before the index settings were a section of their own keep them flat.
+                built = fields.pop("settings", None) or {
+                    name: fields.pop(name) for name in INDEX_SETTINGS if name in fields
+                }
+                self._spec = IndexSpec(**fields, settings=IndexSettings(**built))
             except (ValueError, KeyError, TypeError) as exc:
                 raise StoreError(f"{self.path / META}: not a ralm-es local index ({exc})") from None
         return self._spec
@@ -314,12 +322,14 @@ class LocalBackend:
             raise ValueError(f"metadata is not JSON-serialisable: {exc}") from None
         return line, vector
 
-    def write(self, passages: Iterable[Passage]) -> Iterator[WriteResult]:
-        """Append new passages; one result per passage, yielded once its batch is on disk."""
+    def write(self, passages: Iterable[Passage], bulk: BulkSettings = DEFAULT_BULK) -> Iterator[WriteResult]:
+        """Append new passages, ``bulk.docs`` a durable batch; one result per passage, yielded once its batch is on
+        disk. A write to a local folder has no request size or passing failure to retry: the other bulk settings
+        concern the network."""
         batch: list[Passage] = []
         for p in passages:
             batch.append(p)
-            if len(batch) >= BATCH:
+            if len(batch) >= bulk.docs:
                 yield from self._write_batch(batch)
                 batch = []
         yield from self._write_batch(batch)
@@ -498,7 +508,7 @@ class LocalBackend:
             "index": str(self.path),
             "count": self.count(),
             "dims": spec.dims,
-            "similarity": spec.similarity,
+            "similarity": spec.settings.similarity,
             "model": spec.model,
         }
 

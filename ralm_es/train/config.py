@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ralm_es.config import apply_overrides, from_dict, load_yaml
+from ralm_es.config import compose, file_layer, set_layer
 from ralm_es.inference.task import TaskSettings
 from ralm_es.model.spec import ModelSettings
 
@@ -78,4 +78,4 @@ class TrainConfig:
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
     """A config file plus ``key=value`` overrides; unknown keys fail with close matches."""
-    return apply_overrides(from_dict(TrainConfig, load_yaml(path), where=str(path)), overrides)
+    return compose(TrainConfig, file_layer(path), set_layer(overrides))

@@ -1,0 +1,85 @@
+"""How the query layer answers (the retrieval mode, hybrid fusion, depths and caches) and how its encoder is
+tuned. Torch-free, so that the command line can show these defaults without loading an encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ralm_es.config import ConfigError
+from ralm_es.errors import RalmError
+
+Mode = Literal["bm25", "dense", "hybrid"]
+Exclude = Literal["none", "doc", "content", "doc+content"]
+
+
+@dataclass
+class RetrievalSettings:
+    mode: Mode = "hybrid"
+    k: int = 10
+    num_candidates: int = 100
+    depth: int = 50
+    title_boost: float = 1.0
+    fusion: Literal["rrf", "linear"] = "rrf"
+    rrf_k: float = 60.0
+    dense_weight: float = 0.5
+    norm: Literal["minmax", "zscore"] = "minmax"
+    query_batch: int = 64
+    query_cache_size: int = 4096
+    # How an input is kept from retrieving itself: by document id (the input's id), by identical text, or both.
+    exclude: Exclude = "none"
+
+    def fusion_header(self) -> dict[str, Any]:
+        if self.mode != "hybrid":
+            return {}
+        keys = ["fusion", "depth", "num_candidates", "title_boost"]
+        keys += ["rrf_k", "dense_weight"] if self.fusion == "rrf" else ["dense_weight", "norm"]
+        return {key: getattr(self, key) for key in keys}
+
+    def __post_init__(self) -> None:
+        for name in ("k", "num_candidates", "depth", "query_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"retrieval.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("title_boost", "rrf_k", "query_cache_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"retrieval.{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.dense_weight <= 1:
+            raise ConfigError(f"retrieval.dense_weight must be between 0 and 1, got {self.dense_weight}")
+
+
+class TuningError(RalmError):
+    """Tuning input or settings that cannot be used; the message names the file, line or option."""
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How the encoder is tuned. ``hard_negatives=False`` trains on in-batch negatives only."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup: float = 0.1
+    dev_fraction: float = 0.2
+    seed: int = 13
+    patience: int = 1
+    hard_negatives: bool = True
+    negative_depth: int = 20
+    dev_candidates: int = 100
+    max_length: int = 256
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "negative_depth", "max_length", "patience")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TuningError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise TuningError(f"--batch-size must be at least 2 (in-batch negatives), got {self.batch_size}")
+        if not 0 < self.dev_fraction < 1:
+            raise TuningError(f"--dev-fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}")
+        if not self.lr > 0:
+            raise TuningError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise TuningError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if self.dev_candidates < 0:
+            raise TuningError(f"--dev-candidates must be 0 (whole corpus) or more, got {self.dev_candidates}")
