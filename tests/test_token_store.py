@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from elasticsearch import Elasticsearch
 from test_train import losses, ner_config, write_cache, write_conll
 
 from ralm_es.config import ConfigError
@@ -20,6 +21,9 @@ from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.token_store import TokenStore, TokenStoreError
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
+from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.serve.predictor import PredictInput, Predictor
+from ralm_es.store.elastic import ElasticsearchBackend
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train import loop
 from ralm_es.train.config import load_config
@@ -136,6 +140,24 @@ def test_a_run_on_stored_tokens_learns_and_predicts_the_same_after_reload(
     assert [p.weights for p in reloaded] == [p.weights for p in in_memory]
     # Every passage was already stored: predicting encoded nothing new.
     assert (store / "states.f16").stat().st_size == stored_bytes
+
+
+def test_serving_extends_the_store_with_live_passages(
+    tmp_path: Path, tiny_model_dir: Path, tiny_encoder: Encoder, es_client: Elasticsearch, sample_index: str
+) -> None:
+    data = ner_files(tmp_path, empty_dev=False)
+    store = tmp_path / "store"
+    sets = [*TOKENS, f"model.token_store={store}", "train.max_steps=2", "data.dev=null", "data.dev_cache=null"]
+    run = train(load_config(ner_config(tmp_path, data, tiny_model_dir), sets)).out
+    trained = set(json.loads((store / "index.json").read_text()))
+    retriever = Retriever(ElasticsearchBackend(es_client, sample_index), tiny_encoder, RetrievalSettings(mode="bm25"))
+    inputs = [PredictInput(words=["Paris", "is", "in", "France"]), PredictInput(words=["Acme", "hired", "John"])]
+    first = Predictor.open(run, retriever, device="cpu").predict(inputs, explain=True)
+    live = {p["id"] for record in first for p in record["passages"]}
+    stored = set(json.loads((store / "index.json").read_text()))
+    assert live and live.isdisjoint(trained) and stored == trained | live
+    # A fresh predictor reads the same states back: the same tags and passage weights.
+    assert Predictor.open(run, retriever, device="cpu").predict(inputs, explain=True) == first
 
 
 def test_inputs_without_passages_train_and_predict(tmp_path: Path, tiny_model_dir: Path) -> None:
