@@ -20,6 +20,7 @@ from ralm_es.inference.predictions import Prediction
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.token_store import TokenStore, TokenStoreError
+from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.serve.predictor import PredictInput, Predictor
@@ -82,6 +83,9 @@ def test_extending_encodes_only_the_ids_not_stored(tmp_path: Path, encoder: Enco
     counting = Counting(encoder)
     assert store.extend(["doc1#0", "doc2#0"], [TEXTS["doc1#0"], TEXTS["doc2#0"]], counting) == 2
     before = store.get(["doc1#0", "doc2#0"])
+    # Rows an interrupted extend wrote without indexing them.
+    with (tmp_path / "store" / "states.f16").open("ab") as fh:
+        fh.write(b"\x01" * 100)
     # Another process's view of the same folder, extended with one known and one new passage.
     other = open_store(tmp_path / "store", encoder)
     assert other.extend(["doc2#0", "doc3#0", "doc3#0"], [TEXTS["doc2#0"], TEXTS["doc3#0"], TEXTS["doc3#0"]], counting)
@@ -91,6 +95,9 @@ def test_extending_encodes_only_the_ids_not_stored(tmp_path: Path, encoder: Enco
     assert len(store) == 3 and counting.seen == [TEXTS["doc1#0"], TEXTS["doc2#0"], TEXTS["doc3#0"]]
     after = store.get(["doc1#0", "doc2#0"])
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert np.array_equal(store.get(["doc3#0"])[0], encoder.token_states([TEXTS["doc3#0"]])[0])
+    rows = sum(len(a) for a in store.get(list(TEXTS)))
+    assert (tmp_path / "store" / "states.f16").stat().st_size == rows * 32 * 2
 
 
 def test_a_store_of_another_encoder_or_length_is_refused(tmp_path: Path, encoder: Encoder) -> None:
@@ -140,6 +147,11 @@ def test_a_run_on_stored_tokens_learns_and_predicts_the_same_after_reload(
     assert [p.weights for p in reloaded] == [p.weights for p in in_memory]
     # Every passage was already stored: predicting encoded nothing new.
     assert (store / "states.f16").stat().st_size == stored_bytes
+    # The run names the frozen encoder it was trained with; an encoder folder of other weights is refused.
+    saved = json.loads((result.out / "model.json").read_text())
+    (result.out / "model.json").write_text(json.dumps({**saved, "frozen_revision": "ffffffffffffffff"}))
+    with pytest.raises(ModelError, match=rf"is revision {spec.frozen_revision}, but the run was trained with frozen "):
+        predict_file(open_run(result.out, "cpu"), data["dev"], data["dev_cache"])
 
 
 def test_serving_extends_the_store_with_live_passages(
