@@ -11,7 +11,8 @@ Each writes JSON to --out, rewritten after every finished run (a cut-short bench
 ``--quick`` shrinks every run to a slice and a few steps, to check the plumbing. ``--set key=value`` overrides apply
 to every run (e.g. ``train.device=cuda``, ``train.batch_size=32``). ``--modes`` / ``--variants`` name fusion
 variants: none, concat, attention (passages through the shared trainable encoder), attention-frozen (a frozen
-copy of the encoder embeds each passage once), pair (classification: the encoder reads each input-passage
+copy of the encoder embeds each passage once, to one vector), attention-tokens (the frozen copy's token states of
+each passage, computed once into the token store), pair (classification: the encoder reads each input-passage
 pair). Every run trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
@@ -49,7 +50,8 @@ VARIANTS = {
     "none": ["model.fusion=none"],
     "concat": ["model.fusion=concat"],
     "attention": ["model.fusion=attention", "model.passage_encoder=shared"],
-    "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen"],
+    "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=pooled"],
+    "attention-tokens": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=tokens"],
     "pair": ["model.fusion=pair"],
 }
 

@@ -180,3 +180,17 @@ class Encoder:
             pooled = torch.nn.functional.normalize(self._pool(hidden, mask).float(), dim=-1)
             out[idx] = pooled.cpu().numpy()
         return out
+
+    @torch.inference_mode()
+    def token_states(self, texts: Sequence[str], batch_size: int = 64) -> list[np.ndarray]:
+        """The last hidden layer's state of every token of each text ([CLS] and [SEP] included, cut to
+        ``max_length``), as float16 arrays (tokens, dim) in input order; batched like ``encode``."""
+        out: list[np.ndarray] = [np.zeros((0, self.dim), dtype=np.float16)] * len(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            hidden, mask = self._hidden([texts[i] for i in idx])
+            states = hidden.to(torch.float16).cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = states[row, : int(mask[row].sum())].copy()
+        return out

@@ -133,7 +133,7 @@ def test_each_fusion_mode_learns(fusion: str, tmp_path: Path, ner_data: dict[str
     sets = [f"model.fusion={mode}"]
     if variant == "frozen":
         sets.append("model.passage_encoder=frozen")
-    if variant == "pooled":
+    if variant in ("frozen", "pooled"):
         sets.append("model.passage_memory=pooled")
     cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
     result = train(cfg)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
-from ralm_es.model.spec import ModelSettings
+from ralm_es.model.spec import ModelSettings, ModelSpec
 from ralm_es.model.strategies import fusion_strategy
+from ralm_es.model.token_store import TokenStore, default_folder
+from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheHit, read_cache, require
 from ralm_es.tasks import DataError, Example
 
@@ -37,9 +40,11 @@ def cached_hits(
 
 @dataclass
 class FrozenPassages:
-    """The fixed passage encoder of a mode with frozen passages: called on texts, it gives their vectors."""
+    """The fixed passage encoder of a mode with frozen passages: called on texts, it gives their vectors; with a
+    token store, ``token_states`` gives each passage's token states, encoding only those the store lacks."""
 
     encoder: Encoder
+    store: TokenStore | None = None
 
     @property
     def dim(self) -> int:
@@ -48,9 +53,34 @@ class FrozenPassages:
     def __call__(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=128)
 
+    def token_states(self, ids: list[str], texts: list[str]) -> list[np.ndarray]:
+        if self.store is None:
+            raise ValueError("token states need a token store")
+        self.store.extend(ids, texts, self.encoder, batch_size=128)
+        return self.store.get(ids)
+
 
 def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | None:
-    """The initial encoder, loaded once, when the fusion mode embeds passages with it; None otherwise."""
-    if not fusion_strategy(settings.fusion).frozen_passages(settings):
+    """The initial encoder, loaded once, when the fusion mode embeds passages with it (and the token store it
+    fills, when it keeps token states); None otherwise. ``settings`` from a run (a ``ModelSpec``) must name the
+    encoder revision the run was trained with."""
+    strategy = fusion_strategy(settings.fusion)
+    if settings.token_store is not None and not strategy.stored_tokens(settings):
+        raise ConfigError(
+            "model.token_store applies to fusion attention with passage_encoder frozen and passage_memory tokens, "
+            f"not fusion {settings.fusion} (passage_encoder {settings.passage_encoder}, passage_memory "
+            f"{settings.passage_memory})"
+        )
+    if not strategy.frozen_passages(settings):
         return None
-    return FrozenPassages(Encoder(settings.encoder, device=device, max_length=settings.passage_max_length))
+    encoder = Encoder(settings.encoder, device=device, max_length=settings.passage_max_length)
+    trained = settings.frozen_revision if isinstance(settings, ModelSpec) else ""
+    if trained and trained != encoder.revision:
+        raise ModelError(
+            f"model.encoder {encoder.path} is revision {encoder.revision}, but the run was trained with frozen "
+            f"passages from revision {trained}: give it the encoder folder it was trained with"
+        )
+    if not strategy.stored_tokens(settings):
+        return FrozenPassages(encoder)
+    folder = settings.token_store or default_folder(encoder.revision, settings.passage_max_length)
+    return FrozenPassages(encoder, TokenStore.open(folder, encoder.revision, encoder.dim, settings.passage_max_length))

@@ -83,7 +83,7 @@ def build_features(
     embed_passages: Embed | None = None,
 ) -> FeatureSet:
     """Tokenize ``examples`` with the hits their fusion mode keeps (the top ``spec.k``). ``labels`` None means
-    unlabelled (prediction). ``embed_passages`` gives the vectors of a mode with frozen passages."""
+    unlabelled (prediction). ``embed_passages`` gives the vectors or token states of a mode with frozen passages."""
     fusion = fusion_strategy(spec.fusion)
     if spec.task not in fusion.tasks:
         tasks = " and ".join(fusion.tasks)
@@ -96,6 +96,7 @@ def build_features(
             if text not in table.keys:
                 table.keys[text] = len(table.texts)
                 table.texts.append(text)
+                table.ids.append(hit.id)
     fusion.fill_table(spec, table, tokenizer, embed_passages)
     fs = FeatureSet(
         examples=examples,

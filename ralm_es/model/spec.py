@@ -15,10 +15,13 @@ class ModelSettings:
     """The ``model:`` section of a training config. ``encoder``: a local Hugging Face encoder folder (None: the
     packaged all-MiniLM-L6-v2); it is also the frozen passage encoder. ``fusion``: how retrieved passages reach the
     task head. ``passage_encoder`` (attention only): ``shared`` encodes passages with the trainable encoder,
-    ``frozen`` uses fixed vectors from the initial encoder (fast). ``passage_memory`` (attention with shared
-    passages): attend over each passage's token states (``tokens``) or one mean-pooled vector per passage
-    (``pooled``). ``passage_max_length``: tokens of a passage, with its [CLS] and [SEP]; ``pair`` appends the
-    passage (and its [SEP]) to the input of up to ``max_length`` tokens."""
+    ``frozen`` with a fixed copy of the initial encoder, once per distinct passage (fast). ``passage_memory``
+    (attention): attend over each passage's token states (``tokens``) or one vector per passage (``pooled``: the
+    mean-pooled shared states, or the frozen encoder's sentence embedding). Frozen token states are kept on disk
+    in a token store (``ralm_es.model.token_store``), the folder ``token_store`` (None: one per encoder revision and
+    passage length under the cache home); it applies to frozen tokens only. ``passage_max_length``: tokens of a
+    passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its [SEP]) to the input of up to
+    ``max_length`` tokens."""
 
     encoder: str | None = None
     fusion: Fusion = "attention"
@@ -27,6 +30,7 @@ class ModelSettings:
     passage_max_length: int = 48
     passage_encoder: Literal["shared", "frozen"] = "shared"
     passage_memory: Literal["tokens", "pooled"] = "tokens"
+    token_store: str | None = None
     heads: int = 4
     case_features: bool = True
     dropout: float = 0.1
@@ -35,11 +39,12 @@ class ModelSettings:
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec(ModelSettings):
     """The settings plus what training reads from the data: the task, its labels and, with frozen passages, the
-    fixed encoder's vector size."""
+    fixed encoder's vector size and revision (the content hash predictions check the encoder against)."""
 
     task: Literal["ner", "classification"]
     labels: tuple[str, ...] = ()
     frozen_dim: int = 0
+    frozen_revision: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "labels": list(self.labels)}
@@ -47,4 +52,7 @@ class ModelSpec(ModelSettings):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelSpec:
         """A spec from ``model.json``; a field this version does not know is a TypeError naming it."""
+        if data.get("passage_encoder") == "frozen" and "frozen_revision" not in data:
+            # Saved before token stores, when frozen passages were always one pooled vector each.
+            data = {**data, "passage_memory": "pooled"}
         return cls(**{**data, "labels": tuple(data.get("labels", ()))})

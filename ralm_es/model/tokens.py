@@ -56,10 +56,12 @@ def tokenize_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[Sequence[
 
 @dataclass
 class PassageTable:
-    """Each distinct retrieved passage once (``keys``: text to row); the fusion strategy fills in its subwords or
-    a frozen vector per row."""
+    """Each distinct retrieved passage once (``keys``: text to row; ``ids``: the passage id of the row's first
+    hit); the fusion strategy fills in its subwords, a frozen vector or frozen token states (tokens, dim) per row."""
 
     keys: dict[str, int] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     tokens: list[Tokenized] = field(default_factory=list)
     vectors: np.ndarray | None = None
+    states: list[np.ndarray] | None = None

@@ -60,6 +60,7 @@ def load_splits(
         task=cfg.task.type,
         labels=tuple(labels.labels),
         frozen_dim=embed.dim if embed is not None else 0,
+        frozen_revision=embed.encoder.revision if embed is not None else "",
         **asdict(cfg.model),
     )
     train_hits = cached_hits(train, data.train_cache, spec, "train", data.train)

@@ -1,13 +1,15 @@
 """``attention``: the input's states attend over the passages (``model.fusion.PassageAttention``), with the
 retrieval scores as a prior. Its variants: ``passage_encoder`` ``shared`` (the trainable encoder reads each
-passage in every batch) or ``frozen`` (a fixed encoder embeds each distinct passage once, to one vector, projected
-to the model's width), and, when shared, ``passage_memory`` ``tokens`` (attend over every passage token) or
-``pooled`` (one mean-pooled vector per passage)."""
+passage in every batch) or ``frozen`` (a fixed encoder reads each distinct passage once, its states projected to
+the model's width), and ``passage_memory`` ``tokens`` (attend over every passage token: with frozen passages, the
+fixed encoder's token states from the token store) or ``pooled`` (one vector per passage: mean-pooled shared
+states, or the frozen encoder's sentence embedding)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -31,6 +33,9 @@ class AttentionFusion(FusionStrategy):
     def frozen_passages(self, settings: ModelSettings) -> bool:
         return settings.passage_encoder == "frozen"
 
+    def stored_tokens(self, settings: ModelSettings) -> bool:
+        return self.frozen_passages(settings) and settings.passage_memory == "tokens"
+
     def fill_table(
         self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
     ) -> None:
@@ -39,7 +44,10 @@ class AttentionFusion(FusionStrategy):
             return
         if embed is None:
             raise ValueError("frozen passage vectors need an embed_passages function")
-        table.vectors = embed(table.texts)
+        if self.stored_tokens(spec):
+            table.states = embed.token_states(table.ids, table.texts)
+        else:
+            table.vectors = embed(table.texts)
 
     def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
         feature.passages = rows
@@ -48,6 +56,8 @@ class AttentionFusion(FusionStrategy):
     def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
         k = fs.spec.k
         out = passage_slots(feats, k)
+        if fs.table.states is not None:
+            return {**out, **_stored_states(fs.table.states, feats, k, fs.spec.frozen_dim)}
         if self.frozen_passages(fs.spec):
             assert fs.table.vectors is not None
             vectors = torch.zeros(len(feats), k, fs.table.vectors.shape[1])
@@ -88,6 +98,13 @@ class AttentionFusion(FusionStrategy):
         """Passage memory (B, S, d) and its mask (B, S); S is k (one vector each) or k times passage length."""
         spec = model.spec
         valid = batch[VALID]
+        if self.stored_tokens(spec):
+            proj = model.get_submodule("passage_proj")
+            states, mask = batch["passage_states"], batch["passage_token_mask"]
+            b, k, length, dim = states.shape
+            memory = proj(states.view(b, k * length, dim).to(proj.weight.dtype))
+            # A dropped slot (train.passage_dropout) keeps its states in the batch: its mask is cleared here.
+            return memory, (mask & valid.unsqueeze(-1)).view(b, k * length)
         if self.frozen_passages(spec):
             return model.get_submodule("passage_proj")(batch["passage_vectors"]), valid
         ids, mask = batch["passage_input_ids"], batch["passage_attention_mask"]
@@ -111,3 +128,17 @@ class AttentionFusion(FusionStrategy):
         # A dropped slot (train.passage_dropout) keeps its tokens in the batch: its mask is cleared here.
         slot_mask = mask.bool() & valid.unsqueeze(-1)
         return memory.view(b, k * length, -1), slot_mask.view(b, k * length)
+
+
+def _stored_states(states: list[np.ndarray], feats: list[Features], k: int, dim: int) -> dict[str, torch.Tensor]:
+    """The frozen token states of each example's passages (B, k, L, dim) in float16, L the longest passage of the
+    batch (at least 1, so a batch without passages still has a memory), and which tokens are real (B, k, L)."""
+    rows = [[states[p] for p in f.passages] for f in feats]
+    length = max((len(r) for row in rows for r in row), default=1)
+    out = np.zeros((len(feats), k, length, dim), dtype=np.float16)
+    mask = torch.zeros((len(feats), k, length), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        for j, passage in enumerate(row):
+            out[b, j, : len(passage)] = passage
+            mask[b, j, : len(passage)] = True
+    return {"passage_states": torch.from_numpy(out), "passage_token_mask": mask}

@@ -4,8 +4,8 @@ states. The defaults are those of a mode that reads passages and adds nothing; e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from ralm_es.model.ralm import RalmModel
     from ralm_es.model.spec import ModelSettings, ModelSpec
 
-Embed = Callable[[list[str]], np.ndarray]
+
+class Embed(Protocol):
+    """The frozen passage encoder (``ralm_es.inference.passages.FrozenPassages``): called on texts, one vector
+    each; ``token_states`` gives each passage's token states (from the token store) by passage id."""
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+    def token_states(self, ids: list[str], texts: list[str]) -> list[np.ndarray]: ...
+
 
 # The batch key of a mode with passage slots: (B, k), True where slot j holds a passage.
 VALID = "passage_valid"
@@ -41,6 +49,10 @@ class FusionStrategy:
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         """Whether passages are embedded once by a fixed encoder (whose vector size the spec then records)."""
+        return False
+
+    def stored_tokens(self, settings: ModelSettings) -> bool:
+        """Whether the frozen encoder's token states of each passage are kept in a token store."""
         return False
 
     def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
