@@ -170,7 +170,7 @@ def conll(session: Session) -> dict[str, Any]:
     cfg = session.config
     path = head_conll(conll_paths()["train"], cfg.conll_sentences, session.workdir / "conll-train-slice.txt")
     index = session.scratch.name("conll")
-    settings = dataclasses.replace(settings_for(session, embed=True), format="conll")
+    settings = dataclasses.replace(settings_for(session, embed=True), read=ReadOptions(format="conll"))
     summary = Ingest(
         ElasticsearchBackend(session.client, index), settings, encoder=session.encoder, checkpoint_dir=session.workdir
     ).run([path])
