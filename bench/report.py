@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -309,7 +310,7 @@ def _mode_table(values: dict[str, Any], label: str) -> list[str]:
     return _table(["fusion", label], [[mode, "–" if v is None else f"{v:.4f}"] for mode, v in values.items()])
 
 
-TRAIN_RESULTS = ("conll", "scifact", "efficiency", "throughput")
+TRAIN_RESULTS = ("conll", "scifact", "scifact_pair", "efficiency", "throughput", "throughput_tokens")
 
 
 def written_at(path: Path) -> str:
@@ -362,28 +363,83 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
         lines += ["", f"### {name}", "", f"From {source}.", ""]
         if name == "conll":
             lines += _mode_table(result["test_f1"], "CoNLL-2003 test entity F1")
-        elif name == "scifact":
-            lines += _table(
-                ["fusion", "test accuracy", "test macro-F1", "macro-F1 per seed"],
-                [
-                    [
-                        mode,
-                        f"{v['accuracy']:.4f}",
-                        f"{v['macro_f1']:.4f}",
-                        ", ".join(f"{x:.4f}" for x in v["macro_f1_per_seed"]),
-                    ]
-                    for mode, v in result["test"].items()
-                ],
-            )
-            lines += ["", f"Split: {result['split']}; test figures are means over the training seeds."]
+        elif name.startswith("scifact"):
+            lines += seeded_section(result)
         elif name == "efficiency":
             lines += efficiency_section(result, train.get("conll"), docs_dir)
-        elif name == "throughput":
+        elif name.startswith("throughput"):
+            runs = {run_name.removeprefix("throughput-"): run for run_name, run in result["runs"].items()}
+            base = result["examples_per_s"].get("none")
             lines += _table(
-                ["variant", "training examples/s", "peak memory MB"],
-                [[v, f"{eps:.2f}", f"{result['peak_memory_mb'][v]}"] for v, eps in result["examples_per_s"].items()],
+                ["variant", "training examples/s", "time per example vs none", "peak memory MB", "run seconds"],
+                [
+                    [
+                        v,
+                        f"{eps:.2f}",
+                        f"{base / eps:.2f}x" if base and eps else "-",
+                        f"{result['peak_memory_mb'][v]}",
+                        f"{runs[v]['seconds']:.0f}" if v in runs else "-",
+                    ]
+                    for v, eps in result["examples_per_s"].items()
+                ],
             )
+            loads = sorted({x for run in runs.values() for x in run.get("load_average", [])})
+            if loads:
+                span = f"{loads[0]}–{loads[-1]}"
+                cache = next(iter(runs.values()))["config"]["data"]["train_cache"]
+                lines += [
+                    "",
+                    f"{result['steps']} training steps a variant, passages from `{cache}`; 1-minute load {span}.",
+                ]
     return lines
+
+
+def seeded_section(result: dict[str, Any]) -> list[str]:
+    """A seeded comparison: each variant's test accuracy and macro-F1 as mean ± sd over its seeds, and the per-seed
+    macro-F1 difference against ``none`` on the same seeds (same split and data order)."""
+    by_mode: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, run in result["runs"].items():
+        mode, _, seed = name.removeprefix("scifact-").rpartition("-seed")
+        by_mode.setdefault(mode, {})[int(seed)] = run
+    base = by_mode.get("none", {})
+
+    def spread(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+    rows = []
+    for mode, runs in by_mode.items():
+        seeds = sorted(runs)
+        f1 = [runs[s]["test"]["macro_f1"] for s in seeds]
+        paired = [runs[s]["test"]["macro_f1"] - base[s]["test"]["macro_f1"] for s in seeds if s in base]
+        rows.append(
+            [
+                mode,
+                ", ".join(map(str, seeds)),
+                spread([runs[s]["test"]["accuracy"] for s in seeds]),
+                spread(f1),
+                ", ".join(f"{x:.4f}" for x in f1),
+                ", ".join(f"{d:+.4f}" for d in paired) if mode != "none" and paired else "-",
+                f"{statistics.median(runs[s]['examples_per_s'] for s in seeds):.2f}",
+                f"{max(runs[s]['peak_memory_mb'] for s in seeds)}",
+            ]
+        )
+    lines = _table(
+        [
+            "fusion",
+            "seeds",
+            "test accuracy (mean ± sd)",
+            "test macro-F1 (mean ± sd)",
+            "macro-F1 per seed",
+            "macro-F1 − none, per seed",
+            "examples/s (median)",
+            "peak MB",
+        ],
+        rows,
+    )
+    config = next(iter(result["runs"].values()))["config"]
+    budget = f"{config['train']['epochs']:g} epochs of batch {config['train']['batch_size']}, k={config['model']['k']}"
+    return [*lines, "", f"Split: {result['split']}; {budget}; the best dev checkpoint of each run on the test part."]
 
 
 def efficiency_runs(efficiency: dict[str, Any], conll: dict[str, Any] | None) -> dict[float, dict[str, Any]]:

@@ -55,6 +55,11 @@ def encoder(tiny_model_dir: Path) -> Encoder:
     return Encoder(tiny_model_dir, device="cpu", max_length=16)
 
 
+def stored_ids(store: Path) -> set[str]:
+    """The passage ids a store holds states of (its keys are ``id@text-digest``)."""
+    return {key.rpartition("@")[0] for key in json.loads((store / "index.json").read_text())}
+
+
 def open_store(folder: Path, encoder: Encoder) -> TokenStore:
     return TokenStore.open(folder, encoder.revision, encoder.dim, encoder.max_length)
 
@@ -137,7 +142,7 @@ def test_a_run_on_stored_tokens_learns_and_predicts_the_same_after_reload(
     assert (spec.passage_memory, spec.token_store, spec.frozen_dim) == ("tokens", str(store), 32)
     # Each distinct passage text once, under the id of its first hit.
     texts = {hit["id"]: hit["text"] for split in ("train_cache", "dev_cache") for hit in hits_of(data[split])}
-    stored = set(TokenStore.open(store, spec.frozen_revision, 32, 16).index)
+    stored = {key.rpartition("@")[0] for key in TokenStore.open(store, spec.frozen_revision, 32, 16).index}
     assert stored <= set(texts) and {texts[i] for i in stored} == set(texts.values())
     stored_bytes = (store / "states.f16").stat().st_size
 
@@ -161,13 +166,12 @@ def test_serving_extends_the_store_with_live_passages(
     store = tmp_path / "store"
     sets = [*TOKENS, f"model.token_store={store}", "train.max_steps=2", "data.dev=null", "data.dev_cache=null"]
     run = train(load_config(ner_config(tmp_path, data, tiny_model_dir), sets)).out
-    trained = set(json.loads((store / "index.json").read_text()))
+    trained = stored_ids(store)
     retriever = Retriever(ElasticsearchBackend(es_client, sample_index), tiny_encoder, RetrievalSettings(mode="bm25"))
     inputs = [PredictInput(words=["Paris", "is", "in", "France"]), PredictInput(words=["Acme", "hired", "John"])]
     first = Predictor.open(run, retriever, device="cpu").predict(inputs, explain=True)
     live = {p["id"] for record in first for p in record["passages"]}
-    stored = set(json.loads((store / "index.json").read_text()))
-    assert live and live.isdisjoint(trained) and stored == trained | live
+    assert live and live.isdisjoint(trained) and stored_ids(store) == trained | live
     # A fresh predictor reads the same states back: the same tags and passage weights.
     assert Predictor.open(run, retriever, device="cpu").predict(inputs, explain=True) == first
 
@@ -225,3 +229,16 @@ def ner_files(folder: Path, empty_dev: bool) -> dict[str, Path]:
     else:
         write_cache(dev_cache, dev_ex, train_ex)
     return {"train": train_path, "dev": dev_path, "train_cache": train_cache, "dev_cache": dev_cache}
+
+
+def test_one_passage_id_with_other_text_in_another_index_gets_its_own_states(encoder: Encoder, tmp_path: Path) -> None:
+    """Passage ids are unique only within an index; the store serves every index of the encoder."""
+    from ralm_es.inference.passages import FrozenPassages
+
+    frozen = FrozenPassages(encoder, open_store(tmp_path / "store", encoder))
+    (first,) = frozen.token_states(["doc1#0"], [TEXTS["doc1#0"]])
+    (other,) = frozen.token_states(["doc1#0"], [TEXTS["doc2#0"]])
+    (again,) = frozen.token_states(["doc1#0"], [TEXTS["doc1#0"]])
+    np.testing.assert_array_equal(other, encoder.token_states([TEXTS["doc2#0"]])[0])
+    np.testing.assert_array_equal(again, first)
+    assert len(open_store(tmp_path / "store", encoder)) == 2

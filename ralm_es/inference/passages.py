@@ -3,6 +3,7 @@ fusion mode that embeds them once. Shared by training's splits and a run's predi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,13 @@ class FrozenPassages:
     def token_states(self, ids: list[str], texts: list[str]) -> list[np.ndarray]:
         if self.store is None:
             raise ValueError("token states need a token store")
-        self.store.extend(ids, texts, self.encoder, batch_size=128)
-        return self.store.get(ids)
+        # One store serves every index and cache of an encoder: a passage id is unique only within its index, so
+        # the key holds a digest of the text too, and an id that names other text elsewhere gets states of its own.
+        keys = [
+            f"{pid}@{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}" for pid, text in zip(ids, texts, strict=True)
+        ]
+        self.store.extend(keys, texts, self.encoder, batch_size=128)
+        return self.store.get(keys)
 
 
 def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | None:

@@ -4,8 +4,9 @@ frozen`` and ``passage_memory: tokens``).
 
 A store is a folder: ``manifest.json`` (format, version, the encoder's revision, its hidden size,
 ``passage_max_length``, dtype, passage count), ``states.f16`` with every passage's token states back to back as
-float16 rows of ``dim`` values, and ``index.json`` mapping each passage id to its first row and token count. Keyed
-by passage id, one store serves a run's training, dev and test splits and its later predictions; a store made by
+float16 rows of ``dim`` values, and ``index.json`` mapping each passage key (its caller's choice:
+``inference.passages`` uses the passage id and a digest of its text) to its first row and token count. So keyed, one
+store serves a run's training, dev and test splits and its later predictions; a store made by
 another encoder revision or another ``passage_max_length`` is refused."""
 
 from __future__ import annotations
