@@ -310,7 +310,15 @@ def _mode_table(values: dict[str, Any], label: str) -> list[str]:
     return _table(["fusion", label], [[mode, "–" if v is None else f"{v:.4f}"] for mode, v in values.items()])
 
 
-TRAIN_RESULTS = ("conll", "scifact", "scifact_pair", "efficiency", "throughput", "throughput_tokens")
+TRAIN_RESULTS = (
+    "conll",
+    "scifact",
+    "scifact_pair",
+    "efficiency",
+    "efficiency_tokens",
+    "throughput",
+    "throughput_tokens",
+)
 
 
 def written_at(path: Path) -> str:
@@ -367,6 +375,8 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
             lines += seeded_section(result)
         elif name == "efficiency":
             lines += efficiency_section(result, train.get("conll"), docs_dir)
+        elif name == "efficiency_tokens":
+            lines += efficiency_section(result, None, docs_dir, plot="label_efficiency_tokens.png")
         elif name.startswith("throughput"):
             runs = {run_name.removeprefix("throughput-"): run for run_name, run in result["runs"].items()}
             base = result["examples_per_s"].get("none")
@@ -445,46 +455,71 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
 def efficiency_runs(efficiency: dict[str, Any], conll: dict[str, Any] | None) -> dict[float, dict[str, Any]]:
     """Label-efficiency runs by fraction of the training sentences and variant: the subsets of ``efficiency.json``
     and, as the whole set, the full-data runs of ``conll.json`` (the same config and budget; not trained twice)."""
-    found: dict[float, dict[str, Any]] = {}
+    found: dict[float, dict[str, list[dict[str, Any]]]] = {}
     for prefix, result in (("efficiency-", efficiency), ("conll-", conll or {})):
         for name, run in result.get("runs", {}).items():
             fraction = run["config"]["data"]["train_fraction"]
-            found.setdefault(fraction, {})[name.removeprefix(prefix).removesuffix(f"-{fraction:g}")] = run
+            mode = name.removeprefix(prefix).partition("-seed")[0].removesuffix(f"-{fraction:g}")
+            found.setdefault(fraction, {}).setdefault(mode, []).append(run)
     return dict(sorted(found.items()))
 
 
-def efficiency_section(efficiency: dict[str, Any], conll: dict[str, Any] | None, docs_dir: Path) -> list[str]:
-    """Test F1 against the fraction of training sentences, per variant of the efficiency runs, as a table and a
-    plot; each row says the budget its runs had."""
+def efficiency_section(
+    efficiency: dict[str, Any], conll: dict[str, Any] | None, docs_dir: Path, plot: str = "label_efficiency.png"
+) -> list[str]:
+    """Test F1 against the fraction of training sentences, per variant of the efficiency runs (mean ± sd over the
+    seeds of a cell, with the per-seed difference against ``none``), as a table and a plot with error bars; each
+    row says the budget its runs had."""
     runs = efficiency_runs(efficiency, conll)
     modes = sorted({mode for row in efficiency["test_f1"].values() for mode in row})
     f1 = {
         mode: {
-            fraction: by_mode[mode]["test"]["f1"]
+            fraction: [run["test"]["f1"] for run in by_mode[mode] if "test" in run]
             for fraction, by_mode in runs.items()
-            if "test" in by_mode.get(mode, {})
+            if any("test" in run for run in by_mode.get(mode, []))
         }
         for mode in modes
     }
+
+    def cell(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.4f}"
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
+
+    def paired(fraction: float, mode: str) -> str:
+        seeded = {run["config"]["train"]["seed"]: run["test"]["f1"] for run in runs[fraction].get(mode, [])}
+        base = {run["config"]["train"]["seed"]: run["test"]["f1"] for run in runs[fraction].get("none", [])}
+        return ", ".join(f"{seeded[s] - base[s]:+.4f}" for s in sorted(seeded) if s in base)
+
+    others = [mode for mode in modes if mode != "none"]
     rows = []
     for fraction, by_mode in runs.items():
-        budget = {f"{run['config']['train']['epochs']:g} epochs, {run['steps']} steps" for run in by_mode.values()}
-        values = [f"{f1[mode][fraction]:.4f}" if fraction in f1[mode] else "–" for mode in modes]
-        rows.append([f"{fraction:g}", *values, " / ".join(sorted(budget))])
+        budget = {
+            f"{r['config']['train']['epochs']:g} epochs, {r['steps']} steps" for rs in by_mode.values() for r in rs
+        }
+        values = [cell(f1[mode][fraction]) if fraction in f1[mode] else "–" for mode in modes]
+        rows.append(
+            [f"{fraction:g}", *values, *(paired(fraction, m) or "–" for m in others), " / ".join(sorted(budget))]
+        )
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, points in f1.items():
         if points:
-            ax.plot(list(points), list(points.values()), "o-", label=mode)
+            means = [statistics.mean(v) for v in points.values()]
+            errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in points.values()]
+            ax.errorbar(list(points), means, yerr=errors, fmt="o-", capsize=3, label=mode)
     ax.set_xscale("log")
     ax.set_xlabel("fraction of CoNLL-2003 training sentences")
     ax.set_ylabel("test entity F1")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(docs_dir / "img" / "label_efficiency.png", dpi=100)
+    fig.savefig(docs_dir / "img" / plot, dpi=100)
     plt.close(fig)
     source = "The row for 1 is the `conll` benchmark's full-data runs." if 1 in runs else "No full-data runs yet."
-    table = _table(["fraction of training sentences", *modes, "budget"], rows)
-    return [*table, "", source, "", "![label efficiency](img/label_efficiency.png)"]
+    cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
+    table = _table(
+        ["fraction of training sentences", *modes, *(f"{m} − none, per seed" for m in others), "budget"], rows
+    )
+    return [*table, "", f"Passages from `{cache}`. {source}", "", f"![label efficiency](img/{plot})"]
 
 
 def full_quality_section(path: Path) -> list[str]:

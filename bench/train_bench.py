@@ -177,18 +177,24 @@ def bench_scifact(args: argparse.Namespace) -> dict[str, Any]:
 def bench_efficiency(args: argparse.Namespace) -> dict[str, Any]:
     base = REPO / "configs" / "conll_ner.yaml"
     common = [*conll_caches(args.caches), *(QUICK if args.quick else []), *args.set]
+    # Without --seeds, one run a cell with the config's seed; with them, one a seed (the same seeds, so the same
+    # subset and data order, for every variant).
+    seeds = [(f"-seed{seed}", [f"train.seed={seed}"]) for seed in args.seeds] if args.seeds else [("", [])]
     jobs = {
-        f"efficiency-{mode}-{fraction:g}": [*common, *VARIANTS[mode], f"data.train_fraction={fraction}"]
+        f"efficiency-{mode}-{fraction:g}{tag}": [*common, *VARIANTS[mode], f"data.train_fraction={fraction}", *seed]
         for fraction in args.fractions
         for mode in args.modes
+        for tag, seed in seeds
     }
 
     def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         table: dict[str, dict[str, float | None]] = {}
         for fraction in args.fractions:
             for mode in args.modes:
-                if run := runs.get(f"efficiency-{mode}-{fraction:g}"):
-                    table.setdefault(f"{fraction:g}", {})[mode] = run.get("test", {}).get("f1")
+                done = [runs[name] for tag, _ in seeds if (name := f"efficiency-{mode}-{fraction:g}{tag}") in runs]
+                scores = [run["test"]["f1"] for run in done if "test" in run]
+                if scores:
+                    table.setdefault(f"{fraction:g}", {})[mode] = statistics.mean(scores)
         plot_dev_curves(list(runs), args.work, args.out.with_name(args.out.stem + "-dev.png"))
         return {"benchmark": "label-efficiency", "quick": args.quick, "test_f1": table, "runs": runs}
 
@@ -258,6 +264,7 @@ def main() -> None:
         if name == "efficiency":
             p.add_argument("--modes", nargs="+", default=["none", "attention"], choices=VARIANTS)
             p.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.25])
+            p.add_argument("--seeds", nargs="+", type=int, help="training seeds a cell (default: the config's one)")
         if name == "throughput":
             p.add_argument("--steps", type=int, default=100)
             p.add_argument("--limit", type=int, default=2000, help="training sentences to draw batches from")
