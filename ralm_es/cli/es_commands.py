@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shlex
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -34,6 +37,12 @@ def _heap(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of ``function``: the flags show the defaults of the code they call, not copies."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+
+START = defaults(LocalCluster.start)
 name_option = click.option(
     "--name",
     default="default",
@@ -52,13 +61,19 @@ def es() -> None:
 @es.command()
 @name_option
 @click.option(
-    "--port", default="9200", show_default=True, callback=_port, help="HTTP port of the first node, or 'auto'."
+    "--port",
+    default=str(START["port"]),
+    show_default=True,
+    callback=_port,
+    help="HTTP port of the first node, or 'auto'.",
 )
-@click.option("--heap", default="1g", show_default=True, callback=_heap, help="JVM heap per node.")
-@click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 9), help="Number of nodes.")
+@click.option("--heap", default=START["heap"], show_default=True, callback=_heap, help="JVM heap per node.")
+@click.option("--nodes", default=START["nodes"], show_default=True, type=click.IntRange(1, 9), help="Number of nodes.")
 @click.option("--security", is_flag=True, help="Enable x-pack security with a generated password for 'elastic'.")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with a CA generated for this cluster (implies --security).")
-@click.option("--timeout", default=180.0, show_default=True, type=seconds, help="Seconds to wait for yellow health.")
+@click.option(
+    "--timeout", default=START["timeout"], show_default=True, type=seconds, help="Seconds to wait for yellow health."
+)
 @click.option("--quiet", is_flag=True, help="No download progress bar.")
 def start(
     name: str, port: int | None, heap: str, nodes: int, security: bool, tls: bool, timeout: float, quiet: bool
@@ -91,7 +106,13 @@ def env(name: str) -> None:
 
 @es.command()
 @name_option
-@click.option("--timeout", default=30.0, show_default=True, type=seconds, help="Seconds to wait before SIGKILL.")
+@click.option(
+    "--timeout",
+    default=defaults(LocalCluster.stop)["timeout"],
+    show_default=True,
+    type=seconds,
+    help="Seconds to wait before SIGKILL.",
+)
 @click.option("--remove", is_flag=True, help="Also delete the cluster's data, logs and certificates.")
 def stop(name: str, timeout: float, remove: bool) -> None:
     """Stop the local cluster gracefully (SIGTERM, wait, then SIGKILL)."""
