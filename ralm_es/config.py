@@ -220,19 +220,17 @@ def mapping_layer(values: Mapping[str, Any], where: str) -> Layer:
 def file_layer(path: str | Path, section: str | None = None) -> Layer:
     """A YAML config file, or one top-level section of it (none there: an empty layer)."""
     data: Any = load_yaml(path)
-    if section is not None:
-        data = data.get(section, {})
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: '{section}' must be a mapping")
-    where = f"{path}: {section}" if section else str(path)
     if section is None:
-        # Top-level keys of a whole file are named after the file and a colon: c.yaml: model.fusion.
+        # The keys of a whole file are named after the file and a colon: c.yaml: model.fusion.
         return Layer(
             data,
             name=lambda key: f"{path}: {key}",
             scope=lambda key: f"{path}" + (f": {key.rpartition('.')[0]}" if "." in key else ""),
         )
-    return mapping_layer(data, where)
+    data = data.get(section, {})
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: '{section}' must be a mapping")
+    return mapping_layer(data, f"{path}: {section}")
 
 
 def env_layer(variables: Mapping[str, str], env: Mapping[str, str], section: str) -> Layer:
