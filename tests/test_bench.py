@@ -130,9 +130,12 @@ def test_training_results_files_are_reported(tmp_path: Path) -> None:
     assert "| attention | 0.9123 |" in text and "quick mode" in text and "bench/results/conll.json" in text
 
 
-def _run(fraction: float, epochs: float, steps: int, f1: float) -> dict[str, object]:
+def _run(fraction: float, epochs: float, steps: int, f1: float, seed: int = 13) -> dict[str, object]:
     return {
-        "config": {"data": {"train_fraction": fraction}, "train": {"epochs": epochs}},
+        "config": {
+            "data": {"train_fraction": fraction, "train_cache": "caches/conll-train.jsonl"},
+            "train": {"epochs": epochs, "seed": seed},
+        },
         "steps": steps,
         "test": {"f1": f1},
     }
@@ -160,7 +163,27 @@ def test_label_efficiency_takes_its_full_data_point_from_the_conll_runs(tmp_path
     (results_dir / "efficiency.json").write_text(json.dumps(efficiency))
     (results_dir / "conll.json").write_text(json.dumps(conll))
     text = "\n".join(train_section(collect_train(results_dir), docs_dir))
-    assert "| 0.05 | 0.6900 | 0.6100 | 3 epochs, 132 steps |" in text
+    assert "| 0.05 | 0.6900 | 0.6100 | +0.0800 | 3 epochs, 132 steps |" in text
     # The efficiency variants only: concat is in the conll table, not in this one.
-    assert "| 1 | 0.8700 | 0.8600 | 3 epochs, 2634 steps |" in text
+    assert "| 1 | 0.8700 | 0.8600 | +0.0100 | 3 epochs, 2634 steps |" in text
     assert (docs_dir / "img" / "label_efficiency.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path: Path) -> None:
+    results_dir, docs_dir = tmp_path / "results", tmp_path / "docs"
+    results_dir.mkdir()
+    (docs_dir / "img").mkdir(parents=True)
+    scores = {"none": {13: 0.60, 14: 0.64, 15: 0.62}, "attention-tokens": {13: 0.70, 14: 0.71, 15: 0.66}}
+    runs = {
+        f"efficiency-{mode}-0.05-seed{seed}": _run(0.05, 3, 132, f1, seed)
+        for mode, by_seed in scores.items()
+        for seed, f1 in by_seed.items()
+    }
+    efficiency = {"test_f1": {"0.05": {"none": 0.62, "attention-tokens": 0.69}}, "runs": runs}
+    (results_dir / "efficiency_tokens.json").write_text(json.dumps(efficiency))
+    text = "\n".join(train_section(collect_train(results_dir), docs_dir))
+    assert (
+        "| 0.05 | 0.6900 ± 0.0265 (3 seeds) | 0.6200 ± 0.0200 (3 seeds) | +0.1000, +0.0700, +0.0400 "
+        "| 3 epochs, 132 steps |" in text
+    )
+    assert (docs_dir / "img" / "label_efficiency_tokens.png").read_bytes().startswith(PNG_MAGIC)
