@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,6 +38,17 @@ def cache_home() -> Path:
 
 class ConfigError(RalmError, ValueError):
     """A setting that is unknown, of the wrong type, or unreadable; the message names where."""
+
+
+def check_bounds(section: str, settings: object, names: Iterable[str], low: Literal[0, 1]) -> None:
+    """Refuse a setting of ``settings`` below ``low`` (1: a size; 0: a count or weight), naming ``section.name``."""
+    for name in names:
+        value = getattr(settings, name)
+        if value < low:
+            bound = (
+                "must be at least 1" if low == 1 else f"must not be below {low:g}" if low else "must not be negative"
+            )
+            raise ConfigError(f"{section}.{name} {bound}, got {value}")
 
 
 class Secret:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ralm_es.config import ConfigError, cache_home
+from ralm_es.config import cache_home, check_bounds
 from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import ReadOptions, plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
@@ -37,10 +37,8 @@ class ChunkSettings:
     overlap: int = 32
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ConfigError(f"chunking.max_tokens must be at least 1, got {self.max_tokens}")
-        if self.overlap < 0:
-            raise ConfigError(f"chunking.overlap must not be negative, got {self.overlap}")
+        check_bounds("chunking", self, ("max_tokens",), 1)
+        check_bounds("chunking", self, ("overlap",), 0)
 
 
 @dataclass
@@ -66,9 +64,7 @@ class IngestSettings:
 
     def __post_init__(self) -> None:
         # Checked before anything is read or written: a zero batch would stall the run.
-        for name in ("encode_batch", "batch_passages", "in_flight"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ingest setting {name} must be at least 1, got {getattr(self, name)}")
+        check_bounds("ingest", self, ("encode_batch", "batch_passages", "in_flight"), 1)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ralm_es.config import ConfigError
+from ralm_es.config import ConfigError, check_bounds
 from ralm_es.errors import RalmError
 
 Mode = Literal["bm25", "dense", "hybrid"]
@@ -37,12 +37,8 @@ class RetrievalSettings:
         return {key: getattr(self, key) for key in keys}
 
     def __post_init__(self) -> None:
-        for name in ("k", "num_candidates", "depth", "query_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"retrieval.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("title_boost", "rrf_k", "query_cache_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"retrieval.{name} must not be negative, got {getattr(self, name)}")
+        check_bounds("retrieval", self, ("k", "num_candidates", "depth", "query_batch"), 1)
+        check_bounds("retrieval", self, ("title_boost", "rrf_k", "query_cache_size"), 0)
         if not 0 <= self.dense_weight <= 1:
             raise ConfigError(f"retrieval.dense_weight must be between 0 and 1, got {self.dense_weight}")
 

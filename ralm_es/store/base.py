@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ralm_es.config import ConfigError
+from ralm_es.config import check_bounds
 from ralm_es.corpus.types import Passage
 from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import vector_kind
@@ -31,14 +31,6 @@ def check_dims(where: str, existing: int | None, wanted: int | None, fix: str) -
         )
 
 
-def _at_least(section: str, settings: object, names: Sequence[str], low: int) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        if value < low:
-            bound = "must be at least 1" if low == 1 else "must not be negative"
-            raise ConfigError(f"{section}.{name} {bound}, got {value}")
-
-
 @dataclass(frozen=True)
 class BulkSettings:
     """How writes are grouped into bulk requests (at most ``docs`` passages and ``bytes`` bytes a request), and how
@@ -51,8 +43,8 @@ class BulkSettings:
 
     def __post_init__(self) -> None:
         # Checked before anything is written: a zero request size would stall or crash mid-run.
-        _at_least("bulk", self, ("docs", "bytes"), 1)
-        _at_least("bulk", self, ("retries", "backoff"), 0)
+        check_bounds("bulk", self, ("docs", "bytes"), 1)
+        check_bounds("bulk", self, ("retries", "backoff"), 0)
 
 
 DEFAULT_BULK = BulkSettings()
@@ -74,8 +66,8 @@ class IndexSettings:
     replicas: int = 0
 
     def __post_init__(self) -> None:
-        _at_least("index", self, ("m", "ef_construction", "shards"), 1)
-        _at_least("index", self, ("replicas",), 0)
+        check_bounds("index", self, ("m", "ef_construction", "shards"), 1)
+        check_bounds("index", self, ("replicas",), 0)
 
 
 @dataclass(frozen=True)
