@@ -115,7 +115,9 @@ def test_a_store_of_another_encoder_or_length_is_refused(tmp_path: Path, encoder
     assert f"token store {folder} was made by encoder revision 0123456789abcdef" in message
     assert f"this frozen encoder, revision {encoder.revision}" in message
     TokenStore.open(tmp_path / "short", encoder.revision, encoder.dim, 8)
-    with pytest.raises(TokenStoreError, match=r"passage_max_length 8\), not by .* passage_max_length 16\)"):
+    with pytest.raises(
+        TokenStoreError, match=r"passage_max_length 8, fp32 states\), not by .* passage_max_length 16, fp32"
+    ):
         open_store(tmp_path / "short", encoder)
 
 
@@ -242,3 +244,44 @@ def test_one_passage_id_with_other_text_in_another_index_gets_its_own_states(enc
     np.testing.assert_array_equal(other, encoder.token_states([TEXTS["doc2#0"]])[0])
     np.testing.assert_array_equal(again, first)
     assert len(open_store(tmp_path / "store", encoder)) == 2
+
+
+def test_an_onnx_frozen_encoder_keeps_int8_states_apart_and_its_run_predicts_the_same_after_reload(
+    tmp_path: Path, tiny_model_dir: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("RALM_ES_HOME", str(home))
+    data = ner_files(tmp_path, empty_dev=False)
+    sets = [*TOKENS, "model.runtime=onnx-int8", "train.max_steps=6", "train.eval_every=6"]
+    result = train(load_config(ner_config(tmp_path, data, tiny_model_dir), sets))
+    spec = ModelSpec.from_json(json.loads((result.out / "model.json").read_text()))
+    assert result.finished and spec.runtime == "onnx-int8"
+    int8_store = home / "token-states" / f"{spec.frozen_revision}-int8" / "len16"
+    manifest = json.loads((int8_store / "manifest.json").read_text())
+    assert manifest["kind"] == "int8" and manifest["count"] > 0
+    # Int8 states are close to torch's but not the same: they never fill (or read) a store of fp32 states.
+    key = next(iter(json.loads((int8_store / "index.json").read_text())))
+    text = next(hit["text"] for hit in hits_of(data["train_cache"]) if hit["id"] == key.rpartition("@")[0])
+    (stored,) = TokenStore.open(int8_store, spec.frozen_revision, 32, 16, "int8").get([key])
+    (fp32,) = encoder.token_states([text])
+    assert stored.shape == fp32.shape and not np.array_equal(stored, fp32)
+    assert np.corrcoef(stored.astype(np.float32).ravel(), fp32.astype(np.float32).ravel())[0, 1] > 0.9
+    with pytest.raises(TokenStoreError, match=r"passage_max_length 16, int8 states\), not by .* fp32 states\)"):
+        TokenStore.open(int8_store, spec.frozen_revision, 32, 16)
+    assert not (home / "token-states" / spec.frozen_revision).exists()
+
+    first = predict_file(open_run(result.out, "cpu"), data["dev"], data["dev_cache"])[1]
+    again = predict_file(open_run(result.out, "cpu"), data["dev"], data["dev_cache"])[1]
+    assert [(p.labels, p.weights) for p in first] == [(p.labels, p.weights) for p in again]
+
+
+def test_the_frozen_encoders_runtime_set_for_a_mode_without_one_is_refused(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = ner_files(tmp_path, empty_dev=False)
+    for sets in (["model.runtime=onnx"], ["model.fusion=none", "model.runtime=onnx-int8"]):
+        refused = r"model.runtime onnx\S* applies to the frozen passage encoder \(fusion attention"
+        with pytest.raises(ConfigError, match=refused):
+            train(load_config(ner_config(tmp_path, data, tiny_model_dir), sets))
+    with pytest.raises(ConfigError, match=r"runtime"):
+        load_config(ner_config(tmp_path, data, tiny_model_dir), [*TOKENS, "model.runtime=tensorrt"])

@@ -15,6 +15,7 @@ from ralm_es.model.spec import ModelSettings, ModelSpec
 from ralm_es.model.strategies import fusion_strategy
 from ralm_es.model.token_store import TokenStore, default_folder
 from ralm_es.model_folder import ModelError
+from ralm_es.onnx_runtime import vector_kind
 from ralm_es.retrieve.cache import CacheHit, read_cache, require
 from ralm_es.tasks import DataError, Example
 
@@ -78,8 +79,13 @@ def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | No
             f"{settings.passage_memory})"
         )
     if not strategy.frozen_passages(settings):
+        if settings.runtime != "torch":
+            raise ConfigError(
+                f"model.runtime {settings.runtime} applies to the frozen passage encoder (fusion attention with "
+                f"passage_encoder frozen), not fusion {settings.fusion} (passage_encoder {settings.passage_encoder})"
+            )
         return None
-    encoder = Encoder(settings.encoder, device=device, max_length=settings.passage_max_length)
+    encoder = Encoder(settings.encoder, device=device, max_length=settings.passage_max_length, runtime=settings.runtime)
     trained = settings.frozen_revision if isinstance(settings, ModelSpec) else ""
     if trained and trained != encoder.revision:
         raise ModelError(
@@ -88,5 +94,7 @@ def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | No
         )
     if not strategy.stored_tokens(settings):
         return FrozenPassages(encoder)
-    folder = settings.token_store or default_folder(encoder.revision, settings.passage_max_length)
-    return FrozenPassages(encoder, TokenStore.open(folder, encoder.revision, encoder.dim, settings.passage_max_length))
+    kind = vector_kind(settings.runtime)
+    folder = settings.token_store or default_folder(encoder.revision, settings.passage_max_length, kind)
+    store = TokenStore.open(folder, encoder.revision, encoder.dim, settings.passage_max_length, kind)
+    return FrozenPassages(encoder, store)

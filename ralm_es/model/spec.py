@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from ralm_es.onnx_runtime import Runtime
+
 # The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
 Fusion = Literal["none", "concat", "attention", "pair"]
 
@@ -19,7 +21,9 @@ class ModelSettings:
     (attention): attend over each passage's token states (``tokens``) or one vector per passage (``pooled``: the
     mean-pooled shared states, or the frozen encoder's sentence embedding). Frozen token states are kept on disk
     in a token store (``ralm_es.model.token_store``), the folder ``token_store`` (None: one per encoder revision and
-    passage length under the cache home); it applies to frozen tokens only. ``passage_max_length``: tokens of a
+    passage length under the cache home); it applies to frozen tokens only. ``runtime``: what runs the frozen
+    passage encoder (``torch``, or ONNX Runtime on the CPU: ``onnx``, ``onnx-int8``); frozen passages only.
+    ``passage_max_length``: tokens of a
     passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its [SEP]) to the input of up to
     ``max_length`` tokens."""
 
@@ -31,6 +35,7 @@ class ModelSettings:
     passage_encoder: Literal["shared", "frozen"] = "shared"
     passage_memory: Literal["tokens", "pooled"] = "tokens"
     token_store: str | None = None
+    runtime: Runtime = "torch"
     heads: int = 4
     case_features: bool = True
     dropout: float = 0.1

@@ -3,11 +3,12 @@ cross-attention over passage tokens costs no encoder pass per batch (``attention
 frozen`` and ``passage_memory: tokens``).
 
 A store is a folder: ``manifest.json`` (format, version, the encoder's revision, its hidden size,
-``passage_max_length``, dtype, passage count), ``states.f16`` with every passage's token states back to back as
+``passage_max_length``, the kind of states its runtime gives (``fp32``: torch and onnx, whose states agree;
+``int8``: onnx-int8), dtype, passage count), ``states.f16`` with every passage's token states back to back as
 float16 rows of ``dim`` values, and ``index.json`` mapping each passage key (its caller's choice:
 ``inference.passages`` uses the passage id and a digest of its text) to its first row and token count. So keyed, one
 store serves a run's training, dev and test splits and its later predictions; a store made by
-another encoder revision or another ``passage_max_length`` is refused."""
+another encoder revision, ``passage_max_length`` or kind of runtime is refused."""
 
 from __future__ import annotations
 
@@ -50,15 +51,19 @@ class Manifest:
     dim: int
     passage_max_length: int
     count: int = 0
+    # Manifests written before runtimes were stores of torch's states.
+    kind: str = "fp32"
     dtype: str = "float16"
 
     def to_json(self) -> dict[str, object]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
 
 
-def default_folder(revision: str, passage_max_length: int) -> Path:
-    """Where a store lives unless ``model.token_store`` says otherwise: one per encoder revision and length."""
-    return cache_home() / "token-states" / revision / f"len{passage_max_length}"
+def default_folder(revision: str, passage_max_length: int, kind: str = "fp32") -> Path:
+    """Where a store lives unless ``model.token_store`` says otherwise: one per encoder revision, kind of runtime
+    and length (fp32 stores stay where they were before int8 ones existed)."""
+    name = revision if kind == "fp32" else f"{revision}-{kind}"
+    return cache_home() / "token-states" / name / f"len{passage_max_length}"
 
 
 class TokenStore:
@@ -72,10 +77,12 @@ class TokenStore:
         self._states = self._map()
 
     @classmethod
-    def open(cls, folder: str | Path, revision: str, dim: int, passage_max_length: int) -> TokenStore:
+    def open(
+        cls, folder: str | Path, revision: str, dim: int, passage_max_length: int, kind: str = "fp32"
+    ) -> TokenStore:
         """The store in ``folder``, created empty if there is none; one made otherwise is a TokenStoreError."""
         folder = Path(folder)
-        wanted = Manifest(revision, dim, passage_max_length)
+        wanted = Manifest(revision, dim, passage_max_length, kind=kind)
         if not (folder / MANIFEST).is_file():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -88,11 +95,12 @@ class TokenStore:
                 raise TokenStoreError(f"cannot create the token store {folder} (model.token_store): {exc}") from None
         store = cls(folder, _read_manifest(folder), _read_index(folder))
         have = store.manifest
-        if (have.revision, have.dim, have.passage_max_length) != (revision, dim, passage_max_length):
+        if (have.revision, have.dim, have.passage_max_length, have.kind) != (revision, dim, passage_max_length, kind):
             raise TokenStoreError(
                 f"token store {folder} was made by encoder revision {have.revision} (dim {have.dim}, "
-                f"passage_max_length {have.passage_max_length}), not by this frozen encoder, revision {revision} "
-                f"(dim {dim}, passage_max_length {passage_max_length}): set model.token_store to another folder"
+                f"passage_max_length {have.passage_max_length}, {have.kind} states), not by this frozen encoder, "
+                f"revision {revision} (dim {dim}, passage_max_length {passage_max_length}, {kind} states): set "
+                "model.token_store to another folder"
             )
         return store
 
