@@ -36,6 +36,8 @@ class BenchConfig:
     # One pass over all CoNLL sentences takes minutes on two cores.
     conll_repeats: int = 1
     encode_batch: int = 64
+    # ONNX runtimes ralm-es's ingest is measured with too, each against its own encoder-alone limit.
+    ingest_runtimes: list[str] = field(default_factory=list)
     peers: bool = True
     train: bool = True
     only: list[str] = field(default_factory=list)

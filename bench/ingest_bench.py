@@ -1,5 +1,6 @@
 """Ingest on SciFact: the encoder alone (the limit), ralm-es with embeddings, BM25 only (with peak RSS), and the
-peers writing the same passages. Repetitions are interleaved so that drifting load hits every system alike."""
+peers writing the same passages; with ``ingest_runtimes``, the limit and ralm-es again for each ONNX runtime.
+Repetitions are interleaved so that drifting load hits every system alike."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bench.peers.ingest import PEERS, run_peer, write_passages
 from bench.peers.venv import ensure_venv
 from ralm_es.corpora.benchmarks import scifact_paths
 from ralm_es.corpus.types import Passage
+from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings, IngestSummary
 from ralm_es.store.elastic import ElasticsearchBackend
 
@@ -22,8 +24,14 @@ TARGET_OF_LIMIT = 0.9
 TARGET_OVER_PEERS = 1.5
 
 
-def settings_for(session: Session, embed: bool) -> IngestSettings:
-    return IngestSettings(model=session.model_path, embed=embed, encode_batch=session.config.encode_batch, resume=False)
+def settings_for(session: Session, embed: bool, runtime: str = "torch") -> IngestSettings:
+    return IngestSettings(
+        model=session.model_path,
+        embed=embed,
+        encode_batch=session.config.encode_batch,
+        runtime=runtime,  # type: ignore[arg-type]
+        resume=False,
+    )
 
 
 def scifact_corpus(session: Session) -> Path:
@@ -44,23 +52,22 @@ def ingest_batches(session: Session, corpus: Path) -> list[list[Passage]]:
     return [batch.passages for batch in ingest._batches([corpus], 0, IngestSummary()) if batch.passages]
 
 
-def encode_only(session: Session, batches: list[list[Passage]]) -> float:
+def encode_only(session: Session, batches: list[list[Passage]], encoder: Encoder) -> float:
     """Seconds the encoder alone needs for the batches, as ``Ingest._embed`` calls it."""
     seconds = 0.0
     for passages in batches:
         _, elapsed = timed(
-            lambda ps=passages: session.encoder.encode([p.text for p in ps], batch_size=session.config.encode_batch)
+            lambda ps=passages: encoder.encode([p.text for p in ps], batch_size=session.config.encode_batch)
         )
         seconds += elapsed
     return seconds
 
 
-def ralm_ingest(session: Session, corpus: Path, index: str, passages: int) -> float:
+def ralm_ingest(session: Session, corpus: Path, index: str, passages: int, encoder: Encoder) -> float:
     backend = ElasticsearchBackend(session.client, index)
+    settings = settings_for(session, embed=True, runtime=encoder.runtime)
     summary, seconds = timed(
-        lambda: Ingest(
-            backend, settings_for(session, embed=True), encoder=session.encoder, checkpoint_dir=session.workdir
-        ).run([corpus])
+        lambda: Ingest(backend, settings, encoder=encoder, checkpoint_dir=session.workdir).run([corpus])
     )
     if backend.count() != passages or summary.indexed != passages:
         raise RuntimeError(f"ralm-es ingest left {backend.count()} passages in {index}, expected {passages}")
@@ -115,20 +122,28 @@ def run(session: Session) -> dict[str, Any]:
         passages_file = write_passages(passages, session.workdir / "passages.jsonl")
         for peer in PEERS:
             peers[peer] = {"venv": ensure_venv(peer), "seconds": []}
+    # Loaded (and exported, on first use) before the timing starts, like the torch encoder.
+    runtimes = {rt: Encoder(cfg.model, max_length=256, runtime=rt) for rt in cfg.ingest_runtimes}
+    runtime_s: dict[str, dict[str, list[float]]] = {rt: {"limit": [], "ralm": []} for rt in runtimes}
     limit_s: list[float] = []
     ralm_s: list[float] = []
     bm25: list[dict[str, Any]] = []
     loads = []
     for rep in range(cfg.repeats):
         loads.append(load_average())
-        limit_s.append(encode_only(session, batches))
+        limit_s.append(encode_only(session, batches, session.encoder))
         last = rep == cfg.repeats - 1
         index = session.scratch.name(f"scifact-{rep}")
-        ralm_s.append(ralm_ingest(session, corpus, index, n))
+        ralm_s.append(ralm_ingest(session, corpus, index, n, session.encoder))
         vector_types = {"ralm-es": vector_index_type(session, index)}
         if last:
             session.shared["scifact_index"] = index  # the retrieval benchmarks search the last one
         else:
+            session.scratch.drop(index)
+        for rt, encoder in runtimes.items():
+            runtime_s[rt]["limit"].append(encode_only(session, batches, encoder))
+            index = session.scratch.name(f"scifact-{rt}-{rep}")
+            runtime_s[rt]["ralm"].append(ralm_ingest(session, corpus, index, n, encoder))
             session.scratch.drop(index)
         index = session.scratch.name(f"bm25-{rep}")
         bm25.append(bm25_ingest_subprocess(session, corpus, index))
@@ -158,13 +173,22 @@ def run(session: Session) -> dict[str, Any]:
         "bm25_passages_per_s": summarize([b["passages"] / b["seconds"] for b in bm25]),
         "bm25_max_rss_mib": summarize([b["max_rss_mib"] for b in bm25]),
         "peers": {},
+        "runtimes": {},
     }
+    peer_rates = {peer: [n / s for s in record["seconds"]] for peer, record in peers.items()}
     for peer, record in peers.items():
-        rate = [n / s for s in record["seconds"]]
         result["peers"][peer] = {
             "venv": record["venv"],
-            "passages_per_s": summarize(rate),
-            "ralm_over_peer": ratios(ralm_rate, rate),
+            "passages_per_s": summarize(peer_rates[peer]),
+            "ralm_over_peer": ratios(ralm_rate, peer_rates[peer]),
+        }
+    for rt, seconds in runtime_s.items():
+        limit, ralm = [n / s for s in seconds["limit"]], [n / s for s in seconds["ralm"]]
+        result["runtimes"][rt] = {
+            "limit_passages_per_s": summarize(limit),
+            "ralm_passages_per_s": summarize(ralm),
+            "ralm_of_limit": ratios(ralm, limit),
+            "ralm_over_peer": {peer: ratios(ralm, rate) for peer, rate in peer_rates.items()},
         }
     if peers:
         fastest = max(result["peers"], key=lambda p: result["peers"][p]["passages_per_s"]["median"])

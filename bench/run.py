@@ -19,6 +19,7 @@ from bench.report import collect_train, write_report
 from ralm_es.config import ConnectionSettings
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
+from ralm_es.onnx_runtime import RUNTIMES
 
 PARTS = ("ingest", "retrieval", "train")
 
@@ -74,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--repeats", type=int, help="repetitions of each timed figure")
     parser.add_argument("--conll-repeats", type=int, help="repetitions of the CoNLL pass (default 1)")
     parser.add_argument("--no-peers", action="store_true", help="skip Haystack and LangChain")
+    parser.add_argument(
+        "--ingest-runtime",
+        action="append",
+        choices=[rt for rt in RUNTIMES if rt != "torch"],
+        default=[],
+        help="also measure ralm-es ingest (and its encoder-alone limit) with this encoder runtime; repeatable",
+    )
     args = parser.parse_args(argv)
     given = {
         key: value
@@ -90,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         )
         if (value := getattr(args, key)) is not None
     }
-    given.update(only=args.only, peers=not args.no_peers)
+    given.update(only=args.only, peers=not args.no_peers, ingest_runtimes=args.ingest_runtime)
     return BenchConfig.quick_defaults(**given) if args.quick else BenchConfig(**given)
 
 

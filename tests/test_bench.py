@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from elasticsearch import Elasticsearch
 
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
@@ -19,8 +20,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_quick_run_writes_every_section_with_figures(
-    tmp_path: Path, es_url: str, es_client: Elasticsearch, tiny_model_dir: Path
+    tmp_path: Path, es_url: str, es_client: Elasticsearch, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("RALM_ES_HOME", str(tmp_path / "home"))  # where the ONNX export goes
     config = BenchConfig.quick_defaults(
         es_url=es_url,
         model=str(tiny_model_dir),
@@ -31,6 +33,7 @@ def test_quick_run_writes_every_section_with_figures(
         conll_sentences=30,
         peers=False,
         train=False,
+        ingest_runtimes=["onnx"],
         docs_dir=tmp_path / "docs",
         results_dir=tmp_path / "results",
     )
@@ -52,6 +55,10 @@ def test_quick_run_writes_every_section_with_figures(
     for key in ("limit_passages_per_s", "ralm_passages_per_s", "bm25_passages_per_s", "bm25_max_rss_mib"):
         assert ingest[key]["min"] > 0 and len(ingest[key]["runs"]) == config.repeats
     assert ingest["peers"] == {}
+    onnx = ingest["runtimes"]["onnx"]
+    for key in ("limit_passages_per_s", "ralm_passages_per_s", "ralm_of_limit"):
+        assert onnx[key]["min"] > 0 and len(onnx[key]["runs"]) == config.repeats
+    assert "| ralm-es ingest, runtime onnx |" in text and "| ingest (onnx) vs encoder alone (onnx) | ≥ 90% |" in text
 
     retrieval = results["retrieval"]
     for row in retrieval["quality"]["modes"].values():
@@ -80,7 +87,16 @@ def test_summaries_and_ratios() -> None:
 def test_targets_are_judged_only_where_the_run_can_judge_them() -> None:
     one = summarize([1.0])
     results = {
-        "ingest": {"ralm_of_limit": summarize([0.95]), "target_of_limit": 0.9, "peers": {}},
+        "ingest": {
+            "ralm_of_limit": summarize([0.95]),
+            "target_of_limit": 0.9,
+            "target_over_peers": 1.5,
+            "peers": {"haystack": {"ralm_over_peer": summarize([0.8])}},
+            "fastest_peer": "haystack",
+            "runtimes": {
+                "onnx-int8": {"ralm_of_limit": summarize([0.85]), "ralm_over_peer": {"haystack": summarize([1.6])}}
+            },
+        },
         "retrieval": {
             "quality": {
                 "modes": {m: {"ndcg@10": v} for m, v in (("bm25", 0.6), ("dense", 0.62), ("hybrid_rrf", 0.61))}
@@ -90,7 +106,14 @@ def test_targets_are_judged_only_where_the_run_can_judge_them() -> None:
             "conll": {"sentences": 500, "seconds": one, "target_s": 120.0, "full_train_set": False},
         },
     }
-    assert [met for *_, met in targets(results)] == [True, False, False, True, None]
+    judged = [(what, met) for what, _, _, met in targets(results)]
+    assert judged[:4] == [
+        ("ingest with embeddings vs encoder alone", True),
+        ("ingest vs the faster peer (haystack)", False),
+        ("ingest (onnx-int8) vs encoder alone (onnx-int8)", False),
+        ("ingest (onnx-int8) vs the faster peer (haystack, torch)", True),
+    ]
+    assert [met for _, met in judged[4:]] == [False, False, True, None]
 
 
 def test_head_conll_keeps_whole_sentences(tmp_path: Path) -> None:
