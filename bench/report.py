@@ -655,7 +655,8 @@ def serve_section(path: Path) -> list[str]:
     return [
         f"From `bench/results/{path.name}`, written by `{load['command']}` at {load['started']}: "
         f"{load['duration_s']:.0f} s of load per configuration (after {load['warmup_s']:.0f} s of warm-up) against "
-        f"{load['target']}, mode {load['mode']}, k={load['k']}, {load['passages']} passages, model {load['model']}, "
+        f"{load['target']}, mode {load['mode']}, k={load['k']}, {load['passages']} passages, model {load['model']} "
+        f"(runtime {load.get('runtime', 'torch')}), "
         "queries: the sample claims in turn (repeated: their vectors soon come from the query cache) or a new "
         "text every request (unique: the encoder runs for each). The configurations alternate on the same "
         f"{load['cpus']}-core machine, which other jobs share (its 1-minute load average at each run's start and "

@@ -40,6 +40,7 @@ from ralm_es.es.client import connect
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.model_folder import default_model_path
 from ralm_es.node.cluster import free_port
+from ralm_es.onnx_runtime import RUNTIMES, Runtime
 from ralm_es.store.elastic import ElasticsearchBackend
 
 HOST = "127.0.0.1"
@@ -67,11 +68,11 @@ def queries() -> list[str]:
     return [json.loads(line)["text"] for line in lines if line.strip()]
 
 
-def build_index(es_url: str, model: str, name: str) -> int:
+def build_index(es_url: str, model: str, name: str, runtime: Runtime) -> int:
     client = connect(ConnectionSettings(hosts=[es_url], request_timeout=120))
     backend = ElasticsearchBackend(client, name)
     with tempfile.TemporaryDirectory(prefix="ralm-serve-load-") as ckpt:
-        summary = Ingest(backend, IngestSettings(model=model), checkpoint_dir=Path(ckpt)).run(
+        summary = Ingest(backend, IngestSettings(model=model, runtime=runtime), checkpoint_dir=Path(ckpt)).run(
             [sample_path("sample_corpus.jsonl")]
         )
     return summary.indexed
@@ -85,11 +86,11 @@ def drop_index(es_url: str, name: str) -> None:
 
 
 def start_server(
-    es_url: str, index: str, model: str, mode: str, port: int, token: str, batch_size: int
+    es_url: str, index: str, model: str, runtime: Runtime, mode: str, port: int, token: str, batch_size: int
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": token}
     args = ["serve", "--index", index, "--mode", mode, "--query-model", model, "--host", HOST, "--port", str(port)]
-    args += ["--batch-size", str(batch_size)]
+    args += ["--batch-size", str(batch_size), "--runtime", runtime]
     # The access log (one line a request) is not wanted here: it would cost the server time and fill a pipe.
     return subprocess.Popen(
         [sys.executable, "-m", "ralm_es.cli.main", *args],
@@ -215,6 +216,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop a run after this many requests")
     parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
     parser.add_argument("--model", help="encoder folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default="torch", help="encoder runtime of the index and the servers"
+    )
     parser.add_argument("--es-url", default=os.environ.get("RALM_ES_URL", "http://127.0.0.1:9200"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -245,14 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     servers: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
     runs = []
     try:
-        passages = build_index(args.es_url, model, index)
+        passages = build_index(args.es_url, model, index, args.runtime)
         ports: set[int] = set()
         for batch_size in args.batch_sizes:
             # Each server binds its port only once started: a port handed out before must not come back.
             while (port := free_port()) in ports:
                 pass
             ports.add(port)
-            server = start_server(args.es_url, index, model, args.mode, port, token, batch_size)
+            server = start_server(args.es_url, index, model, args.runtime, args.mode, port, token, batch_size)
             servers[batch_size] = (f"http://{HOST}:{port}", server)
         for url, server in servers.values():
             wait_ready(url, server)
@@ -279,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             "mode": args.mode,
             "k": 5,
             "model": "all-MiniLM-L6-v2 (packaged)" if args.model is None else model,
+            "runtime": args.runtime,
             "passages": passages,
             "duration_s": args.duration,
             "warmup_s": WARMUP_S,
