@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import numpy as np
 from elasticsearch import Elasticsearch
 
+from ralm_es.onnx_runtime import Runtime
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,7 @@ class BenchConfig:
     conll_repeats: int = 1
     encode_batch: int = 64
     # ONNX runtimes ralm-es's ingest is measured with too, each against its own encoder-alone limit.
-    ingest_runtimes: list[str] = field(default_factory=list)
+    ingest_runtimes: list[Runtime] = field(default_factory=list)
     peers: bool = True
     train: bool = True
     only: list[str] = field(default_factory=list)

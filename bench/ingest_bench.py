@@ -18,18 +18,19 @@ from ralm_es.corpora.benchmarks import scifact_paths
 from ralm_es.corpus.types import Passage
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings, IngestSummary
+from ralm_es.onnx_runtime import Runtime
 from ralm_es.store.elastic import ElasticsearchBackend
 
 TARGET_OF_LIMIT = 0.9
 TARGET_OVER_PEERS = 1.5
 
 
-def settings_for(session: Session, embed: bool, runtime: str = "torch") -> IngestSettings:
+def settings_for(session: Session, embed: bool, runtime: Runtime = "torch") -> IngestSettings:
     return IngestSettings(
         model=session.model_path,
         embed=embed,
         encode_batch=session.config.encode_batch,
-        runtime=runtime,  # type: ignore[arg-type]
+        runtime=runtime,
         resume=False,
     )
 

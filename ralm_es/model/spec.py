@@ -23,9 +23,8 @@ class ModelSettings:
     in a token store (``ralm_es.model.token_store``), the folder ``token_store`` (None: one per encoder revision and
     passage length under the cache home); it applies to frozen tokens only. ``runtime``: what runs the frozen
     passage encoder (``torch``, or ONNX Runtime on the CPU: ``onnx``, ``onnx-int8``); frozen passages only.
-    ``passage_max_length``: tokens of a
-    passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its [SEP]) to the input of up to
-    ``max_length`` tokens."""
+    ``passage_max_length``: tokens of a passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its
+    [SEP]) to the input of up to ``max_length`` tokens."""
 
     encoder: str | None = None
     fusion: Fusion = "attention"
