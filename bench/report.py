@@ -46,52 +46,36 @@ def verdict(met: bool | None) -> str:
     return "n/a" if met is None else ("**met**" if met else "**missed**")
 
 
-def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+Target = tuple[str, str, str, bool | None]
+
+
+def ingest_targets(
+    ingest: dict[str, Any], name: str, short: str, runtime: str, of_limit: dict[str, Any], over_peer: dict[str, Any]
+) -> list[Target]:
+    """The share of the encoder-alone limit (of the same ``runtime``) and the ratio over the faster peer (torch)."""
+    share = of_limit["median"]
+    wanted = ingest["target_of_limit"]
+    rows: list[Target] = [(f"{name} vs encoder alone{runtime}", f"≥ {wanted:.0%}", f"{share:.0%}", share >= wanted)]
+    if ingest["peers"]:
+        peer = ingest["fastest_peer"]
+        ratio, wanted = over_peer[peer]["median"], ingest["target_over_peers"]
+        torch_peer = ", torch" if runtime else ""
+        rows.append(
+            (f"{short} vs the faster peer ({peer}{torch_peer})", f"≥ {wanted:.1f}×", f"{ratio:.2f}×", ratio >= wanted)
+        )
+    return rows
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
     """(what, target, measured, met) for every target of the issues that this run measured."""
-    rows: list[tuple[str, str, str, bool | None]] = []
+    rows: list[Target] = []
     ingest = results.get("ingest")
     if ingest:
-        share = ingest["ralm_of_limit"]["median"]
-        rows.append(
-            (
-                "ingest with embeddings vs encoder alone",
-                f"≥ {ingest['target_of_limit']:.0%}",
-                f"{share:.0%}",
-                share >= ingest["target_of_limit"],
-            )
-        )
-        if ingest["peers"]:
-            peer = ingest["fastest_peer"]
-            ratio = ingest["peers"][peer]["ralm_over_peer"]["median"]
-            rows.append(
-                (
-                    f"ingest vs the faster peer ({peer})",
-                    f"≥ {ingest['target_over_peers']:.1f}×",
-                    f"{ratio:.2f}×",
-                    ratio >= ingest["target_over_peers"],
-                )
-            )
+        over_peer = {peer: record["ralm_over_peer"] for peer, record in ingest["peers"].items()}
+        rows += ingest_targets(ingest, "ingest with embeddings", "ingest", "", ingest["ralm_of_limit"], over_peer)
         for rt, record in ingest.get("runtimes", {}).items():
-            share = record["ralm_of_limit"]["median"]
-            rows.append(
-                (
-                    f"ingest ({rt}) vs encoder alone ({rt})",
-                    f"≥ {ingest['target_of_limit']:.0%}",
-                    f"{share:.0%}",
-                    share >= ingest["target_of_limit"],
-                )
-            )
-            if ingest["peers"]:
-                peer = ingest["fastest_peer"]
-                ratio = record["ralm_over_peer"][peer]["median"]
-                rows.append(
-                    (
-                        f"ingest ({rt}) vs the faster peer ({peer}, torch)",
-                        f"≥ {ingest['target_over_peers']:.1f}×",
-                        f"{ratio:.2f}×",
-                        ratio >= ingest["target_over_peers"],
-                    )
-                )
+            name = f"ingest ({rt})"
+            rows += ingest_targets(ingest, name, name, f" ({rt})", record["ralm_of_limit"], record["ralm_over_peer"])
     retrieval = results.get("retrieval")
     if retrieval:
         modes = retrieval["quality"]["modes"]
