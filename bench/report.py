@@ -351,6 +351,7 @@ TRAIN_RESULTS = (
     "scifact_pair",
     "efficiency",
     "efficiency_tokens",
+    "efficiency_crossdoc",
     "throughput",
     "throughput_tokens",
 )
@@ -412,6 +413,9 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
             lines += efficiency_section(result, train.get("conll"), docs_dir)
         elif name == "efficiency_tokens":
             lines += efficiency_section(result, None, docs_dir, plot="label_efficiency_tokens.png")
+        elif name == "efficiency_crossdoc":
+            baseline = train.get("efficiency_tokens")
+            lines += efficiency_section(result, None, docs_dir, "label_efficiency_crossdoc.png", baseline)
         elif name.startswith("throughput"):
             runs = {run_name.removeprefix("throughput-"): run for run_name, run in result["runs"].items()}
             base = result["examples_per_s"].get("none")
@@ -487,12 +491,22 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
     return [*lines, "", f"Split: {result['split']}; {budget}; the best dev checkpoint of each run on the test part."]
 
 
-def efficiency_runs(efficiency: dict[str, Any], conll: dict[str, Any] | None) -> dict[float, dict[str, Any]]:
+def efficiency_runs(
+    efficiency: dict[str, Any], conll: dict[str, Any] | None, baseline: dict[str, Any] | None = None
+) -> dict[float, dict[str, Any]]:
     """Label-efficiency runs by fraction of the training sentences and variant: the subsets of ``efficiency.json``
-    and, as the whole set, the full-data runs of ``conll.json`` (the same config and budget; not trained twice)."""
+    and, as the whole set, the full-data runs of ``conll.json`` (the same config and budget; not trained twice);
+    with ``baseline``, the ``none`` runs of another efficiency file at this file's fractions (``none`` reads no
+    passages, so its runs are the same whatever the passages of the others)."""
     found: dict[float, dict[str, list[dict[str, Any]]]] = {}
-    for prefix, result in (("efficiency-", efficiency), ("conll-", conll or {})):
-        for name, run in result.get("runs", {}).items():
+    fractions = {run["config"]["data"]["train_fraction"] for run in efficiency["runs"].values()}
+    borrowed = {
+        name: run
+        for name, run in (baseline or {}).get("runs", {}).items()
+        if name.startswith("efficiency-none-") and run["config"]["data"]["train_fraction"] in fractions
+    }
+    for prefix, runs in (("efficiency-", efficiency["runs"]), ("conll-", (conll or {}).get("runs", {}))):
+        for name, run in {**runs, **(borrowed if prefix == "efficiency-" else {})}.items():
             fraction = run["config"]["data"]["train_fraction"]
             mode = name.removeprefix(prefix).partition("-seed")[0].removesuffix(f"-{fraction:g}")
             found.setdefault(fraction, {}).setdefault(mode, []).append(run)
@@ -500,13 +514,17 @@ def efficiency_runs(efficiency: dict[str, Any], conll: dict[str, Any] | None) ->
 
 
 def efficiency_section(
-    efficiency: dict[str, Any], conll: dict[str, Any] | None, docs_dir: Path, plot: str = "label_efficiency.png"
+    efficiency: dict[str, Any],
+    conll: dict[str, Any] | None,
+    docs_dir: Path,
+    plot: str = "label_efficiency.png",
+    baseline: dict[str, Any] | None = None,
 ) -> list[str]:
     """Test F1 against the fraction of training sentences, per variant of the efficiency runs (mean ± sd over the
-    seeds of a cell, with the per-seed difference against ``none``), as a table and a plot with error bars; each
-    row says the budget its runs had."""
-    runs = efficiency_runs(efficiency, conll)
-    modes = sorted({mode for row in efficiency["test_f1"].values() for mode in row})
+    seeds of a cell, with the per-seed difference against ``none``, taken from ``baseline`` when given), as a table
+    and a plot with error bars; each row says the budget its runs had."""
+    runs = efficiency_runs(efficiency, conll, baseline)
+    modes = sorted({mode for row in efficiency["test_f1"].values() for mode in row} | ({"none"} if baseline else set()))
     f1 = {
         mode: {
             fraction: [run["test"]["f1"] for run in by_mode[mode] if "test" in run]
@@ -550,6 +568,11 @@ def efficiency_section(
     fig.savefig(docs_dir / "img" / plot, dpi=100)
     plt.close(fig)
     source = "The row for 1 is the `conll` benchmark's full-data runs." if 1 in runs else "No full-data runs yet."
+    if baseline:
+        source += (
+            f" The `none` runs are those of `{baseline['file']}` (same seeds, subsets and budget; `none` reads no "
+            "passages, so they were not trained again)."
+        )
     cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
     table = _table(
         ["fraction of training sentences", *modes, *(f"{m} − none, per seed" for m in others), "budget"], rows

@@ -210,3 +210,19 @@ def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path
         "| 3 epochs, 132 steps |" in text
     )
     assert (docs_dir / "img" / "label_efficiency_tokens.png").read_bytes().startswith(PNG_MAGIC)
+
+    # Other passages for attention-tokens only: paired against the none runs above, at this file's fractions only.
+    runs["efficiency-none-0.1-seed13"] = _run(0.1, 3, 264, 0.79, 13)
+    (results_dir / "efficiency_tokens.json").write_text(json.dumps({**efficiency, "runs": runs}))
+    other = {
+        f"efficiency-attention-tokens-0.05-seed{seed}": _run(0.05, 3, 132, 0.6 + seed / 200, seed)
+        for seed in scores["none"]
+    }
+    crossdoc = {"test_f1": {"0.05": {"attention-tokens": 0.67}}, "runs": other}
+    (results_dir / "efficiency_crossdoc.json").write_text(json.dumps(crossdoc))
+    text = "\n".join(train_section(collect_train(results_dir), docs_dir)).partition("### efficiency_crossdoc")[2]
+    assert (
+        "| 0.05 | 0.6700 ± 0.0050 (3 seeds) | 0.6200 ± 0.0200 (3 seeds) | +0.0650, +0.0300, +0.0550 "
+        "| 3 epochs, 132 steps |" in text
+    )
+    assert "| 0.1 |" not in text and "The `none` runs are those of `efficiency_tokens.json`" in text
