@@ -21,6 +21,7 @@ from ralm_es.ingest import Ingest, IngestSettings, IngestSummary
 from ralm_es.onnx_runtime import Runtime
 from ralm_es.store.elastic import ElasticsearchBackend
 
+PEAK_RSS = Path(__file__).with_name("peak_rss.py")
 TARGET_OF_LIMIT = 0.9
 TARGET_OVER_PEERS = 1.5
 
@@ -76,27 +77,26 @@ def ralm_ingest(session: Session, corpus: Path, index: str, passages: int, encod
 
 
 def bm25_ingest_subprocess(session: Session, corpus: Path, index: str) -> dict[str, Any]:
-    """``ralm-es ingest --no-embed`` as its own process; its peak RSS from the kernel's accounting of that child."""
+    """``ralm-es ingest --no-embed`` as its own process, started by ``peak_rss.py`` so that its peak RSS is its
+    own and not this process's (which holds the encoders)."""
+    rss_path = session.workdir / "bm25-ingest.rss"
     command = [
-        sys.executable,
+        *(sys.executable, str(PEAK_RSS), str(rss_path), sys.executable),
         *("-m", "ralm_es.cli.main", "--es-url", session.config.es_url, "ingest", str(corpus)),
         *("--index", index, "--model", session.model_path, "--no-embed", "--no-resume", "--quiet", "--json"),
     ]
     env = {**os.environ, "RALM_ES_HOME": str(session.workdir)}
     out_path = session.workdir / "bm25-ingest.out"
     with out_path.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        # wait4 reports the rusage of exactly this child (RUSAGE_CHILDREN would mix in the peers' processes).
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     text = out_path.read_text()
-    if proc.returncode != 0:
-        raise RuntimeError(f"BM25-only ingest failed (exit {proc.returncode}): {text[-2000:]}")
+    if returncode != 0:
+        raise RuntimeError(f"BM25-only ingest failed (exit {returncode}): {text[-2000:]}")
     summary = json.loads(text.strip().splitlines()[-1])
     return {
         "passages": summary["passages"],
         "seconds": summary["seconds"],
-        "max_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "max_rss_mib": int(rss_path.read_text()) / 1024,  # Linux reports KiB
     }
 
 
@@ -173,6 +173,7 @@ def run(session: Session) -> dict[str, Any]:
         "target_of_limit": TARGET_OF_LIMIT,
         "bm25_passages_per_s": summarize([b["passages"] / b["seconds"] for b in bm25]),
         "bm25_max_rss_mib": summarize([b["max_rss_mib"] for b in bm25]),
+        "bm25_rss_apart": True,
         "peers": {},
         "runtimes": {},
     }

@@ -209,7 +209,16 @@ def ingest_section(ingest: dict[str, Any], img: str) -> list[str]:
     for peer, record in ingest["peers"].items():
         rows.append([f"{peer} (embed + write)", fig(record["passages_per_s"]), ""])
     lines += _table(["system", "passages/s", "share of the limit"], rows)
-    lines += ["", f"Peak RSS of the BM25-only ingest process: {fig(ingest['bm25_max_rss_mib'], 0)} MiB.", ""]
+    rss = f"Peak RSS of the BM25-only ingest process: {fig(ingest['bm25_max_rss_mib'], 0)} MiB"
+    if ingest.get("bm25_rss_apart"):
+        rss += " (started apart from the benchmark process by `bench/peak_rss.py`)."
+    else:
+        # Results written before bench/peak_rss.py: the child inherited the harness's high-water RSS.
+        rss += (
+            ", an upper bound: this run started it straight from the benchmark process, whose own peak Linux "
+            "carries into the child's, so the figure is mostly the benchmark's (it holds the encoders)."
+        )
+    lines += ["", rss, ""]
     if ingest["peers"]:
         lines += _table(
             [

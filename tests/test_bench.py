@@ -4,12 +4,16 @@ arithmetic and file handling it relies on."""
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch
 
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
+from bench.ingest_bench import PEAK_RSS
 from bench.peers.venv import link_shared
 from bench.report import SECTIONS, collect_train, targets, train_section
 from bench.run import parse_args, run_all, save
@@ -55,6 +59,7 @@ def test_quick_run_writes_every_section_with_figures(
     for key in ("limit_passages_per_s", "ralm_passages_per_s", "bm25_passages_per_s", "bm25_max_rss_mib"):
         assert ingest[key]["min"] > 0 and len(ingest[key]["runs"]) == config.repeats
     assert ingest["peers"] == {}
+    assert "MiB (started apart from the benchmark process by `bench/peak_rss.py`)." in text
     onnx = ingest["runtimes"]["onnx"]
     for key in ("limit_passages_per_s", "ralm_passages_per_s", "ralm_of_limit"):
         assert onnx[key]["min"] > 0 and len(onnx[key]["runs"]) == config.repeats
@@ -226,3 +231,18 @@ def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path
         "| 3 epochs, 132 steps |" in text
     )
     assert "| 0.1 |" not in text and "The `none` runs are those of `efficiency_tokens.json`" in text
+
+
+def test_peak_rss_is_the_commands_own_not_its_starters(tmp_path: Path) -> None:
+    # This process has torch loaded: a child started from it directly would report this process's peak as its own.
+    import torch  # noqa: F401
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = tmp_path / "rss"
+    script = "b = bytearray(64 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
+    done = subprocess.run([sys.executable, str(PEAK_RSS), str(out), sys.executable, "-c", script])
+    assert done.returncode == 0
+    peak = int(out.read_text())
+    assert 64 * 1024 <= peak < min(own, 160 * 1024), (peak, own)
+    failed = subprocess.run([sys.executable, str(PEAK_RSS), str(out), sys.executable, "-c", "raise SystemExit(3)"])
+    assert failed.returncode == 3
