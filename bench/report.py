@@ -313,8 +313,9 @@ def latency_section(latency: dict[str, Any], img: str) -> list[str]:
         *_table(["part", "p50 ms", "p95 ms", "p99 ms"], rows),
         "",
         f"The rest at p50 is {latency['rest_of_took_p50']:.0%} of `took` at p50. It holds a second tokenization of "
-        "the query (its length check), the alias and mapping requests `search_many` makes on every call "
-        "(`vector_dims`), the `_msearch` round trip with its JSON, and fusion.",
+        "the query (its length check), the `_msearch` round trip with its JSON, and fusion; the index's vector "
+        "dimensions are read once per backend, not per search. Where the summed `took` overstates Elasticsearch's "
+        "share (above), this figure understates the rest.",
         "",
         f"![latency]({img})",
     ]
