@@ -133,10 +133,10 @@ def plot_ingest(ingest: dict[str, Any], path: Path) -> None:
         names += [f"encoder alone ({rt})", f"ralm-es ({rt})"]
         stats += [record["limit_passages_per_s"], record["ralm_passages_per_s"]]
         colors += ["#bbb", "#6baed6"]
-    for peer, record in ingest["peers"].items():
+    for i, (peer, record) in enumerate(ingest["peers"].items()):
         names.append(peer)
         stats.append(record["passages_per_s"])
-        colors.append(PEER_COLORS[len(names) % len(PEER_COLORS)])
+        colors.append(PEER_COLORS[i % len(PEER_COLORS)])
     medians = [s["median"] for s in stats]
     errors = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
     figure, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * len(names)))
