@@ -45,9 +45,7 @@ def check_bounds(section: str, settings: object, names: Iterable[str], low: Lite
     for name in names:
         value = getattr(settings, name)
         if value < low:
-            bound = (
-                "must be at least 1" if low == 1 else f"must not be below {low:g}" if low else "must not be negative"
-            )
+            bound = "must be at least 1" if low else "must not be negative"
             raise ConfigError(f"{section}.{name} {bound}, got {value}")
 
 

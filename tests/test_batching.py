@@ -157,9 +157,9 @@ def test_a_full_queue_refuses_at_once_and_close_stops_the_worker() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"batch_size": 0}, "serve.batch_size must be at least 1, not 0"),
-        ({"queue_size": 0}, "serve.queue_size must be at least 1, not 0"),
-        ({"batch_wait_ms": -1}, "serve.batch_wait_ms must not be negative, not -1"),
+        ({"batch_size": 0}, "serve.batch_size must be at least 1, got 0"),
+        ({"queue_size": 0}, "serve.queue_size must be at least 1, got 0"),
+        ({"batch_wait_ms": -1}, "serve.batch_wait_ms must not be negative, got -1"),
     ],
 )
 def test_batching_settings_are_checked(section: dict[str, Any], message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ralm_es.config import ConfigError, Secret
+from ralm_es.config import Secret, check_bounds
 
 TOKEN_ENV = "RALM_ES_API_TOKEN"
 
@@ -35,8 +35,5 @@ class ServeSettings:
     queue_size: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "queue_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"serve.{name} must be at least 1, not {getattr(self, name)}")
-        if self.batch_wait_ms < 0:
-            raise ConfigError(f"serve.batch_wait_ms must not be negative, not {self.batch_wait_ms}")
+        check_bounds("serve", self, ("batch_size", "queue_size"), 1)
+        check_bounds("serve", self, ("batch_wait_ms",), 0)
