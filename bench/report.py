@@ -515,8 +515,13 @@ def efficiency_runs(
         for name, run in (baseline or {}).get("runs", {}).items()
         if name.startswith("efficiency-none-") and run["config"]["data"]["train_fraction"] in fractions
     }
-    for prefix, runs in (("efficiency-", efficiency["runs"]), ("conll-", (conll or {}).get("runs", {}))):
-        for name, run in {**runs, **(borrowed if prefix == "efficiency-" else {})}.items():
+    sources = (
+        ("efficiency-", efficiency["runs"]),
+        ("efficiency-", borrowed),
+        ("conll-", (conll or {}).get("runs", {})),
+    )
+    for prefix, runs in sources:
+        for name, run in runs.items():
             fraction = run["config"]["data"]["train_fraction"]
             mode = name.removeprefix(prefix).partition("-seed")[0].removesuffix(f"-{fraction:g}")
             found.setdefault(fraction, {}).setdefault(mode, []).append(run)
