@@ -238,7 +238,10 @@ def test_a_missing_retrieval_cache_names_the_file_and_the_command_that_makes_it(
     tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
 ) -> None:
     missing = tmp_path / "missing.cache.jsonl"
-    make = f"make it with `ralm-es retrieve {{}} --index INDEX --out {missing}`"
+    make = (
+        f"make it with `ralm-es retrieve {{0}} --index INDEX --out {missing}` (passages from an index) or "
+        f"`ralm-es doc-context {{0}} --out {missing}` (the input's own document)"
+    )
     config = ner_config(tmp_path, {**ner_data, "train_cache": missing}, tiny_model_dir)
     trained = ralm("train", "--config", str(config))
     assert trained.returncode == 1 and "Traceback" not in trained.stderr

@@ -118,7 +118,8 @@ def read_cache(path: str | Path, made_from: str | Path | None = None) -> tuple[C
     if not path.is_file():
         raise CacheError(
             f"{path}: no such retrieval cache; make it with "
-            f"`ralm-es retrieve {made_from or 'INPUT'} --index INDEX --out {path}`"
+            f"`ralm-es retrieve {made_from or 'INPUT'} --index INDEX --out {path}` (passages from an index) or "
+            f"`ralm-es doc-context {made_from or 'INPUT'} --out {path}` (the input's own document)"
         )
     header = read_header(path)
     entries: dict[str, CacheEntry] = {}
