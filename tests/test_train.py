@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,27 @@ def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path]
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
     assert resumed.best_metric == pytest.approx(whole.best_metric)
+
+
+def test_a_run_killed_between_saved_states_resumes_without_logging_steps_twice(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
+    whole_dir.mkdir(), split_dir.mkdir()
+    whole = train(load_config(ner_config(whole_dir, ner_data, tiny_model_dir)))
+    config = ner_config(split_dir, ner_data, tiny_model_dir)
+    run = split_dir / "run"
+    train(load_config(config), stop_after=4)
+    shutil.copytree(run / "state", tmp_path / "state-at-4")
+    train(load_config(config, ["run.resume=true"]))
+    # Killed after logging every step but before saving a state past step 4.
+    shutil.rmtree(run / "state")
+    shutil.copytree(tmp_path / "state-at-4", run / "state")
+    resumed = train(load_config(config, ["run.resume=true"]))
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, whole.steps + 1))
+    assert losses(run) == pytest.approx(losses(whole_dir / "run"), abs=1e-6)
+    assert resumed.best_metric == pytest.approx(whole.best_metric) and resumed.examples_per_s > 0
 
 
 def test_predict_explain_shows_passages_and_weights(

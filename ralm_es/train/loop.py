@@ -127,9 +127,15 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, total_steps, t.warmup_ratio)
     loop: dict[str, Any] = {"step": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0}
-    loop.update(stopped_early=False, dev=None)
+    loop.update(stopped_early=False, dev=None, timed_steps=0, train_seconds=0.0)
     if cfg.run.resume:
-        loop = checkpoint.load_state(out, model, optimizer, scheduler, device)
+        # A state saved before the throughput counters were kept times only the steps from here on.
+        loop = {"timed_steps": 0, "train_seconds": 0.0} | checkpoint.load_state(
+            out, model, optimizer, scheduler, device
+        )
+        if layout.main:
+            # A run killed between two saved states logged steps that it will now train again.
+            report.truncate_metrics(out, loop["step"])
     ddp = DistributedDataParallel(model) if layout.world > 1 else None
     forward = ddp or model
     if layout.main:
@@ -156,8 +162,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         return {k: v.to(device) for k, v in batch.items()}
 
     bar = tqdm(total=total_steps, initial=loop["step"], desc="train", disable=not (cfg.run.progress and layout.main))
-    # Throughput counts training time only, not evaluation or checkpoints.
-    train_seconds, start_step, window_loss, window_steps = 0.0, loop["step"], 0.0, 0
+    # Throughput counts training time only, not evaluation or checkpoints, over every part of a resumed run.
+    start_step, window_loss, window_steps = loop["step"], 0.0, 0
     model.train()
     while loop["step"] < total_steps and not loop["stopped_early"]:
         step_started = time.perf_counter()
@@ -181,8 +187,9 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         window_loss, window_steps = window_loss + step_loss, window_steps + 1
 
         step = loop["step"]
-        train_seconds += time.perf_counter() - step_started
-        rate = (step - start_step) * per_rank * t.grad_accum / train_seconds
+        loop["train_seconds"] += time.perf_counter() - step_started
+        loop["timed_steps"] += 1
+        rate = loop["timed_steps"] * per_rank * t.grad_accum / loop["train_seconds"]
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{rate:.1f}")
         if layout.main and (step % t.log_every == 0 or step == total_steps):
@@ -217,7 +224,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     bar.close()
 
     finished = loop["step"] >= total_steps or loop["stopped_early"]
-    rate = (loop["step"] - start_step) * per_rank * t.grad_accum / max(train_seconds, 1e-9)
+    rate = loop["timed_steps"] * per_rank * t.grad_accum / max(loop["train_seconds"], 1e-9)
     truncated = {"train": train_fs.truncated, "dev": dev_fs.truncated if dev_fs is not None else 0}
     result = RunResult(
         out=out,

@@ -29,6 +29,12 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def truncate_metrics(folder: Path, step: int) -> None:
+    """Drop the records of steps after ``step``: where a resumed run continues from."""
+    kept = [r for r in read_metrics(folder) if r["step"] <= step]
+    (folder / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
 def plot(folder: Path, records: list[dict[str, Any]], metric: str) -> Path:
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["dev"][metric]) for r in records if "dev" in r]
