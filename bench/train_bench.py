@@ -7,7 +7,9 @@
                100% point is the conll benchmark's runs (same config and budget), joined in by bench/report.py
   throughput   training examples/s and peak memory per fusion mode for a fixed number of steps
 
-Each writes JSON to --out, rewritten after every finished run (a cut-short benchmark keeps what it measured).
+Each writes JSON to --out, rewritten after every finished run (a cut-short benchmark keeps what it measured), and
+a run cut short resumes from its last saved state (every ``train.eval_every`` steps) when the benchmark is run
+again with the same --work folder and settings.
 ``--quick`` shrinks every run to a slice and a few steps, to check the plumbing. ``--set key=value`` overrides apply
 to every run (e.g. ``train.device=cuda``, ``train.batch_size=32``). ``--modes`` / ``--variants`` name fusion
 variants: none, concat, attention (passages through the shared trainable encoder), attention-frozen (a frozen
@@ -38,8 +40,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import yaml
 
 from ralm_es.config import to_dict
+from ralm_es.train import checkpoint
 from ralm_es.train.config import TrainConfig, load_config
 from ralm_es.train.loop import RunResult, train
 
@@ -56,11 +60,30 @@ VARIANTS = {
 }
 
 
+def resumable_step(out: Path, cfg: TrainConfig) -> int | None:
+    """The step of the saved state in ``out`` when it is a run of this same configuration (a finished one that
+    was never recorded resumes straight into its test evaluation)."""
+    state, config = out / checkpoint.STATE_DIR / "state.json", out / "config.yaml"
+    if not (state.is_file() and config.is_file()):
+        return None
+    saved = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if {k: v for k, v in saved.items() if k != "run"} != {k: v for k, v in to_dict(cfg).items() if k != "run"}:
+        return None
+    return int(json.loads(state.read_text(encoding="utf-8"))["loop"]["step"])
+
+
 def run_one(base: Path, name: str, work: Path, overrides: list[str]) -> dict[str, Any]:
-    """Train one configuration into ``work/name`` (replacing an older run there) and summarise it."""
+    """Train one configuration into ``work/name`` and summarise it. An unfinished run of the same configuration
+    there (a benchmark cut short) is resumed from its last saved state; anything else there is replaced."""
     out = work / name
-    shutil.rmtree(out, ignore_errors=True)
-    cfg: TrainConfig = load_config(base, [*overrides, f"run.out={out}", "run.progress=false"])
+    settings = [*overrides, f"run.out={out}", "run.progress=false"]
+    cfg: TrainConfig = load_config(base, settings)
+    resumed_at = resumable_step(out, cfg)
+    if resumed_at is None:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        cfg = load_config(base, [*settings, "run.resume=true"])
+        print(f"{name}: resuming at step {resumed_at}", file=sys.stderr)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     result: RunResult = train(cfg)
     metric = "f1" if cfg.task.type == "ner" else "macro_f1"
@@ -73,7 +96,9 @@ def run_one(base: Path, name: str, work: Path, overrides: list[str]) -> dict[str
         f"dev_{metric}": result.best_metric,
         "examples_per_s": round(result.examples_per_s, 2),
         "peak_memory_mb": round(result.peak_memory_mb),
+        # Wall time of this process: a resumed run's earlier part is not in it.
         "seconds": round(time.perf_counter() - started, 1),
+        "resumed_at_step": resumed_at,
         # The machine is shared: the 1-minute load average when the run started and ended.
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "truncated": result.truncated,

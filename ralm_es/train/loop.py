@@ -274,7 +274,7 @@ def _write_outputs(
         "best step": result.best_step,
         "processes": layout.world,
         "device": str(device),
-        "examples/s (this invocation)": f"{result.examples_per_s:.1f}",
+        "examples/s (training time only)": f"{result.examples_per_s:.1f}",
         "peak memory (MiB)": f"{result.peak_memory_mb:.0f}",
         "inputs truncated to the length budget": ", ".join(f"{k} {v}" for k, v in result.truncated.items()),
     }
