@@ -505,7 +505,8 @@ def efficiency_runs(
     efficiency: dict[str, Any], conll: dict[str, Any] | None, baseline: dict[str, Any] | None = None
 ) -> dict[float, dict[str, Any]]:
     """Label-efficiency runs by fraction of the training sentences and variant: the subsets of ``efficiency.json``
-    and, as the whole set, the full-data runs of ``conll.json`` (the same config and budget; not trained twice);
+    and, as the whole set, its own fraction-1 runs or else the full-data runs of ``conll.json`` (the same config
+    and budget; not trained twice);
     with ``baseline``, the ``none`` runs of another efficiency file at this file's fractions (``none`` reads no
     passages, so its runs are the same whatever the passages of the others)."""
     found: dict[float, dict[str, list[dict[str, Any]]]] = {}
@@ -515,11 +516,9 @@ def efficiency_runs(
         for name, run in (baseline or {}).get("runs", {}).items()
         if name.startswith("efficiency-none-") and run["config"]["data"]["train_fraction"] in fractions
     }
-    sources = (
-        ("efficiency-", efficiency["runs"]),
-        ("efficiency-", borrowed),
-        ("conll-", (conll or {}).get("runs", {})),
-    )
+    # Full-data runs of this file's own take the place of conll.json's.
+    full = {} if 1 in fractions else (conll or {}).get("runs", {})
+    sources = (("efficiency-", efficiency["runs"]), ("efficiency-", borrowed), ("conll-", full))
     for prefix, runs in sources:
         for name, run in runs.items():
             fraction = run["config"]["data"]["train_fraction"]
@@ -582,7 +581,14 @@ def efficiency_section(
     fig.tight_layout()
     fig.savefig(docs_dir / "img" / plot, dpi=100)
     plt.close(fig)
-    source = "The row for 1 is the `conll` benchmark's full-data runs." if 1 in runs else "No full-data runs yet."
+    own = any(run["config"]["data"]["train_fraction"] == 1 for run in efficiency["runs"].values())
+    source = (
+        "The row for 1 is this file's own full-data runs."
+        if own
+        else "The row for 1 is the `conll` benchmark's full-data runs."
+        if 1 in runs
+        else "No full-data runs yet."
+    )
     if baseline:
         source += (
             f" The `none` runs are those of `{baseline['file']}` (same seeds, subsets and budget; `none` reads no "

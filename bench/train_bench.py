@@ -3,8 +3,10 @@
   conll        CoNLL-2003 test entity F1 for fusion none, concat and attention (same backbone and budget)
   scifact      SciFact claims: accuracy and macro-F1 of none vs attention on a seeded split of the training claims,
                averaged over training seeds (``--seeds``)
-  efficiency   CoNLL with 5%, 10% and 25% of the training sentences, none vs attention (JSON, dev-F1 PNG); the
-               100% point is the conll benchmark's runs (same config and budget), joined in by bench/report.py
+  efficiency   CoNLL with 5%, 10% and 25% of the training sentences (``--fractions``), none vs attention (JSON,
+               dev-F1 PNG); the 100% point is the conll benchmark's runs (same config and budget), joined in by
+               bench/report.py, or runs at fraction 1 here (``--fraction-set 1:train.eval_every=300`` gives one
+               fraction's runs their own overrides, such as a sparser dev evaluation)
   throughput   training examples/s and peak memory per fusion mode for a fixed number of steps
 
 Each writes JSON to --out, rewritten after every finished run (a cut-short benchmark keeps what it measured), and
@@ -199,14 +201,35 @@ def bench_scifact(args: argparse.Namespace) -> dict[str, Any]:
     return run_all(base, jobs, args, assemble)
 
 
+def fraction_override(text: str) -> tuple[float, str]:
+    """``FRACTION:KEY=VALUE`` of ``--fraction-set``."""
+    fraction, sep, override = text.partition(":")
+    try:
+        if not sep or "=" not in override:
+            raise ValueError
+        return float(fraction), override
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not FRACTION:KEY=VALUE") from None
+
+
 def bench_efficiency(args: argparse.Namespace) -> dict[str, Any]:
     base = REPO / "configs" / "conll_ner.yaml"
     common = [*conll_caches(args.caches), *(QUICK if args.quick else []), *args.set]
     # Without --seeds, one run a cell with the config's seed; with them, one a seed (the same seeds, so the same
     # subset and data order, for every variant).
     seeds = [(f"-seed{seed}", [f"train.seed={seed}"]) for seed in args.seeds] if args.seeds else [("", [])]
+    unknown = sorted({f for f, _ in args.fraction_set} - set(args.fractions))
+    if unknown:
+        raise SystemExit(f"--fraction-set names {', '.join(f'{f:g}' for f in unknown)}, not one of --fractions")
+    only = {fraction: [o for f, o in args.fraction_set if f == fraction] for fraction in args.fractions}
     jobs = {
-        f"efficiency-{mode}-{fraction:g}{tag}": [*common, *VARIANTS[mode], f"data.train_fraction={fraction}", *seed]
+        f"efficiency-{mode}-{fraction:g}{tag}": [
+            *common,
+            *only[fraction],
+            *VARIANTS[mode],
+            f"data.train_fraction={fraction}",
+            *seed,
+        ]
         for fraction in args.fractions
         for mode in args.modes
         for tag, seed in seeds
@@ -290,6 +313,14 @@ def main() -> None:
             p.add_argument("--modes", nargs="+", default=["none", "attention"], choices=VARIANTS)
             p.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.25])
             p.add_argument("--seeds", nargs="+", type=int, help="training seeds a cell (default: the config's one)")
+            p.add_argument(
+                "--fraction-set",
+                action="append",
+                default=[],
+                type=fraction_override,
+                metavar="FRACTION:KEY=VALUE",
+                help="an override for one fraction's runs only, e.g. 1:train.eval_every=300",
+            )
         if name == "throughput":
             p.add_argument("--steps", type=int, default=100)
             p.add_argument("--limit", type=int, default=2000, help="training sentences to draw batches from")

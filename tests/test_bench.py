@@ -194,7 +194,18 @@ def test_label_efficiency_takes_its_full_data_point_from_the_conll_runs(tmp_path
     assert "| 0.05 | 0.6900 | 0.6100 | +0.0800 | 3 epochs, 132 steps |" in text
     # The efficiency variants only: concat is in the conll table, not in this one.
     assert "| 1 | 0.8700 | 0.8600 | +0.0100 | 3 epochs, 2634 steps |" in text
+    assert "The row for 1 is the `conll` benchmark's full-data runs." in text
     assert (docs_dir / "img" / "label_efficiency.png").read_bytes().startswith(PNG_MAGIC)
+
+    # Full-data runs of the efficiency file's own take the place of conll.json's, not a place beside them.
+    efficiency["runs"] |= {
+        "efficiency-none-1": _run(1.0, 3, 2634, 0.88),
+        "efficiency-attention-frozen-1": _run(1.0, 3, 2634, 0.90),
+    }
+    (results_dir / "efficiency.json").write_text(json.dumps(efficiency))
+    text = "\n".join(train_section(collect_train(results_dir), docs_dir)).partition("### efficiency")[2]
+    assert "| 1 | 0.9000 | 0.8800 | +0.0200 | 3 epochs, 2634 steps |" in text
+    assert "0.8700" not in text and "The row for 1 is this file's own full-data runs." in text
 
 
 def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path: Path) -> None:

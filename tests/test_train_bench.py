@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 from test_train import losses, ner_config, read_ner, write_cache, write_conll
 
-from bench.train_bench import run_one
+from bench.train_bench import fraction_override, run_one
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
 
@@ -40,3 +41,10 @@ def test_a_run_cut_short_resumes_and_a_changed_configuration_starts_over(tmp_pat
     assert changed["resumed_at_step"] is None and changed["steps"] == whole["steps"]
     assert losses(work / "cut")[0] == pytest.approx(losses(work / "whole")[0], abs=1e-6)
     assert losses(work / "cut")[1:] != pytest.approx(losses(work / "whole")[1:], abs=1e-6)
+
+
+def test_a_fraction_override_names_its_fraction() -> None:
+    assert fraction_override("1:train.eval_every=300") == (1.0, "train.eval_every=300")
+    for bad in ("train.eval_every=300", "1:train.eval_every", "all:train.eval_every=300"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"'{bad}' is not FRACTION:KEY=VALUE"):
+            fraction_override(bad)
