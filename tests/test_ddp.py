@@ -8,19 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_train import losses, ner_config, read_ner, write_cache, write_conll
+from test_train import conll_files, losses, ner_config
 
 
 def test_two_processes_train_together(tmp_path: Path, tiny_model_dir: Path) -> None:
-    train_path, dev_path = write_conll(tmp_path / "train.txt", 48, 1), write_conll(tmp_path / "dev.txt", 8, 2)
-    train_ex, dev_ex = read_ner(train_path), read_ner(dev_path)
-    data = {
-        "train": train_path,
-        "dev": dev_path,
-        "train_cache": write_cache(tmp_path / "train.cache", train_ex, train_ex),
-        "dev_cache": write_cache(tmp_path / "dev.cache", dev_ex, train_ex),
-    }
-    config = ner_config(tmp_path, data, tiny_model_dir)
+    config = ner_config(tmp_path, conll_files(tmp_path, 48, 8), tiny_model_dir)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "ralm_es.cli.main", "train", "--config", str(config), "--json", "--set", "train.max_steps=10"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

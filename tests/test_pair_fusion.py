@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_train import losses, ner_config, write_cache, write_claims
+from test_train import claims_files, losses, ner_config, write_cache
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
@@ -36,16 +36,7 @@ def hit(i: int, text: str, score: float) -> CacheHit:
 
 @pytest.fixture(scope="module")
 def claims(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("claims")
-    train_path, dev_path = write_claims(folder / "train.jsonl", 40, 1), write_claims(folder / "dev.jsonl", 12, 2)
-    train_ex = read_classification(train_path, text_field="claim")
-    dev_ex = read_classification(dev_path, text_field="claim")
-    return {
-        "train": train_path,
-        "dev": dev_path,
-        "train_cache": write_cache(folder / "train.cache", train_ex, train_ex),
-        "dev_cache": write_cache(folder / "dev.cache", dev_ex, train_ex),
-    }
+    return claims_files(tmp_path_factory.mktemp("claims"), 40, 12)
 
 
 def claims_config(folder: Path, data: dict[str, Path], model: Path, *sets: str) -> list[str]:

@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,18 +85,33 @@ def write_cache(path: Path, examples: list[Example], pool: list[Example], k: int
     return path
 
 
-@pytest.fixture(scope="module")
-def ner_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("ner")
-    train_path = write_conll(folder / "train.txt", 48, seed=1)
-    dev_path = write_conll(folder / "dev.txt", 16, seed=2)
-    train_ex, dev_ex = read_ner(train_path), read_ner(dev_path)
+def with_caches(train_path: Path, dev_path: Path, read: Callable[[Path], list[Example]]) -> dict[str, Path]:
+    """The two data files and a retrieval cache beside each, whose passages are training examples."""
+    train_ex, dev_ex = read(train_path), read(dev_path)
     return {
         "train": train_path,
         "dev": dev_path,
-        "train_cache": write_cache(folder / "train.cache.jsonl", train_ex, train_ex),
-        "dev_cache": write_cache(folder / "dev.cache.jsonl", dev_ex, train_ex),
+        "train_cache": write_cache(train_path.with_name("train.cache.jsonl"), train_ex, train_ex),
+        "dev_cache": write_cache(dev_path.with_name("dev.cache.jsonl"), dev_ex, train_ex),
     }
+
+
+def conll_files(folder: Path, train_sentences: int, dev_sentences: int) -> dict[str, Path]:
+    train_path = write_conll(folder / "train.txt", train_sentences, seed=1)
+    return with_caches(train_path, write_conll(folder / "dev.txt", dev_sentences, seed=2), read_ner)
+
+
+def claims_files(folder: Path, train_claims: int, dev_claims: int) -> dict[str, Path]:
+    train_path, dev_path = (
+        write_claims(folder / "train.jsonl", train_claims, 1),
+        write_claims(folder / "dev.jsonl", dev_claims, 2),
+    )
+    return with_caches(train_path, dev_path, lambda path: read_classification(path, text_field="claim"))
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return conll_files(tmp_path_factory.mktemp("ner"), 48, 16)
 
 
 def ner_config(folder: Path, data: dict[str, Path], model: Path, **overrides: object) -> Path:
@@ -290,22 +306,14 @@ def write_claims(path: Path, n: int, seed: int) -> Path:
 
 
 def test_classification_train_evaluate_and_explain(tmp_path: Path, tiny_model_dir: Path) -> None:
-    train_path, dev_path = write_claims(tmp_path / "train.jsonl", 40, 1), write_claims(tmp_path / "dev.jsonl", 12, 2)
-    train_ex = read_classification(train_path, text_field="claim")
-    dev_ex = read_classification(dev_path, text_field="claim")
-    data = {
-        "train": train_path,
-        "dev": dev_path,
-        "train_cache": write_cache(tmp_path / "train.cache", train_ex, train_ex),
-        "dev_cache": write_cache(tmp_path / "dev.cache", dev_ex, train_ex),
-    }
+    data = claims_files(tmp_path, 40, 12)
     config = ner_config(tmp_path, data, tiny_model_dir)
     # 30 steps: a batch of 8 claims gives a noisy loss, and the first and last five steps are compared.
     result = train(load_config(config, ["task.type=classification", "task.text_field=claim", "train.max_steps=30"]))
     seen = losses(result.out)
     assert sum(seen[-5:]) < sum(seen[:5])
     runner = CliRunner()
-    args = ["--model", str(result.out), str(dev_path), "--cache", str(data["dev_cache"])]
+    args = ["--model", str(result.out), str(data["dev"]), "--cache", str(data["dev_cache"])]
     scored = runner.invoke(cli, ["evaluate-model", *args, "--json"], catch_exceptions=False)
     metrics = json.loads(scored.stdout)
     assert metrics["macro_f1"] == pytest.approx(result.best_metric)

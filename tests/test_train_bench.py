@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from test_train import losses, ner_config, read_ner, write_cache, write_conll
+from test_train import conll_files, losses, ner_config
 
 from bench.train_bench import fraction_override, run_one
 from ralm_es.train.config import load_config
@@ -14,15 +14,7 @@ from ralm_es.train.loop import train
 
 
 def test_a_run_cut_short_resumes_and_a_changed_configuration_starts_over(tmp_path: Path, tiny_model_dir: Path) -> None:
-    train_path, dev_path = write_conll(tmp_path / "train.txt", 32, seed=1), write_conll(tmp_path / "dev.txt", 8, seed=2)
-    train_ex, dev_ex = read_ner(train_path), read_ner(dev_path)
-    data = {
-        "train": train_path,
-        "dev": dev_path,
-        "train_cache": write_cache(tmp_path / "train.cache.jsonl", train_ex, train_ex),
-        "dev_cache": write_cache(tmp_path / "dev.cache.jsonl", dev_ex, train_ex),
-    }
-    base, work = ner_config(tmp_path, data, tiny_model_dir), tmp_path / "work"
+    base, work = ner_config(tmp_path, conll_files(tmp_path, 32, 8), tiny_model_dir), tmp_path / "work"
     whole = run_one(base, "whole", work, [])
     assert whole["resumed_at_step"] is None
 
