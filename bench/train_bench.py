@@ -44,8 +44,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import yaml
 
+from ralm_es import resumable
 from ralm_es.config import to_dict
-from ralm_es.train import checkpoint
 from ralm_es.train.config import TrainConfig, load_config
 from ralm_es.train.loop import RunResult, train
 
@@ -65,7 +65,7 @@ VARIANTS = {
 def resumable_step(out: Path, cfg: TrainConfig) -> int | None:
     """The step of the saved state in ``out`` when it is a run of this same configuration (a finished one that
     was never recorded resumes straight into its test evaluation)."""
-    state, config = out / checkpoint.STATE_DIR / "state.json", out / "config.yaml"
+    state, config = out / resumable.STATE_DIR / "state.json", out / "config.yaml"
     if not (state.is_file() and config.is_file()):
         return None
     saved = yaml.safe_load(config.read_text(encoding="utf-8"))

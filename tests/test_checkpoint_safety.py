@@ -18,7 +18,7 @@ from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.errors import RalmError
 from ralm_es.inference.checkpoint import WEIGHTS
 from ralm_es.inference.runs import open_run
-from ralm_es.train.checkpoint import STATE_DIR
+from ralm_es.resumable import STATE_DIR
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
 

@@ -210,6 +210,54 @@ def test_an_existing_output_folder_is_refused(slice_data: TuningData, tiny_model
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_a_run_paused_twice_resumes_to_the_same_encoder(
+    tuned: tuple[TuneReport, list[str]], slice_data: TuningData, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    whole, _ = tuned
+    out, state = tmp_path / "encoder", tmp_path / "encoder.tuning"
+    notices: list[str] = []
+    with memory_bm25(slice_data.docs) as miner:
+
+        def run(**options: Any) -> TuneReport | None:
+            return Tuner(tiny_model_dir, FAST).run(slice_data, out, miner, "in-memory BM25", notices.append, **options)
+
+        assert run(stop_after=3) is None
+        assert not out.exists() and (state / "state").is_dir()
+        with pytest.raises(TuningError, match=f"{state} holds an unfinished tuning run for --out {out}: pass --resume"):
+            run()
+        # On across the end of epoch 1 and its evaluation.
+        assert run(resume=True, stop_after=8) is None
+        resumed = run(resume=True)
+    assert resumed is not None and not state.exists()
+    assert f"resuming epoch 1 at batch 3 from {state}" in notices
+    assert [h.epoch for h in resumed.history] == [h.epoch for h in whole.history]
+    assert [h.dev["ndcg@10"] for h in resumed.history] == pytest.approx([h.dev["ndcg@10"] for h in whole.history])
+    assert [h.loss for h in resumed.history[1:]] == pytest.approx([h.loss for h in whole.history[1:]], abs=1e-6)
+    assert resumed.best_epoch == whole.best_epoch and resumed.revision == whole.revision
+
+
+def test_resume_is_refused_without_a_state_or_with_other_settings(
+    scifact_slice: tuple[Path, Path, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "encoder"
+    args = [*_args(*scifact_slice, out, tiny_model_dir), "--epochs", "1", "--batch-size", "8", "--max-length", "32"]
+    args += ["--no-hard-negatives", "--quiet"]
+    resumed = _cli(*args, "--resume")
+    assert resumed.returncode == 1
+    assert (
+        resumed.stderr.strip().splitlines()[-1]
+        == f"ralm-es: error: --resume: {out}.tuning holds no unfinished tuning run"
+    )
+    paused = _cli(*args, "--stop-after", "1", "--json")
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout) == {"status": "paused", "batches": 1, "state": f"{out}.tuning"}
+    other = _cli(*args, "--resume", "--lr", "0.001")
+    assert other.returncode == 1 and not out.exists()
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"ralm-es: error: --resume: {out}.tuning is a tuning run with other settings; delete it to start over"
+    )
+
+
 def test_hard_negatives_mined_from_an_elasticsearch_index(
     scifact_slice: tuple[Path, Path, Path],
     tiny_model_dir: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from pathlib import Path
 
 import click
 
@@ -45,6 +46,12 @@ from ralm_es.retrieve.settings import TuneSettings as T
 )
 @setting(T, "max_length", "--max-length", help="Tokens kept of a query or document.")
 @setting(T, "device", "--device", help="auto, cpu, cuda, cuda:1, …")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run for --out from OUT.tuning/.")
+@click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    help="End after this many training batches, with the state saved for --resume.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @pass_context
@@ -57,13 +64,16 @@ def tune_retriever(
     model: str | None,
     index: str | None,
     backend: str,
+    resume: bool,
+    stop_after: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Fine-tune the dense encoder on (query, relevant document) pairs with in-batch and BM25 hard negatives,
     keeping the epoch with the best nDCG@10 on a seeded dev split of the queries. Re-embed an index with it by
-    `ingest --reindex --model OUT`."""
-    from ralm_es.retrieve.tuning import Tuner, load_data, memory_bm25
+    `ingest --reindex --model OUT`. The run keeps its state in OUT.tuning/ until the encoder is written, so an
+    interrupted run continues with --resume."""
+    from ralm_es.retrieve.tuning import Tuner, load_data, memory_bm25, state_folder
 
     settings = ctx.settings(T, "tune")
     data = load_data(queries, qrels, corpus)
@@ -77,7 +87,16 @@ def tune_retriever(
         source = memory_bm25(data.docs)
         negatives = f"in-memory BM25 of {corpus}"
     with source as miner:
-        report = tuner.run(data, out, miner, negatives, notice)
+        report = tuner.run(data, out, miner, negatives, notice, resume=resume, stop_after=stop_after)
+    if report is None:
+        state = state_folder(Path(out))
+        if as_json:
+            click.echo(json.dumps({"status": "paused", "batches": stop_after, "state": str(state)}))
+        else:
+            click.echo(
+                f"paused after {stop_after} batches, state in {state}: continue with the same command and --resume"
+            )
+        return
     if as_json:
         click.echo(json.dumps(json.loads((report.out / "tuning.json").read_text()) | {"seconds": report.seconds}))
         return

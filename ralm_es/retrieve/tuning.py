@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ralm_es import resumable
 from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Passage, ReadError
 from ralm_es.embed import Encoder, pick_device
@@ -38,6 +40,8 @@ from ralm_es.store.base import Backend, IndexSpec, SearchRequest
 FORMAT = "ralm-es-tuned-encoder"
 VERSION = 1
 MINE_BATCH = 256
+# How often, in seconds of training, a tuning run saves its state for --resume.
+SAVE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -269,38 +273,77 @@ class Tuner:
         plan: list[list[Pair]],
         data: TuningData,
         epoch: int,
-    ) -> float:
+        losses: list[float],
+        save: Callable[[], None],
+        stop_at: int | None,
+    ) -> bool:
+        """Train ``plan`` from batch ``len(losses)`` on, appending each batch's loss; ``save`` every
+        ``SAVE_SECONDS``. False when it stopped at batch ``stop_at`` before the end of the plan."""
         from sentence_transformers.util import batch_to_device
 
         model.train()
-        losses = []
-        bar = tqdm(plan, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, dynamic_ncols=True)
-        for batch in bar:
-            columns = [[data.queries[p.query] for p in batch], [data.docs[p.positive] for p in batch]]
-            if all(p.negative for p in batch):
-                columns.append([data.docs[p.negative] for p in batch if p.negative])
-            features = [batch_to_device(model.preprocess(texts), self.device) for texts in columns]
-            loss = loss_fn(features, torch.zeros(len(batch), device=self.device))
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        return float(np.mean(losses))
+        saved = time.monotonic()
+        bar = tqdm(
+            total=len(plan),
+            initial=len(losses),
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for batch in plan[len(losses) :]:
+                if stop_at is not None and len(losses) >= stop_at:
+                    return False
+                columns = [[data.queries[p.query] for p in batch], [data.docs[p.positive] for p in batch]]
+                if all(p.negative for p in batch):
+                    columns.append([data.docs[p.negative] for p in batch if p.negative])
+                features = [batch_to_device(model.preprocess(texts), self.device) for texts in columns]
+                loss = loss_fn(features, torch.zeros(len(batch), device=self.device))
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if time.monotonic() - saved >= SAVE_SECONDS:
+                    save()
+                    saved = time.monotonic()
+        return True
 
     def run(
-        self, data: TuningData, out: str | Path, miner: Backend | None, negatives: str, notice: Notice
-    ) -> TuneReport:
+        self,
+        data: TuningData,
+        out: str | Path,
+        miner: Backend | None,
+        negatives: str,
+        notice: Notice,
+        resume: bool = False,
+        stop_after: int | None = None,
+    ) -> TuneReport | None:
         """Tune, keep the best epoch, write it to ``out`` (a new folder). ``miner`` gives the BM25 rankings for
-        hard negatives and dev candidates (``None``: in-batch negatives only, dev ranks the whole corpus)."""
+        hard negatives and dev candidates (``None``: in-batch negatives only, dev ranks the whole corpus).
+
+        The run keeps its state in ``OUT.tuning/`` (after the base evaluation, every ``SAVE_SECONDS`` of training
+        and after every epoch), removed once the encoder is written; ``resume`` continues from it.
+        ``stop_after`` ends this call after that many training batches, with the state saved; it then returns
+        ``None``."""
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from transformers import get_linear_schedule_with_warmup
 
         out = Path(out)
+        state = state_folder(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise TuningError(f"--out {out} already exists and is not an empty folder")
+        if resume and not (state / resumable.STATE_DIR).is_dir():
+            raise TuningError(f"--resume: {state} holds no unfinished tuning run")
+        if not resume and state.exists():
+            raise TuningError(
+                f"{state} holds an unfinished tuning run for --out {out}: pass --resume to continue it, or delete "
+                "that folder to start over"
+            )
         started = time.monotonic()
         rng = random.Random(self.s.seed)
         torch.manual_seed(self.s.seed)
@@ -330,6 +373,7 @@ class Tuner:
 
         model = self._model()
         loss_fn = MultipleNegativesRankingLoss(model)
+        # Every epoch's batches come from the seeded rng up front: a resumed run draws the same ones.
         plans = []
         for _ in range(self.s.epochs):
             pairs = training_pairs(data, train, mined, self.s.negative_depth, rng)
@@ -338,23 +382,60 @@ class Tuner:
         total = sum(len(p) for p in plans)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.s.warmup * total), total)
 
-        tick = time.monotonic()
-        history = [EpochResult(0, self._evaluate(model, data, candidates, dev_qrels))]
-        history[0].seconds = time.monotonic() - tick
-        notice(f"base encoder: dev nDCG@10 {history[0].dev['ndcg@10']:.4f}")
-        best_epoch, best_state = 0, _snapshot(model)
-        for epoch, plan in enumerate(plans, 1):
+        made_of = {"settings": asdict(self.s), "base": self.base.revision, "data": data.sources, "negatives": negatives}
+        if resume:
+            loop = resumable.load_state(state, model, optimizer, scheduler, self.device)
+            if loop["made_of"] != made_of:
+                changed = ", ".join(k for k in made_of if loop["made_of"].get(k) != made_of[k])
+                raise TuningError(f"--resume: {state} is a tuning run with other {changed}; delete it to start over")
+            history = [EpochResult(**h) for h in loop["history"]]
+            best_state = _read_best(state, loop["best_epoch"])
+            notice(f"resuming epoch {loop['epoch']} at batch {len(loop['losses'])} from {state}")
+        else:
             tick = time.monotonic()
-            loss = self._epoch(model, loss_fn, optimizer, scheduler, plan, data, epoch)
+            history = [EpochResult(0, self._evaluate(model, data, candidates, dev_qrels))]
+            history[0].seconds = time.monotonic() - tick
+            notice(f"base encoder: dev nDCG@10 {history[0].dev['ndcg@10']:.4f}")
+            loop = {"made_of": made_of, "epoch": 1, "losses": [], "best_epoch": 0, "stopped": False, "seconds": 0.0}
+            best_state = _snapshot(model)
+        # Seconds spent by the calls before this one, for a run resumed across them.
+        earlier = loop["seconds"]
+
+        def save() -> None:
+            loop.update(history=[asdict(h) for h in history], seconds=earlier + time.monotonic() - started)
+            best = _write_best(state, loop["best_epoch"], best_state)
+            resumable.save_state(state, model, optimizer, scheduler, loop)
+            # Only once the saved state names the new best file.
+            for older in state.glob("best-*.safetensors"):
+                if older != best:
+                    older.unlink()
+
+        if not resume:
+            save()
+        batches_left = stop_after
+        while loop["epoch"] <= len(plans) and not loop["stopped"]:
+            epoch, plan, done = loop["epoch"], plans[loop["epoch"] - 1], len(loop["losses"])
+            tick = time.monotonic()
+            stop_at = None if batches_left is None else done + batches_left
+            if not self._epoch(model, loss_fn, optimizer, scheduler, plan, data, epoch, loop["losses"], save, stop_at):
+                save()
+                return None
+            if batches_left is not None:
+                batches_left -= len(plan) - done
+            loss = float(np.mean(loop["losses"]))
             result = EpochResult(epoch, self._evaluate(model, data, candidates, dev_qrels), loss)
             result.seconds = time.monotonic() - tick
             history.append(result)
             notice(f"epoch {epoch}: loss {loss:.4f}, dev nDCG@10 {result.dev['ndcg@10']:.4f}")
+            best_epoch = loop["best_epoch"]
             if result.dev["ndcg@10"] > next(h.dev["ndcg@10"] for h in history if h.epoch == best_epoch):
-                best_epoch, best_state = epoch, _snapshot(model)
+                loop["best_epoch"], best_state = epoch, _snapshot(model)
             elif epoch - best_epoch >= self.s.patience:
                 notice(f"no gain for {self.s.patience} epoch(s): stopping")
-                break
+                loop["stopped"] = True
+            loop.update(epoch=epoch + 1, losses=[])
+            save()
+        best_epoch = loop["best_epoch"]
         if best_epoch == 0:
             notice("no epoch beat the base encoder on the dev split: writing the base weights unchanged")
         model.load_state_dict(best_state)
@@ -372,7 +453,8 @@ class Tuner:
             history=history,
         )
         self._write(model, out, report, data, dev)
-        report.seconds = time.monotonic() - started
+        shutil.rmtree(state)
+        report.seconds = earlier + time.monotonic() - started
         return report
 
     def _write(self, model: Any, out: Path, report: TuneReport, data: TuningData, dev: list[str]) -> None:
@@ -415,3 +497,23 @@ class Tuner:
 
 def _snapshot(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def state_folder(out: Path) -> Path:
+    """Where a tuning run for ``out`` keeps what ``--resume`` needs."""
+    return out.with_name(out.name + ".tuning")
+
+
+def _write_best(state: Path, epoch: int, weights: dict[str, torch.Tensor]) -> Path:
+    """The best epoch's weights, named by epoch so that the saved state always names a complete file."""
+    path = state / f"best-{epoch}.safetensors"
+    if not path.is_file():
+        state.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(partial))
+        os.replace(partial, path)
+    return path
+
+
+def _read_best(state: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return load_file(str(state / f"best-{epoch}.safetensors"))

@@ -1,30 +1,23 @@
-"""Writing run folders and resumable state, without pickle: tensors in safetensors, everything else in JSON.
+"""Writing run folders, without pickle: tensors in safetensors, everything else in JSON.
 
 A run folder holds the best model (``model.safetensors``, ``model.json`` with the spec and label map,
-``encoder/config.json``, the tokenizer), read back by ``inference/checkpoint.py``; ``state/`` holds the latest
-weights, optimizer, schedule, RNG and loop counters for ``run.resume``.
+``encoder/config.json``, the tokenizer), read back by ``inference/checkpoint.py``; ``state/`` holds what
+``run.resume`` needs (``ralm_es/resumable.py``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Any
 
-import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from safetensors.torch import save_model
 from transformers import AutoModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from ralm_es.inference.checkpoint import ENCODER_DIR, SPEC, WEIGHTS, read_safetensors
+from ralm_es.inference.checkpoint import ENCODER_DIR, SPEC, WEIGHTS
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model_folder import ModelError, resolve_model_path
-
-STATE_DIR = "state"
 
 
 def new_model(spec: ModelSpec, encoder_path: str | None) -> RalmModel:
@@ -45,52 +38,3 @@ def save_run_model(folder: Path, model: RalmModel, tokenizer: PreTrainedTokenize
     model.encoder.config.save_pretrained(folder / ENCODER_DIR)
     tokenizer.save_pretrained(folder)
     save_model(model, str(folder / WEIGHTS))
-
-
-def save_state(
-    folder: Path, model: RalmModel, optimizer: Optimizer, scheduler: LRScheduler, loop: dict[str, Any]
-) -> None:
-    """Everything ``run.resume`` needs, written to a new folder first so a crash never leaves half a state."""
-    tmp = folder / f"{STATE_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / WEIGHTS))
-    opt = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for idx, state in opt["state"].items():
-        for name, value in state.items():
-            tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    meta = {"param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(), "loop": loop}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    final = folder / STATE_DIR
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-
-def load_state(
-    folder: Path, model: RalmModel, optimizer: Optimizer, scheduler: LRScheduler, device: torch.device
-) -> dict[str, Any]:
-    """Restore what ``save_state`` wrote; returns the loop counters."""
-    state_dir = folder / STATE_DIR
-    if not (state_dir / "state.json").is_file():
-        raise ModelError(f"cannot resume: {state_dir} holds no saved training state")
-    read_safetensors(state_dir / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
-    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
-    # Loaded on the CPU: ``load_state_dict`` moves each value where the optimizer keeps it.
-    tensors = read_safetensors(state_dir / "optimizer.safetensors", load_file)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("rng."):
-            continue
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return meta["loop"]

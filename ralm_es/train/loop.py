@@ -17,6 +17,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ralm_es import resumable
 from ralm_es.config import to_dict
 from ralm_es.errors import RalmError
 from ralm_es.inference.checkpoint import WEIGHTS, load_tokenizer
@@ -75,7 +76,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> RunResult:
 
 
 def _check_out(out: Path, resume: bool) -> None:
-    has_run = (out / checkpoint.STATE_DIR).exists() or (out / WEIGHTS).exists()
+    has_run = (out / resumable.STATE_DIR).exists() or (out / WEIGHTS).exists()
     if resume and not has_run:
         raise TrainError(f"run.resume is set but {out} holds no run to resume")
     if not resume and has_run:
@@ -130,9 +131,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     loop.update(stopped_early=False, dev=None, timed_steps=0, train_seconds=0.0)
     if cfg.run.resume:
         # A state saved before the throughput counters were kept times only the steps from here on.
-        loop = {"timed_steps": 0, "train_seconds": 0.0} | checkpoint.load_state(
-            out, model, optimizer, scheduler, device
-        )
+        loop = {"timed_steps": 0, "train_seconds": 0.0} | resumable.load_state(out, model, optimizer, scheduler, device)
         if layout.main:
             # A run killed between two saved states logged steps that it will now train again.
             report.truncate_metrics(out, loop["step"])
@@ -218,7 +217,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
                     loop["best_step"] = step
             loop["stopped_early"] = distributed.agree(layout, stop)
         if layout.main and (evaluate_now or pause_now):
-            checkpoint.save_state(out, model, optimizer, scheduler, loop)
+            resumable.save_state(out, model, optimizer, scheduler, loop)
         if pause_now:
             break
     bar.close()
