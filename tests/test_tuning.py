@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from elasticsearch import Elasticsearch
+from safetensors.torch import load_file
 
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
@@ -196,6 +200,7 @@ def test_judged_document_missing_from_the_corpus_names_the_qrels_line(
         ("dev_fraction", 1.0, "--dev-fraction must be between 0 and 1"),
         ("batch_size", 1, "--batch-size must be at least 2"),
         ("dev_candidates", -1, "--dev-candidates must be 0 (whole corpus) or more"),
+        ("mini_batch", -1, "--mini-batch must be 0 (the whole batch at once) or more"),
     ],
 )
 def test_bad_settings_name_the_option(option: str, value: Any, message: str) -> None:
@@ -255,6 +260,34 @@ def test_resume_is_refused_without_a_state_or_with_other_settings(
     assert other.returncode == 1 and not out.exists()
     assert other.stderr.strip().splitlines()[-1] == (
         f"ralm-es: error: --resume: {out}.tuning is a tuning run with other settings; delete it to start over"
+    )
+
+
+def test_gradcache_mini_batches_train_as_the_whole_batch_does(
+    slice_data: TuningData, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Without dropout the two paths see the same numbers: only the memory they take differs.
+    model = tmp_path / "no-dropout"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(
+        json.dumps({**config, "hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    )
+    reports = {}
+    with memory_bm25(slice_data.docs) as miner:
+        for mini_batch in (0, 3):
+            settings = replace(FAST, epochs=1, mini_batch=mini_batch)
+            out = tmp_path / f"mini-{mini_batch}"
+            reports[mini_batch] = Tuner(model, settings).run(slice_data, out, miner, "in-memory BM25", lambda m: None)
+    whole, cached = reports[0], reports[3]
+    assert whole is not None and cached is not None
+    assert cached.history[1].loss == pytest.approx(whole.history[1].loss, rel=1e-4)
+    assert cached.after["ndcg@10"] == pytest.approx(whole.after["ndcg@10"], abs=1e-3)
+    a, b = load_file(str(whole.out / "model.safetensors")), load_file(str(cached.out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not torch.equal(
+        a["embeddings.word_embeddings.weight"],
+        load_file(str(model / "model.safetensors"))["embeddings.word_embeddings.weight"],
     )
 
 

@@ -45,6 +45,12 @@ from ralm_es.retrieve.settings import TuneSettings as T
     help="Dev ranks each query's relevant docs plus its BM25 top N (0: the whole corpus).",
 )
 @setting(T, "max_length", "--max-length", help="Tokens kept of a query or document.")
+@setting(
+    T,
+    "mini_batch",
+    "--mini-batch",
+    help="Encode N texts at a time with GradCache: the same loss, memory that does not grow with --batch-size.",
+)
 @setting(T, "device", "--device", help="auto, cpu, cuda, cuda:1, …")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run for --out from OUT.tuning/.")
 @click.option(

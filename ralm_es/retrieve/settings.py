@@ -62,6 +62,9 @@ class TuneSettings:
     negative_depth: int = 20
     dev_candidates: int = 100
     max_length: int = 256
+    # 0: the whole batch's texts through the encoder at once. N: GradCache, N texts at a time (the same loss in
+    # memory that does not grow with the batch, for about one more forward pass).
+    mini_batch: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -77,5 +80,7 @@ class TuneSettings:
             raise TuningError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise TuningError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if self.mini_batch < 0:
+            raise TuningError(f"--mini-batch must be 0 (the whole batch at once) or more, got {self.mini_batch}")
         if self.dev_candidates < 0:
             raise TuningError(f"--dev-candidates must be 0 (whole corpus) or more, got {self.dev_candidates}")

@@ -1,7 +1,8 @@
 """Fine-tuning the dense retriever's encoder on a task's own relevance judgements (sentence-transformers).
 
 Training pairs are (query, relevant document) from BEIR queries and qrels; the loss is
-MultipleNegativesRankingLoss: every other document in the batch is a negative, plus one hard negative a pair
+MultipleNegativesRankingLoss (CachedMultipleNegativesRankingLoss, GradCache, with ``mini_batch``, for memory that
+does not grow with the batch): every other document in the batch is a negative, plus one hard negative a pair
 drawn each epoch from the query's top BM25 hits that are not judged relevant. A seeded share of the training
 *queries* is held out as a dev split and never trained on. Dev nDCG@10 (ranx) is measured before training and
 after every epoch, by exact cosine ranking of each dev query's candidates (its relevant documents plus its BM25
@@ -330,7 +331,10 @@ class Tuner:
         and after every epoch), removed once the encoder is written; ``resume`` continues from it.
         ``stop_after`` ends this call after that many training batches, with the state saved; it then returns
         ``None``."""
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.losses import (
+            CachedMultipleNegativesRankingLoss,
+            MultipleNegativesRankingLoss,
+        )
         from transformers import get_linear_schedule_with_warmup
 
         out = Path(out)
@@ -372,7 +376,11 @@ class Tuner:
         notice(f"{len(train)} training and {len(dev)} dev queries (seed {self.s.seed}); dev ranks {described}")
 
         model = self._model()
-        loss_fn = MultipleNegativesRankingLoss(model)
+        loss_fn = (
+            CachedMultipleNegativesRankingLoss(model, mini_batch_size=self.s.mini_batch)
+            if self.s.mini_batch
+            else MultipleNegativesRankingLoss(model)
+        )
         # Every epoch's batches come from the seeded rng up front: a resumed run draws the same ones.
         plans = []
         for _ in range(self.s.epochs):
