@@ -643,7 +643,7 @@ def tune_section(path: Path) -> list[str]:
         for name, value in run["dev_ndcg@10"].items()
         if name != "base"
     ]
-    return [
+    lines = [
         f"From `bench/results/{path.name}`, written {run['written']} by `{run['command']}`: {run['encoder']}; "
         f"{split['train_queries']} of the {split['queries_judged']} judged SciFact train queries tuned on, the other "
         f"{split['dev_queries']} the dev split, never trained on; {run['negatives']}; dev evaluation: "
@@ -655,6 +655,15 @@ def tune_section(path: Path) -> list[str]:
         f"epoch 1 training {timing['epoch_1_training_wall']} s and its evaluation "
         f"{timing['epoch_1_dev_evaluation_wall']} s (wall); peak RSS {run['peak_rss_mb']:,} MB.",
     ]
+    if "memory" in run:
+        probe = run["memory"]
+        figures = "; ".join(
+            f"{'the whole batch at once' if size == '0' else f'--mini-batch {size}'}: peak RSS "
+            f"{m['peak_rss_mb']:,} MB, {m['wall_s']} s"
+            for size, m in probe["by_mini_batch"].items()
+        )
+        lines += ["", f"Memory, written {probe['written']} by `{probe['command']}`, {probe['what']}: {figures}."]
+    return lines
 
 
 def serve_section(path: Path) -> list[str]:
