@@ -4,9 +4,11 @@ over the OpenAPI document, and ``ralm-es serve`` as a real uvicorn process."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -464,3 +466,54 @@ def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sampl
         ("GET", "/indices", 401),
     ]
     assert TOKEN not in stderr
+
+
+def test_serve_workers_answer_on_one_port_and_stop_together(es_url: str, sample_index: str, tmp_path: Path) -> None:
+    port = free_port()
+    args = ["serve", "--index", sample_index, "--mode", "bm25", "--port", str(port), "--workers", "2"]
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    # A file, not a pipe: a pipe nobody reads fills with the workers' access log and stalls them.
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180
+        # Concurrent requests reach both workers once both are up.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            while len(pids) < 2 and time.monotonic() < deadline:
+                assert proc.poll() is None
+                try:
+                    answers = list(pool.map(lambda _: httpx.get(f"{url}/health", timeout=10), range(16)))
+                except httpx.TransportError:
+                    time.sleep(0.5)
+                    continue
+                pids |= {answer.json()["pid"] for answer in answers}
+            searches = pool.map(
+                lambda _: httpx.post(f"{url}/search", json={"text": "insulin", "k": 3}, timeout=60), range(16)
+            )
+            hits = {tuple(hit["id"] for hit in answer.json()["hits"]) for answer in searches}
+        assert len(pids) == 2 and proc.pid not in pids
+        assert len(hits) == 1 and len(next(iter(hits))) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+    printed = log.read_text()
+    assert proc.returncode == 0, printed
+    started = re.search(rf"2 workers \(pids (\d+), (\d+)\) on {url}", printed)
+    assert started is not None and set(map(int, started.groups())) == pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_serve_workers_that_cannot_start_fail_in_one_line(es_url: str) -> None:
+    args = ["serve", "--index", "no-such-index", "--mode", "bm25", "--port", str(free_port()), "--workers", "3"]
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "ralm_es.cli.main", *args], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("ralm-es: error: index or alias 'no-such-index' does not exist")
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 from typing import Any
 
@@ -69,17 +71,31 @@ S = ServeSettings
     type=click.IntRange(1),
     help="Requests that may wait; more get 503 with Retry-After.",
 )
+@setting(
+    S,
+    "workers",
+    "--workers",
+    type=click.IntRange(1),
+    help="Processes answering on the one port, each with its own encoder and batch queue.",
+)
 @pass_context
 def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> None:
     """Serve /search, /retrieve, /predict, /health and /indices (OpenAPI at /docs). Set RALM_ES_API_TOKEN to
     require a bearer token on all but /health (the OpenAPI pages too, unless --open-docs)."""
+    from ralm_es.serve.workers import FD_ENV, run_workers
+
+    settings = ctx.settings(S, "serve", env={TOKEN_ENV: "token"})
+    inherited = os.environ.get(FD_ENV)
+    if settings.workers > 1 and inherited is None:
+        # Each worker is this command line again, with the socket bound here; this process loads no model.
+        notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
+        sys.exit(run_workers(settings, sys.argv[1:], notice))
     # Imported here so that `ralm-es --help` does not pay for FastAPI, torch and the models.
     import uvicorn
 
     from ralm_es.serve.app import create_app
     from ralm_es.serve.predictor import Predictor
 
-    settings = ctx.settings(S, "serve", env={TOKEN_ENV: "token"})
     retriever = build_retriever(ctx, options)
     predictor = Predictor.open(run_dir, retriever, device) if run_dir else None
     app = create_app(settings, retriever, predictor)
@@ -96,12 +112,10 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
         auth = "bearer token required; OpenAPI at /docs without it"
     else:
         auth = "bearer token required, at /docs too (--open-docs opens it)"
-    click.echo(f"ralm-es: serving on http://{settings.host}:{settings.port} ({auth})", err=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="info",
-        timeout_graceful_shutdown=settings.graceful_timeout,
-    )
+    server = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": settings.graceful_timeout}
+    if inherited is None:
+        click.echo(f"ralm-es: serving on http://{settings.host}:{settings.port} ({auth})", err=True)
+        uvicorn.run(app, host=settings.host, port=settings.port, **server)
+    else:
+        # A worker of --workers: it accepts on the socket its parent bound.
+        uvicorn.Server(uvicorn.Config(app, **server)).run(sockets=[socket.socket(fileno=int(inherited))])

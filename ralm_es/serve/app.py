@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -200,7 +201,9 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         model = {"loaded": True, **predictor.info()} if predictor is not None else {"loaded": False}
         status = "ok" if state.reachable else "unavailable"
         queue = {"waiting": batcher.waiting, "size": settings.queue_size, "batch_size": settings.batch_size}
-        return m.HealthOut(status=status, version=__version__, cluster=cluster, index=index, model=model, queue=queue)
+        return m.HealthOut(
+            status=status, version=__version__, pid=os.getpid(), cluster=cluster, index=index, model=model, queue=queue
+        )
 
     @app.get("/indices", response_model=list[m.IndexOut], dependencies=protected, responses=ERRORS)
     def indices() -> list[m.IndexOut]:

@@ -152,6 +152,7 @@ class IndexOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
+    pid: int = Field(description="The process that answered: one of `serve --workers`.")
     cluster: dict[str, Any] | None
     index: dict[str, Any] | None
     model: dict[str, Any] | None

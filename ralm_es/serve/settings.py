@@ -33,7 +33,9 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     # Requests waiting for a batch; one more is refused with 503 and Retry-After.
     queue_size: int = 256
+    # Processes accepting on the one listening socket, each with its own encoder, retriever and batch queue.
+    workers: int = 1
 
     def __post_init__(self) -> None:
-        check_bounds("serve", self, ("batch_size", "queue_size"), 1)
+        check_bounds("serve", self, ("batch_size", "queue_size", "workers"), 1)
         check_bounds("serve", self, ("batch_wait_ms",), 0)
