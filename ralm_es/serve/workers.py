@@ -82,8 +82,8 @@ def run_workers(settings: ServeSettings, argv: list[str], notice: Callable[[str]
                 notice(f"the first worker did not answer {url}/health within {STARTUP_S:.0f} s")
                 return 1
             time.sleep(0.2)
-        workers += [start() for _ in range(settings.workers - 1)]
         if not stop:
+            workers += [start() for _ in range(settings.workers - 1)]
             notice(f"{settings.workers} workers (pids {', '.join(str(w.pid) for w in workers)}) on {url}")
         while not stop:
             ended = next((w for w in workers if w.poll() is not None), None)
