@@ -538,6 +538,7 @@ def efficiency_section(
     seeds of a cell, with the per-seed difference against ``none``, taken from ``baseline`` when given), as a table
     and a plot with error bars; each row says the budget its runs had."""
     runs = efficiency_runs(efficiency, conll, baseline)
+    seeded = any(len(rs) > 1 for by_mode in runs.values() for rs in by_mode.values())
     modes = sorted({mode for row in efficiency["test_f1"].values() for mode in row} | ({"none"} if baseline else set()))
     f1 = {
         mode: {
@@ -550,7 +551,8 @@ def efficiency_section(
 
     def cell(values: list[float]) -> str:
         if len(values) == 1:
-            return f"{values[0]:.4f}"
+            # Beside cells over seeds, a single run must say it is one.
+            return f"{values[0]:.4f} (1 seed)" if seeded else f"{values[0]:.4f}"
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
 
     def paired(fraction: float, mode: str) -> str:

@@ -65,13 +65,13 @@ VARIANTS = {
 def resumable_step(out: Path, cfg: TrainConfig) -> int | None:
     """The step of the saved state in ``out`` when it is a run of this same configuration (a finished one that
     was never recorded resumes straight into its test evaluation)."""
-    state, config = out / resumable.STATE_DIR / "state.json", out / "config.yaml"
-    if not (state.is_file() and config.is_file()):
+    loop, config = resumable.saved_loop(out), out / "config.yaml"
+    if loop is None or not config.is_file():
         return None
     saved = yaml.safe_load(config.read_text(encoding="utf-8"))
     if {k: v for k, v in saved.items() if k != "run"} != {k: v for k, v in to_dict(cfg).items() if k != "run"}:
         return None
-    return int(json.loads(state.read_text(encoding="utf-8"))["loop"]["step"])
+    return int(loop["step"])
 
 
 def run_one(base: Path, name: str, work: Path, overrides: list[str]) -> dict[str, Any]:

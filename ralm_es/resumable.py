@@ -45,6 +45,15 @@ def save_state(
     tmp.rename(final)
 
 
+def saved_loop(folder: Path) -> dict[str, Any] | None:
+    """The loop counters of the state saved in ``folder``, or None when it holds none."""
+    path = folder / STATE_DIR / "state.json"
+    if not path.is_file():
+        return None
+    loop: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))["loop"]
+    return loop
+
+
 def load_state(
     folder: Path, model: torch.nn.Module, optimizer: Optimizer, scheduler: LRScheduler, device: torch.device
 ) -> dict[str, Any]:

@@ -234,6 +234,9 @@ def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path
         f"efficiency-attention-tokens-0.05-seed{seed}": _run(0.05, 3, 132, 0.6 + seed / 200, seed)
         for seed in scores["none"]
     }
+    tokens = "\n".join(train_section(collect_train(results_dir), docs_dir)).partition("### efficiency_tokens")[2]
+    # A cell of one run, beside cells over seeds, says so.
+    assert "| 0.1 | – | 0.7900 (1 seed) | – | 3 epochs, 264 steps |" in tokens
     crossdoc = {"test_f1": {"0.05": {"attention-tokens": 0.67}}, "runs": other}
     (results_dir / "efficiency_crossdoc.json").write_text(json.dumps(crossdoc))
     text = "\n".join(train_section(collect_train(results_dir), docs_dir)).partition("### efficiency_crossdoc")[2]

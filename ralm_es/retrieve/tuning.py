@@ -34,6 +34,7 @@ from ralm_es import resumable
 from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Passage, ReadError
 from ralm_es.embed import Encoder, pick_device
+from ralm_es.inference.checkpoint import read_safetensors
 from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements
 from ralm_es.retrieve.settings import TuneSettings, TuningError
 from ralm_es.store.base import Backend, IndexSpec, SearchRequest
@@ -341,7 +342,7 @@ class Tuner:
         state = state_folder(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise TuningError(f"--out {out} already exists and is not an empty folder")
-        if resume and not (state / resumable.STATE_DIR).is_dir():
+        if resume and resumable.saved_loop(state) is None:
             raise TuningError(f"--resume: {state} holds no unfinished tuning run")
         if not resume and state.exists():
             raise TuningError(
@@ -524,4 +525,4 @@ def _write_best(state: Path, epoch: int, weights: dict[str, torch.Tensor]) -> Pa
 
 
 def _read_best(state: Path, epoch: int) -> dict[str, torch.Tensor]:
-    return load_file(str(state / f"best-{epoch}.safetensors"))
+    return read_safetensors(state / f"best-{epoch}.safetensors", load_file)
