@@ -41,7 +41,11 @@ def bodies(encoder: Encoder) -> dict[str, list[dict[str, Any]]]:
     return {
         "bm25": [search_body(r, fields) for r in search_requests(settings, QUERY, None, "bm25", k, [], [])],
         "knn": [search_body(r, fields) for r in search_requests(settings, QUERY, vector, "dense", k, [], [])],
-        "hybrid": [search_body(r, fields) for r in search_requests(settings, QUERY, vector, "hybrid", k, FILTERS, [])],
+        # Hybrid candidates are ids and scores until fusion has chosen the k to read (a store with doc-valued ids).
+        "hybrid": [
+            search_body(r, fields, light=not r.bodies)
+            for r in search_requests(settings, QUERY, vector, "hybrid", k, FILTERS, [], bodies=False)
+        ],
     }
 
 
@@ -50,7 +54,9 @@ SECTIONS = {
     "knn": '### kNN\n\n`ralm-es search --mode dense "{q}" --explain-dsl` (the vector is the query\'s embedding):',
     "hybrid": '### Hybrid (BM25 + kNN)\n\n`ralm-es search "{q}" --filter topic=medicine --explain-dsl` sends both '
     "searches; ralm-es fuses the two rankings itself (reciprocal-rank fusion by default), because the `rrf` "
-    "retriever needs a paid licence. Run both in Dev Tools to see each half:",
+    "retriever needs a paid licence. Both ask for ids and scores only (`stored_fields: _none_`: no candidate's "
+    "`_source`, vector and all, is loaded); ralm-es then reads the fused top k with one `terms` search on `id`. "
+    "Run both in Dev Tools to see each half:",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,6 +114,21 @@ def test_search_many_equals_a_loop_of_search(backend: Backend) -> None:
     ]
     many = backend.search_many(requests)
     assert [ids(h) for h in many] == [ids(backend.search(r)) for r in requests]
+
+
+def test_light_hits_then_fetch_give_the_full_hits(backend: Backend) -> None:
+    filled(backend)
+    for request in (
+        SearchRequest(mode="bm25", text="insulin glucose", k=3),
+        SearchRequest(mode="dense", vector=unit(1, 0, 0.1, 0), k=3),
+    ):
+        full = backend.search(request)
+        light = backend.search(dataclasses.replace(request, bodies=False))
+        assert [(h.id, h.doc_id, h.score) for h in light] == [(h.id, h.doc_id, h.score) for h in full]
+        assert all(h.complete for h in full) and not any(h.complete or h.text or h.title for h in light)
+        fetched = backend.fetch([*ids(light), "no-such-passage"])
+        assert sorted(fetched) == sorted(ids(full))
+        assert [dataclasses.replace(fetched[h.id], score=h.score) for h in full] == full
 
 
 def test_dims_mismatch_refused_with_both_numbers(backend: Backend) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit, read_cache
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever, search_requests
-from ralm_es.store.base import Filter, StoreError
+from ralm_es.store.base import Filter, Hit, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend, FieldMap, search_body
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
@@ -54,6 +55,45 @@ def test_hybrid_scores_are_rrf_of_the_component_ranks(
     dense = [(h.id, h.score) for h in retriever.search("football club stadium", k=20, mode="dense")]
     fused = fusion.rrf({"bm25": bm25, "dense": dense}, k=60.0, weights={"bm25": 0.5, "dense": 0.5})
     assert [h.id for h in hits] == [f.id for f in fused[:10]]
+
+
+def test_hybrid_reads_the_fused_passages_in_full(
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
+) -> None:
+    retriever = make(es_client, sample_index, tiny_encoder, depth=30)
+    queries = ["football club stadium", "insulin lowers blood glucose", "volcanic eruption"]
+    full = {h.id: h for h in retriever.search_many(["insulin"], k=60, mode="bm25")[0]}
+    full |= {h.id: h for q in queries for h in retriever.search(q, k=60, mode="dense")}
+    for hits in retriever.search_many(queries, k=8, mode="hybrid"):
+        assert len(hits) == 8
+        for h in hits:
+            own = full[h.id]
+            assert (h.doc_id, h.text, h.title, h.metadata) == (own.doc_id, own.text, own.title, own.metadata)
+            assert h.text
+
+
+class DeletesBeforeFetch(ElasticsearchBackend):
+    """The index changes between a search and the reading of its hits: the first hit asked for is deleted."""
+
+    deleted: str
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, Hit]:
+        self.client.delete(index=self.index, id=ids[0], refresh=True)
+        self.deleted = ids[0]
+        return super().fetch(ids)
+
+
+def test_a_passage_deleted_before_it_is_read_is_named(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    backend = DeletesBeforeFetch(es_client, index_name)
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run(
+        [sample_path("sample_corpus.jsonl")]
+    )
+    retriever = Retriever(backend, tiny_encoder, RetrievalSettings(mode="hybrid"))
+    with pytest.raises(RetrievalError, match=r"left index .* between the search and reading them") as raised:
+        retriever.search("insulin", k=3)
+    assert str(raised.value).startswith(f"passages {backend.deleted} left index '{index_name}'")
 
 
 def test_hybrid_scores_are_the_linear_fusion_of_the_component_lists(

@@ -50,10 +50,12 @@ def search_requests(
     k: int,
     filters: list[Filter],
     exclude_ids: Sequence[str],
+    bodies: bool = True,
 ) -> list[SearchRequest]:
-    """The store searches one query becomes under settings ``s``: one per mode, both for hybrid (``depth`` each)."""
+    """The store searches one query becomes under settings ``s``: one per mode, both for hybrid (``depth`` each).
+    ``bodies=False``: the hits are ids and scores, read in full once fusion has cut them to k."""
     depth = max(k, s.depth) if mode == "hybrid" else k
-    common = {"k": depth, "filters": filters, "exclude_ids": list(exclude_ids)}
+    common = {"k": depth, "filters": filters, "exclude_ids": list(exclude_ids), "bodies": bodies}
     out = []
     if mode in ("bm25", "hybrid"):
         out.append(SearchRequest(mode="bm25", text=query, title_boost=s.title_boost, **common))
@@ -167,7 +169,13 @@ class Retriever:
         return out
 
     # -- requests ------------------------------------------------------------------------------------
-    def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[RetrievedHit]:
+    def _bodies(self, mode: Mode) -> bool:
+        """Whether the component searches should return passage texts: only hybrid fetches more (``depth``) than
+        it keeps, and excluding inputs by content reads the texts of every candidate."""
+        return mode != "hybrid" or "content" in self.settings.exclude
+
+    def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[tuple[fusion.Fused, Hit]]:
+        """The top k of one query's component lists, each fused score beside the store's hit for it."""
         s = self.settings
         if mode == "hybrid":
             bm25, dense = parts
@@ -185,22 +193,36 @@ class Retriever:
             fused = [
                 fusion.Fused(h.id, h.score, {mode: fusion.Component(h.score, i)}) for i, h in enumerate(parts[0], 1)
             ]
-        out = []
-        for i, f in enumerate(fused[:k], 1):
-            h, comps = by_id[f.id], f.components
-            out.append(
-                RetrievedHit(
-                    id=h.id,
-                    doc_id=h.doc_id,
-                    rank=i,
-                    score=f.score,
-                    scores={name: comps[name].score if name in comps else None for name in ("bm25", "dense")},
-                    ranks={name: comps[name].rank if name in comps else None for name in ("bm25", "dense")},
-                    title=h.title,
-                    text=h.text,
-                    metadata=h.metadata,
-                )
+        return [(f, by_id[f.id]) for f in fused[:k]]
+
+    def _hits(self, ranked: list[list[tuple[fusion.Fused, Hit]]]) -> list[list[RetrievedHit]]:
+        """Every query's fused top k as hits, the ones the store returned without text read in one ``fetch``."""
+        missing = [h.id for pairs in ranked for _, h in pairs if not h.complete]
+        full = self.backend.fetch(missing) if missing else {}
+        if gone := sorted(set(missing) - set(full)):
+            raise RetrievalError(
+                f"passages {', '.join(gone[:5])} left index '{self.backend.index}' between the search and reading "
+                "them (the index changed); search again"
             )
+        out = []
+        for pairs in ranked:
+            hits = []
+            for i, (f, found) in enumerate(pairs, 1):
+                h, comps = (found if found.complete else full[found.id]), f.components
+                hits.append(
+                    RetrievedHit(
+                        id=h.id,
+                        doc_id=h.doc_id,
+                        rank=i,
+                        score=f.score,
+                        scores={name: comps[name].score if name in comps else None for name in ("bm25", "dense")},
+                        ranks={name: comps[name].rank if name in comps else None for name in ("bm25", "dense")},
+                        title=h.title,
+                        text=h.text,
+                        metadata=h.metadata,
+                    )
+                )
+            out.append(hits)
         return out
 
     def search(
@@ -247,19 +269,21 @@ class Retriever:
             self._fusion_noticed = True
             self.notice(self.backend.fusion_notice())
         requests: list[SearchRequest] = []
+        bodies = self._bodies(mode)
         for i, text in enumerate(texts):
             vector = vectors[i].tolist() if vectors is not None else None
-            requests += search_requests(self.settings, text, vector, mode, fetch, list(filters or []), excludes[i])
+            filters_i = list(filters or [])
+            requests += search_requests(self.settings, text, vector, mode, fetch, filters_i, excludes[i], bodies)
         per_query = 2 if mode == "hybrid" else 1
         results = self.backend.search_many(requests)
-        out = []
+        ranked = []
         for q, start in enumerate(range(0, len(results), per_query)):
             parts = results[start : start + per_query]
             if exclude != "none":
                 own_id = input_ids[q] if input_ids is not None else None
                 parts = [[h for h in hits if not self._is_self(h, own_id, texts[q])] for hits in parts]
-            out.append(self._fuse(mode, parts, k))
-        return out
+            ranked.append(self._fuse(mode, parts, k))
+        return self._hits(ranked)
 
     def _is_self(self, hit: Hit, input_id: str | None, text: str) -> bool:
         exclude = self.settings.exclude
@@ -280,5 +304,5 @@ class Retriever:
             vector = self.encode([text])[0].tolist()
         return [
             self.backend.request_body(r)
-            for r in search_requests(self.settings, text, vector, mode, k, list(filters or []), ())
+            for r in search_requests(self.settings, text, vector, mode, k, list(filters or []), (), self._bodies(mode))
         ]

@@ -160,6 +160,10 @@ class SearchRequest:
     title_boost: float = 1.0
     filters: list[Filter] = field(default_factory=list)
     exclude_ids: list[str] = field(default_factory=list)
+    # False: the hits carry id, doc_id and score only (``Hit.complete`` False), for candidate lists that fusion
+    # cuts down; ``Backend.fetch`` then reads the few that remain. Elasticsearch otherwise loads every
+    # candidate's stored _source, which holds its vector.
+    bodies: bool = True
 
 
 @dataclass
@@ -170,6 +174,8 @@ class Hit:
     text: str = ""
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # False for a hit of a search with ``bodies=False``: text, title and metadata are not read yet.
+    complete: bool = True
 
 
 class Backend(Protocol):
@@ -216,6 +222,10 @@ class Backend(Protocol):
     def search(self, request: SearchRequest) -> list[Hit]: ...
 
     def search_many(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]: ...
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, Hit]:
+        """The passages with these ids, complete (score 0), by id; an id the store does not hold is left out."""
+        ...
 
     def info(self) -> dict[str, Any]: ...
 

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from importlib.resources import files
 from typing import Any
@@ -52,6 +52,8 @@ HUNSPELL_ANALYSIS = {
     },
 }
 MSEARCH_CHUNK = 64
+# Ids per terms search of ``fetch``: far below index.max_terms_count and max_result_window.
+FETCH_CHUNK = 1000
 SHARD_RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
 MAX_BACKOFF = 30.0
 # Elasticsearch's rules for index and alias names; a pattern ('*', '_all', 'a,b') would reach other indices.
@@ -175,12 +177,19 @@ def filter_clause(f: Filter, fields: FieldMap) -> dict[str, Any]:
     return {"range": {path: bounds}}
 
 
-def search_body(request: SearchRequest, f: FieldMap) -> dict[str, Any]:
+def search_body(request: SearchRequest, f: FieldMap, light: bool = False) -> dict[str, Any]:
     """The exact request body for one search (what ``--explain-dsl`` prints): a pure function of the request and
-    the index's field map ``f``, so Kibana snippets and tests need no cluster."""
+    the index's field map ``f``, so Kibana snippets and tests need no cluster. ``light``: hits with ids and scores
+    only (a request with ``bodies=False`` on an index whose id fields have doc values)."""
     filters = [filter_clause(flt, f) for flt in request.filters]
     must_not = [{"terms": {f.id: list(request.exclude_ids)}}] if request.exclude_ids else []
-    source = {"excludes": [f.vector]}
+    # Light hits read ids from doc values and load no stored fields: _source, with its vector, is most of
+    # what a search costs when it returns fusion's deep candidate lists.
+    shown: dict[str, Any] = (
+        {"stored_fields": "_none_", "docvalue_fields": [f.id, f.doc_id]}
+        if light
+        else {"_source": {"excludes": [f.vector]}}
+    )
     if request.mode == "bm25":
         match = {
             "multi_match": {
@@ -192,7 +201,7 @@ def search_body(request: SearchRequest, f: FieldMap) -> dict[str, Any]:
         return {
             "size": request.k,
             "query": {"bool": {"must": [match], "filter": filters, "must_not": must_not}},
-            "_source": source,
+            **shown,
         }
     if request.vector is None:
         raise StoreError("dense search needs a query vector")
@@ -204,7 +213,7 @@ def search_body(request: SearchRequest, f: FieldMap) -> dict[str, Any]:
     }
     if filters or must_not:
         knn["filter"] = {"bool": {"filter": filters, "must_not": must_not}}
-    return {"size": request.k, "knn": knn, "_source": source}
+    return {"size": request.k, "knn": knn, **shown}
 
 
 class ElasticsearchBackend:
@@ -460,11 +469,29 @@ class ElasticsearchBackend:
     def count(self) -> int:
         return int(self.client.count(index=self.index)["count"])
 
+    @cached_property
+    def light_hits(self) -> bool:
+        """Whether hits can be read from doc values alone: ``id`` a keyword field with doc values, and ``doc_id``
+        one too or absent (the id then stands in). Read once, like ``search_dims``."""
+        f = self.fields
+        props = self.mapping().get("properties", {})
+
+        def doc_valued(name: str) -> bool:
+            spec = props.get(name) or {}
+            return bool(spec.get("type") == "keyword" and spec.get("doc_values", True))
+
+        return f.id != "_id" and doc_valued(f.id) and (f.doc_id not in props or doc_valued(f.doc_id))
+
     def request_body(self, request: SearchRequest) -> dict[str, Any]:
-        return search_body(request, self.fields)
+        return search_body(request, self.fields, light=not request.bodies and self.light_hits)
 
     def to_hit(self, raw: dict[str, Any]) -> Hit:
         f = self.fields
+        if "_source" not in raw and "fields" in raw:
+            pid = str(raw["fields"][f.id][0])
+            return Hit(
+                id=pid, doc_id=str(raw["fields"].get(f.doc_id, [pid])[0]), score=float(raw["_score"]), complete=False
+            )
         src = raw.get("_source", {})
         metadata = dict(src.get(f.metadata) or {})
         for name in f.extra:
@@ -497,15 +524,31 @@ class ElasticsearchBackend:
             return [hits for chunk in pool.map(self._msearch, chunks) for hits in chunk]
 
     def _msearch(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
-        """One ``_msearch``; searches that failed on some shards (a node lost, a replica being promoted) are sent
-        again with backoff rather than answered with partial results."""
-        out: list[list[Hit] | None] = [None] * len(requests)
-        pending = list(range(len(requests)))
+        raw = self._msearch_bodies([self.request_body(r) for r in requests])
+        return [[self.to_hit(h) for h in hits] for hits in raw]
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, Hit]:
+        """One ``terms`` search on the id field per ``FETCH_CHUNK`` ids, all in one ``_msearch``."""
+        f = self.fields
+        unique = list(dict.fromkeys(ids))
+        chunks = [unique[i : i + FETCH_CHUNK] for i in range(0, len(unique), FETCH_CHUNK)]
+        bodies = [
+            {"size": len(chunk), "query": {"terms": {f.id: chunk}}, "_source": {"excludes": [f.vector]}}
+            for chunk in chunks
+        ]
+        found = [self.to_hit(raw) for hits in self._msearch_bodies(bodies) for raw in hits] if bodies else []
+        return {hit.id: replace(hit, score=0.0) for hit in found}
+
+    def _msearch_bodies(self, bodies: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """One ``_msearch`` of these bodies, their raw hits; searches that failed on some shards (a node lost, a
+        replica being promoted) are sent again with backoff rather than answered with partial results."""
+        out: list[list[dict[str, Any]] | None] = [None] * len(bodies)
+        pending = list(range(len(bodies)))
         for delay in (*SHARD_RETRY_BACKOFF, None):
             lines: list[dict[str, Any]] = []
             for i in pending:
                 lines.append({"index": self.index, "allow_partial_search_results": False})
-                lines.append(self.request_body(requests[i]))
+                lines.append(bodies[i])
             try:
                 resp = self.client.msearch(searches=lines)
             except NotFoundError:
@@ -514,7 +557,7 @@ class ElasticsearchBackend:
             for i, response in zip(pending, resp["responses"], strict=True):
                 error = response.get("error")
                 if error is None and not response.get("_shards", {}).get("failed"):
-                    out[i] = [self.to_hit(h) for h in response["hits"]["hits"]]
+                    out[i] = response["hits"]["hits"]
                     continue
                 if (error or {}).get("type") == "index_not_found_exception":
                     raise self.unknown_index()

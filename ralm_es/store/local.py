@@ -421,8 +421,22 @@ class LocalBackend:
         keep[list(excluded)] = False
         return keep
 
-    def _hits(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        """The best ``k`` of ``rows`` by score, ties in insertion order."""
+    def _hit(self, row: int, score: float, bodies: bool = True) -> Hit:
+        data = self._load()[row]
+        if not bodies:
+            return Hit(id=data["id"], doc_id=str(data["doc_id"]), score=score, complete=False)
+        return Hit(
+            id=data["id"],
+            doc_id=str(data["doc_id"]),
+            score=score,
+            text=data["text"],
+            title=data.get("title") or "",
+            metadata=dict(data.get("metadata") or {}),
+        )
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray, request: SearchRequest) -> list[Hit]:
+        """The best ``request.k`` of ``rows`` by score, ties in insertion order."""
+        k = request.k
         if k <= 0 or rows.size == 0:
             return []
         if rows.size > k:
@@ -430,18 +444,7 @@ class LocalBackend:
             top = scores >= threshold
             rows, scores = rows[top], scores[top]
         order = np.lexsort((rows, -scores))[:k]
-        data = self._load()
-        return [
-            Hit(
-                id=data[i]["id"],
-                doc_id=str(data[i]["doc_id"]),
-                score=float(scores[j]),
-                text=data[i]["text"],
-                title=data[i].get("title") or "",
-                metadata=dict(data[i].get("metadata") or {}),
-            )
-            for j, i in ((int(j), int(rows[j])) for j in order)
-        ]
+        return [self._hit(int(rows[j]), float(scores[j]), request.bodies) for j in order]
 
     def _bm25(self, request: SearchRequest) -> list[Hit]:
         tokens = tokenize(request.text)
@@ -454,7 +457,7 @@ class LocalBackend:
         scores = text.scores(tokens, rows) if text is not None else np.zeros(rows.size)
         if title is not None:
             scores = np.maximum(scores, request.title_boost * title.scores(tokens, rows))
-        return self._hits(rows, scores, request.k)
+        return self._hits(rows, scores, request)
 
     def _query_matrix(self, requests: Sequence[SearchRequest]) -> np.ndarray:
         dims = self._vectors().shape[1]
@@ -498,8 +501,13 @@ class LocalBackend:
             block = (1 + queries[start : start + step] @ matrix.T) / 2
             for scores, i in zip(block, dense[start : start + step], strict=True):
                 rows = np.flatnonzero(self._allowed(requests[i]))
-                out[i] = self._hits(rows, scores[rows].astype(np.float64), requests[i].k)
+                out[i] = self._hits(rows, scores[rows].astype(np.float64), requests[i])
         return out
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, Hit]:
+        with self._lock:
+            self._load()
+            return {i: self._hit(self._ids[i], 0.0) for i in dict.fromkeys(ids) if i in self._ids}
 
     def info(self) -> dict[str, Any]:
         spec = self.spec()
