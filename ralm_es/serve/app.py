@@ -134,7 +134,7 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         check_request(settings, [body.text], body.k)
         key = search_key(body)
         (hits,) = await batched(key, Queries([body.text], [body.exclude_ids], _filters(body.filters), [None]), 1)
-        return m.SearchOut(mode=key.mode, hits=[m.HitOut(**h.to_json()) for h in hits])
+        return m.SearchOut(mode=key.mode, hits=[m.HitOut.model_validate(h, from_attributes=True) for h in hits])
 
     @app.post("/retrieve", response_model=m.RetrieveOut, dependencies=protected, responses=ERRORS)
     async def retrieve(body: m.RetrieveIn) -> m.RetrieveOut:
@@ -149,7 +149,7 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         )
         found = await batched(key, queries, len(body.inputs))
         results = [
-            m.RetrieveResult(id=item.id, hits=[m.HitOut(**h.to_json()) for h in hits])
+            m.RetrieveResult(id=item.id, hits=[m.HitOut.model_validate(h, from_attributes=True) for h in hits])
             for item, hits in zip(body.inputs, found, strict=True)
         ]
         return m.RetrieveOut(mode=key.mode, results=results)
