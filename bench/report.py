@@ -681,6 +681,7 @@ def serve_section(path: Path) -> list[str]:
                 run["queries"],
                 str(run["clients"]),
                 "1 (one at a time)" if run["batch_size"] == 1 else str(run["batch_size"]),
+                str(run.get("workers", 1)),
                 str(run["requests"]),
                 str(run["errors"]),
                 f"{run['throughput_rps']:.1f}",
@@ -706,6 +707,7 @@ def serve_section(path: Path) -> list[str]:
                 "queries",
                 "clients",
                 "batch size",
+                "workers",
                 "requests",
                 "errors",
                 "requests/s",
@@ -770,16 +772,17 @@ def onnx_section(path: Path) -> list[str]:
 
 
 def _batching_gains(runs: list[dict[str, Any]]) -> list[str]:
-    """One line per (queries, clients): each batched run's requests/s and p99 against the one-at-a-time run."""
-    alone = {(r["queries"], r["clients"]): r for r in runs if r["batch_size"] == 1}
+    """One line per (queries, clients): each other run's requests/s and p99 against one at a time in one process."""
+    alone = {(r["queries"], r["clients"]): r for r in runs if r["batch_size"] == 1 and r.get("workers", 1) == 1}
     lines = []
     for run in runs:
         base = alone.get((run["queries"], run["clients"]))
-        if run["batch_size"] == 1 or base is None or not base["throughput_rps"]:
+        if run is base or base is None or not base["throughput_rps"]:
             continue
         lines.append(
-            f"- {run['queries']} queries, {run['clients']} clients, batch size {run['batch_size']}: "
-            f"{run['throughput_rps'] / base['throughput_rps']:.2f}x the requests/s of one at a time, p99 "
+            f"- {run['queries']} queries, {run['clients']} clients, batch size {run['batch_size']}, "
+            f"{run.get('workers', 1)} workers: "
+            f"{run['throughput_rps'] / base['throughput_rps']:.2f}x the requests/s of one at a time in one worker, p99 "
             f"{run['latency_ms']['p99']:.0f} ms against {base['latency_ms']['p99']:.0f} ms."
         )
     return ["", *lines] if lines else []

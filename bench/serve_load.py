@@ -1,8 +1,9 @@
-"""``python -m bench.serve_load [--quick] [--duration S] [--clients N ...] [--batch-sizes B ...]``: a bounded load
-test of ``ralm-es serve``, one-at-a-time against dynamic batching.
+"""``python -m bench.serve_load [--quick] [--duration S] [--clients N ...] [--batch-sizes B ...] [--workers W ...]``:
+a bounded load test of ``ralm-es serve``, one-at-a-time against dynamic batching, one worker process or several.
 
-A scratch index is built from the packaged sample corpus; one ``ralm-es serve`` process (real uvicorn, bearer-token
-auth on) per ``--batch-size`` runs on 127.0.0.1 (``--batch-size 1`` answers requests one at a time). For each number
+A scratch index is built from the packaged sample corpus; one ``ralm-es serve`` (real uvicorn, bearer-token auth on)
+per ``--batch-size`` and ``--workers`` pair runs on 127.0.0.1 (``--batch-size 1`` answers requests one at a time in
+each worker process). For each number
 of clients, each server in turn gets a short warm-up, then N client threads in this process post ``/search``
 requests in a closed loop until the duration or the request cap is reached: the configurations alternate, so a
 change in the machine's load falls on all of them. Per configuration, total requests, errors (any non-200 or
@@ -86,11 +87,19 @@ def drop_index(es_url: str, name: str) -> None:
 
 
 def start_server(
-    es_url: str, index: str, model: str, runtime: Runtime, mode: str, port: int, token: str, batch_size: int
+    es_url: str,
+    index: str,
+    model: str,
+    runtime: Runtime,
+    mode: str,
+    port: int,
+    token: str,
+    batch_size: int,
+    workers: int,
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": token}
     args = ["serve", "--index", index, "--mode", mode, "--query-model", model, "--host", HOST, "--port", str(port)]
-    args += ["--batch-size", str(batch_size), "--runtime", runtime]
+    args += ["--batch-size", str(batch_size), "--runtime", runtime, "--workers", str(workers)]
     # The access log (one line a request) is not wanted here: it would cost the server time and fill a pipe.
     return subprocess.Popen(
         [sys.executable, "-m", "ralm_es.cli.main", *args],
@@ -213,6 +222,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the sample claims in turn (their vectors soon cached), a new text every request (the encoder runs "
         "for each), or a run of each",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="serve --workers of each server, one server per batch size and worker count (default 1)",
+    )
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop a run after this many requests")
     parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
     parser.add_argument("--model", help="encoder folder (default: the packaged all-MiniLM-L6-v2)")
@@ -224,8 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 10.0 if args.quick else 30.0
-    if args.duration <= 0 or min(args.clients) < 1 or min(args.batch_sizes) < 1 or args.max_requests < 1:
-        parser.error("--duration, --clients, --batch-sizes and --max-requests must be positive")
+    counts = [*args.clients, *args.batch_sizes, *args.workers, args.max_requests]
+    if args.duration <= 0 or min(counts) < 1:
+        parser.error("--duration, --clients, --batch-sizes, --workers and --max-requests must be positive")
     return args
 
 
@@ -246,32 +263,34 @@ def main(argv: list[str] | None = None) -> None:
     model = str(args.model or default_model_path())
     index = f"bench-serve-{uuid.uuid4().hex[:8]}"
     token = secrets.token_urlsafe(24)
-    servers: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+    servers: dict[tuple[int, int], tuple[str, subprocess.Popen[bytes]]] = {}
     runs = []
     try:
         passages = build_index(args.es_url, model, index, args.runtime)
         ports: set[int] = set()
-        for batch_size in args.batch_sizes:
+        for batch_size, workers in itertools.product(args.batch_sizes, args.workers):
             # Each server binds its port only once started: a port handed out before must not come back.
             while (port := free_port()) in ports:
                 pass
             ports.add(port)
-            server = start_server(args.es_url, index, model, args.runtime, args.mode, port, token, batch_size)
-            servers[batch_size] = (f"http://{HOST}:{port}", server)
+            server = start_server(args.es_url, index, model, args.runtime, args.mode, port, token, batch_size, workers)
+            servers[batch_size, workers] = (f"http://{HOST}:{port}", server)
         for url, server in servers.values():
             wait_ready(url, server)
         kinds = ["repeated", "unique"] if args.queries == "both" else [args.queries]
         for kind, clients in itertools.product(kinds, args.clients):
-            for batch_size, (url, _) in servers.items():
+            for (batch_size, workers), (url, _) in servers.items():
                 unique = kind == "unique"
                 run_load(url, token, clients, WARMUP_S, args.max_requests, unique)
                 load_start = load_average()
                 tally, elapsed = run_load(url, token, clients, args.duration, args.max_requests, unique)
-                run = {"queries": kind, "clients": clients, "batch_size": batch_size, "load_start": load_start}
+                run = {"queries": kind, "clients": clients, "batch_size": batch_size, "workers": workers}
+                run["load_start"] = load_start
                 runs.append({**run, "load_end": load_average(), **summarise(tally, elapsed)})
                 lat = runs[-1]["latency_ms"]
                 print(
-                    f"{kind} queries, {clients} clients, batch size {batch_size}: {runs[-1]['requests']} requests, "
+                    f"{kind} queries, {clients} clients, batch size {batch_size}, {workers} workers: "
+                    f"{runs[-1]['requests']} requests, "
                     f"{runs[-1]['errors']} errors, {runs[-1]['throughput_rps']} req/s, p50 {lat['p50']} ms, "
                     f"p99 {lat['p99']} ms",
                     file=sys.stderr,
@@ -279,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         results = {
             "command": " ".join(["python -m bench.serve_load", *(argv if argv is not None else sys.argv[1:])]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "target": "POST /search on 127.0.0.1 (ralm-es serve, one uvicorn worker, bearer token)",
+            "target": "POST /search on 127.0.0.1 (ralm-es serve, bearer token)",
             "mode": args.mode,
             "k": 5,
             "model": "all-MiniLM-L6-v2 (packaged)" if args.model is None else model,

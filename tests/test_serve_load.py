@@ -15,11 +15,13 @@ def test_a_short_load_run_measures_each_server_and_leaves_nothing_behind(
     tmp_path: Path, es_url: str, es_client: Elasticsearch, tiny_model_dir: Path
 ) -> None:
     out = tmp_path / "serve_load.json"
-    argv = ["--duration", "1", "--clients", "3", "1", "--batch-sizes", "1", "8", "--max-requests", "25"]
+    argv = ["--duration", "1", "--clients", "3", "1", "--batch-sizes", "1", "8", "--workers", "1", "2"]
+    argv += ["--max-requests", "25"]
     main([*argv, "--model", str(tiny_model_dir), "--es-url", es_url, "--out", str(out)])
     results = json.loads(out.read_text(encoding="utf-8"))
-    runs = [(run["clients"], run["batch_size"]) for run in results["runs"]]
-    assert runs == [(3, 1), (3, 8), (1, 1), (1, 8)]
+    runs = [(run["clients"], run["batch_size"], run["workers"]) for run in results["runs"]]
+    servers = [(1, 1), (1, 2), (8, 1), (8, 2)]
+    assert runs == [(clients, *server) for clients in (3, 1) for server in servers]
     for run in results["runs"]:
         assert run["errors"] == 0 and 0 < run["ok"] == run["requests"] <= 25
         assert run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
