@@ -228,6 +228,8 @@ def test_a_run_paused_twice_resumes_to_the_same_encoder(
 
         assert run(stop_after=3) is None
         assert not out.exists() and (state / "state").is_dir()
+        # The time epoch 1 took before the pause stays in its seconds.
+        before_pause = json.loads((state / "state" / "state.json").read_text())["loop"]["epoch_seconds"]
         with pytest.raises(TuningError, match=f"{state} holds an unfinished tuning run for --out {out}: pass --resume"):
             run()
         # On across the end of epoch 1 and its evaluation.
@@ -239,6 +241,7 @@ def test_a_run_paused_twice_resumes_to_the_same_encoder(
     assert [h.dev["ndcg@10"] for h in resumed.history] == pytest.approx([h.dev["ndcg@10"] for h in whole.history])
     assert [h.loss for h in resumed.history[1:]] == pytest.approx([h.loss for h in whole.history[1:]], abs=1e-6)
     assert resumed.best_epoch == whole.best_epoch and resumed.revision == whole.revision
+    assert resumed.history[1].seconds > before_pause > 0
 
 
 def test_resume_is_refused_without_a_state_or_with_other_settings(

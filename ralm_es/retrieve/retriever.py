@@ -1,8 +1,9 @@
 """The query layer: top-k passages per input by BM25, dense kNN or hybrid, for one query or many.
 
 Hybrid search asks the store for both rankings (``depth`` each, ids and scores only) and fuses them here, with
-reciprocal-rank or normalised linear fusion, then reads the texts of the fused top k alone. RRF and linear *retrievers* inside Elasticsearch need an Enterprise licence
-(and the rank-rrf module); fusing client-side works on every cluster and keeps each component's score.
+reciprocal-rank or normalised linear fusion, then reads the texts of the fused top k alone. RRF and linear
+*retrievers* inside Elasticsearch need an Enterprise licence (and the rank-rrf module); fusing client-side works on
+every cluster and keeps each component's score.
 """
 
 from __future__ import annotations

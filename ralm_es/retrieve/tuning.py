@@ -409,9 +409,12 @@ class Tuner:
             best_state = _snapshot(model)
         # Seconds spent by the calls before this one, for a run resumed across them.
         earlier = loop["seconds"]
+        # When the current epoch began, moved back by the time earlier calls spent in it (resumed mid-epoch).
+        tick = time.monotonic()
 
         def save() -> None:
-            loop.update(history=[asdict(h) for h in history], seconds=earlier + time.monotonic() - started)
+            now = time.monotonic()
+            loop.update(history=[asdict(h) for h in history], seconds=earlier + now - started, epoch_seconds=now - tick)
             best = _write_best(state, loop["best_epoch"], best_state)
             resumable.save_state(state, model, optimizer, scheduler, loop)
             # Only once the saved state names the new best file.
@@ -424,7 +427,7 @@ class Tuner:
         batches_left = stop_after
         while loop["epoch"] <= len(plans) and not loop["stopped"]:
             epoch, plan, done = loop["epoch"], plans[loop["epoch"] - 1], len(loop["losses"])
-            tick = time.monotonic()
+            tick = time.monotonic() - loop.get("epoch_seconds", 0.0)
             stop_at = None if batches_left is None else done + batches_left
             if not self._epoch(model, loss_fn, optimizer, scheduler, plan, data, epoch, loop["losses"], save, stop_at):
                 save()
@@ -443,6 +446,7 @@ class Tuner:
                 notice(f"no gain for {self.s.patience} epoch(s): stopping")
                 loop["stopped"] = True
             loop.update(epoch=epoch + 1, losses=[])
+            tick = time.monotonic()
             save()
         best_epoch = loop["best_epoch"]
         if best_epoch == 0:
