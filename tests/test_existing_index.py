@@ -21,7 +21,7 @@ from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.retrieve.cache import read_cache
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
-from ralm_es.store.base import Filter
+from ralm_es.store.base import Filter, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend, FieldMap
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
@@ -86,6 +86,19 @@ def test_every_mode_through_the_field_map(es_client: Elasticsearch, foreign: str
     assert recent and all(h.metadata["year"] >= 1990 for h in recent)
     excluded = retriever.search("insulin", mode="hybrid", exclude_ids=["med-01"])
     assert "med-01" not in {h.id for h in excluded}
+
+
+def test_a_document_without_an_id_value_is_named_in_one_line(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder
+) -> None:
+    vector = tiny_encoder.encode(["insulin"])[0].tolist()
+    mapping = {"uid": {"type": "keyword"}, "body": {"type": "text"}, "embedding": {"type": "dense_vector"}}
+    es_client.indices.create(index=index_name, mappings={"properties": mapping})
+    docs = [{"uid": "a", "body": "insulin and glucose", "embedding": vector}, {"body": "insulin", "embedding": vector}]
+    helpers.bulk(es_client, [{"_index": index_name, "_source": d} for d in docs], refresh=True)
+    retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)
+    with pytest.raises(StoreError, match=f"a passage in index '{index_name}' has no 'uid' value"):
+        retriever.search("insulin", mode="hybrid")
 
 
 def test_vector_dimension_is_checked(es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder) -> None:

@@ -487,11 +487,16 @@ class ElasticsearchBackend:
 
     def to_hit(self, raw: dict[str, Any]) -> Hit:
         f = self.fields
-        if "_source" not in raw and "fields" in raw:
-            pid = str(raw["fields"][f.id][0])
-            return Hit(
-                id=pid, doc_id=str(raw["fields"].get(f.doc_id, [pid])[0]), score=float(raw["_score"]), complete=False
-            )
+        # Light hits (stored_fields _none_) carry neither _source nor _id.
+        if "_id" not in raw:
+            values = raw.get("fields", {})
+            if not values.get(f.id):
+                raise StoreError(
+                    f"a passage in index '{self.index}' has no '{f.id}' value: give every document one, or use "
+                    "--field id=_id"
+                )
+            pid = str(values[f.id][0])
+            return Hit(id=pid, doc_id=str(values.get(f.doc_id, [pid])[0]), score=float(raw["_score"]), complete=False)
         src = raw.get("_source", {})
         metadata = dict(src.get(f.metadata) or {})
         for name in f.extra:
