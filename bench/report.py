@@ -26,6 +26,7 @@ SECTIONS = (
     "CoNLL-2003 sentences as queries",
     "Training",
     "Tuning the retriever",
+    "The tuned retriever downstream (SciFact claims)",
     "Serving under load",
     "Encoder runtimes (ONNX)",
     "How to rerun",
@@ -453,19 +454,26 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
     return lines
 
 
-def seeded_section(result: dict[str, Any]) -> list[str]:
-    """A seeded comparison: each variant's test accuracy and macro-F1 as mean ± sd over its seeds, and the per-seed
-    macro-F1 difference against ``none`` on the same seeds (same split and data order)."""
+def spread(values: list[float]) -> str:
+    """Mean ± sample standard deviation (0 for one value)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def runs_by_mode(result: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
+    """A ``train_bench.py scifact`` result's runs as {fusion: {seed: run}}."""
     by_mode: dict[str, dict[int, dict[str, Any]]] = {}
     for name, run in result["runs"].items():
         mode, _, seed = name.removeprefix("scifact-").rpartition("-seed")
         by_mode.setdefault(mode, {})[int(seed)] = run
+    return by_mode
+
+
+def seeded_section(result: dict[str, Any]) -> list[str]:
+    """A seeded comparison: each variant's test accuracy and macro-F1 as mean ± sd over its seeds, and the per-seed
+    macro-F1 difference against ``none`` on the same seeds (same split and data order)."""
+    by_mode = runs_by_mode(result)
     base = by_mode.get("none", {})
-
-    def spread(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.4f} ± {sd:.4f}"
-
     rows = []
     for mode, runs in by_mode.items():
         seeds = sorted(runs)
@@ -691,6 +699,95 @@ def tune_section(path: Path) -> list[str]:
     return lines
 
 
+def claims_retriever_section(folder: Path) -> list[str]:
+    """The claims classifier on the passages of the packaged encoder's index and of an index embedded by an encoder
+    tuned without the classifier's test claims: retrieval on those test claims, then the classifier's test
+    accuracy and macro-F1 per seed, paired (same split, seeds and settings; only the retrieval cache differs)."""
+    record_path = folder / "tune_retriever_claims.json"
+    paths = {name: folder / f"scifact_claims_{name}.json" for name in ("default", "tuned")}
+    missing = [p.name for p in (record_path, *paths.values()) if not p.is_file()]
+    if missing:
+        return [f"Not measured: no {', '.join(f'`bench/results/{name}`' for name in missing)}."]
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    results = {name: json.loads(path.read_text(encoding="utf-8")) for name, path in paths.items()}
+    tuning = record["tuning"]
+    history = ", ".join(f"{h['epoch']}: {h['dev']['ndcg@10']:.4f}" for h in tuning["history"])
+    retrieval_rows = [
+        [retriever, mode, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}"]
+        for retriever, modes in record["test_claims"].items()
+        for mode, m in modes.items()
+    ]
+    lines = [
+        f"From `bench/results/{record_path.name}` (written {record['written']}) and "
+        f"`bench/results/{paths['default'].name}` / `{paths['tuned'].name}` (`bench/train_bench.py scifact`). "
+        f"{record['what']}",
+        "",
+        f"Tuning: `{record['command']}`; {tuning['split']['train_queries']} queries trained on, "
+        f"{tuning['split']['dev_queries']} its own dev split; tuner's dev nDCG@10 by epoch (0: base) {history}, "
+        f"best epoch {tuning['best_epoch']}; {record['seconds']:,.0f} s, peak RSS {record['peak_rss_mb']:,} MB.",
+        "",
+        f"Retrieval on the classifier's {record['test_queries']} test claims, which no retriever was tuned on:",
+        "",
+        *_table(["retriever", "mode", "nDCG@10", "recall@100"], retrieval_rows),
+        "",
+    ]
+    by_retriever = {name: runs_by_mode(result) for name, result in results.items()}
+    rows = []
+    verdicts = []
+    for mode in by_retriever["tuned"]:
+        base = by_retriever["default"].get(mode, {})
+        for retriever in ("default", "tuned"):
+            runs = by_retriever[retriever].get(mode, {})
+            seeds = sorted(runs)
+            acc = [runs[s]["test"]["accuracy"] for s in seeds]
+            f1 = [runs[s]["test"]["macro_f1"] for s in seeds]
+            paired = [s for s in seeds if s in base] if retriever == "tuned" else []
+            rows.append(
+                [
+                    retriever,
+                    mode,
+                    ", ".join(map(str, seeds)),
+                    spread(acc),
+                    spread(f1),
+                    ", ".join(f"{x:.4f}" for x in f1),
+                    ", ".join(f"{runs[s]['test']['accuracy'] - base[s]['test']['accuracy']:+.4f}" for s in paired)
+                    or "-",
+                    ", ".join(f"{runs[s]['test']['macro_f1'] - base[s]['test']['macro_f1']:+.4f}" for s in paired)
+                    or "-",
+                ]
+            )
+            if paired:
+                gains = [
+                    statistics.mean(runs[s]["test"][m] - base[s]["test"][m] for s in paired)
+                    for m in ("accuracy", "macro_f1")
+                ]
+                # Fewer than 3 paired seeds is not a result either way.
+                ahead = all(g > 0 for g in gains) if len(paired) >= 3 else None
+                verdicts.append(
+                    f"{mode}, {len(paired)} paired seeds: accuracy {gains[0] * 100:+.1f}, macro-F1 "
+                    f"{gains[1] * 100:+.1f} points (means of the per-seed differences); target 'the classifier on the "
+                    f"tuned retriever's passages ahead (mean of 3 seeds)': {verdict(ahead)}."
+                )
+    lines += [
+        *_table(
+            [
+                "retriever",
+                "fusion",
+                "seeds",
+                "test accuracy (mean ± sd)",
+                "test macro-F1 (mean ± sd)",
+                "macro-F1 per seed",
+                "accuracy − default, per seed",
+                "macro-F1 − default, per seed",
+            ],
+            rows,
+        ),
+        "",
+        *verdicts,
+    ]
+    return lines
+
+
 def serve_section(path: Path) -> list[str]:
     """The last ``python -m bench.serve_load`` run, from its own results file: one row per configuration."""
     if not path.is_file():
@@ -833,6 +930,7 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
         body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
     body["Training"] = train_section(results.get("train"), docs_dir)
     body["Tuning the retriever"] = tune_section(TUNE_RETRIEVER)
+    body["The tuned retriever downstream (SciFact claims)"] = claims_retriever_section(TUNE_RETRIEVER.parent)
     body["Serving under load"] = serve_section(SERVE_LOAD)
     body["Retrieval quality on the whole SciFact corpus"] = full_quality_section(SCIFACT_EVAL)
     body["Encoder runtimes (ONNX)"] = onnx_section(ONNX)

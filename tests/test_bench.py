@@ -15,7 +15,7 @@ from elasticsearch import Elasticsearch
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
 from bench.ingest_bench import PEAK_RSS
 from bench.peers.venv import link_shared
-from bench.report import SECTIONS, collect_train, targets, train_section
+from bench.report import SECTIONS, claims_retriever_section, collect_train, targets, train_section
 from bench.run import parse_args, run_all, save
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalSettings
@@ -245,6 +245,55 @@ def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path
         "| 3 epochs, 132 steps |" in text
     )
     assert "| 0.1 |" not in text and "The `none` runs are those of `efficiency_tokens.json`" in text
+
+
+def test_the_tuned_retrievers_claims_runs_are_paired_by_seed_against_the_default_retrievers(tmp_path: Path) -> None:
+    def result(scores: dict[int, tuple[float, float]]) -> dict[str, object]:
+        runs = {
+            f"scifact-attention-frozen-seed{seed}": {"test": {"accuracy": acc, "macro_f1": f1}}
+            for seed, (acc, f1) in scores.items()
+        }
+        return {"benchmark": "scifact", "runs": runs}
+
+    assert claims_retriever_section(tmp_path) == [
+        "Not measured: no `bench/results/tune_retriever_claims.json`, `bench/results/scifact_claims_default.json`, "
+        "`bench/results/scifact_claims_tuned.json`."
+    ]
+    record = {
+        "written": "2026-12-02 07:00 UTC",
+        "what": "Tuned on the train and dev claims.",
+        "command": "ralm-es tune-retriever ...",
+        "tuning": {
+            "split": {"train_queries": 518, "dev_queries": 129},
+            "history": [{"epoch": 0, "dev": {"ndcg@10": 0.65}}, {"epoch": 1, "dev": {"ndcg@10": 0.7}}],
+            "best_epoch": 1,
+        },
+        "seconds": 3000.4,
+        "peak_rss_mb": 9000,
+        "test_queries": 162,
+        "test_claims": {"default": {"hybrid": {"ndcg@10": 0.71, "recall@100": 0.95}}},
+    }
+    (tmp_path / "tune_retriever_claims.json").write_text(json.dumps(record))
+    (tmp_path / "scifact_claims_default.json").write_text(
+        json.dumps(result({13: (0.50, 0.45), 14: (0.52, 0.47), 15: (0.54, 0.49)}))
+    )
+    (tmp_path / "scifact_claims_tuned.json").write_text(
+        json.dumps(result({13: (0.55, 0.50), 14: (0.51, 0.46), 15: (0.60, 0.54)}))
+    )
+    text = "\n".join(claims_retriever_section(tmp_path))
+    assert "| default | hybrid | 0.7100 | 0.9500 |" in text
+    assert "(0: base) 0: 0.6500, 1: 0.7000, best epoch 1; 3,000 s, peak RSS 9,000 MB" in text
+    assert (
+        "| default | attention-frozen | 13, 14, 15 | 0.5200 ± 0.0200 | 0.4700 ± 0.0200 | 0.4500, 0.4700, 0.4900 "
+        "| - | - |" in text
+    )
+    assert "| +0.0500, -0.0100, +0.0600 | +0.0500, -0.0100, +0.0500 |" in text
+    # Means of the per-seed differences: accuracy (5 - 1 + 6) / 3, macro-F1 (5 - 1 + 5) / 3 points.
+    assert "3 paired seeds: accuracy +3.3, macro-F1 +3.0 points" in text and text.endswith("**met**.")
+
+    (tmp_path / "scifact_claims_tuned.json").write_text(json.dumps(result({13: (0.55, 0.50), 14: (0.40, 0.30)})))
+    text = "\n".join(claims_retriever_section(tmp_path))
+    assert "2 paired seeds" in text and text.endswith("n/a.")
 
 
 def test_peak_rss_is_the_commands_own_not_its_starters(tmp_path: Path) -> None:
