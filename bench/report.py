@@ -724,7 +724,8 @@ def claims_retriever_section(folder: Path) -> list[str]:
         "",
         f"Tuning: `{record['command']}`; {tuning['split']['train_queries']} queries trained on, "
         f"{tuning['split']['dev_queries']} its own dev split; tuner's dev nDCG@10 by epoch (0: base) {history}, "
-        f"best epoch {tuning['best_epoch']}; {record['seconds']:,.0f} s, peak RSS {record['peak_rss_mb']:,} MB.",
+        f"best epoch {tuning['best_epoch']}; {record['seconds']:,.0f} s, peak RSS {record['peak_rss_mb']:,} MB, on "
+        f"{record['machine']}.",
         "",
         f"Retrieval on the classifier's {record['test_queries']} test claims, which no retriever was tuned on:",
         "",

@@ -270,6 +270,7 @@ def test_the_tuned_retrievers_claims_runs_are_paired_by_seed_against_the_default
         },
         "seconds": 3000.4,
         "peak_rss_mb": 9000,
+        "machine": "2 cores",
         "test_queries": 162,
         "test_claims": {"default": {"hybrid": {"ndcg@10": 0.71, "recall@100": 0.95}}},
     }
@@ -282,7 +283,7 @@ def test_the_tuned_retrievers_claims_runs_are_paired_by_seed_against_the_default
     )
     text = "\n".join(claims_retriever_section(tmp_path))
     assert "| default | hybrid | 0.7100 | 0.9500 |" in text
-    assert "(0: base) 0: 0.6500, 1: 0.7000, best epoch 1; 3,000 s, peak RSS 9,000 MB" in text
+    assert "(0: base) 0: 0.6500, 1: 0.7000, best epoch 1; 3,000 s, peak RSS 9,000 MB, on 2 cores." in text
     assert (
         "| default | attention-frozen | 13, 14, 15 | 0.5200 ± 0.0200 | 0.4700 ± 0.0200 | 0.4500, 0.4700, 0.4900 "
         "| - | - |" in text

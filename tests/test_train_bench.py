@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
 from test_train import conll_files, losses, ner_config
 
-from bench.train_bench import fraction_override, run_one
+from bench.claims_split import claim_ids, write_queries
+from bench.train_bench import fraction_override, run_one, split_claims
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
 
@@ -40,3 +42,24 @@ def test_a_fraction_override_names_its_fraction() -> None:
     for bad in ("train.eval_every=300", "1:train.eval_every", "all:train.eval_every=300"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"'{bad}' is not FRACTION:KEY=VALUE"):
             fraction_override(bad)
+
+
+def test_the_claims_split_keeps_its_test_claims_out_of_the_tuning_queries(tmp_path: Path) -> None:
+    ids = [str(i) for i in range(20)]
+    (tmp_path / "claims.jsonl").write_text("".join(json.dumps({"id": i, "claim": f"claim {i}"}) + "\n" for i in ids))
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": f"claim {i}"}) + "\n" for i in ids))
+    # Two judged documents for claim 0, none for claim 19.
+    rows = [f"{i}\tdoc{i}\t1" for i in ids[:-1]] + ["0\tdoc-extra\t1"]
+    (tmp_path / "qrels.tsv").write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n")
+    out = tmp_path / "split"
+    parts = {name: claim_ids(path) for name, path in split_claims(tmp_path / "claims.jsonl", out, seed=13).items()}
+    assert [len(parts[name]) for name in ("train", "dev", "test")] == [12, 4, 4]
+    tune = parts["train"] | parts["dev"]
+    assert write_queries(tune, tmp_path / "queries.jsonl", tmp_path / "qrels.tsv", out, "tune") == 16
+    assert write_queries(parts["test"], tmp_path / "queries.jsonl", tmp_path / "qrels.tsv", out, "test") == 4
+    tuned = {json.loads(line)["_id"] for line in (out / "tune.queries.jsonl").read_text().splitlines()}
+    assert tuned == tune and not tuned & parts["test"]
+    for name, wanted in (("tune", tune), ("test", parts["test"])):
+        header, *judged = (out / f"{name}.qrels.tsv").read_text().splitlines()
+        assert header == "query-id\tcorpus-id\tscore"
+        assert sorted(judged) == sorted(row for row in rows if row.split("\t")[0] in wanted)
