@@ -230,9 +230,10 @@ def bench_efficiency(args: argparse.Namespace) -> dict[str, Any]:
             f"data.train_fraction={fraction}",
             *seed,
         ]
+        # Seed-major, so that the runs of a seed finish together: a benchmark cut short holds whole pairs.
         for fraction in args.fractions
-        for mode in args.modes
         for tag, seed in seeds
+        for mode in args.modes
     }
 
     def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
