@@ -41,9 +41,12 @@ class ConfigError(RalmError, ValueError):
 
 
 def check_bounds(section: str, settings: object, names: Iterable[str], low: Literal[0, 1]) -> None:
-    """Refuse a setting of ``settings`` below ``low`` (1: a size; 0: a count or weight), naming ``section.name``."""
+    """Refuse a setting of ``settings`` below ``low`` (1: a size; 0: a count or weight) or not finite (``inf``
+    or ``nan`` pass a plain comparison), naming ``section.name``."""
     for name in names:
         value = getattr(settings, name)
+        if not math.isfinite(value):
+            raise ConfigError(f"{section}.{name} must be a finite number, got {value}")
         if value < low:
             bound = "must be at least 1" if low else "must not be negative"
             raise ConfigError(f"{section}.{name} {bound}, got {value}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ralm_es.config import (
     set_layer,
     to_dict,
 )
+from ralm_es.retrieve.settings import RetrievalSettings
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
@@ -152,3 +154,10 @@ def test_a_password_without_a_username_names_the_flag_to_add() -> None:
     with pytest.raises(ConfigError, match=r"^RALM_ES_PASSWORD \(es\.password\): .* set --es-username, RALM_ES_USER"):
         resolve_connection({}, env={"RALM_ES_PASSWORD": "pw"})
     assert resolve_connection({"username": "bob"}, env={"RALM_ES_PASSWORD": "pw"}).username == "bob"
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_a_bound_refuses_a_value_that_is_not_finite(value: float) -> None:
+    # inf passes `value < 0` and nan passes every comparison; an infinite title boost times a zero score is nan.
+    with pytest.raises(ConfigError, match=rf"^retrieval\.title_boost must be a finite number, got {value}$"):
+        RetrievalSettings(title_boost=value)
