@@ -460,6 +460,16 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def per_seed_differences(values: dict[int, float], base: dict[int, float]) -> dict[int, float]:
+    """A variant's figure minus the baseline's on each seed both have (paired: same split and data order)."""
+    return {seed: values[seed] - base[seed] for seed in sorted(values) if seed in base}
+
+
+def seed_figures(runs: dict[int, dict[str, Any]], metric: str) -> dict[int, float]:
+    """One test metric of seeded runs, by seed."""
+    return {seed: run["test"][metric] for seed, run in runs.items()}
+
+
 def runs_by_mode(result: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
     """A ``train_bench.py scifact`` result's runs as {fusion: {seed: run}}."""
     by_mode: dict[str, dict[int, dict[str, Any]]] = {}
@@ -478,7 +488,7 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
     for mode, runs in by_mode.items():
         seeds = sorted(runs)
         f1 = [runs[s]["test"]["macro_f1"] for s in seeds]
-        paired = [runs[s]["test"]["macro_f1"] - base[s]["test"]["macro_f1"] for s in seeds if s in base]
+        paired = per_seed_differences(seed_figures(runs, "macro_f1"), seed_figures(base, "macro_f1")).values()
         rows.append(
             [
                 mode,
@@ -564,9 +574,10 @@ def efficiency_section(
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
 
     def paired(fraction: float, mode: str) -> str:
-        seeded = {run["config"]["train"]["seed"]: run["test"]["f1"] for run in runs[fraction].get(mode, [])}
-        base = {run["config"]["train"]["seed"]: run["test"]["f1"] for run in runs[fraction].get("none", [])}
-        return ", ".join(f"{seeded[s] - base[s]:+.4f}" for s in sorted(seeded) if s in base)
+        def by_seed(variant: str) -> dict[int, float]:
+            return {run["config"]["train"]["seed"]: run["test"]["f1"] for run in runs[fraction].get(variant, [])}
+
+        return ", ".join(f"{d:+.4f}" for d in per_seed_differences(by_seed(mode), by_seed("none")).values())
 
     others = [mode for mode in modes if mode != "none"]
     rows = []
@@ -742,7 +753,10 @@ def claims_retriever_section(folder: Path) -> list[str]:
             seeds = sorted(runs)
             acc = [runs[s]["test"]["accuracy"] for s in seeds]
             f1 = [runs[s]["test"]["macro_f1"] for s in seeds]
-            paired = [s for s in seeds if s in base] if retriever == "tuned" else []
+            differences = [
+                per_seed_differences(seed_figures(runs, m), seed_figures(base, m)) if retriever == "tuned" else {}
+                for m in ("accuracy", "macro_f1")
+            ]
             rows.append(
                 [
                     retriever,
@@ -751,21 +765,16 @@ def claims_retriever_section(folder: Path) -> list[str]:
                     spread(acc),
                     spread(f1),
                     ", ".join(f"{x:.4f}" for x in f1),
-                    ", ".join(f"{runs[s]['test']['accuracy'] - base[s]['test']['accuracy']:+.4f}" for s in paired)
-                    or "-",
-                    ", ".join(f"{runs[s]['test']['macro_f1'] - base[s]['test']['macro_f1']:+.4f}" for s in paired)
-                    or "-",
+                    *(", ".join(f"{d:+.4f}" for d in by_seed.values()) or "-" for by_seed in differences),
                 ]
             )
+            paired = len(differences[0])
             if paired:
-                gains = [
-                    statistics.mean(runs[s]["test"][m] - base[s]["test"][m] for s in paired)
-                    for m in ("accuracy", "macro_f1")
-                ]
+                gains = [statistics.mean(by_seed.values()) for by_seed in differences]
                 # Fewer than 3 paired seeds is not a result either way.
-                ahead = all(g > 0 for g in gains) if len(paired) >= 3 else None
+                ahead = all(g > 0 for g in gains) if paired >= 3 else None
                 verdicts.append(
-                    f"{mode}, {len(paired)} paired seeds: accuracy {gains[0] * 100:+.1f}, macro-F1 "
+                    f"{mode}, {paired} paired seeds: accuracy {gains[0] * 100:+.1f}, macro-F1 "
                     f"{gains[1] * 100:+.1f} points (means of the per-seed differences); target 'the classifier on the "
                     f"tuned retriever's passages ahead (mean of 3 seeds)': {verdict(ahead)}."
                 )
