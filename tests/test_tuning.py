@@ -287,11 +287,15 @@ def test_gradcache_mini_batches_train_as_the_whole_batch_does(
     assert cached.history[1].loss == pytest.approx(whole.history[1].loss, rel=1e-4)
     assert cached.after["ndcg@10"] == pytest.approx(whole.after["ndcg@10"], abs=1e-3)
     a, b = load_file(str(whole.out / "model.safetensors")), load_file(str(cached.out / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-    assert not torch.equal(
-        a["embeddings.word_embeddings.weight"],
-        load_file(str(model / "model.safetensors"))["embeddings.word_embeddings.weight"],
-    )
+    init = load_file(str(model / "model.safetensors"))
+    assert a.keys() == b.keys() == init.keys()
+    # The training moved the weights, and both paths moved them the same way. Compared as whole updates, not
+    # element by element: Adam turns summation-order noise in a gradient that is zero in exact arithmetic (the
+    # attention key biases) into steps of the learning rate's size.
+    moved = torch.cat([(a[k] - init[k]).flatten() for k in a]).norm()
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+    assert moved > 0
+    assert apart <= 1e-3 * moved
 
 
 def test_hard_negatives_mined_from_an_elasticsearch_index(
