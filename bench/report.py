@@ -363,6 +363,7 @@ TRAIN_RESULTS = (
     "efficiency",
     "efficiency_tokens",
     "efficiency_crossdoc",
+    "efficiency_regularisers",
     "throughput",
     "throughput_tokens",
 )
@@ -427,6 +428,11 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
         elif name == "efficiency_crossdoc":
             baseline = train.get("efficiency_tokens")
             lines += efficiency_section(result, None, docs_dir, "label_efficiency_crossdoc.png", baseline)
+        elif name == "efficiency_regularisers":
+            baseline, references = train.get("efficiency_tokens"), ("none", "attention-tokens")
+            lines += efficiency_section(
+                result, None, docs_dir, "label_efficiency_regularisers.png", baseline, references
+            )
         elif name.startswith("throughput"):
             runs = {run_name.removeprefix("throughput-"): run for run_name, run in result["runs"].items()}
             base = result["examples_per_s"].get("none")
@@ -519,29 +525,39 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
     return [*lines, "", f"Split: {result['split']}; {budget}; the best dev checkpoint of each run on the test part."]
 
 
+def mode_of(name: str, run: dict[str, Any], prefix: str = "efficiency-") -> str:
+    """The variant of a run from its name (``efficiency-attention-tokens-0.1-seed13``: ``attention-tokens``)."""
+    return name.removeprefix(prefix).partition("-seed")[0].removesuffix(f"-{run['config']['data']['train_fraction']:g}")
+
+
 def efficiency_runs(
     efficiency: dict[str, Any], conll: dict[str, Any] | None, baseline: dict[str, Any] | None = None
 ) -> dict[float, dict[str, Any]]:
     """Label-efficiency runs by fraction of the training sentences and variant: the subsets of ``efficiency.json``
     and, as the whole set, its own fraction-1 runs or else the full-data runs of ``conll.json`` (the same config
     and budget; not trained twice);
-    with ``baseline``, the ``none`` runs of another efficiency file at this file's fractions (``none`` reads no
-    passages, so its runs are the same whatever the passages of the others)."""
+    with ``baseline``, the runs of another efficiency file at this file's fractions for the variants this file
+    lacks: those of ``none`` (it reads no passages, so its runs are the same whatever the passages of the others),
+    and of any variant whose runs read the same passages as this file's."""
     found: dict[float, dict[str, list[dict[str, Any]]]] = {}
     fractions = {run["config"]["data"]["train_fraction"] for run in efficiency["runs"].values()}
+    own_modes = {mode_of(name, run) for name, run in efficiency["runs"].items()}
+    cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
     borrowed = {
         name: run
         for name, run in (baseline or {}).get("runs", {}).items()
-        if name.startswith("efficiency-none-") and run["config"]["data"]["train_fraction"] in fractions
+        if run["config"]["data"]["train_fraction"] in fractions
+        and (mode := mode_of(name, run)) not in own_modes
+        and (mode == "none" or run["config"]["data"]["train_cache"] == cache)
     }
     # Full-data runs of this file's own take the place of conll.json's.
     full = {} if 1 in fractions else (conll or {}).get("runs", {})
     sources = (("efficiency-", efficiency["runs"]), ("efficiency-", borrowed), ("conll-", full))
     for prefix, runs in sources:
         for name, run in runs.items():
-            fraction = run["config"]["data"]["train_fraction"]
-            mode = name.removeprefix(prefix).partition("-seed")[0].removesuffix(f"-{fraction:g}")
-            found.setdefault(fraction, {}).setdefault(mode, []).append(run)
+            found.setdefault(run["config"]["data"]["train_fraction"], {}).setdefault(
+                mode_of(name, run, prefix), []
+            ).append(run)
     return dict(sorted(found.items()))
 
 
@@ -551,13 +567,17 @@ def efficiency_section(
     docs_dir: Path,
     plot: str = "label_efficiency.png",
     baseline: dict[str, Any] | None = None,
+    references: tuple[str, ...] = ("none",),
 ) -> list[str]:
     """Test F1 against the fraction of training sentences, per variant of the efficiency runs (mean ± sd over the
-    seeds of a cell, with the per-seed difference against ``none``, taken from ``baseline`` when given), as a table
-    and a plot with error bars; each row says the budget its runs had."""
+    seeds of a cell, with the per-seed difference of each variant against each of ``references`` listed before
+    it; runs of variants this file lacks taken from ``baseline`` when given), as a table and a plot with error
+    bars; each row says the budget its runs had."""
     runs = efficiency_runs(efficiency, conll, baseline)
     seeded = any(len(rs) > 1 for by_mode in runs.values() for rs in by_mode.values())
-    modes = sorted({mode for row in efficiency["test_f1"].values() for mode in row} | ({"none"} if baseline else set()))
+    # The variants of this file's own fractions (conll.json's full-data runs hold more variants).
+    fractions = {run["config"]["data"]["train_fraction"] for run in efficiency["runs"].values()}
+    modes = sorted({mode for fraction, by_mode in runs.items() if fraction in fractions for mode in by_mode})
     f1 = {
         mode: {
             fraction: [run["test"]["f1"] for run in by_mode[mode] if "test" in run]
@@ -573,13 +593,15 @@ def efficiency_section(
             return f"{values[0]:.4f} (1 seed)" if seeded else f"{values[0]:.4f}"
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
 
-    def paired(fraction: float, mode: str) -> str:
+    def paired(fraction: float, mode: str, reference: str) -> str:
         def by_seed(variant: str) -> dict[int, float]:
             return {run["config"]["train"]["seed"]: run["test"]["f1"] for run in runs[fraction].get(variant, [])}
 
-        return ", ".join(f"{d:+.4f}" for d in per_seed_differences(by_seed(mode), by_seed("none")).values())
+        return ", ".join(f"{d:+.4f}" for d in per_seed_differences(by_seed(mode), by_seed(reference)).values())
 
-    others = [mode for mode in modes if mode != "none"]
+    pairs = [
+        (mode, reference) for i, reference in enumerate(references) for mode in modes if mode not in references[: i + 1]
+    ]
     rows = []
     for fraction, by_mode in runs.items():
         budget = {
@@ -587,7 +609,7 @@ def efficiency_section(
         }
         values = [cell(f1[mode][fraction]) if fraction in f1[mode] else "–" for mode in modes]
         rows.append(
-            [f"{fraction:g}", *values, *(paired(fraction, m) or "–" for m in others), " / ".join(sorted(budget))]
+            [f"{fraction:g}", *values, *(paired(fraction, m, r) or "–" for m, r in pairs), " / ".join(sorted(budget))]
         )
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, points in f1.items():
@@ -610,14 +632,16 @@ def efficiency_section(
         if 1 in runs
         else "No full-data runs yet."
     )
-    if baseline:
+    borrowed = sorted(set(modes) - {mode_of(name, run) for name, run in efficiency["runs"].items()})
+    if baseline and borrowed:
         source += (
-            f" The `none` runs are those of `{baseline['file']}` (same seeds, subsets and budget; `none` reads no "
-            "passages, so they were not trained again)."
+            f" The runs of {' and '.join(f'`{m}`' for m in borrowed)} are those of `{baseline['file']}` (same seeds, "
+            "subsets and budget; `none` reads no passages, the others the same passages as this file's, so they "
+            "were not trained again)."
         )
     cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
     table = _table(
-        ["fraction of training sentences", *modes, *(f"{m} − none, per seed" for m in others), "budget"], rows
+        ["fraction of training sentences", *modes, *(f"{m} − {r}, per seed" for m, r in pairs), "budget"], rows
     )
     return [*table, "", f"Passages from `{cache}`. {source}", "", f"![label efficiency](img/{plot})"]
 

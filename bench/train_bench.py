@@ -16,8 +16,9 @@ again with the same --work folder and settings.
 to every run (e.g. ``train.device=cuda``, ``train.batch_size=32``). ``--modes`` / ``--variants`` name fusion
 variants: none, concat, attention (passages through the shared trainable encoder), attention-frozen (a frozen
 copy of the encoder embeds each passage once, to one vector), attention-tokens (the frozen copy's token states of
-each passage, computed once into the token store), pair (classification: the encoder reads each input-passage
-pair). Every run trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
+each passage, computed once into the token store), attention-tokens-kl and attention-tokens-pdrop (that with the
+consistency term or passage dropout), pair (classification: the encoder reads each input-passage pair). Every run
+trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
 """
@@ -58,6 +59,20 @@ VARIANTS = {
     "attention": ["model.fusion=attention", "model.passage_encoder=shared"],
     "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=pooled"],
     "attention-tokens": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=tokens"],
+    # The regularisers of docs/training.md on attention-tokens, at untuned values: CL-KL's equal weighting, and a
+    # fifth of each example's passages dropped.
+    "attention-tokens-kl": [
+        "model.fusion=attention",
+        "model.passage_encoder=frozen",
+        "model.passage_memory=tokens",
+        "train.consistency_weight=1.0",
+    ],
+    "attention-tokens-pdrop": [
+        "model.fusion=attention",
+        "model.passage_encoder=frozen",
+        "model.passage_memory=tokens",
+        "train.passage_dropout=0.2",
+    ],
     "pair": ["model.fusion=pair"],
 }
 

@@ -158,10 +158,12 @@ def test_training_results_files_are_reported(tmp_path: Path) -> None:
     assert "| attention | 0.9123 |" in text and "quick mode" in text and "bench/results/conll.json" in text
 
 
-def _run(fraction: float, epochs: float, steps: int, f1: float, seed: int = 13) -> dict[str, object]:
+def _run(
+    fraction: float, epochs: float, steps: int, f1: float, seed: int = 13, cache: str = "caches/conll-train.jsonl"
+) -> dict[str, object]:
     return {
         "config": {
-            "data": {"train_fraction": fraction, "train_cache": "caches/conll-train.jsonl"},
+            "data": {"train_fraction": fraction, "train_cache": cache},
             "train": {"epochs": epochs, "seed": seed},
         },
         "steps": steps,
@@ -244,7 +246,43 @@ def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path
         "| 0.05 | 0.6700 ± 0.0050 (3 seeds) | 0.6200 ± 0.0200 (3 seeds) | +0.0650, +0.0300, +0.0550 "
         "| 3 epochs, 132 steps |" in text
     )
-    assert "| 0.1 |" not in text and "The `none` runs are those of `efficiency_tokens.json`" in text
+    assert "| 0.1 |" not in text and "The runs of `none` are those of `efficiency_tokens.json`" in text
+
+
+def test_regularised_runs_are_paired_against_none_and_the_unregularised_runs_on_the_same_passages(
+    tmp_path: Path,
+) -> None:
+    results_dir, docs_dir = tmp_path / "results", tmp_path / "docs"
+    results_dir.mkdir()
+    (docs_dir / "img").mkdir(parents=True)
+    doc = "caches/conll-doc-train.jsonl"
+    scores = {"none": (0.80, 0.79, 0.81), "attention-tokens": (0.82, 0.80, 0.84), "attention-frozen": (0.9,) * 3}
+    tokens = {
+        f"efficiency-{mode}-0.1-seed{seed}": _run(0.1, 3, 264, f1, seed, doc if mode != "attention-frozen" else "x")
+        for mode, by_seed in scores.items()
+        for seed, f1 in zip((13, 14, 15), by_seed, strict=True)
+    }
+    kl = {
+        f"efficiency-attention-tokens-kl-0.1-seed{seed}": _run(0.1, 3, 264, f1, seed, doc)
+        for seed, f1 in zip((13, 14, 15), (0.83, 0.83, 0.83), strict=True)
+    }
+    (results_dir / "efficiency_tokens.json").write_text(json.dumps({"test_f1": {}, "runs": tokens}))
+    (results_dir / "efficiency_regularisers.json").write_text(json.dumps({"test_f1": {}, "runs": kl}))
+    text = "\n".join(train_section(collect_train(results_dir), docs_dir)).partition("### efficiency_regularisers")[2]
+    assert (
+        "| fraction of training sentences | attention-tokens | attention-tokens-kl | none "
+        "| attention-tokens − none, per seed | attention-tokens-kl − none, per seed "
+        "| attention-tokens-kl − attention-tokens, per seed | budget |" in text
+    )
+    assert (
+        "| 0.1 | 0.8200 ± 0.0200 (3 seeds) | 0.8300 ± 0.0000 (3 seeds) | 0.8000 ± 0.0100 (3 seeds) "
+        "| +0.0200, +0.0100, +0.0300 | +0.0300, +0.0400, +0.0200 | +0.0100, +0.0300, -0.0100 | 3 epochs, 264 steps |"
+        in text
+    )
+    # attention-frozen read other passages: not borrowed.
+    assert "attention-frozen" not in text
+    assert "The runs of `attention-tokens` and `none` are those of `efficiency_tokens.json`" in text
+    assert (docs_dir / "img" / "label_efficiency_regularisers.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_the_tuned_retrievers_claims_runs_are_paired_by_seed_against_the_default_retrievers(tmp_path: Path) -> None:
