@@ -634,10 +634,12 @@ def efficiency_section(
     )
     borrowed = sorted(set(modes) - {mode_of(name, run) for name, run in efficiency["runs"].items()})
     if baseline and borrowed:
+        why = "`none` reads no passages" + (
+            ", the others the same passages as this file's" if borrowed != ["none"] else ""
+        )
         source += (
             f" The runs of {' and '.join(f'`{m}`' for m in borrowed)} are those of `{baseline['file']}` (same seeds, "
-            "subsets and budget; `none` reads no passages, the others the same passages as this file's, so they "
-            "were not trained again)."
+            f"subsets and budget; {why}, so they were not trained again)."
         )
     cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
     table = _table(

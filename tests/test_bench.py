@@ -246,7 +246,11 @@ def test_seeded_label_efficiency_reports_mean_sd_and_paired_differences(tmp_path
         "| 0.05 | 0.6700 ± 0.0050 (3 seeds) | 0.6200 ± 0.0200 (3 seeds) | +0.0650, +0.0300, +0.0550 "
         "| 3 epochs, 132 steps |" in text
     )
-    assert "| 0.1 |" not in text and "The runs of `none` are those of `efficiency_tokens.json`" in text
+    assert "| 0.1 |" not in text
+    assert (
+        "The runs of `none` are those of `efficiency_tokens.json` (same seeds, subsets and budget; `none` reads no "
+        "passages, so they were not trained again)." in text
+    )
 
 
 def test_regularised_runs_are_paired_against_none_and_the_unregularised_runs_on_the_same_passages(
