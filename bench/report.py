@@ -360,6 +360,7 @@ TRAIN_RESULTS = (
     "conll",
     "scifact",
     "scifact_pair",
+    "scifact_tokens",
     "efficiency",
     "efficiency_tokens",
     "efficiency_crossdoc",
