@@ -53,26 +53,17 @@ from ralm_es.train.loop import RunResult, train
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 QUICK = ["data.limit=200", "train.max_steps=30", "train.eval_every=15", "train.eval_batch_size=32"]
+TOKENS = ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=tokens"]
 VARIANTS = {
     "none": ["model.fusion=none"],
     "concat": ["model.fusion=concat"],
     "attention": ["model.fusion=attention", "model.passage_encoder=shared"],
     "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=pooled"],
-    "attention-tokens": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=tokens"],
+    "attention-tokens": TOKENS,
     # The regularisers of docs/training.md on attention-tokens, at untuned values: CL-KL's equal weighting, and a
     # fifth of each example's passages dropped.
-    "attention-tokens-kl": [
-        "model.fusion=attention",
-        "model.passage_encoder=frozen",
-        "model.passage_memory=tokens",
-        "train.consistency_weight=1.0",
-    ],
-    "attention-tokens-pdrop": [
-        "model.fusion=attention",
-        "model.passage_encoder=frozen",
-        "model.passage_memory=tokens",
-        "train.passage_dropout=0.2",
-    ],
+    "attention-tokens-kl": [*TOKENS, "train.consistency_weight=1.0"],
+    "attention-tokens-pdrop": [*TOKENS, "train.passage_dropout=0.2"],
     "pair": ["model.fusion=pair"],
 }
 
