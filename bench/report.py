@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,15 +357,34 @@ def _mode_table(values: dict[str, Any], label: str) -> list[str]:
     return _table(["fusion", label], [[mode, "–" if v is None else f"{v:.4f}"] for mode, v in values.items()])
 
 
+@dataclass(frozen=True)
+class EfficiencyFile:
+    """How the report shows one label-efficiency results file: its plot, the efficiency file whose runs of
+    ``none`` (and of variants on the same passages) it borrows, the variants each other one is paired against, and
+    whether conll.json's full-data runs are its 100% point."""
+
+    plot: str
+    baseline: str | None = None
+    references: tuple[str, ...] = ("none",)
+    with_conll: bool = False
+
+
+EFFICIENCY_FILES = {
+    "efficiency": EfficiencyFile("label_efficiency.png", with_conll=True),
+    "efficiency_tokens": EfficiencyFile("label_efficiency_tokens.png"),
+    "efficiency_crossdoc": EfficiencyFile("label_efficiency_crossdoc.png", "efficiency_tokens"),
+    "efficiency_regularisers": EfficiencyFile(
+        "label_efficiency_regularisers.png", "efficiency_tokens", ("none", "attention-tokens")
+    ),
+    "efficiency_k16": EfficiencyFile("label_efficiency_k16.png", "efficiency_tokens"),
+}
+
 TRAIN_RESULTS = (
     "conll",
     "scifact",
     "scifact_pair",
     "scifact_tokens",
-    "efficiency",
-    "efficiency_tokens",
-    "efficiency_crossdoc",
-    "efficiency_regularisers",
+    *EFFICIENCY_FILES,
     "throughput",
     "throughput_tokens",
 )
@@ -422,18 +442,10 @@ def train_section(train: dict[str, Any] | None, docs_dir: Path) -> list[str]:
             lines += _mode_table(result["test_f1"], "CoNLL-2003 test entity F1")
         elif name.startswith("scifact"):
             lines += seeded_section(result)
-        elif name == "efficiency":
-            lines += efficiency_section(result, train.get("conll"), docs_dir)
-        elif name == "efficiency_tokens":
-            lines += efficiency_section(result, None, docs_dir, plot="label_efficiency_tokens.png")
-        elif name == "efficiency_crossdoc":
-            baseline = train.get("efficiency_tokens")
-            lines += efficiency_section(result, None, docs_dir, "label_efficiency_crossdoc.png", baseline)
-        elif name == "efficiency_regularisers":
-            baseline, references = train.get("efficiency_tokens"), ("none", "attention-tokens")
-            lines += efficiency_section(
-                result, None, docs_dir, "label_efficiency_regularisers.png", baseline, references
-            )
+        elif (shown := EFFICIENCY_FILES.get(name)) is not None:
+            conll = train.get("conll") if shown.with_conll else None
+            baseline = train.get(shown.baseline) if shown.baseline else None
+            lines += efficiency_section(result, conll, docs_dir, shown.plot, baseline, shown.references)
         elif name.startswith("throughput"):
             runs = {run_name.removeprefix("throughput-"): run for run_name, run in result["runs"].items()}
             base = result["examples_per_s"].get("none")
@@ -566,9 +578,9 @@ def efficiency_section(
     efficiency: dict[str, Any],
     conll: dict[str, Any] | None,
     docs_dir: Path,
-    plot: str = "label_efficiency.png",
-    baseline: dict[str, Any] | None = None,
-    references: tuple[str, ...] = ("none",),
+    plot: str,
+    baseline: dict[str, Any] | None,
+    references: tuple[str, ...],
 ) -> list[str]:
     """Test F1 against the fraction of training sentences, per variant of the efficiency runs (mean ± sd over the
     seeds of a cell, with the per-seed difference of each variant against each of ``references`` listed before
