@@ -360,8 +360,8 @@ def _mode_table(values: dict[str, Any], label: str) -> list[str]:
 @dataclass(frozen=True)
 class EfficiencyFile:
     """How the report shows one label-efficiency results file: its plot, the efficiency file whose runs of
-    ``none`` (and of variants on the same passages) it borrows, the variants each other one is paired against, and
-    whether conll.json's full-data runs are its 100% point."""
+    ``none``, of variants on the same passages and of the references it borrows, the variants each other one is
+    paired against, and whether conll.json's full-data runs are its 100% point."""
 
     plot: str
     baseline: str | None = None
@@ -376,7 +376,7 @@ EFFICIENCY_FILES = {
     "efficiency_regularisers": EfficiencyFile(
         "label_efficiency_regularisers.png", "efficiency_tokens", ("none", "attention-tokens")
     ),
-    "efficiency_k16": EfficiencyFile("label_efficiency_k16.png", "efficiency_tokens"),
+    "efficiency_k16": EfficiencyFile("label_efficiency_k16.png", "efficiency_tokens", ("none", "attention-tokens")),
 }
 
 TRAIN_RESULTS = (
@@ -544,14 +544,18 @@ def mode_of(name: str, run: dict[str, Any], prefix: str = "efficiency-") -> str:
 
 
 def efficiency_runs(
-    efficiency: dict[str, Any], conll: dict[str, Any] | None, baseline: dict[str, Any] | None = None
+    efficiency: dict[str, Any],
+    conll: dict[str, Any] | None,
+    baseline: dict[str, Any] | None = None,
+    references: tuple[str, ...] = (),
 ) -> dict[float, dict[str, Any]]:
     """Label-efficiency runs by fraction of the training sentences and variant: the subsets of ``efficiency.json``
     and, as the whole set, its own fraction-1 runs or else the full-data runs of ``conll.json`` (the same config
     and budget; not trained twice);
     with ``baseline``, the runs of another efficiency file at this file's fractions for the variants this file
     lacks: those of ``none`` (it reads no passages, so its runs are the same whatever the passages of the others),
-    and of any variant whose runs read the same passages as this file's."""
+    of any variant whose runs read the same passages as this file's, and of the ``references`` whatever their
+    passages (a variant compared against on purpose)."""
     found: dict[float, dict[str, list[dict[str, Any]]]] = {}
     fractions = {run["config"]["data"]["train_fraction"] for run in efficiency["runs"].values()}
     own_modes = {mode_of(name, run) for name, run in efficiency["runs"].items()}
@@ -561,7 +565,7 @@ def efficiency_runs(
         for name, run in (baseline or {}).get("runs", {}).items()
         if run["config"]["data"]["train_fraction"] in fractions
         and (mode := mode_of(name, run)) not in own_modes
-        and (mode == "none" or run["config"]["data"]["train_cache"] == cache)
+        and (mode == "none" or mode in references or run["config"]["data"]["train_cache"] == cache)
     }
     # Full-data runs of this file's own take the place of conll.json's.
     full = {} if 1 in fractions else (conll or {}).get("runs", {})
@@ -572,6 +576,10 @@ def efficiency_runs(
                 mode_of(name, run, prefix), []
             ).append(run)
     return dict(sorted(found.items()))
+
+
+def _names(modes: list[str]) -> str:
+    return " and ".join(f"`{m}`" for m in modes)
 
 
 def efficiency_section(
@@ -586,7 +594,7 @@ def efficiency_section(
     seeds of a cell, with the per-seed difference of each variant against each of ``references`` listed before
     it; runs of variants this file lacks taken from ``baseline`` when given), as a table and a plot with error
     bars; each row says the budget its runs had."""
-    runs = efficiency_runs(efficiency, conll, baseline)
+    runs = efficiency_runs(efficiency, conll, baseline, references)
     seeded = any(len(rs) > 1 for by_mode in runs.values() for rs in by_mode.values())
     # The variants of this file's own fractions (conll.json's full-data runs hold more variants).
     fractions = {run["config"]["data"]["train_fraction"] for run in efficiency["runs"].values()}
@@ -645,16 +653,23 @@ def efficiency_section(
         if 1 in runs
         else "No full-data runs yet."
     )
+    cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
     borrowed = sorted(set(modes) - {mode_of(name, run) for name, run in efficiency["runs"].items()})
     if baseline and borrowed:
-        why = "`none` reads no passages" + (
-            ", the others the same passages as this file's" if borrowed != ["none"] else ""
+        caches = {mode_of(name, run): run["config"]["data"]["train_cache"] for name, run in baseline["runs"].items()}
+        same = [m for m in borrowed if m != "none" and caches[m] == cache]
+        other = [m for m in borrowed if m != "none" and caches[m] != cache]
+        why = "; ".join(
+            [
+                *(["`none` reads no passages"] if "none" in borrowed else []),
+                *([f"{_names(same)} the same passages as this file's"] if same else []),
+                *(f"`{m}` is a reference on its own passages, `{caches[m]}`" for m in other),
+            ]
         )
         source += (
-            f" The runs of {' and '.join(f'`{m}`' for m in borrowed)} are those of `{baseline['file']}` (same seeds, "
-            f"subsets and budget; {why}, so they were not trained again)."
+            f" The runs of {_names(borrowed)} are those of `{baseline['file']}` (same seeds, subsets and budget; "
+            f"{why}, so they were not trained again)."
         )
-    cache = next(iter(efficiency["runs"].values()))["config"]["data"]["train_cache"]
     table = _table(
         ["fraction of training sentences", *modes, *(f"{m} − {r}, per seed" for m, r in pairs), "budget"], rows
     )

@@ -289,6 +289,38 @@ def test_regularised_runs_are_paired_against_none_and_the_unregularised_runs_on_
     assert (docs_dir / "img" / "label_efficiency_regularisers.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_reference_variant_is_borrowed_even_on_other_passages_and_the_note_names_them(tmp_path: Path) -> None:
+    results_dir, docs_dir = tmp_path / "results", tmp_path / "docs"
+    results_dir.mkdir()
+    (docs_dir / "img").mkdir(parents=True)
+    doc8, doc16 = "caches/conll-doc-train.jsonl", "caches/conll-doc16-train.jsonl"
+    scores = {"none": (0.80, 0.79, 0.81), "attention-tokens": (0.82, 0.80, 0.84), "attention-frozen": (0.9,) * 3}
+    tokens = {
+        f"efficiency-{mode}-0.1-seed{seed}": _run(0.1, 3, 264, f1, seed, doc8)
+        for mode, by_seed in scores.items()
+        for seed, f1 in zip((13, 14, 15), by_seed, strict=True)
+    }
+    k16 = {
+        f"efficiency-attention-tokens-k16-0.1-seed{seed}": _run(0.1, 3, 264, f1, seed, doc16)
+        for seed, f1 in zip((13, 14, 15), (0.83, 0.79, 0.84), strict=True)
+    }
+    (results_dir / "efficiency_tokens.json").write_text(json.dumps({"test_f1": {}, "runs": tokens}))
+    (results_dir / "efficiency_k16.json").write_text(json.dumps({"test_f1": {}, "runs": k16}))
+    text = "\n".join(train_section(collect_train(results_dir), docs_dir)).partition("### efficiency_k16")[2]
+    assert (
+        "| 0.1 | 0.8200 ± 0.0200 (3 seeds) | 0.8200 ± 0.0265 (3 seeds) | 0.8000 ± 0.0100 (3 seeds) "
+        "| +0.0200, +0.0100, +0.0300 | +0.0300, +0.0000, +0.0300 | +0.0100, -0.0100, +0.0000 | 3 epochs, 264 steps |"
+        in text
+    )
+    # attention-frozen is neither a reference nor on this file's passages.
+    assert "attention-frozen" not in text
+    assert (
+        "The runs of `attention-tokens` and `none` are those of `efficiency_tokens.json` (same seeds, subsets and "
+        "budget; `none` reads no passages; `attention-tokens` is a reference on its own passages, "
+        "`caches/conll-doc-train.jsonl`, so they were not trained again)." in text
+    )
+
+
 def test_the_tuned_retrievers_claims_runs_are_paired_by_seed_against_the_default_retrievers(tmp_path: Path) -> None:
     def result(scores: dict[int, tuple[float, float]]) -> dict[str, object]:
         runs = {
