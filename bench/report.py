@@ -302,22 +302,24 @@ def latency_section(latency: dict[str, Any], img: str) -> list[str]:
         for part, label in (
             ("total", "total `Retriever.search`"),
             ("encode", "query encoding"),
-            ("took", "Elasticsearch `took` (bm25 + kNN)"),
+            ("took", "Elasticsearch `took` (bm25 + kNN, then the fetch)"),
             ("rest", "the rest (ralm-es and the client)"),
         )
     ]
     return [
         f"{latency['queries']} single hybrid searches (k=10, no query-vector cache), each split into encoding, "
-        "the sum of the two component searches' `took` from the `_msearch` response, and the rest. `_msearch` may "
-        "run the two components concurrently, so the summed `took` can overstate Elasticsearch's share and the rest "
-        "of a single search can come out slightly negative.",
+        "Elasticsearch's `took` (the sum over the two component searches of one `_msearch`, ids and scores only, and "
+        "the search that then fetches the texts of the fused top k), and the rest. `_msearch` may run the two "
+        "components concurrently, so the summed `took` can overstate Elasticsearch's share and the rest of a single "
+        "search can come out slightly negative.",
         "",
         *_table(["part", "p50 ms", "p95 ms", "p99 ms"], rows),
         "",
         f"The rest at p50 is {latency['rest_of_took_p50']:.0%} of `took` at p50. It holds a second tokenization of "
-        "the query (its length check), the `_msearch` round trip with its JSON, and fusion; the index's vector "
-        "dimensions are read once per backend, not per search. Where the summed `took` overstates Elasticsearch's "
-        "share (above), this figure understates the rest.",
+        "the query (its length check), two HTTP round trips with their JSON (the components' `_msearch`, then the "
+        "fetch), and fusion; the index's vector dimensions are read once per backend, not per search. It does not "
+        "shrink with the node's speed, so its share grows as the node answers faster. Where the summed `took` "
+        "overstates Elasticsearch's share (above), this figure understates the rest.",
         "",
         f"![latency]({img})",
     ]
