@@ -188,7 +188,7 @@ def test_every_fusion_mode_the_config_accepts_has_a_strategy(tmp_path: Path) -> 
 def test_an_unknown_fusion_mode_is_one_line_naming_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(FusionError) as caught:
         fusion_strategy("late")
-    expected = "unknown fusion mode 'late' (model.fusion); expected one of none, concat, attention, pair"
+    expected = "unknown fusion mode 'late' (model.fusion); expected one of none, concat, attention, pair, scores"
     assert str(caught.value) == expected
     # A run folder from a version with more modes.
     (tmp_path / "model.safetensors").write_bytes(b"")

@@ -197,11 +197,11 @@ def test_a_dropped_attention_slot_gets_no_weight(tokenizer: AutoTokenizer, tiny_
     [
         (
             ["model.fusion=concat", "train.passage_dropout=0.2"],
-            "train.passage_dropout needs a fusion mode with separate passages (attention, pair), not 'concat'",
+            "train.passage_dropout needs a fusion mode with separate passages (attention, pair, scores), not 'concat'",
         ),
         (
             ["model.fusion=none", "train.consistency_weight=1"],
-            "train.consistency_weight needs a fusion mode with separate passages (attention, pair), not 'none'",
+            "train.consistency_weight needs a fusion mode with separate passages (attention, pair, scores), not 'none'",
         ),
         (["train.passage_dropout=1"], "train.passage_dropout must be at least 0 and below 1, got 1.0"),
         (["train.consistency_weight=-1"], "train.consistency_weight must be 0 or more, got -1.0"),

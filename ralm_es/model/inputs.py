@@ -31,6 +31,8 @@ class Features:
     # Rows of the passage table and their retrieval scores, for a strategy that batches passages on their own.
     passages: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    # Each kept hit's retrieval signals, for a strategy that reads the scores rather than the texts (``scores``).
+    signals: list[list[float]] = field(default_factory=list)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from ralm_es.onnx_runtime import Runtime
 
 # The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
-Fusion = Literal["none", "concat", "attention", "pair"]
+Fusion = Literal["none", "concat", "attention", "pair", "scores"]
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class OptimSettings:
     seed: int = 13
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Regularisers for a fusion mode with passage slots (attention, pair); 0 disables each. Drop each retrieved
+    # Regularisers for a fusion mode with passage slots (attention, pair, scores); 0 disables each. Drop each retrieved
     # passage of a training batch with this probability (an example left with none trains on the input alone).
     passage_dropout: float = 0.0
     # Weight of CL-KL: KL from the prediction with passages to the prediction on the input alone.

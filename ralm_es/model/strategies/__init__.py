@@ -12,9 +12,10 @@ from ralm_es.model.strategies.base import FusionStrategy
 from ralm_es.model.strategies.concat import ConcatFusion
 from ralm_es.model.strategies.none import NoFusion
 from ralm_es.model.strategies.pair import PairFusion
+from ralm_es.model.strategies.scores import ScoreFusion
 
 STRATEGIES: dict[str, FusionStrategy] = {
-    s.name: s for s in (NoFusion(), ConcatFusion(), AttentionFusion(), PairFusion())
+    s.name: s for s in (NoFusion(), ConcatFusion(), AttentionFusion(), PairFusion(), ScoreFusion())
 }
 
 
