@@ -18,8 +18,9 @@ variants: none, concat, attention (passages through the shared trainable encoder
 copy of the encoder embeds each passage once, to one vector), attention-tokens (the frozen copy's token states of
 each passage, computed once into the token store), attention-tokens-kl and attention-tokens-pdrop (that with the
 consistency term or passage dropout), attention-tokens-k16 (that over 16 passages an input), pair (classification:
-the encoder reads each input-passage pair), scores (classification: the hits' retrieval scores, no text). Every run
-trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
+the encoder reads each input-passage pair), scores (classification: the hits' retrieval scores, no text),
+attention-tokens-scores (attention-tokens with those scores added). Every run trains in its own fresh process, so
+its peak memory is its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
 """
@@ -69,6 +70,8 @@ VARIANTS = {
     "attention-tokens-k16": [*TOKENS, "model.k=16"],
     "pair": ["model.fusion=pair"],
     "scores": ["model.fusion=scores"],
+    # Reading the evidence and how well it matched: attention-tokens with the scores mode's signals added.
+    "attention-tokens-scores": [*TOKENS, "model.score_signals=true"],
 }
 
 

@@ -143,7 +143,7 @@ def test_passage_dropout_drops_slots_only() -> None:
     assert torch.equal(batch[VALID], valid)
 
 
-@pytest.mark.parametrize("fusion", ["pair", "attention"])
+@pytest.mark.parametrize("fusion", ["pair", "attention", "scores"])
 def test_passage_dropout_and_consistency_change_training(
     fusion: str, tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
 ) -> None:

@@ -150,3 +150,39 @@ def test_inputs_without_passages_train_and_predict_in_scores_mode(
     predictions = predict_file(open_run(result.out, "cpu"), claims["dev"], data["dev_cache"])[1]
     assert len(predictions) == 12 and all(p.labels in {"SUPPORT", "CONTRADICT"} for p in predictions)
     assert all(p.probability is not None and 0 < p.probability <= 1 for p in predictions)
+
+
+def test_attention_with_score_signals_carries_both_and_still_explains(
+    tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path, tokenizer: AutoTokenizer
+) -> None:
+    ex = Example("a", ("aspirin", "lowers", "fever"), "f:1", label="SUPPORT")
+    spec = ModelSpec(task="classification", fusion="attention", k=2, score_signals=True, labels=tuple(LABELS.labels))
+    batch = build_features([ex], [[scored(0, 0.03, 20.0, 0.8)]], tokenizer, spec, LABELS).batch([0])
+    assert "passage_input_ids" in batch and batch["passage_signals"][0, 0, :3].tolist() == pytest.approx(
+        [0.03, math.log1p(20.0), 0.8]
+    )
+    model = new_model(spec, str(tiny_model_dir))
+    assert {"fusion", "score_norm", "score_mlp"} <= {name for name, _ in model.named_children()}
+
+    sets = ["model.fusion=attention", "model.score_signals=true", "train.max_steps=30"]
+    result = train(load(claims_config(tmp_path, claims, tiny_model_dir, *sets)))
+    seen = losses(result.out)
+    assert result.finished and sum(seen[-5:]) < sum(seen[:5])
+    run = open_run(result.out, "cpu")
+    assert run.model.spec.score_signals
+    predictions = predict_file(run, claims["dev"], claims["dev_cache"])[1]
+    # The attention weights pass through the signals untouched: one per passage, summing to 1.
+    assert all(p.weights is not None and sum(p.weights[0]) == pytest.approx(1.0, abs=1e-4) for p in predictions)
+
+
+@pytest.mark.parametrize("fusion", ["none", "concat", "scores"])
+def test_score_signals_without_a_mode_that_reads_passage_slots_is_one_line(
+    fusion: str, tokenizer: AutoTokenizer
+) -> None:
+    ex = Example("a", ("aspirin",), "f:1", label="SUPPORT")
+    spec = ModelSpec(task="classification", fusion=fusion, score_signals=True)
+    with pytest.raises(FusionError) as caught:
+        build_features([ex], [[]], tokenizer, spec, LABELS)
+    assert str(caught.value) == (
+        f"model.score_signals needs a fusion mode with separate passages (attention, pair), not '{fusion}'"
+    )

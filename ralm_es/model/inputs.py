@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ralm_es.model.spec import ModelSpec
-from ralm_es.model.strategies import FusionError, FusionStrategy, fusion_strategy
+from ralm_es.model.strategies import FusionError, FusionStrategy, strategy_of
 from ralm_es.model.strategies.base import Embed
 from ralm_es.model.tokens import CASE_PAD, PassageTable, Tokenized, passage_text, tokenize_words
 from ralm_es.retrieve.cache import CacheHit
@@ -86,7 +86,7 @@ def build_features(
 ) -> FeatureSet:
     """Tokenize ``examples`` with the hits their fusion mode keeps (the top ``spec.k``). ``labels`` None means
     unlabelled (prediction). ``embed_passages`` gives the vectors or token states of a mode with frozen passages."""
-    fusion = fusion_strategy(spec.fusion)
+    fusion = strategy_of(spec)
     if spec.task not in fusion.tasks:
         tasks = " and ".join(fusion.tasks)
         raise FusionError(f"fusion '{spec.fusion}' (model.fusion) is for {tasks} tasks, not task.type {spec.task}")

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 from ralm_es.embed import mean_pool
 from ralm_es.model.inputs import IGNORE
 from ralm_es.model.spec import ModelSpec
-from ralm_es.model.strategies import fusion_strategy
+from ralm_es.model.strategies import strategy_of
 from ralm_es.model.strategies.base import VALID
 from ralm_es.model.tokens import N_CASES
 
@@ -29,7 +29,7 @@ class RalmModel(nn.Module):
     def __init__(self, spec: ModelSpec, encoder: PreTrainedModel) -> None:
         super().__init__()
         self.spec = spec
-        self.strategy = fusion_strategy(spec.fusion)
+        self.strategy = strategy_of(spec)
         # The pooler is unused (we mean-pool) and would leave DDP with parameters that never get gradients.
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None

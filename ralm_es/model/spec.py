@@ -24,7 +24,8 @@ class ModelSettings:
     passage length under the cache home); it applies to frozen tokens only. ``runtime``: what runs the frozen
     passage encoder (``torch``, or ONNX Runtime on the CPU: ``onnx``, ``onnx-int8``); frozen passages only.
     ``passage_max_length``: tokens of a passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its
-    [SEP]) to the input of up to ``max_length`` tokens."""
+    [SEP]) to the input of up to ``max_length`` tokens. ``score_signals`` (``attention``, ``pair``): after the mode's
+    fusion step, add each hit's retrieval scores as the ``scores`` mode reads them."""
 
     encoder: str | None = None
     fusion: Fusion = "attention"
@@ -38,6 +39,7 @@ class ModelSettings:
     heads: int = 4
     case_features: bool = True
     dropout: float = 0.1
+    score_signals: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,13 +6,18 @@ A new mode is a module here with a :class:`FusionStrategy` subclass, its entry i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ralm_es.errors import RalmError
 from ralm_es.model.strategies.attention import AttentionFusion
 from ralm_es.model.strategies.base import FusionStrategy
 from ralm_es.model.strategies.concat import ConcatFusion
 from ralm_es.model.strategies.none import NoFusion
 from ralm_es.model.strategies.pair import PairFusion
-from ralm_es.model.strategies.scores import ScoreFusion
+from ralm_es.model.strategies.scores import ScoreFusion, WithSignals
+
+if TYPE_CHECKING:
+    from ralm_es.model.spec import ModelSettings
 
 STRATEGIES: dict[str, FusionStrategy] = {
     s.name: s for s in (NoFusion(), ConcatFusion(), AttentionFusion(), PairFusion(), ScoreFusion())
@@ -32,4 +37,18 @@ def fusion_strategy(name: str) -> FusionStrategy:
         ) from None
 
 
-__all__ = ["STRATEGIES", "FusionError", "FusionStrategy", "fusion_strategy"]
+def strategy_of(settings: ModelSettings) -> FusionStrategy:
+    """The strategy of ``settings.fusion``, with the hits' retrieval signals added after its fusion step when
+    ``settings.score_signals`` (a mode with passage slots other than ``scores``, which is those signals alone)."""
+    strategy = fusion_strategy(settings.fusion)
+    if not settings.score_signals:
+        return strategy
+    if not strategy.slotted or isinstance(strategy, ScoreFusion):
+        slotted = ", ".join(name for name, s in STRATEGIES.items() if s.slotted and not isinstance(s, ScoreFusion))
+        raise FusionError(
+            f"model.score_signals needs a fusion mode with separate passages ({slotted}), not '{settings.fusion}'"
+        )
+    return WithSignals(strategy)
+
+
+__all__ = ["STRATEGIES", "FusionError", "FusionStrategy", "fusion_strategy", "strategy_of"]

@@ -11,6 +11,7 @@ normalisation's statistics alone."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,7 +25,7 @@ from ralm_es.retrieve.cache import CacheHit
 if TYPE_CHECKING:
     from ralm_es.model.inputs import Features, FeatureSet
     from ralm_es.model.ralm import RalmModel
-    from ralm_es.model.spec import ModelSpec
+    from ralm_es.model.spec import ModelSettings, ModelSpec
 
 SIGNALS = 5  # fused score, log1p(BM25), dense cosine, found by BM25, found by dense
 
@@ -56,6 +57,34 @@ class SignalNorm(nn.BatchNorm1d):
         return out
 
 
+def signal_batch(feats: list[Features], k: int) -> dict[str, torch.Tensor]:
+    """The signals of each example's k slots (B, k, SIGNALS), zero for a slot without a passage."""
+    signals = torch.zeros(len(feats), k, SIGNALS)
+    for b, f in enumerate(feats):
+        if f.signals:
+            signals[b, : len(f.signals)] = torch.tensor(f.signals)
+    return {"passage_signals": signals}
+
+
+def signal_modules(spec: ModelSpec, hidden: int) -> dict[str, nn.Module]:
+    width = spec.k * SIGNALS
+    mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    # No affine part of its own: the first linear layer is one, and a batch without passages leaves it unused.
+    return {"score_norm": SignalNorm(width, affine=False), "score_mlp": mlp}
+
+
+def add_signals(model: RalmModel, states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``states`` (B, T, d) plus the MLP's reading of each example's signals, the same at every position."""
+    valid = batch[VALID]
+    # A dropped slot (train.passage_dropout) keeps its signals in the batch: they are cleared here.
+    signals = (batch["passage_signals"] * valid.unsqueeze(-1)).flatten(1)
+    mlp = model.get_submodule("score_mlp")
+    normed = model.get_submodule("score_norm")(signals.float(), valid.any(-1))
+    return states + mlp(normed.to(mlp[0].weight.dtype)).unsqueeze(1).to(states.dtype)
+
+
 class ScoreFusion(FusionStrategy):
     name = "scores"
     tasks = ("classification",)
@@ -72,27 +101,53 @@ class ScoreFusion(FusionStrategy):
         feature.signals = [hit_signals(hit) for hit in hits]
 
     def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
-        k = fs.spec.k
-        signals = torch.zeros(len(feats), k, SIGNALS)
-        for b, f in enumerate(feats):
-            if f.signals:
-                signals[b, : len(f.signals)] = torch.tensor(f.signals)
-        return {**passage_slots(feats, k), "passage_signals": signals}
+        return {**passage_slots(feats, fs.spec.k), **signal_batch(feats, fs.spec.k)}
 
     def modules(self, spec: ModelSpec, hidden: int) -> dict[str, nn.Module]:
-        width = spec.k * SIGNALS
-        mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        nn.init.zeros_(mlp[-1].weight)
-        nn.init.zeros_(mlp[-1].bias)
-        # No affine part of its own: the first linear layer is one, and a batch without passages leaves it unused.
-        return {"score_norm": SignalNorm(width, affine=False), "score_mlp": mlp}
+        return signal_modules(spec, hidden)
 
     def fuse(
         self, model: RalmModel, query: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        valid = batch[VALID]
-        # A dropped slot (train.passage_dropout) keeps its signals in the batch: they are cleared here.
-        signals = (batch["passage_signals"] * valid.unsqueeze(-1)).flatten(1)
-        mlp = model.get_submodule("score_mlp")
-        normed = model.get_submodule("score_norm")(signals.float(), valid.any(-1))
-        return query + mlp(normed.to(mlp[0].weight.dtype)).unsqueeze(1).to(query.dtype), None
+        return add_signals(model, query, batch), None
+
+
+class WithSignals(FusionStrategy):
+    """Another mode with passage slots (``attention``, ``pair``) and, after its fusion step, the hits' retrieval
+    signals added as ``scores`` adds them (``model.score_signals``): the evidence read, and how well it matched."""
+
+    def __init__(self, inner: FusionStrategy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.tasks = inner.tasks
+        self.slotted = inner.slotted
+
+    def frozen_passages(self, settings: ModelSettings) -> bool:
+        return self.inner.frozen_passages(settings)
+
+    def stored_tokens(self, settings: ModelSettings) -> bool:
+        return self.inner.stored_tokens(settings)
+
+    def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
+        return self.inner.passages_of(spec, hits)
+
+    def fill_table(
+        self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
+    ) -> None:
+        self.inner.fill_table(spec, table, tokenizer, embed)
+
+    def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
+        self.inner.add_passages(fs, feature, rows, hits)
+        feature.signals = [hit_signals(hit) for hit in hits]
+
+    def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
+        return {**self.inner.batch(fs, feats), **signal_batch(feats, fs.spec.k)}
+
+    def modules(self, spec: ModelSpec, hidden: int) -> dict[str, nn.Module]:
+        return {**self.inner.modules(spec, hidden), **signal_modules(spec, hidden)}
+
+    def fuse(
+        self, model: RalmModel, query: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fused, weights = self.inner.fuse(model, query, batch)
+        return add_signals(model, fused, batch), weights
