@@ -19,8 +19,11 @@ from ralm_es.model.inputs import build_features
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import FusionError
 from ralm_es.model.strategies.base import VALID
-from ralm_es.retrieve.cache import CacheHit
-from ralm_es.tasks import Example, LabelMap
+from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
+from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
+from ralm_es.serve.predictor import Predictor
+from ralm_es.store.local import LocalBackend
+from ralm_es.tasks import DataError, Example, LabelMap
 from ralm_es.tasks.classification import read_classification
 from ralm_es.train import loop
 from ralm_es.train.checkpoint import new_model
@@ -186,3 +189,43 @@ def test_score_signals_without_a_mode_that_reads_passage_slots_is_one_line(
     assert str(caught.value) == (
         f"model.score_signals needs a fusion mode with separate passages (attention, pair), not '{fusion}'"
     )
+
+
+def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
+    tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    result = train(load(claims_config(tmp_path, claims, tiny_model_dir, "model.fusion=scores", "train.max_steps=2")))
+    run = open_run(result.out, "cpu")
+    # The fixture's caches are BM25 retrieval: the run recorded that scale.
+    assert run.model.spec.score_scale == {"mode": "bm25", "fusion": {}, "encoder": None}
+    _, entries = read_cache(claims["dev_cache"])
+    hybrid = tmp_path / "hybrid.cache"
+    fusion = RetrievalSettings(mode="hybrid").fusion_header()
+    header = CacheHeader(index="test", mode="hybrid", k=3, fusion=fusion, encoder={"revision": "abc123"})
+    with CacheWriter(hybrid, header) as writer:
+        for entry in entries.values():
+            writer.write(entry.input_id, entry.query, entry.hits)
+    with pytest.raises(DataError) as caught:
+        predict_file(run, claims["dev"], hybrid)
+    assert str(caught.value) == (
+        f"{hybrid}: retrieval mode hybrid (fusion rrf, depth 50, num_candidates 100, title_boost 1.0, rrf_k 60.0, "
+        "dense_weight 0.5), encoder abc123, but the run reads scores on the scale of its training retrieval, mode "
+        "bm25: retrieve with those settings"
+    )
+    # A live retriever is checked the same way when the service starts; one of the same scale is taken.
+    backend = LocalBackend(tmp_path / "index")
+    with pytest.raises(DataError) as caught:
+        Predictor(run, Retriever(backend, None, RetrievalSettings(mode="hybrid")))
+    assert str(caught.value) == (
+        f"the live retriever for {run.folder}: retrieval mode hybrid (fusion rrf, depth 50, num_candidates 100, "
+        "title_boost 1.0, rrf_k 60.0, dense_weight 0.5), but the run reads scores on the scale of its training "
+        "retrieval, mode bm25: retrieve with those settings"
+    )
+    assert Predictor(run, Retriever(backend, None, RetrievalSettings(mode="bm25"))).retriever is not None
+
+
+def test_a_mode_that_does_not_read_scores_records_no_scale(
+    tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    result = train(load(claims_config(tmp_path, claims, tiny_model_dir, "model.fusion=pair", "train.max_steps=1")))
+    assert open_run(result.out, "cpu").model.spec.score_scale is None

@@ -45,12 +45,16 @@ class ModelSettings:
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec(ModelSettings):
     """The settings plus what training reads from the data: the task, its labels and, with frozen passages, the
-    fixed encoder's vector size and revision (the content hash predictions check the encoder against)."""
+    fixed encoder's vector size and revision (the content hash predictions check the encoder against) and, for a mode
+    that reads retrieval scores, the retrieval they came from."""
 
     task: Literal["ner", "classification"]
     labels: tuple[str, ...] = ()
     frozen_dim: int = 0
     frozen_revision: str = ""
+    # For a mode that reads retrieval scores on their own scale: the retrieval of the training cache (mode, fusion
+    # settings, encoder revision); hits of another retrieval are refused when predicting.
+    score_scale: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "labels": list(self.labels)}

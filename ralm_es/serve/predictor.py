@@ -9,7 +9,7 @@ from typing import Any
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from ralm_es.inference.passages import frozen_embedder
+from ralm_es.inference.passages import check_score_scale, frozen_embedder, score_scale
 from ralm_es.inference.predictions import predict
 from ralm_es.inference.runs import LoadedRun, open_run
 from ralm_es.model.inputs import build_features
@@ -34,6 +34,11 @@ class Predictor:
         spec = run.model.spec
         if run.model.strategy.uses_passages and retriever is None:
             raise DataError(f"the model in {run.folder} uses fusion '{spec.fusion}' and needs a retriever")
+        if retriever is not None and run.model.strategy.reads_scores:
+            s = retriever.settings
+            revision = retriever.encoder.revision if retriever.encoder is not None else None
+            live = score_scale(s.mode, s.fusion_header(), revision)
+            check_score_scale(spec, live, f"the live retriever for {run.folder}")
         self.run = run
         self.retriever = retriever
         self.batch_size = batch_size

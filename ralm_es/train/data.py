@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ralm_es.inference.passages import FrozenPassages, cached_hits
+from ralm_es.inference.passages import FrozenPassages, cached_hits, header_scale
 from ralm_es.model.inputs import FeatureSet, build_features
 from ralm_es.model.spec import ModelSpec
+from ralm_es.model.strategies import strategy_of
+from ralm_es.retrieve.cache import read_header
 from ralm_es.tasks import DataError, Example, LabelMap, Task
 from ralm_es.train.config import TrainConfig
 
@@ -39,6 +42,15 @@ class Splits:
     spec: ModelSpec
 
 
+def training_scale(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The retrieval of the training cache, for a mode that reads scores on their own scale (None otherwise, or
+    when there is no cache to read: ``cached_hits`` then says what is missing)."""
+    cache = cfg.data.train_cache
+    if not strategy_of(cfg.model).reads_scores or cache is None or not Path(cache).is_file():
+        return None
+    return header_scale(read_header(cache))
+
+
 def load_splits(
     cfg: TrainConfig, task: Task, tokenizer: PreTrainedTokenizerBase, embed: FrozenPassages | None
 ) -> Splits:
@@ -61,6 +73,7 @@ def load_splits(
         labels=tuple(labels.labels),
         frozen_dim=embed.dim if embed is not None else 0,
         frozen_revision=embed.encoder.revision if embed is not None else "",
+        score_scale=training_scale(cfg),
         **asdict(cfg.model),
     )
     train_hits = cached_hits(train, data.train_cache, spec, "train", data.train)

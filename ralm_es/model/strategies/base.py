@@ -46,6 +46,9 @@ class FusionStrategy:
     # tokens, so training can drop slots (``train.passage_dropout``) and clear them all to predict on the input
     # alone (``train.consistency_weight``).
     slotted: ClassVar[bool] = False
+    # True: the model reads the retrieval scores on their own scale, so a run records the retrieval that made them
+    # (``ModelSpec.score_scale``) and refuses hits of another.
+    reads_scores: ClassVar[bool] = False
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         """Whether passages are embedded once by a fixed encoder (whose vector size the spec then records)."""

@@ -89,6 +89,7 @@ class ScoreFusion(FusionStrategy):
     name = "scores"
     tasks = ("classification",)
     slotted = True
+    reads_scores = True
 
     def fill_table(
         self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
@@ -121,6 +122,7 @@ class WithSignals(FusionStrategy):
         self.name = inner.name
         self.tasks = inner.tasks
         self.slotted = inner.slotted
+        self.reads_scores = True
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         return self.inner.frozen_passages(settings)
