@@ -386,6 +386,7 @@ TRAIN_RESULTS = (
     "scifact",
     "scifact_pair",
     "scifact_tokens",
+    "scifact_scores",
     *EFFICIENCY_FILES,
     "throughput",
     "throughput_tokens",
@@ -502,14 +503,18 @@ def runs_by_mode(result: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]
 
 def seeded_section(result: dict[str, Any]) -> list[str]:
     """A seeded comparison: each variant's test accuracy and macro-F1 as mean ± sd over its seeds, and the per-seed
-    macro-F1 difference against ``none`` on the same seeds (same split and data order)."""
+    differences of both against ``none`` on the same seeds (same split and data order)."""
     by_mode = runs_by_mode(result)
     base = by_mode.get("none", {})
+
+    def against_none(mode: str, runs: dict[int, Any], metric: str) -> str:
+        paired = per_seed_differences(seed_figures(runs, metric), seed_figures(base, metric)).values()
+        return ", ".join(f"{d:+.4f}" for d in paired) if mode != "none" and paired else "-"
+
     rows = []
     for mode, runs in by_mode.items():
         seeds = sorted(runs)
         f1 = [runs[s]["test"]["macro_f1"] for s in seeds]
-        paired = per_seed_differences(seed_figures(runs, "macro_f1"), seed_figures(base, "macro_f1")).values()
         rows.append(
             [
                 mode,
@@ -517,7 +522,8 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
                 spread([runs[s]["test"]["accuracy"] for s in seeds]),
                 spread(f1),
                 ", ".join(f"{x:.4f}" for x in f1),
-                ", ".join(f"{d:+.4f}" for d in paired) if mode != "none" and paired else "-",
+                against_none(mode, runs, "accuracy"),
+                against_none(mode, runs, "macro_f1"),
                 f"{statistics.median(runs[s]['examples_per_s'] for s in seeds):.2f}",
                 f"{max(runs[s]['peak_memory_mb'] for s in seeds)}",
             ]
@@ -529,6 +535,7 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
             "test accuracy (mean ± sd)",
             "test macro-F1 (mean ± sd)",
             "macro-F1 per seed",
+            "accuracy − none, per seed",
             "macro-F1 − none, per seed",
             "examples/s (median)",
             "peak MB",

@@ -15,7 +15,7 @@ from elasticsearch import Elasticsearch
 from bench.common import BenchConfig, head_conll, percentiles, ratios, summarize
 from bench.ingest_bench import PEAK_RSS
 from bench.peers.venv import link_shared
-from bench.report import SECTIONS, claims_retriever_section, collect_train, targets, train_section
+from bench.report import SECTIONS, claims_retriever_section, collect_train, seeded_section, targets, train_section
 from bench.run import parse_args, run_all, save
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalSettings
@@ -318,6 +318,33 @@ def test_a_reference_variant_is_borrowed_even_on_other_passages_and_the_note_nam
         "The runs of `attention-tokens` and `none` are those of `efficiency_tokens.json` (same seeds, subsets and "
         "budget; `none` reads no passages; `attention-tokens` is a reference on its own passages, "
         "`caches/conll-doc-train.jsonl`, so they were not trained again)." in text
+    )
+
+
+def test_seeded_claims_runs_are_paired_against_none_on_accuracy_and_macro_f1() -> None:
+    def run(seed: int, acc: float, f1: float) -> dict[str, object]:
+        config = {"train": {"epochs": 10, "batch_size": 16}, "model": {"k": 8}}
+        return {
+            "config": config,
+            "test": {"accuracy": acc, "macro_f1": f1},
+            "examples_per_s": 20.0 + seed,
+            "peak_memory_mb": 1600,
+        }
+
+    scores = {"none": {13: (0.50, 0.45), 14: (0.52, 0.49)}, "scores": {13: (0.56, 0.50), 14: (0.55, 0.53)}}
+    result = {
+        "split": "60/20/20 of claims.train, seed 13",
+        "runs": {f"scifact-{m}-seed{s}": run(s, *v) for m, by_seed in scores.items() for s, v in by_seed.items()},
+    }
+    lines = seeded_section(result)
+    assert lines[0].startswith(
+        "| fusion | seeds | test accuracy (mean ± sd) | test macro-F1 (mean ± sd) | macro-F1 per seed "
+        "| accuracy − none, per seed | macro-F1 − none, per seed |"
+    )
+    assert "| none | 13, 14 | 0.5100 ± 0.0141 | 0.4700 ± 0.0283 | 0.4500, 0.4900 | - | - | 33.50 | 1600 |" in lines
+    assert (
+        "| scores | 13, 14 | 0.5550 ± 0.0071 | 0.5150 ± 0.0212 | 0.5000, 0.5300 | +0.0600, +0.0300 | +0.0500, +0.0400 "
+        "| 33.50 | 1600 |" in lines
     )
 
 
