@@ -107,17 +107,22 @@ def write_sparse_cache(path: Path, examples: list[Example], pool: list[Example],
     return path
 
 
+def sparse_claims(folder: Path, claims: dict[str, Path]) -> dict[str, Path]:
+    """``claims`` with caches in ``folder`` where half the training claims retrieved nothing and no dev claim
+    retrieved anything."""
+    train_ex = read_classification(claims["train"], text_field="claim")
+    dev_ex = read_classification(claims["dev"], text_field="claim")
+    return {
+        **claims,
+        "train_cache": write_sparse_cache(folder / "train.cache", train_ex, train_ex, every=2),
+        "dev_cache": write_sparse_cache(folder / "dev.cache", dev_ex, train_ex, every=0),
+    }
+
+
 def test_inputs_without_passages_train_and_predict_in_pair_mode(
     tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
 ) -> None:
-    train_ex = read_classification(claims["train"], text_field="claim")
-    dev_ex = read_classification(claims["dev"], text_field="claim")
-    data = {
-        **claims,
-        # Half the training claims retrieved nothing; no dev claim retrieved anything.
-        "train_cache": write_sparse_cache(tmp_path / "train.cache", train_ex, train_ex, every=2),
-        "dev_cache": write_sparse_cache(tmp_path / "dev.cache", dev_ex, train_ex, every=0),
-    }
+    data = sparse_claims(tmp_path, claims)
     result = train(load(claims_config(tmp_path, data, tiny_model_dir, "train.max_steps=20")))
     seen = losses(result.out)
     assert result.finished and all(torch.isfinite(torch.tensor(seen)))

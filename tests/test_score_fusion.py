@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from test_pair_fusion import claims_config, load, write_sparse_cache
-from test_train import claims_files, losses
+from test_pair_fusion import claims_config, load, sparse_claims
+from test_train import claims_files, losses, record_evaluations
 from transformers import AutoTokenizer
 
-from ralm_es.inference.predictions import Prediction
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.inputs import build_features
 from ralm_es.model.spec import ModelSpec
@@ -24,8 +22,6 @@ from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.serve.predictor import Predictor
 from ralm_es.store.local import LocalBackend
 from ralm_es.tasks import DataError, Example, LabelMap
-from ralm_es.tasks.classification import read_classification
-from ralm_es.train import loop
 from ralm_es.train.checkpoint import new_model
 from ralm_es.train.loop import train
 
@@ -115,14 +111,7 @@ def test_scores_mode_learns_and_predicts_the_same_after_reload(
     tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The dev predictions of the model in memory, at each evaluation of the loop (every 6 steps).
-    evaluated: list[list[Prediction]] = []
-
-    def recording(*args: Any, **kwargs: Any) -> list[Prediction]:
-        evaluated.append(real_predict(*args, **kwargs))
-        return evaluated[-1]
-
-    real_predict = loop.predict
-    monkeypatch.setattr(loop, "predict", recording)
+    evaluated = record_evaluations(monkeypatch)
     result = train(load(claims_config(tmp_path, claims, tiny_model_dir, "model.fusion=scores", "train.max_steps=30")))
     monkeypatch.undo()
     seen = losses(result.out)
@@ -140,13 +129,7 @@ def test_scores_mode_learns_and_predicts_the_same_after_reload(
 def test_inputs_without_passages_train_and_predict_in_scores_mode(
     tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
 ) -> None:
-    train_ex = read_classification(claims["train"], text_field="claim")
-    dev_ex = read_classification(claims["dev"], text_field="claim")
-    data = {
-        **claims,
-        "train_cache": write_sparse_cache(tmp_path / "train.cache", train_ex, train_ex, every=2),
-        "dev_cache": write_sparse_cache(tmp_path / "dev.cache", dev_ex, train_ex, every=0),
-    }
+    data = sparse_claims(tmp_path, claims)
     result = train(load(claims_config(tmp_path, data, tiny_model_dir, "model.fusion=scores", "train.max_steps=20")))
     seen = losses(result.out)
     assert result.finished and all(torch.isfinite(torch.tensor(seen)))

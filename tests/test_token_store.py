@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 from elasticsearch import Elasticsearch
-from test_train import losses, ner_config, write_cache, write_conll
+from test_train import losses, ner_config, record_evaluations, write_cache, write_conll
 
 from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
-from ralm_es.inference.predictions import Prediction
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.token_store import TokenStore, TokenStoreError
@@ -26,7 +25,6 @@ from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.serve.predictor import PredictInput, Predictor
 from ralm_es.store.elastic import ElasticsearchBackend
 from ralm_es.tasks.ner import read_ner
-from ralm_es.train import loop
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
 
@@ -126,15 +124,7 @@ def test_a_run_on_stored_tokens_learns_and_predicts_the_same_after_reload(
 ) -> None:
     data = ner_files(tmp_path, empty_dev=False)
     store = tmp_path / "store"
-    # The dev predictions of the model in memory, at each evaluation of the loop.
-    evaluated: list[list[Prediction]] = []
-
-    def recording(*args: Any, **kwargs: Any) -> list[Prediction]:
-        evaluated.append(real_predict(*args, **kwargs))
-        return evaluated[-1]
-
-    real_predict = loop.predict
-    monkeypatch.setattr(loop, "predict", recording)
+    evaluated = record_evaluations(monkeypatch)
     cfg = load_config(ner_config(tmp_path, data, tiny_model_dir), [*TOKENS, f"model.token_store={store}"])
     result = train(cfg)
     monkeypatch.undo()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,12 +20,14 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
+from ralm_es.inference.predictions import Prediction
 from ralm_es.inference.runs import evaluate_file, open_run, predict_file
 from ralm_es.inference.task import task_of
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
+from ralm_es.train import loop
 from ralm_es.train.config import load_config
 from ralm_es.train.data import load_splits
 from ralm_es.train.loop import TrainError, train
@@ -136,6 +139,19 @@ def ner_config(folder: Path, data: dict[str, Path], model: Path, **overrides: ob
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+def record_evaluations(monkeypatch: pytest.MonkeyPatch) -> list[list[Prediction]]:
+    """The dev predictions of the model in memory at each evaluation of the training loop, filled as it trains."""
+    evaluated: list[list[Prediction]] = []
+    real_predict = loop.predict
+
+    def recording(*args: Any, **kwargs: Any) -> list[Prediction]:
+        evaluated.append(real_predict(*args, **kwargs))
+        return evaluated[-1]
+
+    monkeypatch.setattr(loop, "predict", recording)
+    return evaluated
 
 
 def losses(run: Path) -> list[float]:
