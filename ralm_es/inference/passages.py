@@ -49,21 +49,19 @@ def _scale_text(scale: dict[str, Any]) -> str:
 def cached_hits(
     examples: list[Example],
     cache: str | Path | None,
-    settings: ModelSettings,
+    spec: ModelSpec,
     split: str,
     made_from: str | Path | None = None,
 ) -> list[list[CacheHit]]:
     """Each example's hits from the retrieval cache (made from the file ``made_from``); a missing cache or entry
-    fails naming the examples, or the command that makes the cache."""
-    if not fusion_strategy(settings.fusion).uses_passages:
+    fails naming the examples, or the command that makes the cache, and so does a cache of another retrieval than
+    the one a run that reads scores was trained on."""
+    if not fusion_strategy(spec.fusion).uses_passages:
         return [[] for _ in examples]
     if cache is None:
-        raise DataError(
-            f"fusion '{settings.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)"
-        )
+        raise DataError(f"fusion '{spec.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)")
     header, entries = read_cache(cache, made_from)
-    if isinstance(settings, ModelSpec):
-        check_score_scale(settings, header_scale(header), str(cache))
+    check_score_scale(spec, header_scale(header), str(cache))
     require(entries, [ex.id for ex in examples], cache)
     return [entries[ex.id].hits for ex in examples]
 
