@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.model_folder import default_model_path
-from ralm_es.node.cluster import LocalCluster
+from ralm_es.node.cluster import LocalCluster, pid_alive, runtime_root
 from ralm_es.store.elastic import ElasticsearchBackend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +25,31 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def es_url() -> Iterator[str]:
+def run_cluster() -> Callable[[str], LocalCluster]:
+    """This run's local cluster named ``stem``: the name ends in this process's id, so two test runs on one machine
+    never stop each other's nodes. A cluster of the same stem that an ended run left behind is removed first."""
+
+    def make(stem: str) -> LocalCluster:
+        clusters = runtime_root() / "clusters"
+        owned = re.compile(rf"{re.escape(stem)}-(\d+)")
+        for folder in clusters.iterdir() if clusters.is_dir() else []:
+            match = owned.fullmatch(folder.name)
+            if match and int(match[1]) != os.getpid() and not pid_alive(int(match[1])):
+                LocalCluster(folder.name).remove()
+        cluster = LocalCluster(f"{stem}-{os.getpid()}")
+        cluster.remove()  # a clean slate, whatever an earlier test of this run left
+        return cluster
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def es_url(run_cluster: Callable[[str], LocalCluster]) -> Iterator[str]:
     """``RALM_ES_TEST_URL`` if set, else a local node started for this run and stopped after it."""
     if os.environ.get("RALM_ES_TEST_URL"):
         yield os.environ["RALM_ES_TEST_URL"]
         return
-    cluster = LocalCluster("pytest")
-    cluster.remove()  # a clean slate, whatever an earlier run left
+    cluster = run_cluster("pytest")
     # A failure to start raises here with the reason and the log tail: the run fails, nothing is skipped.
     state = cluster.start(port=None, heap="1g", quiet=True)
     yield state.url

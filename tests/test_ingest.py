@@ -206,9 +206,8 @@ def test_interrupted_run_resumes_exactly(
 
 
 @pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    cluster = LocalCluster("pytest-restart")
-    cluster.remove()
+def own_cluster(run_cluster: Callable[[str], LocalCluster]) -> Iterator[LocalCluster]:
+    cluster = run_cluster("pytest-restart")
     cluster.start(port=None, heap="512m", quiet=True)
     yield cluster
     cluster.remove()

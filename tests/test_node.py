@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,8 @@ def test_finds_a_supported_jdk_on_this_machine() -> None:
     assert major is not None and distribution.JAVA_MIN <= major <= distribution.JAVA_MAX
 
 
-def test_start_status_reuse_stop() -> None:
-    name = "pytest-lifecycle"
+def test_start_status_reuse_stop(run_cluster: Callable[[str], LocalCluster]) -> None:
+    name = run_cluster("pytest-lifecycle").name
     proc = run_cli("es", "start", "--name", name, "--port", "auto", "--heap", "512m", "--quiet")
     assert proc.returncode == 0, proc.stderr
     url = proc.stdout.strip()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from elasticsearch import Elasticsearch
@@ -20,9 +20,8 @@ INDEX = "secure-sample"
 
 
 @pytest.fixture(scope="module")
-def secure() -> Iterator[ClusterState]:
-    cluster = LocalCluster("pytest-secure")
-    cluster.remove()
+def secure(run_cluster: Callable[[str], LocalCluster]) -> Iterator[ClusterState]:
+    cluster = run_cluster("pytest-secure")
     state = cluster.start(port=None, heap="512m", tls=True, quiet=True)
     yield state
     cluster.remove()
@@ -78,7 +77,7 @@ def test_read_only_user_can_search_but_not_ingest(secure: ClusterState, tmp_path
     # API keys need the .security index, which this distribution cannot create (its mapping uses analysis-common),
     # so the read-only principal is a file-realm user with the built-in viewer role.
     run(*ingest_args(), env={**secure.env(), "RALM_ES_HOME": str(tmp_path)})
-    cluster = LocalCluster("pytest-secure")
+    cluster = LocalCluster(secure.name)
     cluster.add_user("reader", "reader-pass-123", ["viewer"])
     env = {**secure.env(), "RALM_ES_USERNAME": "reader", "RALM_ES_PASSWORD": "reader-pass-123"}
     found = run("search", "insulin", "--index", INDEX, "--mode", "bm25", "--json", env=env)
