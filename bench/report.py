@@ -882,6 +882,9 @@ def serve_section(path: Path) -> list[str]:
                 f"{lat['p95']:.0f}",
                 f"{lat['p99']:.0f}",
                 f"{lat['max']:.0f}",
+                f"{run['cpu_cores']['load_generator']:.2f} / {run['cpu_cores']['server']:.2f}"
+                if "cpu_cores" in run
+                else "-",
                 f"{run['load_start'][0]:.1f} / {run['load_end'][0]:.1f}",
             ]
         )
@@ -893,7 +896,9 @@ def serve_section(path: Path) -> list[str]:
         "queries: the sample claims in turn (repeated: their vectors soon come from the query cache) or a new "
         "text every request (unique: the encoder runs for each). The configurations alternate on the same "
         f"{load['cpus']}-core machine, which other jobs share (its 1-minute load average at each run's start and "
-        "end is in the last column).",
+        "end is in the last column). CPU cores: the CPU seconds the load generator (the client threads, one Python "
+        "process) and the server's process tree used per second of load; Elasticsearch, on the same machine, has "
+        "what is left.",
         "",
         *_table(
             [
@@ -908,6 +913,7 @@ def serve_section(path: Path) -> list[str]:
                 "p95 ms",
                 "p99 ms",
                 "max ms",
+                "CPU cores: load generator / server",
                 "load start / end",
             ],
             rows,

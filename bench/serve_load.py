@@ -7,7 +7,8 @@ each worker process). For each number
 of clients, each server in turn gets a short warm-up, then N client threads in this process post ``/search``
 requests in a closed loop until the duration or the request cap is reached: the configurations alternate, so a
 change in the machine's load falls on all of them. Per configuration, total requests, errors (any non-200 or
-transport failure), throughput and latency percentiles go to ``bench/results/serve_load.json``; the exit status is
+transport failure), throughput, latency percentiles and the CPU the load generator (this process) and the server
+(its process tree, read from /proc) used, in cores, go to ``bench/results/serve_load.json``; the exit status is
 1 when any request failed. The servers and the index are removed afterwards, also when the run is interrupted.
 """
 
@@ -161,23 +162,53 @@ def client_loop(
         i += 1
 
 
-def run_load(url: str, token: str, clients: int, duration: float, cap: int, unique: bool) -> tuple[Tally, float]:
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of ``pid`` and its live descendants (a server's worker processes), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            # Fields after the parenthesised command name: state is the first, utime the 12th, stime the 13th.
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = [
+                int(child)
+                for task in Path(f"/proc/{current}/task").iterdir()
+                for child in (task / "children").read_text().split()
+            ]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended between the listing and the read
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        todo += children
+    return total
+
+
+def run_load(
+    url: str, token: str, clients: int, duration: float, cap: int, unique: bool, server: int
+) -> tuple[Tally, float, dict[str, float]]:
+    """``clients`` threads posting for ``duration`` s: what they saw, the seconds it took, and the CPU cores the
+    load generator and the server process tree ``server`` used meanwhile."""
     texts = queries()
     tally = Tally()
     issued = [0]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=headers, limits=limits, timeout=60) as http:
+        client_cpu, server_cpu = time.process_time(), tree_cpu_seconds(server)
         started = time.monotonic()
         stop_at = started + duration
         with ThreadPoolExecutor(max_workers=clients) as pool:
             for n in range(clients):
                 pool.submit(client_loop, http, texts, n, stop_at, cap, issued, tally, unique)
         elapsed = time.monotonic() - started
-    return tally, elapsed
+        cores = {
+            "load_generator": (time.process_time() - client_cpu) / elapsed,
+            "server": (tree_cpu_seconds(server) - server_cpu) / elapsed,
+        }
+    return tally, elapsed, cores
 
 
-def summarise(tally: Tally, elapsed: float) -> dict[str, Any]:
+def summarise(tally: Tally, elapsed: float, cores: dict[str, float]) -> dict[str, Any]:
     lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.array([float("nan")])
     return {
         "requests": tally.requests,
@@ -186,6 +217,7 @@ def summarise(tally: Tally, elapsed: float) -> dict[str, Any]:
         "error_kinds": dict(tally.errors),
         "seconds": round(elapsed, 2),
         "throughput_rps": round(tally.requests / elapsed, 2),
+        "cpu_cores": {name: round(value, 2) for name, value in cores.items()},
         "latency_ms": {
             name: round(float(value), 2)
             for name, value in {
@@ -279,20 +311,23 @@ def main(argv: list[str] | None = None) -> None:
             wait_ready(url, server)
         kinds = ["repeated", "unique"] if args.queries == "both" else [args.queries]
         for kind, clients in itertools.product(kinds, args.clients):
-            for (batch_size, workers), (url, _) in servers.items():
+            for (batch_size, workers), (url, server) in servers.items():
                 unique = kind == "unique"
-                run_load(url, token, clients, WARMUP_S, args.max_requests, unique)
+                run_load(url, token, clients, WARMUP_S, args.max_requests, unique, server.pid)
                 load_start = load_average()
-                tally, elapsed = run_load(url, token, clients, args.duration, args.max_requests, unique)
+                tally, elapsed, cores = run_load(
+                    url, token, clients, args.duration, args.max_requests, unique, server.pid
+                )
                 run = {"queries": kind, "clients": clients, "batch_size": batch_size, "workers": workers}
                 run["load_start"] = load_start
-                runs.append({**run, "load_end": load_average(), **summarise(tally, elapsed)})
+                runs.append({**run, "load_end": load_average(), **summarise(tally, elapsed, cores)})
                 lat = runs[-1]["latency_ms"]
                 print(
                     f"{kind} queries, {clients} clients, batch size {batch_size}, {workers} workers: "
                     f"{runs[-1]['requests']} requests, "
                     f"{runs[-1]['errors']} errors, {runs[-1]['throughput_rps']} req/s, p50 {lat['p50']} ms, "
-                    f"p99 {lat['p99']} ms",
+                    f"p99 {lat['p99']} ms, CPU cores: load generator {cores['load_generator']:.2f}, server "
+                    f"{cores['server']:.2f}",
                     file=sys.stderr,
                 )
         results = {

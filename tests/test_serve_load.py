@@ -25,5 +25,7 @@ def test_a_short_load_run_measures_each_server_and_leaves_nothing_behind(
     for run in results["runs"]:
         assert run["errors"] == 0 and 0 < run["ok"] == run["requests"] <= 25
         assert run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
+        # With two workers the server's parent only supervises: the CPU is its children's, found through /proc.
+        assert run["cpu_cores"]["load_generator"] > 0 and run["cpu_cores"]["server"] > 0
     assert results["passages"] > 0 and results["model"] == str(tiny_model_dir)
     assert not es_client.indices.get(index="bench-serve-*", expand_wildcards="all").body
