@@ -94,7 +94,8 @@ def pooling_mode(folder: Path) -> str:
 
 
 class Encoder:
-    """A frozen sentence encoder. ``encode`` returns float32 unit vectors in input order."""
+    """A frozen sentence encoder. ``encode`` returns float32 unit vectors in input order. On the CPU it runs on
+    ``threads`` threads (torch's count is process-wide), every core when not given."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class Encoder:
         device: str = "auto",
         max_length: int = 256,
         runtime: Runtime = "torch",
+        threads: int | None = None,
     ) -> None:
         self.path = resolve_model_path(path)
         self.name = DEFAULT_MODEL_NAME if path is None else self.path.name
@@ -110,7 +112,7 @@ class Encoder:
         # The onnxruntime package ralm-es installs runs on the CPU only.
         self.device = pick_device(device) if runtime == "torch" else torch.device("cpu")
         if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(threads or os.cpu_count() or 1)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
@@ -120,7 +122,7 @@ class Encoder:
                 self.model.to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
-        self.session = load_session(self.path, self.revision, runtime) if runtime != "torch" else None
+        self.session = load_session(self.path, self.revision, runtime, threads) if runtime != "torch" else None
         self.max_length = min(max_length, self.tokenizer.model_max_length)
         self.pooling = pooling_mode(self.path)
         self._pool = POOLING[self.pooling]

@@ -138,3 +138,14 @@ def test_search_runtime_option_reaches_the_query_encoder(
         "ralm-es: error: the index was embedded with runtime torch but queries would be encoded with onnx-int8; "
         "use --runtime torch or onnx"
     ]
+
+
+def test_an_encoder_given_threads_runs_on_that_many(tiny_encoder: Encoder, onnx_home: Path) -> None:
+    # serve --workers N gives each worker's encoder its share of the cores this way.
+    before = torch.get_num_threads()
+    try:
+        onnx = Encoder(tiny_encoder.path, runtime="onnx", threads=1)
+        assert onnx.session is not None and onnx.session.get_session_options().intra_op_num_threads == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -91,13 +91,16 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
         notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
         sys.exit(run_workers(settings, sys.argv[1:], notice))
     # Imported here so that `ralm-es --help` does not pay for FastAPI, torch and the models.
+    import torch
     import uvicorn
 
     from ralm_es.serve.app import create_app
     from ralm_es.serve.predictor import Predictor
 
-    retriever = build_retriever(ctx, options)
+    retriever = build_retriever(ctx, options, threads=settings.worker_threads)
     predictor = Predictor.open(run_dir, retriever, device) if run_dir else None
+    # After every encoder above, each of which sets torch's process-wide count when loaded: the model's share too.
+    torch.set_num_threads(settings.worker_threads)
     app = create_app(settings, retriever, predictor)
 
     access = logging.getLogger("ralm_es.serve.access")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ralm_es.config import Secret, check_bounds
@@ -39,3 +40,9 @@ class ServeSettings:
     def __post_init__(self) -> None:
         check_bounds("serve", self, ("batch_size", "queue_size", "workers"), 1)
         check_bounds("serve", self, ("batch_wait_ms",), 0)
+
+    @property
+    def worker_threads(self) -> int:
+        """CPU threads of each worker's encoder and model: the cores shared out, so that the workers do not
+        contend (two workers at every core each served new queries at under half one worker's rate on 2 cores)."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
