@@ -387,6 +387,7 @@ TRAIN_RESULTS = (
     "scifact_pair",
     "scifact_tokens",
     "scifact_scores",
+    "scifact_scores_k16",
     *EFFICIENCY_FILES,
     "throughput",
     "throughput_tokens",

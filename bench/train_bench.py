@@ -19,7 +19,7 @@ copy of the encoder embeds each passage once, to one vector), attention-tokens (
 each passage, computed once into the token store), attention-tokens-kl and attention-tokens-pdrop (that with the
 consistency term or passage dropout), attention-tokens-k16 (that over 16 passages an input), pair (classification:
 the encoder reads each input-passage pair), scores (classification: the hits' retrieval scores, no text),
-attention-tokens-scores (attention-tokens with those scores added). Every run trains in its own fresh process, so
+scores-k16 (that over 16 hits), attention-tokens-scores (attention-tokens with those scores added). Every run trains in its own fresh process, so
 its peak memory is its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
@@ -70,6 +70,7 @@ VARIANTS = {
     "attention-tokens-k16": [*TOKENS, "model.k=16"],
     "pair": ["model.fusion=pair"],
     "scores": ["model.fusion=scores"],
+    "scores-k16": ["model.fusion=scores", "model.k=16"],
     # Reading the evidence and how well it matched: attention-tokens with the scores mode's signals added.
     "attention-tokens-scores": [*TOKENS, "model.score_signals=true"],
 }
