@@ -544,7 +544,14 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
         rows,
     )
     config = next(iter(result["runs"].values()))["config"]
-    budget = f"{config['train']['epochs']:g} epochs of batch {config['train']['batch_size']}, k={config['model']['k']}"
+    ks = {mode: {run["config"]["model"]["k"] for run in runs.values()} for mode, runs in by_mode.items()}
+    every = set().union(*ks.values())
+    k = (
+        f"k={config['model']['k']}"
+        if len(every) == 1
+        else "k " + ", ".join(f"{'/'.join(map(str, sorted(values)))} ({mode})" for mode, values in ks.items())
+    )
+    budget = f"{config['train']['epochs']:g} epochs of batch {config['train']['batch_size']}, {k}"
     return [*lines, "", f"Split: {result['split']}; {budget}; the best dev checkpoint of each run on the test part."]
 
 

@@ -19,8 +19,8 @@ copy of the encoder embeds each passage once, to one vector), attention-tokens (
 each passage, computed once into the token store), attention-tokens-kl and attention-tokens-pdrop (that with the
 consistency term or passage dropout), attention-tokens-k16 (that over 16 passages an input), pair (classification:
 the encoder reads each input-passage pair), scores (classification: the hits' retrieval scores, no text),
-scores-k16 (that over 16 hits), attention-tokens-scores (attention-tokens with those scores added). Every run trains in its own fresh process, so
-its peak memory is its own; ``--jobs 2`` runs two at a time.
+scores-k16 (that over 16 hits), attention-tokens-scores (attention-tokens with those scores added). Every run
+trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
 """
