@@ -24,9 +24,8 @@ QUERIES = ["insulin hormone", "football club", "capital city", "software company
 
 
 @pytest.fixture
-def three_nodes() -> Iterator[tuple[LocalCluster, ClusterState]]:
-    cluster = LocalCluster("pytest-three")
-    cluster.remove()
+def three_nodes(run_cluster: Callable[[str], LocalCluster]) -> Iterator[tuple[LocalCluster, ClusterState]]:
+    cluster = run_cluster("pytest-three")
     state = cluster.start(port=None, heap="384m", nodes=3, quiet=True)
     yield cluster, state
     cluster.remove()
