@@ -478,6 +478,7 @@ def test_serve_workers_answer_on_one_port_and_stop_together(es_url: str, sample_
         proc = subprocess.Popen([sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     pids: set[int] = set()
+    threads: set[int] = set()
     try:
         deadline = time.monotonic() + 180
         # Concurrent requests reach both workers once both are up.
@@ -490,11 +491,14 @@ def test_serve_workers_answer_on_one_port_and_stop_together(es_url: str, sample_
                     time.sleep(0.5)
                     continue
                 pids |= {answer.json()["pid"] for answer in answers}
+                threads |= {answer.json()["threads"] for answer in answers}
             searches = pool.map(
                 lambda _: httpx.post(f"{url}/search", json={"text": "insulin", "k": 3}, timeout=60), range(16)
             )
             hits = {tuple(hit["id"] for hit in answer.json()["hits"]) for answer in searches}
         assert len(pids) == 2 and proc.pid not in pids
+        # Each worker runs on its share of the cores, not on all of them.
+        assert threads == {max(1, (os.cpu_count() or 1) // 2)}
         assert len(hits) == 1 and len(next(iter(hits))) == 3
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
+import torch
 from elasticsearch import ApiError, TransportError
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -202,7 +203,14 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         status = "ok" if state.reachable else "unavailable"
         queue = {"waiting": batcher.waiting, "size": settings.queue_size, "batch_size": settings.batch_size}
         return m.HealthOut(
-            status=status, version=__version__, pid=os.getpid(), cluster=cluster, index=index, model=model, queue=queue
+            status=status,
+            version=__version__,
+            pid=os.getpid(),
+            threads=torch.get_num_threads(),
+            cluster=cluster,
+            index=index,
+            model=model,
+            queue=queue,
         )
 
     @app.get("/indices", response_model=list[m.IndexOut], dependencies=protected, responses=ERRORS)

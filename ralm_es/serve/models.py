@@ -153,6 +153,7 @@ class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
     pid: int = Field(description="The process that answered: one of `serve --workers`.")
+    threads: int = Field(description="The CPU threads its encoder and model run on: the cores divided by the workers.")
     cluster: dict[str, Any] | None
     index: dict[str, Any] | None
     model: dict[str, Any] | None
