@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -95,7 +94,8 @@ def pooling_mode(folder: Path) -> str:
 
 class Encoder:
     """A frozen sentence encoder. ``encode`` returns float32 unit vectors in input order. On the CPU it runs on
-    ``threads`` threads (torch's count is process-wide), every core when not given."""
+    the process's torch thread count (the command sets it: ``train.threads``, a ``serve`` worker's share of the
+    cores), and so does an ONNX Runtime session."""
 
     def __init__(
         self,
@@ -103,7 +103,6 @@ class Encoder:
         device: str = "auto",
         max_length: int = 256,
         runtime: Runtime = "torch",
-        threads: int | None = None,
     ) -> None:
         self.path = resolve_model_path(path)
         self.name = DEFAULT_MODEL_NAME if path is None else self.path.name
@@ -111,8 +110,6 @@ class Encoder:
         hf_logging.disable_progress_bar()
         # The onnxruntime package ralm-es installs runs on the CPU only.
         self.device = pick_device(device) if runtime == "torch" else torch.device("cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads or os.cpu_count() or 1)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
@@ -122,7 +119,9 @@ class Encoder:
                 self.model.to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
-        self.session = load_session(self.path, self.revision, runtime, threads) if runtime != "torch" else None
+        self.session = (
+            load_session(self.path, self.revision, runtime, torch.get_num_threads()) if runtime != "torch" else None
+        )
         self.max_length = min(max_length, self.tokenizer.model_max_length)
         self.pooling = pooling_mode(self.path)
         self._pool = POOLING[self.pooling]

@@ -108,10 +108,9 @@ def _quantize(source: Path, dest: Path) -> None:
     _atomic(dest, write)
 
 
-def load_session(
-    folder: Path, revision: str, runtime: Runtime, threads: int | None = None
-) -> onnxruntime.InferenceSession:
-    """The ONNX Runtime session for ``folder``'s encoder, exporting (and quantising) it on first use."""
+def load_session(folder: Path, revision: str, runtime: Runtime, threads: int) -> onnxruntime.InferenceSession:
+    """The ONNX Runtime session for ``folder``'s encoder on ``threads`` threads, exporting (and quantising) it on
+    first use."""
     try:
         import onnxruntime
     except ImportError:
@@ -126,7 +125,7 @@ def load_session(
         if not path.is_file():
             _quantize(fp32, path)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except (OSError, RuntimeError, ValueError) as exc:
         raise ModelError(f"cannot make the {runtime} encoder of {folder} at {path}: {exc}") from exc

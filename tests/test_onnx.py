@@ -140,11 +140,12 @@ def test_search_runtime_option_reaches_the_query_encoder(
     ]
 
 
-def test_an_encoder_given_threads_runs_on_that_many(tiny_encoder: Encoder, onnx_home: Path) -> None:
-    # serve --workers N gives each worker's encoder its share of the cores this way.
+def test_an_onnx_session_runs_on_the_process_thread_count(tiny_encoder: Encoder, onnx_home: Path) -> None:
+    # serve --workers N and train.threads set torch's count; an ONNX encoder loaded after must follow it.
     before = torch.get_num_threads()
     try:
-        onnx = Encoder(tiny_encoder.path, runtime="onnx", threads=1)
+        torch.set_num_threads(1)
+        onnx = Encoder(tiny_encoder.path, runtime="onnx")
         assert onnx.session is not None and onnx.session.get_session_options().intra_op_num_threads == 1
         assert torch.get_num_threads() == 1
     finally:

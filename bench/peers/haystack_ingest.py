@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
-import torch
 from elasticsearch import Elasticsearch
 from haystack import Document
 from haystack.components.embedders import SentenceTransformersDocumentEmbedder
@@ -25,7 +23,6 @@ def skip_connection_check() -> None:
 def main() -> None:
     args = parse_args()
     skip_connection_check()
-    torch.set_num_threads(os.cpu_count() or 1)  # as ralm-es's encoder does on CPU
     rows = load_passages(args.passages)
     docs = [Document(id=r["id"], content=r["text"], meta={"title": r["title"], "doc_id": r["doc_id"]}) for r in rows]
     embedder = SentenceTransformersDocumentEmbedder(

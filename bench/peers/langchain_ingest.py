@@ -4,10 +4,8 @@ Runs in the LangChain virtual environment; prints one JSON line."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
-import torch
 from elasticsearch import Elasticsearch
 from langchain_elasticsearch import ElasticsearchStore
 from langchain_huggingface import HuggingFaceEmbeddings
@@ -16,7 +14,6 @@ from peer_args import load_passages, parse_args
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)  # as ralm-es's encoder does on CPU
     rows = load_passages(args.passages)
     texts = [r["text"] for r in rows]
     embeddings = HuggingFaceEmbeddings(

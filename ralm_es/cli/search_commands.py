@@ -92,10 +92,9 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
 query_options = retrieval_options("--model")
 
 
-def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer, threads: int | None = None) -> Any:
+def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> Any:
     """The command's retriever. Its settings: defaults, those recorded with the index by ``evaluate --sweep
-    --save``, the config file's ``retrieval:`` section, the flags, then ``fixed`` (what the command decides).
-    ``threads``: the query encoder's CPU threads (every core when not given)."""
+    --save``, the config file's ``retrieval:`` section, the flags, then ``fixed`` (what the command decides)."""
     from ralm_es.embed import Encoder
     from ralm_es.retrieve.retriever import Retriever
 
@@ -116,7 +115,7 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer, thr
         if model is None:
             recorded = (backend.info().get("model") or {}).get("path")
             model = recorded if recorded and Path(recorded).is_dir() else None
-        encoder = Encoder(model, runtime=runtime, threads=threads)
+        encoder = Encoder(model, runtime=runtime)
     notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
     return Retriever(backend, encoder, settings, notice=notice)
 

@@ -97,11 +97,10 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
     from ralm_es.serve.app import create_app
     from ralm_es.serve.predictor import Predictor
 
-    threads = settings.worker_threads
-    retriever = build_retriever(ctx, options, threads=threads)
-    predictor = Predictor.open(run_dir, retriever, device, threads) if run_dir else None
-    # The model's share too, where no encoder above set torch's process-wide count.
-    torch.set_num_threads(threads)
+    # Before any encoder or model loads: all of them, ONNX sessions too, run on this count.
+    torch.set_num_threads(settings.worker_threads)
+    retriever = build_retriever(ctx, options)
+    predictor = Predictor.open(run_dir, retriever, device) if run_dir else None
     app = create_app(settings, retriever, predictor)
 
     access = logging.getLogger("ralm_es.serve.access")

@@ -93,10 +93,10 @@ class FrozenPassages:
         return self.store.get(keys)
 
 
-def frozen_embedder(settings: ModelSettings, device: str, threads: int | None = None) -> FrozenPassages | None:
+def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | None:
     """The initial encoder, loaded once, when the fusion mode embeds passages with it (and the token store it
     fills, when it keeps token states); None otherwise. ``settings`` from a run (a ``ModelSpec``) must name the
-    encoder revision the run was trained with. ``threads``: its CPU threads (every core when not given)."""
+    encoder revision the run was trained with."""
     strategy = fusion_strategy(settings.fusion)
     if settings.token_store is not None and not strategy.stored_tokens(settings):
         raise ConfigError(
@@ -111,13 +111,7 @@ def frozen_embedder(settings: ModelSettings, device: str, threads: int | None = 
                 f"passage_encoder frozen), not fusion {settings.fusion} (passage_encoder {settings.passage_encoder})"
             )
         return None
-    encoder = Encoder(
-        settings.encoder,
-        device=device,
-        max_length=settings.passage_max_length,
-        runtime=settings.runtime,
-        threads=threads,
-    )
+    encoder = Encoder(settings.encoder, device=device, max_length=settings.passage_max_length, runtime=settings.runtime)
     trained = settings.frozen_revision if isinstance(settings, ModelSpec) else ""
     if trained and trained != encoder.revision:
         raise ModelError(

@@ -30,9 +30,7 @@ class PredictInput:
 class Predictor:
     """Labels inputs with ``run``; a retrieval-augmented run gets its top ``k`` passages from ``retriever``."""
 
-    def __init__(
-        self, run: LoadedRun, retriever: Retriever | None = None, batch_size: int = 32, threads: int | None = None
-    ) -> None:
+    def __init__(self, run: LoadedRun, retriever: Retriever | None = None, batch_size: int = 32) -> None:
         spec = run.model.spec
         if run.model.strategy.uses_passages and retriever is None:
             raise DataError(f"the model in {run.folder} uses fusion '{spec.fusion}' and needs a retriever")
@@ -44,14 +42,11 @@ class Predictor:
         self.run = run
         self.retriever = retriever
         self.batch_size = batch_size
-        self.embed = frozen_embedder(spec, run.device_name, threads)
+        self.embed = frozen_embedder(spec, run.device_name)
 
     @classmethod
-    def open(
-        cls, folder: str | Path, retriever: Retriever | None = None, device: str = "auto", threads: int | None = None
-    ) -> Predictor:
-        """The run in ``folder``; ``threads``: the CPU threads of its frozen passage encoder, if it has one."""
-        return cls(open_run(folder, device), retriever, threads=threads)
+    def open(cls, folder: str | Path, retriever: Retriever | None = None, device: str = "auto") -> Predictor:
+        return cls(open_run(folder, device), retriever)
 
     @property
     def task(self) -> str:

@@ -112,10 +112,10 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
     task = task_of(cfg.task)
     tokenizer = load_tokenizer(resolve_model_path(cfg.model.encoder))
-    embed = frozen_embedder(cfg.model, t.device)
-    # After the frozen encoder, which sets its own thread count when loaded.
+    # Before the frozen encoder loads: it runs on this count, an ONNX session too.
     if t.threads:
         torch.set_num_threads(t.threads)
+    embed = frozen_embedder(cfg.model, t.device)
     splits = load_splits(cfg, task, tokenizer, embed)
     train_fs, dev_fs = splits.train, splits.dev
 
