@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_train import conll_files, losses, ner_config
 
-from bench.claims_split import claim_ids, write_queries
+from bench.claims_split import claim_ids, evidence_qrels, write_queries
 from bench.train_bench import fraction_override, run_one, split_claims
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
@@ -48,18 +48,36 @@ def test_the_claims_split_keeps_its_test_claims_out_of_the_tuning_queries(tmp_pa
     ids = [str(i) for i in range(20)]
     (tmp_path / "claims.jsonl").write_text("".join(json.dumps({"id": i, "claim": f"claim {i}"}) + "\n" for i in ids))
     (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": f"claim {i}"}) + "\n" for i in ids))
-    # Two judged documents for claim 0, none for claim 19.
+    # Two judged documents for claim 0, none for claim 19 (a training claim of this split).
     rows = [f"{i}\tdoc{i}\t1" for i in ids[:-1]] + ["0\tdoc-extra\t1"]
     (tmp_path / "qrels.tsv").write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n")
     out = tmp_path / "split"
     parts = {name: claim_ids(path) for name, path in split_claims(tmp_path / "claims.jsonl", out, seed=13).items()}
     assert [len(parts[name]) for name in ("train", "dev", "test")] == [12, 4, 4]
     tune = parts["train"] | parts["dev"]
-    assert write_queries(tune, tmp_path / "queries.jsonl", tmp_path / "qrels.tsv", out, "tune") == 16
+    assert "19" in tune
+    assert write_queries(tune, tmp_path / "queries.jsonl", tmp_path / "qrels.tsv", out, "tune") == 15
     assert write_queries(parts["test"], tmp_path / "queries.jsonl", tmp_path / "qrels.tsv", out, "test") == 4
     tuned = {json.loads(line)["_id"] for line in (out / "tune.queries.jsonl").read_text().splitlines()}
-    assert tuned == tune and not tuned & parts["test"]
+    assert tuned == tune - {"19"} and not tuned & parts["test"]
     for name, wanted in (("tune", tune), ("test", parts["test"])):
         header, *judged = (out / f"{name}.qrels.tsv").read_text().splitlines()
         assert header == "query-id\tcorpus-id\tscore"
         assert sorted(judged) == sorted(row for row in rows if row.split("\t")[0] in wanted)
+
+
+def test_evidence_qrels_judge_the_evidence_abstracts_and_leave_a_claim_without_evidence_out(tmp_path: Path) -> None:
+    claims = [
+        {"id": 1, "claim": "a", "evidence": {"d1": "SUPPORT", "d2": "SUPPORT"}, "cited_doc_ids": ["d1", "d2", "d3"]},
+        {"id": 2, "claim": "b", "evidence": {}, "cited_doc_ids": ["d4"]},
+        {"id": 3, "claim": "c", "evidence": {"d5": "CONTRADICT"}, "cited_doc_ids": ["d5", "d6"]},
+    ]
+    (tmp_path / "claims.jsonl").write_text("".join(json.dumps(claim) + "\n" for claim in claims))
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": str(c["id"]), "text": c["claim"]}) + "\n" for c in claims)
+    )
+    qrels = evidence_qrels(tmp_path / "claims.jsonl", tmp_path)
+    assert qrels.read_text().splitlines() == ["query-id\tcorpus-id\tscore", "1\td1\t1", "1\td2\t1", "3\td5\t1"]
+    assert write_queries({"1", "2"}, tmp_path / "queries.jsonl", qrels, tmp_path, "tune") == 1
+    assert (tmp_path / "tune.qrels.tsv").read_text().splitlines()[1:] == ["1\td1\t1", "1\td2\t1"]
+    assert [json.loads(line)["_id"] for line in (tmp_path / "tune.queries.jsonl").read_text().splitlines()] == ["1"]
