@@ -28,6 +28,7 @@ SECTIONS = (
     "Training",
     "Tuning the retriever",
     "The tuned retriever downstream (SciFact claims)",
+    "The evidence-tuned retriever downstream (SciFact claims)",
     "Serving under load",
     "Encoder runtimes (ONNX)",
     "How to rerun",
@@ -781,12 +782,15 @@ def tune_section(path: Path) -> list[str]:
     return lines
 
 
-def claims_retriever_section(folder: Path) -> list[str]:
+def claims_retriever_section(folder: Path, variant: str = "") -> list[str]:
     """The claims classifier on the passages of the packaged encoder's index and of an index embedded by an encoder
     tuned without the classifier's test claims: retrieval on those test claims, then the classifier's test
-    accuracy and macro-F1 per seed, paired (same split, seeds and settings; only the retrieval cache differs)."""
-    record_path = folder / "tune_retriever_claims.json"
-    paths = {name: folder / f"scifact_claims_{name}.json" for name in ("default", "tuned")}
+    accuracy and macro-F1 per seed, paired (same split, seeds and settings; only the retrieval cache differs).
+    ``variant`` names another tuning's files: ``tune_retriever_claims_{variant}.json`` and
+    ``scifact_claims_{variant}_{default,tuned}.json``."""
+    stem = f"_{variant}" if variant else ""
+    record_path = folder / f"tune_retriever_claims{stem}.json"
+    paths = {name: folder / f"scifact_claims{stem}_{name}.json" for name in ("default", "tuned")}
     missing = [p.name for p in (record_path, *paths.values()) if not p.is_file()]
     if missing:
         return [f"Not measured: no {', '.join(f'`bench/results/{name}`' for name in missing)}."]
@@ -1018,6 +1022,9 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
     body["Training"] = train_section(results.get("train"), docs_dir)
     body["Tuning the retriever"] = tune_section(TUNE_RETRIEVER)
     body["The tuned retriever downstream (SciFact claims)"] = claims_retriever_section(TUNE_RETRIEVER.parent)
+    body["The evidence-tuned retriever downstream (SciFact claims)"] = claims_retriever_section(
+        TUNE_RETRIEVER.parent, "evidence"
+    )
     body["Serving under load"] = serve_section(SERVE_LOAD)
     body["Retrieval quality on the whole SciFact corpus"] = full_quality_section(SCIFACT_EVAL)
     body["Encoder runtimes (ONNX)"] = onnx_section(ONNX)

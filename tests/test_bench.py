@@ -394,6 +394,12 @@ def test_the_tuned_retrievers_claims_runs_are_paired_by_seed_against_the_default
     text = "\n".join(claims_retriever_section(tmp_path))
     assert "2 paired seeds" in text and text.endswith("n/a.")
 
+    # Another tuning's files are named by its variant, and only they are read for it.
+    assert claims_retriever_section(tmp_path, "evidence") == [
+        "Not measured: no `bench/results/tune_retriever_claims_evidence.json`, "
+        "`bench/results/scifact_claims_evidence_default.json`, `bench/results/scifact_claims_evidence_tuned.json`."
+    ]
+
 
 def test_peak_rss_is_the_commands_own_not_its_starters(tmp_path: Path) -> None:
     # This process has torch loaded: a child started from it directly would report this process's peak as its own.
