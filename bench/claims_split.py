@@ -44,7 +44,9 @@ def evidence_qrels(claims: Path, out: Path) -> Path:
     no row."""
     rows = [
         f"{claim['id']}\t{doc}\t1"
-        for claim in map(json.loads, claims.read_text(encoding="utf-8").splitlines())
+        for line in claims.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+        for claim in [json.loads(line)]
         for doc in claim["evidence"]
     ]
     path = out / "evidence.qrels.tsv"

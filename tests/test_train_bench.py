@@ -72,7 +72,8 @@ def test_evidence_qrels_judge_the_evidence_abstracts_and_leave_a_claim_without_e
         {"id": 2, "claim": "b", "evidence": {}, "cited_doc_ids": ["d4"]},
         {"id": 3, "claim": "c", "evidence": {"d5": "CONTRADICT"}, "cited_doc_ids": ["d5", "d6"]},
     ]
-    (tmp_path / "claims.jsonl").write_text("".join(json.dumps(claim) + "\n" for claim in claims))
+    # Blank lines, as an edited file may hold, are passed over.
+    (tmp_path / "claims.jsonl").write_text("\n\n".join(json.dumps(claim) for claim in claims) + "\n")
     (tmp_path / "queries.jsonl").write_text(
         "".join(json.dumps({"_id": str(c["id"]), "text": c["claim"]}) + "\n" for c in claims)
     )
