@@ -74,6 +74,23 @@ def test_merge_puts_context_first_then_fills_from_retrieval(tmp_path: Path) -> N
     assert header.mode == "document-context+hybrid" and header.index == "corpus"
     assert [h.id for h in entries["train-d0-s0"].hits] == ["train-d0-s1", "train-d0-s2", "train-d0-s3"]
     assert [(h.id, h.rank) for h in entries["train-d1-s0"].hits] == [("x-d1-s0-1", 1), ("x-d1-s0-2", 2)]
+    assert header.context is None
+
+    # --context caps the context, so the retrieved hits get the slots the farther sentences had.
+    capped = tmp_path / "capped.jsonl"
+    proc = run_cli(
+        "doc-context", str(data), "-k", "3", "--with", str(retrieved), "--context", "1", "--out", str(capped)
+    )
+    assert proc.returncode == 0, proc.stderr
+    header, entries = read_cache(capped)
+    assert header.context == 1 and header.k == 3
+    assert [(h.id, h.rank) for h in entries["train-d0-s2"].hits] == [
+        ("train-d0-s1", 1),
+        ("x-d0-s2-1", 2),
+        ("x-d0-s2-2", 3),
+    ]
+    none = run_cli("doc-context", str(data), "--context", "1", "--out", str(tmp_path / "alone.jsonl"))
+    assert none.returncode == 2 and "--context" in none.stderr and "needs --with" in none.stderr
 
 
 def test_a_retrieval_cache_without_the_input_is_refused(tmp_path: Path) -> None:

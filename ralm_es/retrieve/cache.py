@@ -32,6 +32,8 @@ class CacheHeader:
     encoder: dict[str, Any] | None = None
     backend: str = "elasticsearch"
     exclude: str | None = None
+    # Document context merged with retrieval: at most this many context passages come before the retrieved ones.
+    context: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}

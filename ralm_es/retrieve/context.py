@@ -54,16 +54,18 @@ def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadErro
         yield CacheEntry(item.id, item.text, hits)
 
 
-def context_header(k: int, merged: CacheHeader | None) -> CacheHeader:
-    """The header of a context cache, or of context merged with the cross-document cache ``merged``."""
+def context_header(k: int, merged: CacheHeader | None, context: int | None = None) -> CacheHeader:
+    """The header of a context cache, or of context (at most ``context`` passages of it) merged with the
+    cross-document cache ``merged``."""
     if merged is None:
         return CacheHeader(index=SOURCE, mode=SOURCE, k=k, backend="none")
-    return replace(merged, mode=f"{SOURCE}+{merged.mode}", k=k)
+    return replace(merged, mode=f"{SOURCE}+{merged.mode}", k=k, context=context)
 
 
-def merge(context: CacheEntry, retrieved: CacheEntry | None, k: int) -> list[CacheHit]:
-    """Context hits first, then the retrieved ones not already there (by id), ``k`` in all, ranked anew."""
-    hits = list(context.hits)
+def merge(context: CacheEntry, retrieved: CacheEntry | None, k: int, most: int | None = None) -> list[CacheHit]:
+    """Context hits first (the nearest ``most`` of them, all when None), then the retrieved ones not already there
+    (by id), ``k`` in all, ranked anew."""
+    hits = context.hits[:most]
     seen = {h.id for h in hits}
     hits += [h for h in (retrieved.hits if retrieved else []) if h.id not in seen]
     return [replace(h, rank=rank) for rank, h in enumerate(hits[:k], 1)]
