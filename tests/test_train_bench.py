@@ -10,7 +10,9 @@ import pytest
 from test_train import conll_files, losses, ner_config
 
 from bench.claims_split import claim_ids, evidence_qrels, write_queries
+from bench.conll_pairs import sentences, story_pairs, write_pairs
 from bench.train_bench import fraction_override, run_one, split_claims
+from ralm_es.retrieve.tuning import load_data
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
 
@@ -82,3 +84,40 @@ def test_evidence_qrels_judge_the_evidence_abstracts_and_leave_a_claim_without_e
     assert write_queries({"1", "2"}, tmp_path / "queries.jsonl", qrels, tmp_path, "tune") == 1
     assert (tmp_path / "tune.qrels.tsv").read_text().splitlines()[1:] == ["1\td1\t1", "1\td2\t1"]
     assert [json.loads(line)["_id"] for line in (tmp_path / "tune.queries.jsonl").read_text().splitlines()] == ["1"]
+
+
+def test_conll_story_pairs_judge_a_query_s_own_document_and_keep_queries_out_of_the_corpus(tmp_path: Path) -> None:
+    def doc(*lines: str) -> str:
+        return "-DOCSTART- -X- -X- O\n\n" + "".join(
+            "".join(f"{w} NNP B-NP B-PER\n" for w in line.split()) + "\n" for line in lines
+        )
+
+    train = tmp_path / "train.txt"
+    train.write_text(
+        doc("Alpha met Bravo in Paris", "Charlie went home", "Delta stayed", "Echo spoke to Foxtrot")
+        + doc("Golf was alone here")
+        + doc("Hotel beat India today", "Juliet lost", "Kilo won again today")
+    )
+    records = sentences(train)
+    assert len(records) == 8
+    # Every sentence of three words or more is drawn: two-word sentences never are, so they are the corpus.
+    queries, qrels, corpus = story_pairs(records, queries=10, min_words=3, seed=13)
+    assert [r.id for r in corpus] == ["train-d0-s2", "train-d2-s1"]
+    assert qrels == {
+        "train-d0-s0": ["train-d0-s2"],
+        "train-d0-s1": ["train-d0-s2"],
+        "train-d0-s3": ["train-d0-s2"],
+        "train-d2-s0": ["train-d2-s1"],
+        "train-d2-s2": ["train-d2-s1"],
+    }
+    # The one-sentence document's sentence has no story to pair with: no query, and not in the corpus either.
+    assert [q.id for q in queries] == list(qrels)
+    assert all("B-PER" not in r.text and "NNP" not in r.text for r in records)
+    # A smaller sample is seeded: the same draw again, and a subset of the eligible sentences.
+    few = story_pairs(records, queries=3, min_words=3, seed=13)[1]
+    assert few == story_pairs(records, queries=3, min_words=3, seed=13)[1] and set(few) <= set(qrels) | {"train-d1-s0"}
+    # The files load as tuning data (every judged document is in the corpus).
+    assert write_pairs(tmp_path / "pairs", queries, qrels, corpus) == 5
+    out = tmp_path / "pairs"
+    data = load_data(out / "queries.jsonl", out / "qrels.tsv", out / "corpus.jsonl")
+    assert set(data.queries) == set(qrels) and set(data.docs) == {"train-d0-s2", "train-d2-s1"}

@@ -1,0 +1,81 @@
+"""Tuning data for the CoNLL retriever from the unlabeled training text alone: CoNLL has no relevance judgements, but
+a news story's sentences are about the same things, so the other sentences of a sentence's own document are
+judged relevant to it. A retriever tuned on such pairs learns what makes two sentences belong to one story (shared
+names, the same event), which cross-document retrieval (``--exclude doc+content``) then finds in other stories.
+
+  python -m bench.conll_pairs --out runs/conll-pairs
+
+writes ``queries.jsonl`` (a seeded sample of the training sentences), ``qrels.tsv`` (the other sentences of each
+query's document) and ``corpus.jsonl`` (every training sentence that is not a query) for
+``ralm-es tune-retriever``. The queries are kept out of the corpus, so no sentence is ranked against itself, and no
+label is read (the CoNLL reader drops the tags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from bench.train_bench import SHARED
+from ralm_es.corpus.readers import ReadOptions, read_corpus
+from ralm_es.corpus.types import Record
+
+
+def sentences(path: Path) -> list[Record]:
+    return [r for r in read_corpus(path, ReadOptions(format="conll")) if isinstance(r, Record)]
+
+
+def story_pairs(
+    records: list[Record], queries: int, min_words: int, seed: int
+) -> tuple[list[Record], dict[str, list[str]], list[Record]]:
+    """A seeded sample of ``queries`` sentences of at least ``min_words`` words, each with the sentences of its
+    document that are not queries themselves; the rest of the sentences as the corpus. A query whose document has
+    no such sentence is dropped."""
+    eligible = [r for r in records if len(r.text.split()) >= min_words]
+    chosen = {r.id for r in random.Random(seed).sample(eligible, min(queries, len(eligible)))}
+    by_doc: dict[object, list[Record]] = {}
+    for r in records:
+        by_doc.setdefault(r.metadata["doc_id"], []).append(r)
+    qrels: dict[str, list[str]] = {}
+    for r in records:
+        if r.id not in chosen:
+            continue
+        story = [s.id for s in by_doc[r.metadata["doc_id"]] if s.id not in chosen]
+        if story:
+            qrels[r.id] = story
+    kept = [r for r in records if r.id in qrels]
+    corpus = [r for r in records if r.id not in chosen]
+    return kept, qrels, corpus
+
+
+def write_jsonl(records: list[Record], path: Path) -> None:
+    path.write_text("".join(json.dumps({"_id": r.id, "text": r.text}) + "\n" for r in records), encoding="utf-8")
+
+
+def write_pairs(out: Path, queries: list[Record], qrels: dict[str, list[str]], corpus: list[Record]) -> int:
+    """The three files of ``ralm-es tune-retriever`` in ``out``; the number of judged pairs."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(queries, out / "queries.jsonl")
+    write_jsonl(corpus, out / "corpus.jsonl")
+    rows = [f"{q}\t{d}\t1" for q, docs in qrels.items() for d in docs]
+    (out / "qrels.tsv").write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n", encoding="utf-8")
+    return len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the three files")
+    parser.add_argument("--train", type=Path, default=SHARED / "conll2003" / "train.txt", help="CoNLL training file")
+    parser.add_argument("--queries", type=int, default=600, help="sentences sampled as queries")
+    parser.add_argument("--min-words", type=int, default=4, help="shorter sentences are never queries")
+    parser.add_argument("--seed", type=int, default=13, help="the sample's seed")
+    args = parser.parse_args()
+    queries, qrels, corpus = story_pairs(sentences(args.train), args.queries, args.min_words, args.seed)
+    pairs = write_pairs(args.out, queries, qrels, corpus)
+    print(f"{args.out}: {len(queries)} queries, {pairs} judged pairs, {len(corpus)} corpus sentences")
+
+
+if __name__ == "__main__":
+    main()
