@@ -94,30 +94,34 @@ def test_conll_story_pairs_judge_a_query_s_own_document_and_keep_queries_out_of_
 
     train = tmp_path / "train.txt"
     train.write_text(
-        doc("Alpha met Bravo in Paris", "Charlie went home", "Delta stayed", "Echo spoke to Foxtrot")
+        doc("Alpha met Bravo in Paris", "Charlie went", "Delta stayed", "Echo spoke to Foxtrot", "Kilo left")
         + doc("Golf was alone here")
-        + doc("Hotel beat India today", "Juliet lost", "Kilo won again today")
+        + doc("Hotel beat India today", "Juliet lost", "Lima won again today")
     )
     records = sentences(train)
-    assert len(records) == 8
+    assert len(records) == 9
     # Every sentence of three words or more is drawn: two-word sentences never are, so they are the corpus.
-    queries, qrels, corpus = story_pairs(records, queries=10, min_words=3, seed=13)
-    assert [r.id for r in corpus] == ["train-d0-s2", "train-d2-s1"]
+    queries, qrels, corpus = story_pairs(records, queries=10, window=2, min_words=3, seed=13)
+    assert [r.id for r in corpus] == ["train-d0-s1", "train-d0-s2", "train-d0-s4", "train-d2-s1"]
     assert qrels == {
-        "train-d0-s0": ["train-d0-s2"],
-        "train-d0-s1": ["train-d0-s2"],
-        "train-d0-s3": ["train-d0-s2"],
+        "train-d0-s0": ["train-d0-s1", "train-d0-s2"],  # s4 is 4 sentences away
+        "train-d0-s3": ["train-d0-s1", "train-d0-s2", "train-d0-s4"],
         "train-d2-s0": ["train-d2-s1"],
         "train-d2-s2": ["train-d2-s1"],
     }
     # The one-sentence document's sentence has no story to pair with: no query, and not in the corpus either.
     assert [q.id for q in queries] == list(qrels)
     assert all("B-PER" not in r.text and "NNP" not in r.text for r in records)
+    assert story_pairs(records, queries=10, window=1, min_words=3, seed=13)[1]["train-d0-s3"] == [
+        "train-d0-s2",
+        "train-d0-s4",
+    ]
     # A smaller sample is seeded: the same draw again, and a subset of the eligible sentences.
-    few = story_pairs(records, queries=3, min_words=3, seed=13)[1]
-    assert few == story_pairs(records, queries=3, min_words=3, seed=13)[1] and set(few) <= set(qrels) | {"train-d1-s0"}
+    few = story_pairs(records, queries=3, window=2, min_words=3, seed=13)[1]
+    assert few == story_pairs(records, queries=3, window=2, min_words=3, seed=13)[1]
+    assert set(few) <= set(qrels) | {"train-d1-s0"}
     # The files load as tuning data (every judged document is in the corpus).
-    assert write_pairs(tmp_path / "pairs", queries, qrels, corpus) == 5
+    assert write_pairs(tmp_path / "pairs", queries, qrels, corpus) == 7
     out = tmp_path / "pairs"
     data = load_data(out / "queries.jsonl", out / "qrels.tsv", out / "corpus.jsonl")
-    assert set(data.queries) == set(qrels) and set(data.docs) == {"train-d0-s2", "train-d2-s1"}
+    assert set(data.queries) == set(qrels) and set(data.docs) == {r.id for r in corpus}
