@@ -380,6 +380,10 @@ EFFICIENCY_FILES = {
         "label_efficiency_regularisers.png", "efficiency_tokens", ("none", "attention-tokens")
     ),
     "efficiency_k16": EfficiencyFile("label_efficiency_k16.png", "efficiency_tokens", ("none", "attention-tokens")),
+    "efficiency_mixed": EfficiencyFile("label_efficiency_mixed.png", "efficiency_tokens", ("none", "attention-tokens")),
+    "efficiency_mixed_tuned": EfficiencyFile(
+        "label_efficiency_mixed_tuned.png", "efficiency_tokens", ("none", "attention-tokens")
+    ),
 }
 
 TRAIN_RESULTS = (

@@ -66,7 +66,8 @@ VARIANTS = {
     # fifth of each example's passages dropped.
     "attention-tokens-kl": [*TOKENS, "train.consistency_weight=1.0"],
     "attention-tokens-pdrop": [*TOKENS, "train.passage_dropout=0.2"],
-    # Twice the passages: with a k=16 document-context cache, nearly every sentence of a CoNLL story.
+    # Twice the passages: with a k=16 document-context cache, nearly every sentence of a CoNLL story; with a merged
+    # cache (doc-context --with --context 8), the nearest half of the story and 8 cross-document hits.
     "attention-tokens-k16": [*TOKENS, "model.k=16"],
     "pair": ["model.fusion=pair"],
     "scores": ["model.fusion=scores"],
