@@ -150,10 +150,6 @@ class Encoder:
             "runtime": self.runtime,
         }
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        return [len(ids) for ids in encoded]
-
     def _hidden(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The last hidden states of one batch and its attention mask."""
         if self.session is not None:

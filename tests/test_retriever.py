@@ -225,6 +225,11 @@ def test_search_cli_json_and_explain(es_url: str, sample_index: str, tiny_model_
     assert bodies[1]["knn"]["filter"]["bool"]["filter"] == [{"range": {"metadata.year": {"gte": 1990}}}]
     empty = run_cli("search", "  ", *common, env=env)
     assert empty.returncode == 1 and "empty query" in empty.stderr and "Traceback" not in empty.stderr
+    # An over-long query is cut to the encoder's limit with one notice, and no tokenizer warning of "indexing
+    # errors" (the full query is tokenized only to count it).
+    long = run_cli("search", "insulin " * 600, *common, "--mode", "dense", "-k", "1", "--json", env=env)
+    assert long.returncode == 0 and len(json.loads(long.stdout)) == 1
+    assert "query truncated from 600 to" in long.stderr and "indexing errors" not in long.stderr
 
 
 def test_evaluate_cli_reports_ir_metrics(es_url: str, sample_index: str, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -123,7 +123,10 @@ class Retriever:
         query = " ".join(query.split())
         if self.encoder is not None:
             limit = self.encoder.max_length - 2
-            encoded = self.encoder.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+            # verbose=False: the tokenizer's "indexing errors" warning is for untruncated model input; this counts.
+            encoded = self.encoder.tokenizer(
+                query, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+            )
             if len(encoded["input_ids"]) > limit:
                 cut = encoded["offset_mapping"][limit - 1][1]
                 self.notice(f"query truncated from {len(encoded['input_ids'])} to {limit} tokens")
