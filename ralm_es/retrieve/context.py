@@ -54,12 +54,12 @@ def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadErro
         yield CacheEntry(item.id, item.text, hits)
 
 
-def context_header(k: int, merged: CacheHeader | None, context: int | None = None) -> CacheHeader:
-    """The header of a context cache, or of context (at most ``context`` passages of it) merged with the
+def context_header(k: int, merged: CacheHeader | None, most: int | None = None) -> CacheHeader:
+    """The header of a context cache, or of context (at most ``most`` passages of it) merged with the
     cross-document cache ``merged``."""
     if merged is None:
         return CacheHeader(index=SOURCE, mode=SOURCE, k=k, backend="none")
-    return replace(merged, mode=f"{SOURCE}+{merged.mode}", k=k, context=context)
+    return replace(merged, mode=f"{SOURCE}+{merged.mode}", k=k, context=most)
 
 
 def merge(context: CacheEntry, retrieved: CacheEntry | None, k: int, most: int | None = None) -> list[CacheHit]:
