@@ -44,7 +44,12 @@ from ralm_es.retrieve.settings import TuneSettings as T
     "--dev-candidates",
     help="Dev ranks each query's relevant docs plus its BM25 top N (0: the whole corpus).",
 )
-@setting(T, "max_length", "--max-length", help="Tokens kept of a query or document.")
+@setting(
+    T,
+    "max_length",
+    "--max-length",
+    help="Tokens kept of a query or document, in tuning, dev and the written folder (as evaluated).",
+)
 @setting(
     T,
     "mini_batch",
