@@ -68,7 +68,7 @@ def test_the_store_gives_back_the_encoders_fp16_token_states(tmp_path: Path, enc
     store = open_store(tmp_path / "store", encoder)
     assert store.extend(ids, texts, encoder, batch_size=2) == 3
     reopened = open_store(tmp_path / "store", encoder)
-    lengths = [min(16, len(ids)) for ids in encoder.tokenizer(texts)["input_ids"]]
+    lengths = [min(16, len(tokens)) for tokens in encoder.tokenizer(texts)["input_ids"]]
     for got in (store.get(ids), reopened.get(ids)):
         assert [a.shape for a in got] == [(n, 32) for n in lengths]
         assert all(a.dtype == np.float16 for a in got)
