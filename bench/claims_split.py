@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.common import read_jsonl, write_qrels
 from bench.train_bench import SHARED, split_claims
 
 
@@ -42,15 +43,8 @@ def write_queries(ids: set[str], source: Path, qrels: Path, out: Path, name: str
 def evidence_qrels(claims: Path, out: Path) -> Path:
     """A BEIR qrels TSV in ``out`` judging each claim's evidence abstracts relevant; claims without evidence have
     no row."""
-    rows = [
-        f"{claim['id']}\t{doc}\t1"
-        for line in claims.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-        for claim in [json.loads(line)]
-        for doc in claim["evidence"]
-    ]
     path = out / "evidence.qrels.tsv"
-    path.write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n", encoding="utf-8")
+    write_qrels(path, ((str(claim["id"]), doc) for claim in read_jsonl(claims) for doc in claim["evidence"]))
     return path
 
 

@@ -7,7 +7,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -157,6 +157,13 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+def write_qrels(path: Path, judged: Iterable[tuple[str, str]]) -> int:
+    """A BEIR qrels TSV judging each (query id, document id) pair relevant; the number of pairs written."""
+    rows = [f"{query}\t{doc}\t1" for query, doc in judged]
+    path.write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n", encoding="utf-8")
+    return len(rows)
 
 
 def head_lines(src: Path, n: int | None, dst: Path) -> Path:

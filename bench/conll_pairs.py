@@ -18,6 +18,7 @@ import json
 import random
 from pathlib import Path
 
+from bench.common import write_qrels
 from bench.train_bench import SHARED
 from ralm_es.corpus.readers import ReadOptions, read_corpus
 from ralm_es.corpus.types import Record
@@ -63,9 +64,7 @@ def write_pairs(out: Path, queries: list[Record], qrels: dict[str, list[str]], c
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(queries, out / "queries.jsonl")
     write_jsonl(corpus, out / "corpus.jsonl")
-    rows = [f"{q}\t{d}\t1" for q, docs in qrels.items() for d in docs]
-    (out / "qrels.tsv").write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n", encoding="utf-8")
-    return len(rows)
+    return write_qrels(out / "qrels.tsv", ((q, d) for q, docs in qrels.items() for d in docs))
 
 
 def main() -> None:

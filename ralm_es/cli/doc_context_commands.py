@@ -21,7 +21,8 @@ import click
     "--context",
     "most",
     type=click.IntRange(min=0),
-    help="With --with: at most this many context sentences (the nearest), the retrieved hits after them. [default: k]",
+    show_default="k",
+    help="With --with: at most this many context sentences (the nearest), the retrieved hits after them.",
 )
 def doc_context(input_path: str, k: int, out: str, merged: str | None, most: int | None) -> None:
     """Document context for every sentence of a CoNLL file INPUT: the nearest other sentences of its document
