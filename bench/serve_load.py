@@ -111,18 +111,24 @@ def start_server(
     )
 
 
-def wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
+def wait_ready(url: str, server: subprocess.Popen[bytes], workers: int) -> None:
+    """Wait until each of the server's ``workers`` processes has answered ``/health``: a worker listens only once
+    ready, and each new connection may reach any listening one, so the load starts on all of them."""
     deadline = time.monotonic() + STARTUP_S
+    answered: set[int] = set()
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise SystemExit(f"ralm-es serve exited with status {server.returncode} before answering")
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
+            response = httpx.get(f"{url}/health", timeout=5)
+            if response.status_code == 200:
+                answered.add(response.json()["pid"])
+                if len(answered) == workers:
+                    return
         except httpx.TransportError:
             pass
-        time.sleep(0.25)
-    raise SystemExit(f"ralm-es serve did not answer {url}/health within {STARTUP_S:.0f} s")
+        time.sleep(0.1)
+    raise SystemExit(f"not all {workers} workers of ralm-es serve answered {url}/health within {STARTUP_S:.0f} s")
 
 
 def client_loop(
@@ -307,8 +313,8 @@ def main(argv: list[str] | None = None) -> None:
             ports.add(port)
             server = start_server(args.es_url, index, model, args.runtime, args.mode, port, token, batch_size, workers)
             servers[batch_size, workers] = (f"http://{HOST}:{port}", server)
-        for url, server in servers.values():
-            wait_ready(url, server)
+        for (_, workers), (url, server) in servers.items():
+            wait_ready(url, server, workers)
         kinds = ["repeated", "unique"] if args.queries == "both" else [args.queries]
         for kind, clients in itertools.product(kinds, args.clients):
             for (batch_size, workers), (url, server) in servers.items():

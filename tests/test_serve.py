@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import json
 import logging
 import os
@@ -113,6 +114,17 @@ def test_search_returns_the_hits_of_the_library(retriever: Retriever) -> None:
     first = default["hits"][0]["id"]
     again = api.post("/search", json={"text": "insulin", "exclude_ids": [first]}).json()
     assert first not in {h["id"] for h in again["hits"]}
+
+
+def test_the_loaded_models_are_out_of_the_collectors_reach_while_the_app_serves(retriever: Retriever) -> None:
+    assert retriever.encoder is not None
+    model = retriever.encoder.model
+    # gc.get_objects lists what a collection walks; the frozen objects are not among them.
+    assert any(obj is model for obj in gc.get_objects())
+    with TestClient(create_app(ServeSettings(), retriever)) as api:
+        assert api.post("/search", json={"text": "insulin", "k": 2}).status_code == 200
+        assert not any(obj is model for obj in gc.get_objects())
+    assert any(obj is model for obj in gc.get_objects())
 
 
 def test_retrieve_is_search_many(retriever: Retriever) -> None:
@@ -477,21 +489,17 @@ def test_serve_workers_answer_on_one_port_and_stop_together(es_url: str, sample_
     with log.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "ralm_es.cli.main", *args], env=env, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
-    pids: set[int] = set()
-    threads: set[int] = set()
     try:
         deadline = time.monotonic() + 180
-        # Concurrent requests reach both workers once both are up.
+        while "2 workers (pids" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+        # Once serve says so, both workers listen, and new connections are spread over them (all 32 on one
+        # worker: a chance of 2 in 2**32).
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            while len(pids) < 2 and time.monotonic() < deadline:
-                assert proc.poll() is None
-                try:
-                    answers = list(pool.map(lambda _: httpx.get(f"{url}/health", timeout=10), range(16)))
-                except httpx.TransportError:
-                    time.sleep(0.5)
-                    continue
-                pids |= {answer.json()["pid"] for answer in answers}
-                threads |= {answer.json()["threads"] for answer in answers}
+            answers = list(pool.map(lambda _: httpx.get(f"{url}/health", timeout=10), range(32)))
+            pids = {answer.json()["pid"] for answer in answers}
+            threads = {answer.json()["threads"] for answer in answers}
             searches = pool.map(
                 lambda _: httpx.post(f"{url}/search", json={"text": "insulin", "k": 3}, timeout=60), range(16)
             )
@@ -521,3 +529,16 @@ def test_serve_workers_that_cannot_start_fail_in_one_line(es_url: str) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().startswith("ralm-es: error: index or alias 'no-such-index' does not exist")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_workers_on_a_port_in_use_fail_in_one_line(es_url: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = ["serve", "--index", "no-such-index", "--mode", "bm25", "--port", str(port), "--workers", "2"]
+        env = {**os.environ, "RALM_ES_URL": es_url}
+        done = subprocess.run(
+            [sys.executable, "-m", "ralm_es.cli.main", *args], env=env, capture_output=True, text=True, timeout=180
+        )
+    assert done.returncode == 1
+    # Refused before any worker starts (a worker would have named the missing index first).
+    assert done.stderr.strip() == f"ralm-es: error: cannot listen on 127.0.0.1:{port}: Address already in use"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 from typing import Any
 
@@ -82,12 +81,12 @@ S = ServeSettings
 def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> None:
     """Serve /search, /retrieve, /predict, /health and /indices (OpenAPI at /docs). Set RALM_ES_API_TOKEN to
     require a bearer token on all but /health (the OpenAPI pages too, unless --open-docs)."""
-    from ralm_es.serve.workers import FD_ENV, run_workers
+    from ralm_es.serve.workers import READY_FD_ENV, listen, report_ready, run_workers
 
     settings = ctx.settings(S, "serve", env={TOKEN_ENV: "token"})
-    inherited = os.environ.get(FD_ENV)
-    if settings.workers > 1 and inherited is None:
-        # Each worker is this command line again, with the socket bound here; this process loads no model.
+    ready_fd = os.environ.get(READY_FD_ENV)
+    if settings.workers > 1 and ready_fd is None:
+        # Each worker is this command line again; this process only supervises and loads no model.
         notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
         sys.exit(run_workers(settings, sys.argv[1:], notice))
     # Imported here so that `ralm-es --help` does not pay for FastAPI, torch and the models.
@@ -116,9 +115,11 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
     else:
         auth = "bearer token required, at /docs too (--open-docs opens it)"
     server = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": settings.graceful_timeout}
-    if inherited is None:
+    if ready_fd is None:
         click.echo(f"ralm-es: serving on http://{settings.host}:{settings.port} ({auth})", err=True)
         uvicorn.run(app, host=settings.host, port=settings.port, **server)
     else:
-        # A worker of --workers: it accepts on the socket its parent bound.
-        uvicorn.Server(uvicorn.Config(app, **server)).run(sockets=[socket.socket(fileno=int(inherited))])
+        # A worker of --workers: it listens only now that its models are loaded, so no connection waits for them.
+        sock = listen(settings)
+        report_ready(int(ready_fd))
+        uvicorn.Server(uvicorn.Config(app, **server)).run(sockets=[sock])
