@@ -906,7 +906,9 @@ def serve_section(path: Path) -> list[str]:
         )
     return [
         f"From `bench/results/{path.name}`, written by `{load['command']}` at {load['started']}: "
-        f"{load['duration_s']:.0f} s of load per configuration (after {load['warmup_s']:.0f} s of warm-up) against "
+        f"{load['duration_s']:.0f} s of load per configuration (after "
+        f"{load['warmup_s']:.0f} s of warm-up, which starts once every worker process of the server has answered "
+        f"`/health`) against "
         f"{load['target']}, mode {load['mode']}, k={load['k']}, {load['passages']} passages, model {load['model']} "
         f"(runtime {load.get('runtime', 'torch')}), "
         "queries: the sample claims in turn (repeated: their vectors soon come from the query cache) or a new "
