@@ -877,35 +877,55 @@ def claims_retriever_section(folder: Path, variant: str = "") -> list[str]:
     return lines
 
 
+def _serve_key(run: dict[str, Any]) -> tuple[str, int, int, int]:
+    return run["queries"], run["clients"], run["batch_size"], run.get("workers", 1)
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """The median, with min–max when there was more than one repetition."""
+    median = format(statistics.median(values), fmt)
+    if len(values) == 1:
+        return median
+    return f"{median} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
 def serve_section(path: Path) -> list[str]:
-    """The last ``python -m bench.serve_load`` run, from its own results file: one row per configuration."""
+    """The last ``python -m bench.serve_load`` run, from its own results file: one row per configuration, each
+    figure the median over its repetitions."""
     if not path.is_file():
         return ["No `bench/results/serve_load.json`: run `python -m bench.serve_load` (30 s of load a configuration)."]
     load = json.loads(path.read_text(encoding="utf-8"))
-    rows = []
+    configurations: dict[tuple[str, int, int, int], list[dict[str, Any]]] = {}
     for run in load["runs"]:
-        lat = run["latency_ms"]
+        configurations.setdefault(_serve_key(run), []).append(run)
+    rows = []
+    for (queries, clients, batch_size, workers), runs in configurations.items():
+        lat = {p: [run["latency_ms"][p] for run in runs] for p in ("p50", "p95", "p99", "max")}
+        cores = [run["cpu_cores"] for run in runs if "cpu_cores" in run]
         rows.append(
             [
-                run["queries"],
-                str(run["clients"]),
-                "1 (one at a time)" if run["batch_size"] == 1 else str(run["batch_size"]),
-                str(run.get("workers", 1)),
-                str(run["requests"]),
-                str(run["errors"]),
-                f"{run['throughput_rps']:.1f}",
-                f"{lat['p50']:.0f}",
-                f"{lat['p95']:.0f}",
-                f"{lat['p99']:.0f}",
-                f"{lat['max']:.0f}",
-                f"{run['cpu_cores']['load_generator']:.2f} / {run['cpu_cores']['server']:.2f}"
-                if "cpu_cores" in run
+                queries,
+                str(clients),
+                "1 (one at a time)" if batch_size == 1 else str(batch_size),
+                str(workers),
+                str(sum(run["requests"] for run in runs)),
+                str(sum(run["errors"] for run in runs)),
+                _spread([run["throughput_rps"] for run in runs], ".1f"),
+                _spread(lat["p50"], ".0f"),
+                _spread(lat["p95"], ".0f"),
+                _spread(lat["p99"], ".0f"),
+                _spread(lat["max"], ".0f"),
+                f"{statistics.median(c['load_generator'] for c in cores):.2f} / "
+                f"{statistics.median(c['server'] for c in cores):.2f}"
+                if cores
                 else "-",
-                f"{run['load_start'][0]:.1f} / {run['load_end'][0]:.1f}",
+                f"{runs[0]['load_start'][0]:.1f} / {runs[-1]['load_end'][0]:.1f}",
             ]
         )
+    repeats = load.get("repeats", 1)
     return [
         f"From `bench/results/{path.name}`, written by `{load['command']}` at {load['started']}: "
+        f"{repeats} interleaved round{'s' if repeats > 1 else ''} of "
         f"{load['duration_s']:.0f} s of load per configuration (after "
         f"{load['warmup_s']:.0f} s of warm-up, which starts once every worker process of the server has answered "
         f"`/health`) against "
@@ -916,7 +936,8 @@ def serve_section(path: Path) -> list[str]:
         f"{load['cpus']}-core machine, which other jobs share (its 1-minute load average at each run's start and "
         "end is in the last column). CPU cores: the CPU seconds the load generator (the client threads, one Python "
         "process) and the server's process tree used per second of load; Elasticsearch, on the same machine, has "
-        "what is left.",
+        "what is left. Each figure is the median over the rounds (min–max in brackets); requests and errors are "
+        "summed; the load average is the first round's start and the last round's end.",
         "",
         *_table(
             [
@@ -989,18 +1010,29 @@ def onnx_section(path: Path) -> list[str]:
 
 
 def _batching_gains(runs: list[dict[str, Any]]) -> list[str]:
-    """One line per (queries, clients): each other run's requests/s and p99 against one at a time in one process."""
-    alone = {(r["queries"], r["clients"]): r for r in runs if r["batch_size"] == 1 and r.get("workers", 1) == 1}
-    lines = []
+    """One line per (queries, clients): each other configuration's requests/s against one at a time in one
+    process, as the median of the ratios within each round, and its median p99 against the baseline's."""
+    alone = {
+        (run.get("repeat", 1), run["queries"], run["clients"]): run
+        for run in runs
+        if run["batch_size"] == 1 and run.get("workers", 1) == 1
+    }
+    ratios: dict[tuple[str, int, int, int], list[float]] = {}
+    p99s: dict[tuple[str, int, int, int], list[float]] = {}
     for run in runs:
-        base = alone.get((run["queries"], run["clients"]))
-        if run is base or base is None or not base["throughput_rps"]:
-            continue
+        base = alone.get((run.get("repeat", 1), run["queries"], run["clients"]))
+        key = _serve_key(run)
+        p99s.setdefault(key, []).append(run["latency_ms"]["p99"])
+        if run is not base and base is not None and base["throughput_rps"]:
+            ratios.setdefault(key, []).append(run["throughput_rps"] / base["throughput_rps"])
+    lines = []
+    for (queries, clients, batch_size, workers), ratio in ratios.items():
+        base_p99 = p99s[queries, clients, 1, 1]
         lines.append(
-            f"- {run['queries']} queries, {run['clients']} clients, batch size {run['batch_size']}, "
-            f"{run.get('workers', 1)} workers: "
-            f"{run['throughput_rps'] / base['throughput_rps']:.2f}x the requests/s of one at a time in one worker, p99 "
-            f"{run['latency_ms']['p99']:.0f} ms against {base['latency_ms']['p99']:.0f} ms."
+            f"- {queries} queries, {clients} clients, batch size {batch_size}, {workers} workers: "
+            f"{_spread(ratio, '.2f')}x the requests/s of one at a time in one worker, p99 "
+            f"{statistics.median(p99s[queries, clients, batch_size, workers]):.0f} ms against "
+            f"{statistics.median(base_p99):.0f} ms."
         )
     return ["", *lines] if lines else []
 

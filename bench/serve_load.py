@@ -1,15 +1,16 @@
-"""``python -m bench.serve_load [--quick] [--duration S] [--clients N ...] [--batch-sizes B ...] [--workers W ...]``:
-a bounded load test of ``ralm-es serve``, one-at-a-time against dynamic batching, one worker process or several.
+"""``python -m bench.serve_load [--quick] [--duration S] [--repeats R] [--clients N ...] [--batch-sizes B ...]
+[--workers W ...]``: a bounded load test of ``ralm-es serve``, one-at-a-time against dynamic batching, one worker
+process or several.
 
 A scratch index is built from the packaged sample corpus; one ``ralm-es serve`` (real uvicorn, bearer-token auth on)
 per ``--batch-size`` and ``--workers`` pair runs on 127.0.0.1 (``--batch-size 1`` answers requests one at a time in
-each worker process). For each number
-of clients, each server in turn gets a short warm-up, then N client threads in this process post ``/search``
-requests in a closed loop until the duration or the request cap is reached: the configurations alternate, so a
-change in the machine's load falls on all of them. Per configuration, total requests, errors (any non-200 or
-transport failure), throughput, latency percentiles and the CPU the load generator (this process) and the server
-(its process tree, read from /proc) used, in cores, go to ``bench/results/serve_load.json``; the exit status is
-1 when any request failed. The servers and the index are removed afterwards, also when the run is interrupted.
+each worker process). For each number of clients, each server in turn gets a short warm-up, then N client threads in
+this process post ``/search`` requests in a closed loop until the duration or the request cap is reached: the
+configurations alternate, and the whole round is repeated ``--repeats`` times, so a change in the machine's load
+falls on all of them. Per run, total requests, errors (any non-200 or transport failure), throughput, latency
+percentiles and the CPU the load generator (this process) and the server (its process tree, read from /proc) used,
+in cores, go to ``bench/results/serve_load.json``; the exit status is 1 when any request failed. The servers and the
+index are removed afterwards, also when the run is interrupted.
 """
 
 from __future__ import annotations
@@ -267,6 +268,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1],
         help="serve --workers of each server, one server per batch size and worker count (default 1)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds over every configuration, interleaved (default 3)"
+    )
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop a run after this many requests")
     parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
     parser.add_argument("--model", help="encoder folder (default: the packaged all-MiniLM-L6-v2)")
@@ -278,9 +282,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 10.0 if args.quick else 30.0
-    counts = [*args.clients, *args.batch_sizes, *args.workers, args.max_requests]
+    counts = [*args.clients, *args.batch_sizes, *args.workers, args.max_requests, args.repeats]
     if args.duration <= 0 or min(counts) < 1:
-        parser.error("--duration, --clients, --batch-sizes, --workers and --max-requests must be positive")
+        parser.error("--duration, --clients, --batch-sizes, --workers, --repeats and --max-requests must be positive")
     return args
 
 
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         for (_, workers), (url, server) in servers.items():
             wait_ready(url, server, workers)
         kinds = ["repeated", "unique"] if args.queries == "both" else [args.queries]
-        for kind, clients in itertools.product(kinds, args.clients):
+        for repeat, kind, clients in itertools.product(range(1, args.repeats + 1), kinds, args.clients):
             for (batch_size, workers), (url, server) in servers.items():
                 unique = kind == "unique"
                 run_load(url, token, clients, WARMUP_S, args.max_requests, unique, server.pid)
@@ -324,12 +328,14 @@ def main(argv: list[str] | None = None) -> None:
                 tally, elapsed, cores = run_load(
                     url, token, clients, args.duration, args.max_requests, unique, server.pid
                 )
-                run = {"queries": kind, "clients": clients, "batch_size": batch_size, "workers": workers}
+                run = {"repeat": repeat, "queries": kind, "clients": clients, "batch_size": batch_size}
+                run["workers"] = workers
                 run["load_start"] = load_start
                 runs.append({**run, "load_end": load_average(), **summarise(tally, elapsed, cores)})
                 lat = runs[-1]["latency_ms"]
                 print(
-                    f"{kind} queries, {clients} clients, batch size {batch_size}, {workers} workers: "
+                    f"repeat {repeat}/{args.repeats}, {kind} queries, {clients} clients, batch size {batch_size}, "
+                    f"{workers} workers: "
                     f"{runs[-1]['requests']} requests, "
                     f"{runs[-1]['errors']} errors, {runs[-1]['throughput_rps']} req/s, p50 {lat['p50']} ms, "
                     f"p99 {lat['p99']} ms, CPU cores: load generator {cores['load_generator']:.2f}, server "
@@ -346,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             "runtime": args.runtime,
             "passages": passages,
             "duration_s": args.duration,
+            "repeats": args.repeats,
             "warmup_s": WARMUP_S,
             "max_requests": args.max_requests,
             "cpus": os.cpu_count(),

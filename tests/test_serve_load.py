@@ -1,5 +1,6 @@
 """The serve load benchmark against the test node, for a second or so per configuration: every configuration is
-measured, the request cap holds, and the servers and the scratch index are gone afterwards."""
+measured in every round, the request cap holds, the servers and the scratch index are gone afterwards, and the
+report gives one row per configuration over its rounds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
+from bench.report import serve_section
 from bench.serve_load import main
 
 
@@ -15,13 +17,13 @@ def test_a_short_load_run_measures_each_server_and_leaves_nothing_behind(
     tmp_path: Path, es_url: str, es_client: Elasticsearch, tiny_model_dir: Path
 ) -> None:
     out = tmp_path / "serve_load.json"
-    argv = ["--duration", "1", "--clients", "3", "1", "--batch-sizes", "1", "8", "--workers", "1", "2"]
-    argv += ["--max-requests", "25"]
+    argv = ["--duration", "1", "--clients", "3", "--batch-sizes", "1", "8", "--workers", "1", "2"]
+    argv += ["--max-requests", "25", "--repeats", "2"]
     main([*argv, "--model", str(tiny_model_dir), "--es-url", es_url, "--out", str(out)])
     results = json.loads(out.read_text(encoding="utf-8"))
-    runs = [(run["clients"], run["batch_size"], run["workers"]) for run in results["runs"]]
+    runs = [(run["repeat"], run["batch_size"], run["workers"]) for run in results["runs"]]
     servers = [(1, 1), (1, 2), (8, 1), (8, 2)]
-    assert runs == [(clients, *server) for clients in (3, 1) for server in servers]
+    assert runs == [(repeat, *server) for repeat in (1, 2) for server in servers]
     for run in results["runs"]:
         assert run["errors"] == 0 and 0 < run["ok"] == run["requests"] <= 25
         assert run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
@@ -29,3 +31,16 @@ def test_a_short_load_run_measures_each_server_and_leaves_nothing_behind(
         assert run["cpu_cores"]["load_generator"] > 0 and run["cpu_cores"]["server"] > 0
     assert results["passages"] > 0 and results["model"] == str(tiny_model_dir)
     assert not es_client.indices.get(index="bench-serve-*", expand_wildcards="all").body
+    section = serve_section(out)
+    rows = [line.split(" | ") for line in section if line.startswith("| unique") or line.startswith("| repeated")]
+    # One row per server, its requests summed over both rounds.
+    assert [(row[2], row[3], int(row[4])) for row in rows] == [
+        (
+            "1 (one at a time)" if batch == 1 else str(batch),
+            str(workers),
+            sum(r["requests"] for r in results["runs"] if (r["batch_size"], r["workers"]) == (batch, workers)),
+        )
+        for batch, workers in servers
+    ]
+    gains = [line for line in section if line.startswith("- repeated queries, 3 clients")]
+    assert len(gains) == 3
