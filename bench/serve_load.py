@@ -50,6 +50,8 @@ HOST = "127.0.0.1"
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 STARTUP_S = 180.0
 WARMUP_S = 3.0
+# Numbers the unique queries, across every run of this process (a per-run count repeated the warm-up's queries).
+SERIAL = itertools.count(1)
 
 
 @dataclass
@@ -149,11 +151,12 @@ def client_loop(
             if issued[0] >= cap:
                 return
             issued[0] += 1
-            n = issued[0]
+            serial = next(SERIAL)
         text = texts[i % len(texts)]
         if unique:
-            # A query never sent before: the server's query-vector cache cannot answer it, the encoder must.
-            text = f"{text} {n}"
+            # A query never sent before, in this run or an earlier one (its warm-up, another round): the server's
+            # query-vector cache cannot answer it, the encoder must.
+            text = f"{text} {serial}"
         began = time.perf_counter()
         try:
             response = http.post("/search", json={"text": text, "k": 5})
