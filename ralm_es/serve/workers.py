@@ -35,6 +35,7 @@ class WorkersError(RalmError):
 
 
 def _reuse_port_socket(settings: ServeSettings) -> socket.socket:
+    """A socket bound to the serve port, not listening, that other sockets with ``SO_REUSEPORT`` may share."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
