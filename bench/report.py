@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.common import summarize
+
 SECTIONS = (
     "Targets",
     "Machine and load",
@@ -881,14 +883,6 @@ def _serve_key(run: dict[str, Any]) -> tuple[str, int, int, int]:
     return run["queries"], run["clients"], run["batch_size"], run.get("workers", 1)
 
 
-def _spread(values: list[float], fmt: str) -> str:
-    """The median, with min–max when there was more than one repetition."""
-    median = format(statistics.median(values), fmt)
-    if len(values) == 1:
-        return median
-    return f"{median} ({format(min(values), fmt)}–{format(max(values), fmt)})"
-
-
 def serve_section(path: Path) -> list[str]:
     """The last ``python -m bench.serve_load`` run, from its own results file: one row per configuration, each
     figure the median over its repetitions."""
@@ -910,11 +904,11 @@ def serve_section(path: Path) -> list[str]:
                 str(workers),
                 str(sum(run["requests"] for run in runs)),
                 str(sum(run["errors"] for run in runs)),
-                _spread([run["throughput_rps"] for run in runs], ".1f"),
-                _spread(lat["p50"], ".0f"),
-                _spread(lat["p95"], ".0f"),
-                _spread(lat["p99"], ".0f"),
-                _spread(lat["max"], ".0f"),
+                fig(summarize([run["throughput_rps"] for run in runs])),
+                fig(summarize(lat["p50"]), 0),
+                fig(summarize(lat["p95"]), 0),
+                fig(summarize(lat["p99"]), 0),
+                fig(summarize(lat["max"]), 0),
                 f"{statistics.median(c['load_generator'] for c in cores):.2f} / "
                 f"{statistics.median(c['server'] for c in cores):.2f}"
                 if cores
@@ -936,7 +930,8 @@ def serve_section(path: Path) -> list[str]:
         f"{load['cpus']}-core machine, which other jobs share (its 1-minute load average at each run's start and "
         "end is in the last column). CPU cores: the CPU seconds the load generator (the client threads, one Python "
         "process) and the server's process tree used per second of load; Elasticsearch, on the same machine, has "
-        "what is left. Each figure is the median over the rounds (min–max in brackets); requests and errors are "
+        "what is left. Each figure is the median over the rounds (min–max and their number in brackets); requests and "
+        "errors are "
         "summed; the load average is the first round's start and the last round's end.",
         "",
         *_table(
@@ -1030,7 +1025,7 @@ def _batching_gains(runs: list[dict[str, Any]]) -> list[str]:
         base_p99 = p99s[queries, clients, 1, 1]
         lines.append(
             f"- {queries} queries, {clients} clients, batch size {batch_size}, {workers} workers: "
-            f"{_spread(ratio, '.2f')}x the requests/s of one at a time in one worker, p99 "
+            f"requests/s {fig(summarize(ratio), 2)} times one at a time in one worker's, p99 "
             f"{statistics.median(p99s[queries, clients, batch_size, workers]):.0f} ms against "
             f"{statistics.median(base_p99):.0f} ms."
         )

@@ -31,7 +31,7 @@ STARTUP_S = 300.0
 
 
 class WorkersError(RalmError):
-    """The port cannot be bound."""
+    """The port cannot be bound, or the workers do not all listen in time."""
 
 
 def _reuse_port_socket(settings: ServeSettings) -> socket.socket:
