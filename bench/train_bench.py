@@ -17,9 +17,10 @@ to every run (e.g. ``train.device=cuda``, ``train.batch_size=32``). ``--modes`` 
 variants: none, concat, attention (passages through the shared trainable encoder), attention-frozen (a frozen
 copy of the encoder embeds each passage once, to one vector), attention-tokens (the frozen copy's token states of
 each passage, computed once into the token store), attention-tokens-kl and attention-tokens-pdrop (that with the
-consistency term or passage dropout), attention-tokens-k16 (that over 16 passages an input), pair (classification:
-the encoder reads each input-passage pair), scores (classification: the hits' retrieval scores, no text),
-scores-k16 (that over 16 hits), attention-tokens-scores (attention-tokens with those scores added). Every run
+consistency term or passage dropout), attention-tokens-k16 (that over 16 passages an input), attention-tokens-case
+(that with each stored passage token's word-case class), pair (classification: the encoder reads each input-passage
+pair), scores (classification: the hits' retrieval scores, no text), scores-k16 (that over 16 hits),
+attention-tokens-scores (attention-tokens with those scores added). Every run
 trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
 
   python bench/train_bench.py conll --caches caches/conll-{split}.jsonl --out bench/results/conll.json
@@ -69,6 +70,8 @@ VARIANTS = {
     # Twice the passages: with a k=16 document-context cache, nearly every sentence of a CoNLL story; with a merged
     # cache (doc-context --with --context 8), the nearest half of the story and 8 cross-document hits.
     "attention-tokens-k16": [*TOKENS, "model.k=16"],
+    # The stored passage tokens with their word-case class, as the input's (the frozen encoder is uncased).
+    "attention-tokens-case": [*TOKENS, "model.passage_case_features=true"],
     "pair": ["model.fusion=pair"],
     "scores": ["model.fusion=scores"],
     "scores-k16": ["model.fusion=scores", "model.k=16"],

@@ -18,7 +18,18 @@ from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.spec import ModelSpec
+from ralm_es.model.strategies import FusionError
 from ralm_es.model.token_store import TokenStore, TokenStoreError
+from ralm_es.model.tokens import (
+    CASE_DIGIT,
+    CASE_LOWER,
+    CASE_MIXED,
+    CASE_OTHER,
+    CASE_PAD,
+    CASE_TITLE,
+    CASE_UPPER,
+    stored_token_cases,
+)
 from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
@@ -34,6 +45,7 @@ TEXTS = {
     "doc3#0": "Reuters",
 }
 TOKENS = ["model.passage_encoder=frozen", "model.passage_memory=tokens"]
+CASED = [*TOKENS, "model.passage_case_features=true"]
 
 
 class Counting:
@@ -275,3 +287,62 @@ def test_the_frozen_encoders_runtime_set_for_a_mode_without_one_is_refused(
             train(load_config(ner_config(tmp_path, data, tiny_model_dir), sets))
     with pytest.raises(ConfigError, match=r"runtime"):
         load_config(ner_config(tmp_path, data, tiny_model_dir), [*TOKENS, "model.runtime=tensorrt"])
+
+
+def test_each_stored_token_gets_the_case_of_its_word(encoder: Encoder) -> None:
+    texts = ["John Smith visited PARIS , 1996", "McDonald's"]
+    cases = stored_token_cases(encoder.tokenizer, texts, encoder.max_length)
+    assert [len(c) for c in cases] == [len(s) for s in encoder.token_states(texts)]
+    words = [CASE_TITLE, CASE_TITLE, CASE_LOWER, CASE_UPPER, CASE_OTHER, CASE_DIGIT]
+    assert cases[0] == [CASE_PAD, *words, CASE_PAD]
+    # A word of several subwords ("mcdonald", "'", "s"): each of them has the word's class.
+    assert len(cases[1]) > 3 and cases[1][1:-1] == [CASE_MIXED] * (len(cases[1]) - 2)
+    # Cut where the encoder cuts, [SEP] last.
+    assert stored_token_cases(encoder.tokenizer, texts[:1], 4) == [[CASE_PAD, CASE_TITLE, CASE_TITLE, CASE_PAD]]
+
+
+def lowercased_cache(cache: Path, out: Path) -> Path:
+    """The same cache with every passage's text in lower case: what an uncased encoder cannot tell apart."""
+    header, *lines = cache.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows:
+        row["hits"] = [{**hit, "text": hit["text"].lower()} for hit in row["hits"]]
+    out.write_text("\n".join([header, *map(json.dumps, rows)]) + "\n")
+    return out
+
+
+def test_passage_case_features_tell_apart_what_the_uncased_states_cannot(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = {}
+    for name, sets in (("cased", CASED), ("plain", TOKENS)):
+        folder = tmp_path / name
+        folder.mkdir()
+        data = ner_files(folder, empty_dev=False)
+        evaluated = record_evaluations(monkeypatch)
+        result = train(load_config(ner_config(folder, data, tiny_model_dir), [*sets, f"model.token_store={folder}/s"]))
+        monkeypatch.undo()
+        seen = losses(result.out)
+        assert result.finished and sum(seen[-3:]) / 3 < sum(seen[:3]) / 3
+        run = open_run(result.out, "cpu")
+        assert run.model.spec.passage_case_features == (name == "cased")
+        as_given = predict_file(run, data["dev"], data["dev_cache"])[1]
+        in_memory = evaluated[[6, 12].index(result.best_step)]
+        assert [(p.labels, p.weights) for p in as_given] == [(p.labels, p.weights) for p in in_memory]
+        lowered = predict_file(run, data["dev"], lowercased_cache(data["dev_cache"], folder / "lower.jsonl"))[1]
+        weights[name] = ([p.weights for p in as_given], [p.weights for p in lowered])
+    # The same token states either way; only the case embedding sees that the passages lost their capitals.
+    assert weights["plain"][0] == weights["plain"][1]
+    assert weights["cased"][0] != weights["cased"][1]
+
+
+@pytest.mark.parametrize(
+    "sets", [["model.fusion=concat"], ["model.passage_encoder=frozen", "model.passage_memory=pooled"]]
+)
+def test_passage_case_features_for_a_mode_without_stored_tokens_is_one_line(
+    sets: list[str], tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = ner_files(tmp_path, empty_dev=False)
+    cfg = load_config(ner_config(tmp_path, data, tiny_model_dir), [*sets, "model.passage_case_features=true"])
+    with pytest.raises(FusionError, match=r"^model.passage_case_features applies to fusion attention with "):
+        train(cfg)

@@ -25,7 +25,10 @@ class ModelSettings:
     passage encoder (``torch``, or ONNX Runtime on the CPU: ``onnx``, ``onnx-int8``); frozen passages only.
     ``passage_max_length``: tokens of a passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its
     [SEP]) to the input of up to ``max_length`` tokens. ``score_signals`` (``attention``, ``pair``): after the mode's
-    fusion step, add each hit's retrieval scores as the ``scores`` mode reads them."""
+    fusion step, add each hit's retrieval scores as the ``scores`` mode reads them. ``passage_case_features``
+    (frozen token memory): add a learned word-case embedding to each stored passage token, as ``case_features``
+    does for the input (the default encoder is uncased, so the frozen states do not say which words were capitalised;
+    shared passages get ``case_features`` through the encoder itself)."""
 
     encoder: str | None = None
     fusion: Fusion = "attention"
@@ -40,6 +43,7 @@ class ModelSettings:
     case_features: bool = True
     dropout: float = 0.1
     score_signals: bool = False
+    passage_case_features: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,8 @@ retrieved passages that the fusion strategies fill."""
 
 from __future__ import annotations
 
+import bisect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,10 +56,40 @@ def tokenize_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[Sequence[
     return out
 
 
+def stored_token_cases(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """The word-case class of every token of each text as an encoder tokenizes the text on its own ([CLS] and [SEP]
+    included, as ``CASE_PAD``; cut to ``max_length``): the tokens whose states a frozen encoder stores. A subword's
+    class is that of the whitespace-separated word it starts in, as for the input's words."""
+    if not texts:
+        return []
+    enc = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        verbose=False,
+    )
+    out = []
+    for text, offsets, special in zip(texts, enc["offset_mapping"], enc["special_tokens_mask"], strict=True):
+        words = [m.span() for m in re.finditer(r"\S+", text)]
+        starts = [start for start, _ in words]
+        cases = []
+        for (start, _), is_special in zip(offsets, special, strict=True):
+            if is_special:
+                cases.append(CASE_PAD)
+                continue
+            first, last = words[bisect.bisect_right(starts, start) - 1]
+            cases.append(case_of(text[first:last]))
+        out.append(cases)
+    return out
+
+
 @dataclass
 class PassageTable:
     """Each distinct retrieved passage once (``keys``: text to row; ``ids``: the passage id of the row's first
-    hit); the fusion strategy fills in its subwords, a frozen vector or frozen token states (tokens, dim) per row."""
+    hit); the fusion strategy fills in its subwords, a frozen vector or frozen token states (tokens, dim) per row,
+    and with ``passage_case_features`` the word-case class of each stored token."""
 
     keys: dict[str, int] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
@@ -65,3 +97,4 @@ class PassageTable:
     tokens: list[Tokenized] = field(default_factory=list)
     vectors: np.ndarray | None = None
     states: list[np.ndarray] | None = None
+    state_cases: list[list[int]] | None = None

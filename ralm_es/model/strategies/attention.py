@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from ralm_es.embed import mean_pool
 from ralm_es.model.fusion import PassageAttention, score_prior
 from ralm_es.model.strategies.base import VALID, Embed, FusionStrategy, passage_slots
-from ralm_es.model.tokens import PassageTable
+from ralm_es.model.tokens import N_CASES, PassageTable, stored_token_cases
 from ralm_es.retrieve.cache import CacheHit
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ class AttentionFusion(FusionStrategy):
             raise ValueError("frozen passage vectors need an embed_passages function")
         if self.stored_tokens(spec):
             table.states = embed.token_states(table.ids, table.texts)
+            if spec.passage_case_features:
+                length = min(spec.passage_max_length, tokenizer.model_max_length)
+                table.state_cases = stored_token_cases(tokenizer, table.texts, length)
+                if any(len(c) != len(s) for c, s in zip(table.state_cases, table.states, strict=True)):
+                    raise ValueError("the token store's states do not line up with the passages' tokens")
         else:
             table.vectors = embed(table.texts)
 
@@ -57,7 +62,7 @@ class AttentionFusion(FusionStrategy):
         k = fs.spec.k
         out = passage_slots(feats, k)
         if fs.table.states is not None:
-            return {**out, **_stored_states(fs.table.states, feats, k, fs.spec.frozen_dim)}
+            return {**out, **_stored_states(fs.table, feats, k, fs.spec.frozen_dim)}
         if self.frozen_passages(fs.spec):
             assert fs.table.vectors is not None
             vectors = torch.zeros(len(feats), k, fs.table.vectors.shape[1])
@@ -84,6 +89,10 @@ class AttentionFusion(FusionStrategy):
         out: dict[str, nn.Module] = {"fusion": PassageAttention(hidden, spec.heads, spec.dropout)}
         if self.frozen_passages(spec):
             out["passage_proj"] = nn.Linear(spec.frozen_dim, hidden)
+        if spec.passage_case_features:
+            out["passage_case"] = nn.Embedding(N_CASES, hidden)
+            # Zero start, as the input's case embedding: the stored states come through unchanged at first.
+            nn.init.zeros_(out["passage_case"].weight)
         return out
 
     def fuse(
@@ -103,6 +112,8 @@ class AttentionFusion(FusionStrategy):
             states, mask = batch["passage_states"], batch["passage_token_mask"]
             b, k, length, dim = states.shape
             memory = proj(states.view(b, k * length, dim).to(proj.weight.dtype))
+            if spec.passage_case_features:
+                memory = memory + model.get_submodule("passage_case")(batch["passage_token_cases"].view(b, k * length))
             # A dropped slot (train.passage_dropout) keeps its states in the batch: its mask is cleared here.
             return memory, (mask & valid.unsqueeze(-1)).view(b, k * length)
         if self.frozen_passages(spec):
@@ -130,15 +141,22 @@ class AttentionFusion(FusionStrategy):
         return memory.view(b, k * length, -1), slot_mask.view(b, k * length)
 
 
-def _stored_states(states: list[np.ndarray], feats: list[Features], k: int, dim: int) -> dict[str, torch.Tensor]:
+def _stored_states(table: PassageTable, feats: list[Features], k: int, dim: int) -> dict[str, torch.Tensor]:
     """The frozen token states of each example's passages (B, k, L, dim) in float16, L the longest passage of the
-    batch (at least 1, so a batch without passages still has a memory), and which tokens are real (B, k, L)."""
-    rows = [[states[p] for p in f.passages] for f in feats]
-    length = max((len(r) for row in rows for r in row), default=1)
+    batch (at least 1, so a batch without passages still has a memory), which tokens are real (B, k, L) and, when
+    the table has them, each token's word-case class (B, k, L)."""
+    assert table.states is not None
+    states, state_cases = table.states, table.state_cases
+    length = max((len(states[p]) for f in feats for p in f.passages), default=1)
     out = np.zeros((len(feats), k, length, dim), dtype=np.float16)
     mask = torch.zeros((len(feats), k, length), dtype=torch.bool)
-    for b, row in enumerate(rows):
-        for j, passage in enumerate(row):
-            out[b, j, : len(passage)] = passage
-            mask[b, j, : len(passage)] = True
-    return {"passage_states": torch.from_numpy(out), "passage_token_mask": mask}
+    cases = torch.zeros((len(feats), k, length), dtype=torch.long)
+    for b, f in enumerate(feats):
+        for j, p in enumerate(f.passages):
+            n = len(states[p])
+            out[b, j, :n] = states[p]
+            mask[b, j, :n] = True
+            if state_cases is not None:
+                cases[b, j, :n] = torch.tensor(state_cases[p], dtype=torch.long)
+    batch = {"passage_states": torch.from_numpy(out), "passage_token_mask": mask}
+    return {**batch, "passage_token_cases": cases} if state_cases is not None else batch
