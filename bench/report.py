@@ -386,6 +386,10 @@ EFFICIENCY_FILES = {
     "efficiency_mixed_tuned": EfficiencyFile(
         "label_efficiency_mixed_tuned.png", "efficiency_tokens", ("none", "attention-tokens")
     ),
+    "efficiency_concat": EfficiencyFile(
+        "label_efficiency_concat.png", "efficiency_tokens", ("none", "attention-tokens")
+    ),
+    "efficiency_case": EfficiencyFile("label_efficiency_case.png", "efficiency_tokens", ("none", "attention-tokens")),
 }
 
 TRAIN_RESULTS = (
