@@ -95,7 +95,6 @@ query_options = retrieval_options("--model")
 def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> Any:
     """The command's retriever. Its settings: defaults, those recorded with the index by ``evaluate --sweep
     --save``, the config file's ``retrieval:`` section, the flags, then ``fixed`` (what the command decides)."""
-    from ralm_es.embed import Encoder
     from ralm_es.retrieve.retriever import Retriever
 
     backend: Backend = open_backend(ctx, options.pop("backend"), options.pop("index"), options.pop("fields"))
@@ -112,6 +111,9 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> 
         click.echo(f"ralm-es: notice: fusion settings tuned for this index: {json.dumps(taken)}", err=True)
     encoder = None
     if settings.mode != "bm25":
+        # Imported here: BM25 alone needs neither torch nor transformers.
+        from ralm_es.embed import Encoder
+
         if model is None:
             recorded = (backend.info().get("model") or {}).get("path")
             model = recorded if recorded and Path(recorded).is_dir() else None

@@ -11,17 +11,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ralm_es.embed import Encoder
 from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
 from ralm_es.retrieve.settings import Mode, RetrievalSettings
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
+
+if TYPE_CHECKING:
+    # Only dense and hybrid search encode: a BM25-only search never imports torch.
+    from ralm_es.embed import Encoder
 
 MAX_BM25_WORDS = 1024
 # Extra hits fetched per query when self-matches are dropped after the search.
