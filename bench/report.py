@@ -390,6 +390,7 @@ EFFICIENCY_FILES = {
         "label_efficiency_concat.png", "efficiency_tokens", ("none", "attention-tokens")
     ),
     "efficiency_case": EfficiencyFile("label_efficiency_case.png", "efficiency_tokens", ("none", "attention-tokens")),
+    "efficiency_long": EfficiencyFile("label_efficiency_long.png"),
 }
 
 TRAIN_RESULTS = (
