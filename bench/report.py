@@ -391,6 +391,7 @@ EFFICIENCY_FILES = {
     ),
     "efficiency_case": EfficiencyFile("label_efficiency_case.png", "efficiency_tokens", ("none", "attention-tokens")),
     "efficiency_long": EfficiencyFile("label_efficiency_long.png"),
+    "efficiency_long_5pct": EfficiencyFile("label_efficiency_long_5pct.png"),
 }
 
 TRAIN_RESULTS = (
