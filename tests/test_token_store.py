@@ -18,7 +18,6 @@ from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.spec import ModelSpec
-from ralm_es.model.strategies import FusionError
 from ralm_es.model.token_store import TokenStore, TokenStoreError
 from ralm_es.model.tokens import (
     CASE_DIGIT,
@@ -344,5 +343,5 @@ def test_passage_case_features_for_a_mode_without_stored_tokens_is_one_line(
 ) -> None:
     data = ner_files(tmp_path, empty_dev=False)
     cfg = load_config(ner_config(tmp_path, data, tiny_model_dir), [*sets, "model.passage_case_features=true"])
-    with pytest.raises(FusionError, match=r"^model.passage_case_features applies to fusion attention with "):
+    with pytest.raises(ConfigError, match=r"^model.passage_case_features applies to fusion attention with "):
         train(cfg)

@@ -98,12 +98,18 @@ def frozen_embedder(settings: ModelSettings, device: str) -> FrozenPassages | No
     fills, when it keeps token states); None otherwise. ``settings`` from a run (a ``ModelSpec``) must name the
     encoder revision the run was trained with."""
     strategy = fusion_strategy(settings.fusion)
-    if settings.token_store is not None and not strategy.stored_tokens(settings):
-        raise ConfigError(
-            "model.token_store applies to fusion attention with passage_encoder frozen and passage_memory tokens, "
-            f"not fusion {settings.fusion} (passage_encoder {settings.passage_encoder}, passage_memory "
-            f"{settings.passage_memory})"
-        )
+    if not strategy.stored_tokens(settings):
+        # The settings of the frozen token memory alone: refused for any other mode.
+        for name, is_set in (
+            ("token_store", settings.token_store is not None),
+            ("passage_case_features", settings.passage_case_features),
+        ):
+            if is_set:
+                raise ConfigError(
+                    f"model.{name} applies to fusion attention with passage_encoder frozen and passage_memory "
+                    f"tokens, not fusion {settings.fusion} (passage_encoder {settings.passage_encoder}, "
+                    f"passage_memory {settings.passage_memory})"
+                )
     if not strategy.frozen_passages(settings):
         if settings.runtime != "torch":
             raise ConfigError(

@@ -39,15 +39,8 @@ def fusion_strategy(name: str) -> FusionStrategy:
 
 def strategy_of(settings: ModelSettings) -> FusionStrategy:
     """The strategy of ``settings.fusion``, with the hits' retrieval signals added after its fusion step when
-    ``settings.score_signals`` (a mode with passage slots other than ``scores``, which is those signals alone).
-    Settings that the mode would ignore are refused."""
+    ``settings.score_signals`` (a mode with passage slots other than ``scores``, which is those signals alone)."""
     strategy = fusion_strategy(settings.fusion)
-    if settings.passage_case_features and not strategy.stored_tokens(settings):
-        raise FusionError(
-            "model.passage_case_features applies to fusion attention with passage_encoder frozen and passage_memory "
-            f"tokens, not fusion {settings.fusion} (passage_encoder {settings.passage_encoder}, passage_memory "
-            f"{settings.passage_memory})"
-        )
     if not settings.score_signals:
         return strategy
     if not strategy.slotted or isinstance(strategy, ScoreFusion):
