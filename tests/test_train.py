@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
+from ralm_es.config import ConfigError
+from ralm_es.inference import predictions
 from ralm_es.inference.predictions import Prediction
 from ralm_es.inference.runs import evaluate_file, open_run, predict_file
 from ralm_es.inference.task import task_of
@@ -215,6 +217,36 @@ def test_holdout_and_train_fraction_split_the_training_data(
     all_ids = {ex.id for ex in read_ner(ner_data["train"])}
     assert {ex.id for ex in splits.train.examples + splits.dev.examples} <= all_ids
     assert list(splits.spec.labels) == splits.labels.labels and splits.spec.labels[0] == "O"
+
+
+def test_bf16_trains_on_the_cpu_and_auto_keeps_it_in_fp32(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever this machine's CPU: torch computes bf16 everywhere (only slower where it emulates it).
+    monkeypatch.setattr(predictions, "bf16_native", lambda device: True)
+    runs = {}
+    for precision in ("fp32", "auto", "bf16"):
+        folder = tmp_path / precision
+        folder.mkdir()
+        runs[precision] = train(
+            load_config(ner_config(folder, ner_data, tiny_model_dir), [f"train.precision={precision}"])
+        )
+    fp32, auto, bf16 = (losses(tmp_path / p / "run") for p in ("fp32", "auto", "bf16"))
+    assert auto == fp32
+    assert bf16 != pytest.approx(fp32, abs=1e-6)
+    assert runs["bf16"].finished and sum(bf16[-3:]) / 3 < sum(bf16[:3]) / 3
+
+
+def test_bf16_where_the_device_would_only_emulate_it_is_refused_before_anything_is_written(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predictions, "bf16_native", lambda device: False)
+    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["train.precision=bf16"])
+    with pytest.raises(
+        ConfigError, match=r"^train.precision bf16: the cpu here has no native bf16 .*use auto or fp32$"
+    ):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ralm_es.config import ConfigError
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
 
@@ -23,10 +24,28 @@ class Prediction:
     probability: float | None = None
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
+    (oneDNN's own check; elsewhere torch emulates bf16 on the CPU, slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse ``bf16`` on a device that would only emulate it."""
+    if precision == "bf16" and not bf16_native(device):
+        raise ConfigError(
+            f"train.precision bf16: the {device.type} here has no native bf16 (a CPU needs AVX512-BF16 or AMX); "
+            "use auto or fp32"
+        )
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA where supported (``auto``/``bf16``); full precision otherwise."""
-    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast for ``bf16``, and for ``auto`` on a CUDA GPU that supports it; full precision otherwise.
+    ``auto`` keeps the CPU in fp32: bf16 changes a run's figures, and not every CPU computes it natively."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and bf16_native(device)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

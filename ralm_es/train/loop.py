@@ -1,6 +1,6 @@
 """The training loop, written out in one place in the spirit of nanoGPT's ``train.py``: seeded data order,
-gradient accumulation, clipping, AdamW with warmup and decay, bf16 autocast on CUDA, evaluation every N steps,
-early stopping on the dev metric, the best checkpoint and a resumable state."""
+gradient accumulation, clipping, AdamW with warmup and decay, bf16 autocast (on CUDA by default, on a bf16 CPU when
+asked), evaluation every N steps, early stopping on the dev metric, the best checkpoint and a resumable state."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ralm_es.config import to_dict
 from ralm_es.errors import RalmError
 from ralm_es.inference.checkpoint import WEIGHTS, load_tokenizer
 from ralm_es.inference.passages import frozen_embedder
-from ralm_es.inference.predictions import autocast, predict
+from ralm_es.inference.predictions import autocast, check_precision, predict
 from ralm_es.inference.runs import evaluate_file, open_run
 from ralm_es.inference.task import task_of
 from ralm_es.model.inputs import FeatureSet
@@ -107,6 +107,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     _check_out(out, cfg.run.resume)
     _check_regularisers(cfg)
     device = layout.device
+    check_precision(device, t.precision)
     torch.manual_seed(t.seed)
 
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
