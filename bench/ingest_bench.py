@@ -1,5 +1,5 @@
 """Ingest on SciFact: the encoder alone (the limit), ralm-es with embeddings, BM25 only (with peak RSS), and the
-peers writing the same passages; with ``ingest_runtimes``, the limit and ralm-es again for each ONNX runtime.
+peers writing the same passages; with ``ingest_runtimes``, the limit and ralm-es again for each other encoder runtime.
 Repetitions are interleaved so that drifting load hits every system alike."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Query encoding under torch, onnx and onnx-int8: short SciFact queries at batch 1 and batch 32 (medians of
-interleaved repetitions), vector agreement with torch, and dense nDCG@10 on a torch-filled SciFact index with the
-query encoder's runtime changed (fp32 onnx only: an index refuses int8 query vectors). Writes
-``bench/results/onnx.json``; ``python -m bench.onnx_bench [--index scifact]``."""
+"""Query encoding under each encoder runtime (torch, torch-bf16, onnx, onnx-int8): short SciFact queries at batch 1
+and batch 32 (medians of interleaved repetitions), vector agreement with torch, and dense nDCG@10 on a torch-filled
+SciFact index with the query encoder's runtime changed (the runtimes of torch's kind only: an index refuses int8
+query vectors). Writes ``bench/results/onnx.json``; ``python -m bench.onnx_bench [--index scifact]``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Record
 from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
-from ralm_es.onnx_runtime import RUNTIMES
+from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve.evaluate import evaluate_index
 from ralm_es.retrieve.metrics import load_qrels
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
@@ -76,7 +76,7 @@ def main() -> None:
     info = backend.info()
     if info["count"] == 9209 and info["dims"] == encoders["torch"].dim:
         qrels = load_qrels(paths["qrels_train"])
-        for runtime in ("torch", "onnx"):
+        for runtime in (r for r in RUNTIMES if vector_kind(r) == vector_kind("torch")):
             retriever = Retriever(backend, encoders[runtime], RetrievalSettings(mode="dense"))
             quality[runtime] = evaluate_index(retriever, queries, qrels, "dense")
     result = {

@@ -1,8 +1,8 @@
 """Sentence embeddings from a local Hugging Face encoder folder: the pooling its sentence-transformers
 ``modules.json`` declares (mean when it declares none), L2 normalisation, batches sorted by length, CUDA
-(bf16/fp16) when present. The network runs under torch, or under ONNX Runtime on the CPU (``runtime`` onnx or
-onnx-int8, see ``ralm_es.onnx_runtime``); pooling and normalisation are the same for all. Nothing is ever
-downloaded."""
+(bf16/fp16) when present. The network runs under torch (``runtime`` torch, or torch-bf16: bf16 weights on a
+device that computes bf16 natively), or under ONNX Runtime on the CPU (onnx or onnx-int8, see
+``ralm_es.onnx_runtime``); pooling and normalisation are the same for all. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from ralm_es.model_folder import WEIGHT_FILES, ModelError, resolve_model_path
-from ralm_es.onnx_runtime import Runtime, check_runtime, load_session, run_session
+from ralm_es.onnx_runtime import ONNX_RUNTIMES, Runtime, check_runtime, load_session, run_session
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -39,6 +39,14 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def cuda_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
+    (oneDNN's own check; elsewhere torch emulates bf16 on the CPU, slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -109,18 +117,27 @@ class Encoder:
         self.runtime = check_runtime(runtime, "encoder")
         hf_logging.disable_progress_bar()
         # The onnxruntime package ralm-es installs runs on the CPU only.
-        self.device = pick_device(device) if runtime == "torch" else torch.device("cpu")
+        self.device = torch.device("cpu") if runtime in ONNX_RUNTIMES else pick_device(device)
+        if runtime == "torch-bf16" and not bf16_native(self.device):
+            raise ModelError(
+                f"encoder runtime torch-bf16: the {self.device.type} here has no native bf16 (a CPU needs AVX512-BF16 "
+                "or AMX); use runtime torch"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
-            if runtime == "torch":
-                dtype = cuda_dtype() if self.device.type == "cuda" else torch.float32
+            if runtime not in ONNX_RUNTIMES:
+                dtype = {"torch-bf16": torch.bfloat16}.get(
+                    runtime, cuda_dtype() if self.device.type == "cuda" else torch.float32
+                )
                 self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)
                 self.model.to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
         self.session = (
-            load_session(self.path, self.revision, runtime, torch.get_num_threads()) if runtime != "torch" else None
+            load_session(self.path, self.revision, runtime, torch.get_num_threads())
+            if runtime in ONNX_RUNTIMES
+            else None
         )
         self.max_length = min(max_length, self.tokenizer.model_max_length)
         self.pooling = pooling_mode(self.path)
@@ -174,7 +191,8 @@ class Encoder:
         for start in tqdm(starts, desc="encode", unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
             hidden, mask = self._hidden([texts[i] for i in idx])
-            pooled = torch.nn.functional.normalize(self._pool(hidden, mask).float(), dim=-1)
+            # Pooled in fp32: a bf16 or fp16 sum over hundreds of token states would lose digits.
+            pooled = torch.nn.functional.normalize(self._pool(hidden.float(), mask), dim=-1)
             out[idx] = pooled.cpu().numpy()
         return out
 

@@ -1,8 +1,10 @@
 """The encoder under ONNX Runtime: a local model folder exported once with ``torch.onnx.export`` (int8: dynamically
 quantised), cached under the ralm-es cache home by encoder revision, never beside the installed package.
 
-``onnx`` (fp32) gives vectors within 1e-3 cosine of torch's, so an index filled by one answers queries encoded by
-the other; ``onnx-int8`` vectors are further off and never mix with either (``vector_kind``)."""
+The runtimes and which of them give interchangeable vectors live here too. ``onnx`` (fp32) gives vectors within
+1e-3 cosine of torch's, and ``torch-bf16`` (torch with bf16 weights, on a device that computes bf16 natively) within
+1e-4 on MiniLM (torch on a GPU embeds in half precision under the same kind), so an index filled by one answers
+queries encoded by another; ``onnx-int8`` vectors are further off and never mix with the others (``vector_kind``)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ if TYPE_CHECKING:
     import numpy as np
     import onnxruntime
 
-Runtime = Literal["torch", "onnx", "onnx-int8"]
-RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "onnx-int8")
-# The vectors of the runtimes of one kind are interchangeable (fp32 export: same graph, same arithmetic).
-VECTOR_KIND: dict[str, str] = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
+Runtime = Literal["torch", "torch-bf16", "onnx", "onnx-int8"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8")
+# The vectors of the runtimes of one kind are interchangeable (fp32 export: same graph, same arithmetic; bf16: pooled
+# vectors at cosine >= 0.9999 of fp32's on SciFact, docs/benchmarks.md).
+VECTOR_KIND: dict[str, str] = {"torch": "fp32", "torch-bf16": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
+ONNX_RUNTIMES: tuple[Runtime, ...] = ("onnx", "onnx-int8")
 OPSET = 17
 
 

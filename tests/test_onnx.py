@@ -86,7 +86,9 @@ def test_the_index_refuses_query_vectors_of_another_kind(
     onnx = Retriever(backend, Encoder(tiny_encoder.path, runtime="onnx"), settings)
     assert [h.id for h in onnx.search("insulin lowers blood glucose")] == expected
     int8 = Retriever(backend, Encoder(tiny_encoder.path, runtime="onnx-int8"), settings)
-    with pytest.raises(RetrievalError, match=r"embedded with runtime torch .* use --runtime torch or onnx$"):
+    with pytest.raises(
+        RetrievalError, match=r"embedded with runtime torch .* use --runtime torch, torch-bf16 or onnx$"
+    ):
         int8.search("insulin")
 
 
@@ -136,7 +138,7 @@ def test_search_runtime_option_reaches_the_query_encoder(
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines() == [
         "ralm-es: error: the index was embedded with runtime torch but queries would be encoded with onnx-int8; "
-        "use --runtime torch or onnx"
+        "use --runtime torch, torch-bf16 or onnx"
     ]
 
 

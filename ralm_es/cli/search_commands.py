@@ -74,7 +74,8 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
             type=click.Choice(RUNTIMES),
             default="torch",
             show_default=True,
-            help="Query encoder runtime (onnx: an fp32 ONNX Runtime export, answers torch-filled indices too).",
+            help="Query encoder runtime (torch-bf16: bf16 weights on a CPU with AVX512-BF16 or AMX; onnx: an fp32 ONNX "
+            "Runtime export; both answer torch-filled indices too).",
         ),
         setting(R, "fusion", "--fusion", type=choices(R, "fusion")),
         setting(R, "rrf_k", "--rrf-k", type=click.FloatRange(min=0), help="RRF rank constant."),

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ralm_es.config import ConfigError
+from ralm_es.embed import bf16_native
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
 
@@ -22,14 +23,6 @@ class Prediction:
     # NER: per word, the weight of each passage; classification: one row. None for none and concat.
     weights: list[list[float]] | None
     probability: float | None = None
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
-    (oneDNN's own check; elsewhere torch emulates bf16 on the CPU, slower than fp32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def check_precision(device: torch.device, precision: str) -> None:

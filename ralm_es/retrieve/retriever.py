@@ -68,6 +68,10 @@ def search_requests(
     return out
 
 
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def check_query_encoder(recorded: dict[str, Any] | None, query: dict[str, Any]) -> None:
     """Refuse a query encoder whose vectors are not comparable with the ones the index recorded: other weights, or
     another kind of runtime (fp32 torch and onnx mix, int8 mixes with neither). An index that recorded no encoder
@@ -83,7 +87,7 @@ def check_query_encoder(recorded: dict[str, Any] | None, query: dict[str, Any]) 
     if vector_kind(filled) != vector_kind(query["runtime"]):
         raise RetrievalError(
             f"the index was embedded with runtime {filled} but queries would be encoded with {query['runtime']}; "
-            "use --runtime " + " or ".join(r for r in RUNTIMES if vector_kind(r) == vector_kind(filled))
+            f"use --runtime {_one_of([r for r in RUNTIMES if vector_kind(r) == vector_kind(filled)])}"
         )
 
 

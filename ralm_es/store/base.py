@@ -94,7 +94,7 @@ def check_shape(where: str, spec: IndexSpec, model: dict[str, Any] | None, chunk
             f"{where} was embedded by encoder {recorded} but this ingest uses {wanted}; "
             "use that encoder, or --reindex to rebuild the index with this one"
         )
-    # torch and fp32 onnx vectors agree to 1e-3 cosine and may share an index; int8 ones mix with neither.
+    # torch, torch-bf16 and fp32 onnx vectors agree to 1e-3 cosine and may share an index; int8 ones mix with none.
     if recorded and wanted:
         filled, runtime = (model or {}).get("runtime") or "torch", (spec.model or {}).get("runtime") or "torch"
         if vector_kind(filled) != vector_kind(runtime):
