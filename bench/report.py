@@ -256,8 +256,8 @@ def ingest_section(ingest: dict[str, Any], img: str) -> list[str]:
                 "The peers embed with sentence-transformers under torch, as they do by default; ralm-es is measured "
                 f"under torch and again with the encoder runtime{'s' if len(runtimes) > 1 else ''} "
                 + ", ".join(f"`{rt}`" for rt in runtimes)
-                + " (`ingest --set runtime=...`; int8 vectors are close to torch's but an index filled with them "
-                "answers only int8 queries, see Encoder runtimes).",
+                + " (`ingest --set runtime=...`; torch-bf16 vectors mix with torch's, int8 ones are close to torch's "
+                "but an index filled with them answers only int8 queries, see Encoder runtimes).",
             ]
     else:
         lines.append("Peers were not run in this run.")
@@ -392,6 +392,8 @@ EFFICIENCY_FILES = {
     "efficiency_case": EfficiencyFile("label_efficiency_case.png", "efficiency_tokens", ("none", "attention-tokens")),
     "efficiency_long": EfficiencyFile("label_efficiency_long.png"),
     "efficiency_long_5pct": EfficiencyFile("label_efficiency_long_5pct.png"),
+    "efficiency_fp32": EfficiencyFile("label_efficiency_fp32.png"),
+    "efficiency_bf16": EfficiencyFile("label_efficiency_bf16.png"),
 }
 
 TRAIN_RESULTS = (
@@ -885,8 +887,9 @@ def claims_retriever_section(folder: Path, variant: str = "") -> list[str]:
     return lines
 
 
-def _serve_key(run: dict[str, Any]) -> tuple[str, int, int, int]:
-    return run["queries"], run["clients"], run["batch_size"], run.get("workers", 1)
+def _serve_key(run: dict[str, Any], index_runtime: str) -> tuple[str, int, int, int, str]:
+    # Runs written before servers had runtimes of their own ran the index's.
+    return run["queries"], run["clients"], run["batch_size"], run.get("workers", 1), run.get("runtime", index_runtime)
 
 
 def serve_section(path: Path) -> list[str]:
@@ -895,11 +898,12 @@ def serve_section(path: Path) -> list[str]:
     if not path.is_file():
         return ["No `bench/results/serve_load.json`: run `python -m bench.serve_load` (30 s of load a configuration)."]
     load = json.loads(path.read_text(encoding="utf-8"))
-    configurations: dict[tuple[str, int, int, int], list[dict[str, Any]]] = {}
+    index_runtime = load.get("runtime", "torch")
+    configurations: dict[tuple[str, int, int, int, str], list[dict[str, Any]]] = {}
     for run in load["runs"]:
-        configurations.setdefault(_serve_key(run), []).append(run)
+        configurations.setdefault(_serve_key(run, index_runtime), []).append(run)
     rows = []
-    for (queries, clients, batch_size, workers), runs in configurations.items():
+    for (queries, clients, batch_size, workers, runtime), runs in configurations.items():
         lat = {p: [run["latency_ms"][p] for run in runs] for p in ("p50", "p95", "p99", "max")}
         cores = [run["cpu_cores"] for run in runs if "cpu_cores" in run]
         rows.append(
@@ -908,6 +912,7 @@ def serve_section(path: Path) -> list[str]:
                 str(clients),
                 "1 (one at a time)" if batch_size == 1 else str(batch_size),
                 str(workers),
+                runtime,
                 str(sum(run["requests"] for run in runs)),
                 str(sum(run["errors"] for run in runs)),
                 fig(summarize([run["throughput_rps"] for run in runs])),
@@ -930,7 +935,7 @@ def serve_section(path: Path) -> list[str]:
         f"{load['warmup_s']:.0f} s of warm-up, which starts once every worker process of the server has answered "
         f"`/health`) against "
         f"{load['target']}, mode {load['mode']}, k={load['k']}, {load['passages']} passages, model {load['model']} "
-        f"(runtime {load.get('runtime', 'torch')}), "
+        f"(the index filled by runtime {index_runtime}; each server's query encoder under the runtime in its row), "
         "queries: the sample claims in turn (repeated: their vectors soon come from the query cache) or a new "
         "text every request (unique: the encoder runs for each). The configurations alternate on the same "
         f"{load['cpus']}-core machine, which other jobs share (its 1-minute load average at each run's start and "
@@ -946,6 +951,7 @@ def serve_section(path: Path) -> list[str]:
                 "clients",
                 "batch size",
                 "workers",
+                "runtime",
                 "requests",
                 "errors",
                 "requests/s",
@@ -964,7 +970,7 @@ def serve_section(path: Path) -> list[str]:
         "Batching saves the per-request costs (an encoder forward pass, an Elasticsearch round trip); the searches "
         "themselves cost Elasticsearch the same, so where they dominate (repeated queries, whose vectors come "
         "from the cache) the gain is smallest.",
-        *_batching_gains(load["runs"]),
+        *_batching_gains(load["runs"], index_runtime),
     ]
 
 
@@ -994,8 +1000,8 @@ def onnx_section(path: Path) -> list[str]:
         f"{run['load_average']:.1f} at the end), {run['queries_timed']} SciFact train queries (mean "
         f"{run['mean_words']:.1f} words) encoded one at a time and in batches of 32, {run['reps']} interleaved "
         "repetitions. Agreement: cosine to torch's vector over all train queries. nDCG@10: dense search of the "
-        f"index {run['index']}, with only the query encoder's runtime changed (an index filled by torch answers fp32 "
-        "onnx queries and refuses int8 ones).",
+        f"index {run['index']}, with only the query encoder's runtime changed (an index filled by torch answers "
+        "torch-bf16 and fp32 onnx queries and refuses int8 ones).",
         "",
         *_table(
             [
@@ -1010,29 +1016,30 @@ def onnx_section(path: Path) -> list[str]:
     ]
 
 
-def _batching_gains(runs: list[dict[str, Any]]) -> list[str]:
+def _batching_gains(runs: list[dict[str, Any]], index_runtime: str) -> list[str]:
     """One line per (queries, clients): each other configuration's requests/s against one at a time in one
-    process, as the median of the ratios within each round, and its median p99 against the baseline's."""
+    process under the index's runtime, as the median of the ratios within each round, and its median p99 against
+    the baseline's."""
     alone = {
         (run.get("repeat", 1), run["queries"], run["clients"]): run
         for run in runs
-        if run["batch_size"] == 1 and run.get("workers", 1) == 1
+        if _serve_key(run, index_runtime)[2:] == (1, 1, index_runtime)
     }
-    ratios: dict[tuple[str, int, int, int], list[float]] = {}
-    p99s: dict[tuple[str, int, int, int], list[float]] = {}
+    ratios: dict[tuple[str, int, int, int, str], list[float]] = {}
+    p99s: dict[tuple[str, int, int, int, str], list[float]] = {}
     for run in runs:
         base = alone.get((run.get("repeat", 1), run["queries"], run["clients"]))
-        key = _serve_key(run)
+        key = _serve_key(run, index_runtime)
         p99s.setdefault(key, []).append(run["latency_ms"]["p99"])
         if run is not base and base is not None and base["throughput_rps"]:
             ratios.setdefault(key, []).append(run["throughput_rps"] / base["throughput_rps"])
     lines = []
-    for (queries, clients, batch_size, workers), ratio in ratios.items():
-        base_p99 = p99s[queries, clients, 1, 1]
+    for (queries, clients, batch_size, workers, runtime), ratio in ratios.items():
+        base_p99 = p99s[queries, clients, 1, 1, index_runtime]
         lines.append(
-            f"- {queries} queries, {clients} clients, batch size {batch_size}, {workers} workers: "
-            f"requests/s {fig(summarize(ratio), 2)} times one at a time in one worker's, p99 "
-            f"{statistics.median(p99s[queries, clients, batch_size, workers]):.0f} ms against "
+            f"- {queries} queries, {clients} clients, batch size {batch_size}, {workers} workers, runtime {runtime}: "
+            f"requests/s {fig(summarize(ratio), 2)} times one at a time in one worker's ({index_runtime}), p99 "
+            f"{statistics.median(p99s[queries, clients, batch_size, workers, runtime]):.0f} ms against "
             f"{statistics.median(base_p99):.0f} ms."
         )
     return ["", *lines] if lines else []

@@ -1,15 +1,16 @@
 """``python -m bench.serve_load [--quick] [--duration S] [--repeats R] [--clients N ...] [--batch-sizes B ...]
-[--workers W ...]``: a bounded load test of ``ralm-es serve``, one-at-a-time against dynamic batching, one worker
-process or several.
+[--workers W ...] [--server-runtimes RT ...]``: a bounded load test of ``ralm-es serve``, one-at-a-time against
+dynamic batching, one worker process or several, the query encoder under one runtime or several.
 
-A scratch index is built from the packaged sample corpus; one ``ralm-es serve`` (real uvicorn, bearer-token auth on)
-per ``--batch-size`` and ``--workers`` pair runs on 127.0.0.1 (``--batch-size 1`` answers requests one at a time in
-each worker process). For each number of clients, each server in turn gets a short warm-up, then N client threads in
-this process post ``/search`` requests in a closed loop until the duration or the request cap is reached: the
-configurations alternate, and the whole round is repeated ``--repeats`` times, so a change in the machine's load
-falls on all of them. Per run, total requests, errors (any non-200 or transport failure), throughput, latency
-percentiles and the CPU the load generator (this process) and the server (its process tree, read from /proc) used,
-in cores, go to ``bench/results/serve_load.json``; the exit status is 1 when any request failed. The servers and the
+A scratch index is built from the packaged sample corpus (encoder runtime ``--runtime``); one ``ralm-es serve``
+(real uvicorn, bearer-token auth on) per ``--batch-size``, ``--workers`` and ``--server-runtimes`` triple runs on
+127.0.0.1 (``--batch-size 1`` answers requests one at a time in each worker process). For each number of clients,
+each server in turn gets a short warm-up, then N client threads in this process post ``/search`` requests in a
+closed loop until the duration or the request cap is reached: the configurations alternate, and the whole round is
+repeated ``--repeats`` times, so a change in the machine's load falls on all of them. Per run, total requests,
+errors (any non-200 or transport failure), throughput, latency percentiles and the CPU the load generator (this
+process) and the server (its process tree, read from /proc) used, in cores, go to
+``bench/results/serve_load.json``; the exit status is 1 when any request failed. The servers and the
 index are removed afterwards, also when the run is interrupted.
 """
 
@@ -278,13 +279,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="hybrid")
     parser.add_argument("--model", help="encoder folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument(
-        "--runtime", choices=RUNTIMES, default="torch", help="encoder runtime of the index and the servers"
+        "--runtime", choices=RUNTIMES, default="torch", help="encoder runtime of the index (and of the servers)"
+    )
+    parser.add_argument(
+        "--server-runtimes",
+        choices=RUNTIMES,
+        nargs="+",
+        help="query encoder runtimes of the servers, one server each (default: the index's); they must answer it",
     )
     parser.add_argument("--es-url", default=os.environ.get("RALM_ES_URL", "http://127.0.0.1:9200"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 10.0 if args.quick else 30.0
+    args.server_runtimes = args.server_runtimes or [args.runtime]
     counts = [*args.clients, *args.batch_sizes, *args.workers, args.max_requests, args.repeats]
     if args.duration <= 0 or min(counts) < 1:
         parser.error("--duration, --clients, --batch-sizes, --workers, --repeats and --max-requests must be positive")
@@ -308,23 +316,23 @@ def main(argv: list[str] | None = None) -> None:
     model = str(args.model or default_model_path())
     index = f"bench-serve-{uuid.uuid4().hex[:8]}"
     token = secrets.token_urlsafe(24)
-    servers: dict[tuple[int, int], tuple[str, subprocess.Popen[bytes]]] = {}
+    servers: dict[tuple[int, int, Runtime], tuple[str, subprocess.Popen[bytes]]] = {}
     runs = []
     try:
         passages = build_index(args.es_url, model, index, args.runtime)
         ports: set[int] = set()
-        for batch_size, workers in itertools.product(args.batch_sizes, args.workers):
+        for batch_size, workers, runtime in itertools.product(args.batch_sizes, args.workers, args.server_runtimes):
             # Each server binds its port only once started: a port handed out before must not come back.
             while (port := free_port()) in ports:
                 pass
             ports.add(port)
-            server = start_server(args.es_url, index, model, args.runtime, args.mode, port, token, batch_size, workers)
-            servers[batch_size, workers] = (f"http://{HOST}:{port}", server)
-        for (_, workers), (url, server) in servers.items():
+            server = start_server(args.es_url, index, model, runtime, args.mode, port, token, batch_size, workers)
+            servers[batch_size, workers, runtime] = (f"http://{HOST}:{port}", server)
+        for (_, workers, _), (url, server) in servers.items():
             wait_ready(url, server, workers)
         kinds = ["repeated", "unique"] if args.queries == "both" else [args.queries]
         for repeat, kind, clients in itertools.product(range(1, args.repeats + 1), kinds, args.clients):
-            for (batch_size, workers), (url, server) in servers.items():
+            for (batch_size, workers, runtime), (url, server) in servers.items():
                 unique = kind == "unique"
                 run_load(url, token, clients, WARMUP_S, args.max_requests, unique, server.pid)
                 load_start = load_average()
@@ -333,12 +341,13 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 run = {"repeat": repeat, "queries": kind, "clients": clients, "batch_size": batch_size}
                 run["workers"] = workers
+                run["runtime"] = runtime
                 run["load_start"] = load_start
                 runs.append({**run, "load_end": load_average(), **summarise(tally, elapsed, cores)})
                 lat = runs[-1]["latency_ms"]
                 print(
                     f"repeat {repeat}/{args.repeats}, {kind} queries, {clients} clients, batch size {batch_size}, "
-                    f"{workers} workers: "
+                    f"{workers} workers, runtime {runtime}: "
                     f"{runs[-1]['requests']} requests, "
                     f"{runs[-1]['errors']} errors, {runs[-1]['throughput_rps']} req/s, p50 {lat['p50']} ms, "
                     f"p99 {lat['p99']} ms, CPU cores: load generator {cores['load_generator']:.2f}, server "
