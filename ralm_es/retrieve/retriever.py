@@ -74,8 +74,8 @@ def _one_of(names: list[str]) -> str:
 
 def check_query_encoder(recorded: dict[str, Any] | None, query: dict[str, Any]) -> None:
     """Refuse a query encoder whose vectors are not comparable with the ones the index recorded: other weights, or
-    another kind of runtime (fp32 torch and onnx mix, int8 mixes with neither). An index that recorded no encoder
-    (made elsewhere) is not checked; one that recorded no runtime was filled by torch."""
+    another kind of runtime (torch, torch-bf16 and fp32 onnx mix, int8 mixes with none). An index that recorded no
+    encoder (made elsewhere) is not checked; one that recorded no runtime was filled by torch."""
     if not recorded:
         return
     if recorded.get("revision") and recorded["revision"] != query["revision"]:
