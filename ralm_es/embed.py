@@ -127,9 +127,10 @@ class Encoder:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
             if runtime not in ONNX_RUNTIMES:
-                dtype = {"torch-bf16": torch.bfloat16}.get(
-                    runtime, cuda_dtype() if self.device.type == "cuda" else torch.float32
-                )
+                if runtime == "torch-bf16":
+                    dtype = torch.bfloat16
+                else:
+                    dtype = cuda_dtype() if self.device.type == "cuda" else torch.float32
                 self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)
                 self.model.to(self.device).eval()
         except (OSError, ValueError) as exc:
