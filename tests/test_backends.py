@@ -105,6 +105,20 @@ def test_filters_and_exclusion_apply_to_both_modes(backend: Backend) -> None:
         assert "p1" not in excluded and "p3" in excluded
 
 
+def test_a_filter_on_a_field_no_passage_has_is_refused_until_one_has_it(backend: Backend) -> None:
+    filled(backend)
+    for mode in ("bm25", "dense"):
+        typo = SearchRequest(mode=mode, text="insulin", vector=unit(1, 0, 0, 0), filters=[Filter("yaer", "term", 1)])
+        with pytest.raises(StoreError) as refused:
+            backend.search(typo)
+        message = str(refused.value)
+        assert "'yaer'" in message and backend.index in message and "topic, year" in message
+    later = dataclasses.replace(passages()[0], id="p5", metadata={"yaer": 1})
+    assert all(r.ok for r in backend.write([later]))
+    refresh(backend)
+    assert ids(backend.search(typo)) == ["p5"]
+
+
 def test_search_many_equals_a_loop_of_search(backend: Backend) -> None:
     filled(backend)
     requests = [

@@ -287,6 +287,8 @@ def test_library_errors_are_4xx_with_the_message(retriever: Retriever, es_client
     assert no_encoder.status_code == 400 and "query encoder" in no_encoder.json()["detail"]
     bad_filter = api.post("/search", json={"text": "x", "filters": [{"field": "year", "kind": "range", "value": 3}]})
     assert bad_filter.status_code == 422 and "range filter" in bad_filter.text
+    typo = api.post("/search", json={"text": "x", "filters": [{"field": "topik", "value": "medicine"}]})
+    assert typo.status_code == 400 and "filter on 'topik': no passage in index" in typo.json()["detail"]
     extra = api.post("/search", json={"text": "x", "size": 1000})
     assert extra.status_code == 422 and "size" in extra.text
 

@@ -31,6 +31,20 @@ def check_dims(where: str, existing: int | None, wanted: int | None, fix: str) -
         )
 
 
+def filter_fields(requests: Sequence[SearchRequest]) -> set[str]:
+    return {f.field for r in requests for f in r.filters}
+
+
+def check_filter_fields(where: str, wanted: set[str], known: set[str]) -> None:
+    """Refuse filters on fields that no passage has (every backend): such a filter can only match nothing, and an
+    empty answer would hide the typo."""
+    missing = sorted(wanted - known)
+    if missing:
+        names = ", ".join(f"'{m}'" for m in missing)
+        listing = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "") if known else "none"
+        raise StoreError(f"filter on {names}: no passage in {where} has this field; its filterable fields: {listing}")
+
+
 @dataclass(frozen=True)
 class BulkSettings:
     """How writes are grouped into bulk requests (at most ``docs`` passages and ``bytes`` bytes a request), and how

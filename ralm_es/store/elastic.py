@@ -31,7 +31,9 @@ from ralm_es.store.base import (
     StoreHealth,
     WriteResult,
     check_dims,
+    check_filter_fields,
     check_shape,
+    filter_fields,
 )
 from ralm_es.version import __version__
 
@@ -233,6 +235,8 @@ class ElasticsearchBackend:
         self.index = index
         self.fields = fields or FieldMap()
         self.in_flight = in_flight
+        # The names filters can use, read from the mappings when a filter first names one not seen yet.
+        self._filterable: set[str] = set()
 
     # -- index management ------------------------------------------------------------------------------
     def concrete_indices(self) -> list[str]:
@@ -513,6 +517,20 @@ class ElasticsearchBackend:
             metadata=metadata,
         )
 
+    def mapped_filter_fields(self) -> set[str]:
+        """What filters can name, over every index behind the name: the metadata object's fields (dotted, with
+        their multi-fields) and the field map's ``extra`` fields that are mapped."""
+        try:
+            mappings = self.client.indices.get_mapping(index=self.index).body.values()
+        except NotFoundError:
+            raise self.unknown_index() from None
+        names: set[str] = set()
+        for entry in mappings:
+            props = entry["mappings"].get("properties", {})
+            names |= set(_field_names(props.get(self.fields.metadata, {}).get("properties", {})))
+            names |= set(self.fields.extra) & set(_field_names(props))
+        return names
+
     def search(self, request: SearchRequest) -> list[Hit]:
         return self.search_many([request])[0]
 
@@ -522,6 +540,11 @@ class ElasticsearchBackend:
             return []
         if request_needs_vectors(requests) and self.search_dims is None:
             raise StoreError(f"index '{self.index}' has no vector field, so dense search is not possible")
+        wanted = filter_fields(requests)
+        if wanted - self._filterable:
+            # Read again, not once: dynamic mapping adds metadata fields as passages arrive.
+            self._filterable = self.mapped_filter_fields()
+            check_filter_fields(f"index '{self.index}'", wanted, self._filterable)
         chunks = [requests[i : i + MSEARCH_CHUNK] for i in range(0, len(requests), MSEARCH_CHUNK)]
         if len(chunks) == 1:
             return self._msearch(chunks[0])
@@ -629,6 +652,18 @@ class ElasticsearchBackend:
                 )
             )
         return out
+
+
+def _field_names(props: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted names of a mapping's leaf fields and their multi-fields."""
+    for name, spec in props.items():
+        path = f"{prefix}{name}"
+        if "properties" in spec:
+            yield from _field_names(spec["properties"], f"{path}.")
+            continue
+        yield path
+        for sub in spec.get("fields", {}):
+            yield f"{path}.{sub}"
 
 
 def _vector_problem(p: Passage, dims: int | None) -> str | None:

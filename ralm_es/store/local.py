@@ -50,7 +50,9 @@ from ralm_es.store.base import (
     StoreHealth,
     WriteResult,
     check_dims,
+    check_filter_fields,
     check_shape,
+    filter_fields,
 )
 
 FORMAT = "ralm-es-local-index"
@@ -485,6 +487,9 @@ class LocalBackend:
             return self._search_many(requests)
 
     def _search_many(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
+        if wanted := filter_fields(requests):
+            known = {name for row in self._load() for name in row.get("metadata") or {}}
+            check_filter_fields(f"index '{self.index}'", wanted, known)
         out: list[list[Hit]] = [[] for _ in requests]
         dense = [i for i, r in enumerate(requests) if r.mode == "dense"]
         for i, request in enumerate(requests):
