@@ -19,7 +19,10 @@ from ralm_es.node.cluster import free_port
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 SAMPLE = str(sample_path("sample_corpus.jsonl"))
+CONLL = str(sample_path("sample_ner.txt"))
 LOCAL = ["--backend", "local", "--index", "smp", "--mode", "bm25"]
+# A training config whose data exists, so that only the setting under test can be what is refused.
+TRAIN = ["train", "--config", "{tmp}/train.yaml", "--set", "run.out={tmp}/run", "--set"]
 
 # (id, arguments, extra environment, text the one error line must contain). "{tmp}" is the test's folder, in
 # which smp is a local index of the sample corpus, bad.yaml has a negative es.request_timeout, broken.yaml is
@@ -104,6 +107,13 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     # train, predict, evaluate-model
     ("train-config-missing", ["train", "--config", "{tmp}/none.yaml"], {}, "none.yaml: cannot read config file"),
     ("train-stop-after", ["train", "--config", "{tmp}/bad.yaml", "--stop-after", "0"], {}, "'--stop-after'"),
+    ("train-batch-size", [*TRAIN, "train.batch_size=0"], {}, "train.batch_size must be at least 1, got 0"),
+    ("train-eval-every", [*TRAIN, "train.eval_every=0"], {}, "train.eval_every must be at least 1, got 0"),
+    ("train-lr", [*TRAIN, "train.lr=-0.001"], {}, "train.lr must be a finite number above 0, got -0.001"),
+    ("train-epochs", [*TRAIN, "train.epochs=0"], {}, "train.epochs must be a finite number above 0, got 0.0"),
+    ("train-model-k", [*TRAIN, "model.k=0"], {}, "model.k must be at least 1, got 0"),
+    ("train-max-length", [*TRAIN, "model.max_length=2"], {}, "model.max_length must be at least 3"),
+    ("train-limit", [*TRAIN, "data.limit=0"], {}, "data.limit must be at least 1, got 0"),
     ("predict-not-a-run", ["predict", "--model", "{tmp}", SAMPLE], {}, "is not a ralm-es run folder"),
     ("predict-batch", ["predict", "--model", "{tmp}", SAMPLE, "--batch-size", "0"], {}, "'--batch-size'"),
     ("predict-top", ["predict", "--model", "{tmp}", SAMPLE, "--top", "0"], {}, "Invalid value for '--top'"),
@@ -131,6 +141,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "bad.yaml").write_text("es:\n  request_timeout: -3\n")
     (tmp / "broken.yaml").write_text("es:\n  hosts: [a\n  user: b\n")
     (tmp / "afile").write_text("a file, not a folder\n")
+    (tmp / "train.yaml").write_text(
+        f"task:\n  type: ner\ndata:\n  train: {CONLL}\n  dev: {CONLL}\nmodel:\n  fusion: none\n"
+    )
     proc = subprocess.run(
         [*RALM, "ingest", SAMPLE, "--backend", "local", "--index", "smp", "--no-embed", "--quiet"],
         capture_output=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from ralm_es.config import ConfigError, check_bounds
 from ralm_es.onnx_runtime import Runtime
 
 # The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
@@ -44,6 +45,14 @@ class ModelSettings:
     dropout: float = 0.1
     score_signals: bool = False
     passage_case_features: bool = False
+
+    def __post_init__(self) -> None:
+        check_bounds("model", self, ("k", "heads"), 1)
+        for name, value in (("max_length", self.max_length), ("passage_max_length", self.passage_max_length)):
+            if value < 3:
+                raise ConfigError(f"model.{name} must be at least 3 ([CLS], one token, [SEP]), got {value}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be at least 0 and below 1, got {self.dropout}")
 
 
 @dataclass(frozen=True, kw_only=True)

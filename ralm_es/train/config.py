@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ralm_es.config import compose, file_layer, set_layer
+from ralm_es.config import ConfigError, check_bounds, compose, file_layer, set_layer
 from ralm_es.inference.task import TaskSettings
 from ralm_es.model.spec import ModelSettings
 
@@ -28,6 +29,10 @@ class DataSettings:
     train_fraction: float = 1.0
     # Cut every split to its first N examples (quick runs and tests).
     limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            check_bounds("data", self, ("limit",), 1)
 
 
 @dataclass
@@ -58,6 +63,17 @@ class OptimSettings:
     consistency_weight: float = 0.0
     # CPU threads per process (None: torch's default). On a busy machine one thread can be several times faster.
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        sizes = ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every")
+        check_bounds("train", self, [*sizes, *(n for n in ("max_steps", "threads") if getattr(self, n) is not None)], 1)
+        check_bounds("train", self, ("weight_decay", "grad_clip", "patience"), 0)
+        # A zero or negative rate would not train (or would climb the loss) without saying so.
+        for name, value in (("epochs", self.epochs), ("lr", self.lr), ("head_lr", self.head_lr)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"train.{name} must be a finite number above 0, got {value}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be at least 0 and below 1, got {self.warmup_ratio}")
 
 
 @dataclass
