@@ -7,12 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
+from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import sample_path
-from ralm_es.retrieve.evaluate import split_queries
+from ralm_es.retrieve.evaluate import split_queries, sweep_settings
+from ralm_es.retrieve.settings import RANK_FUSIONS, FusionName, RetrievalSettings
 from ralm_es.store.local import LocalBackend
 
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
@@ -20,6 +23,13 @@ RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RALM, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+
+
+def test_every_fusion_the_settings_accept_has_its_strategy_and_is_swept() -> None:
+    assert set(RANK_FUSIONS) == set(typing.get_args(FusionName))
+    assert {s.fusion for s in sweep_settings(RetrievalSettings())} == set(RANK_FUSIONS)
+    with pytest.raises(ConfigError, match=r"retrieval\.fusion must be one of rrf, linear, got 'borda'"):
+        RetrievalSettings(fusion="borda")  # type: ignore[arg-type]
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:

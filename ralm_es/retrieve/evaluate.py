@@ -11,7 +11,7 @@ from typing import Any
 
 from ralm_es.retrieve.metrics import QrelsError, evaluate_run, passages_to_docs, relevant_judgements
 from ralm_es.retrieve.retriever import Retriever
-from ralm_es.retrieve.settings import Mode, RetrievalSettings
+from ralm_es.retrieve.settings import RANK_FUSIONS, Mode, RetrievalSettings
 
 EVAL_DEPTH = 100
 
@@ -74,16 +74,13 @@ def evaluate_index(
 
 
 def sweep_settings(base: RetrievalSettings) -> list[RetrievalSettings]:
-    """The fusion settings ``--sweep`` compares: RRF constants and weights, linear weights and norms."""
-    grid = [
-        dataclasses.replace(base, fusion="rrf", rrf_k=rrf_k, dense_weight=w)
-        for rrf_k, w in product((10.0, 30.0, 60.0, 100.0), (0.3, 0.5, 0.7))
+    """The fusion settings ``--sweep`` compares: for every fusion, each value of its own settings with each
+    weight of the dense ranking (RRF constants, linear fusion's norms)."""
+    return [
+        dataclasses.replace(base, fusion=name, dense_weight=w, **dict(zip(strategy.sweep, values, strict=True)))
+        for name, strategy in RANK_FUSIONS.items()
+        for *values, w in product(*strategy.sweep.values(), (0.3, 0.5, 0.7))
     ]
-    grid += [
-        dataclasses.replace(base, fusion="linear", norm=norm, dense_weight=w)
-        for norm, w in product(("minmax", "zscore"), (0.3, 0.5, 0.7))
-    ]
-    return grid
 
 
 def sweep(

@@ -19,7 +19,7 @@ from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
-from ralm_es.retrieve.settings import Mode, RetrievalSettings
+from ralm_es.retrieve.settings import RANK_FUSIONS, Mode, RetrievalSettings
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
 
 if TYPE_CHECKING:
@@ -192,12 +192,9 @@ class Retriever:
             bm25, dense = parts
             by_id = {h.id: h for h in [*dense, *bm25]}
             rankings = {"bm25": [(h.id, h.score) for h in bm25], "dense": [(h.id, h.score) for h in dense]}
+            # Equal weights are plain RRF; dense_weight 0.5 keeps the textbook formula up to a factor.
             weights = {"bm25": 1.0 - s.dense_weight, "dense": s.dense_weight}
-            if s.fusion == "rrf":
-                # Equal weights are plain RRF; dense_weight 0.5 keeps the textbook formula up to a factor.
-                fused = fusion.rrf(rankings, k=s.rrf_k, weights=weights)
-            else:
-                fused = fusion.linear(rankings, weights=weights, norm=s.norm)
+            fused = RANK_FUSIONS[s.fusion].fuse(rankings, weights, s)
         else:
             # One list: it is its own single component.
             by_id = {h.id: h for h in parts[0]}

@@ -3,13 +3,17 @@ tuned. Torch-free, so that the command line can show these defaults without load
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ralm_es.config import ConfigError, check_bounds
 from ralm_es.errors import RalmError
+from ralm_es.retrieve import fusion
 
 Mode = Literal["bm25", "dense", "hybrid"]
+# The hybrid fusions the settings accept; each has its RankFusion in RANK_FUSIONS (a test holds the two equal).
+FusionName = Literal["rrf", "linear"]
 Exclude = Literal["none", "doc", "content", "doc+content"]
 
 
@@ -20,7 +24,7 @@ class RetrievalSettings:
     num_candidates: int = 100
     depth: int = 50
     title_boost: float = 1.0
-    fusion: Literal["rrf", "linear"] = "rrf"
+    fusion: FusionName = "rrf"
     rrf_k: float = 60.0
     dense_weight: float = 0.5
     norm: Literal["minmax", "zscore"] = "minmax"
@@ -30,10 +34,11 @@ class RetrievalSettings:
     exclude: Exclude = "none"
 
     def fusion_header(self) -> dict[str, Any]:
+        """The settings that decide hybrid search's ranking (empty for a single mode), in a fixed order: caches,
+        saved sweeps and trained runs record it."""
         if self.mode != "hybrid":
             return {}
-        keys = ["fusion", "depth", "num_candidates", "title_boost"]
-        keys += ["rrf_k", "dense_weight"] if self.fusion == "rrf" else ["dense_weight", "norm"]
+        keys = ["fusion", "depth", "num_candidates", "title_boost", *RANK_FUSIONS[self.fusion].header]
         return {key: getattr(self, key) for key in keys}
 
     def __post_init__(self) -> None:
@@ -41,6 +46,32 @@ class RetrievalSettings:
         check_bounds("retrieval", self, ("title_boost", "rrf_k", "query_cache_size"), 0)
         if not 0 <= self.dense_weight <= 1:
             raise ConfigError(f"retrieval.dense_weight must be between 0 and 1, got {self.dense_weight}")
+        if self.fusion not in RANK_FUSIONS:
+            raise ConfigError(f"retrieval.fusion must be one of {', '.join(RANK_FUSIONS)}, got {self.fusion!r}")
+
+
+@dataclass(frozen=True)
+class RankFusion:
+    """One way to fuse hybrid search's bm25 and dense rankings: the settings it reads (in ``fusion_header``'s
+    order), the values of its own ones that ``evaluate --sweep`` tries, and the fusion itself."""
+
+    header: tuple[str, ...]
+    sweep: Mapping[str, tuple[Any, ...]]
+    fuse: Callable[[Mapping[str, fusion.Ranking], Mapping[str, float], RetrievalSettings], list[fusion.Fused]]
+
+
+RANK_FUSIONS: dict[str, RankFusion] = {
+    "rrf": RankFusion(
+        ("rrf_k", "dense_weight"),
+        {"rrf_k": (10.0, 30.0, 60.0, 100.0)},
+        lambda rankings, weights, s: fusion.rrf(rankings, k=s.rrf_k, weights=weights),
+    ),
+    "linear": RankFusion(
+        ("dense_weight", "norm"),
+        {"norm": ("minmax", "zscore")},
+        lambda rankings, weights, s: fusion.linear(rankings, weights=weights, norm=s.norm),
+    ),
+}
 
 
 class TuningError(RalmError):
