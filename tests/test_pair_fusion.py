@@ -13,6 +13,7 @@ from test_train import claims_files, losses, ner_config, write_cache
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
+from ralm_es.config import ConfigError
 from ralm_es.model.inputs import build_features
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import FusionError
@@ -208,8 +209,6 @@ def test_a_dropped_attention_slot_gets_no_weight(tokenizer: AutoTokenizer, tiny_
             ["model.fusion=none", "train.consistency_weight=1"],
             "train.consistency_weight needs a fusion mode with separate passages (attention, pair, scores), not 'none'",
         ),
-        (["train.passage_dropout=1"], "train.passage_dropout must be at least 0 and below 1, got 1.0"),
-        (["train.consistency_weight=-1"], "train.consistency_weight must be 0 or more, got -1.0"),
     ],
 )
 def test_regulariser_settings_that_cannot_apply_are_one_line(
@@ -217,6 +216,22 @@ def test_regulariser_settings_that_cannot_apply_are_one_line(
 ) -> None:
     with pytest.raises(TrainError) as caught:
         train(load(claims_config(tmp_path, claims, tiny_model_dir, *sets)))
+    assert str(caught.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.passage_dropout=1"], "train.passage_dropout must be at least 0 and below 1, got 1.0"),
+        (["train.consistency_weight=-1"], "train.consistency_weight must be 0 or more, got -1.0"),
+    ],
+)
+def test_regulariser_values_out_of_range_are_refused_when_the_config_loads(
+    sets: list[str], message: str, tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(claims_config(tmp_path, claims, tiny_model_dir, *sets))
     assert str(caught.value) == message
     assert not (tmp_path / "run").exists()
 

@@ -33,6 +33,9 @@ class DataSettings:
     def __post_init__(self) -> None:
         if self.limit is not None:
             check_bounds("data", self, ("limit",), 1)
+        for name, value in (("train_fraction", self.train_fraction), ("holdout", self.holdout)):
+            if not 0 <= value <= 1 or (name == "train_fraction" and value == 0):
+                raise ConfigError(f"data.{name} must be a fraction between 0 and 1, got {value}")
 
 
 @dataclass
@@ -72,8 +75,11 @@ class OptimSettings:
         for name, value in (("epochs", self.epochs), ("lr", self.lr), ("head_lr", self.head_lr)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"train.{name} must be a finite number above 0, got {value}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"train.warmup_ratio must be at least 0 and below 1, got {self.warmup_ratio}")
+        for name, value in (("warmup_ratio", self.warmup_ratio), ("passage_dropout", self.passage_dropout)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"train.{name} must be at least 0 and below 1, got {value}")
+        if not self.consistency_weight >= 0:
+            raise ConfigError(f"train.consistency_weight must be 0 or more, got {self.consistency_weight}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from ralm_es.model.inputs import FeatureSet, build_features
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import strategy_of
 from ralm_es.retrieve.cache import read_header
-from ralm_es.tasks import DataError, Example, LabelMap, Task
+from ralm_es.tasks import Example, LabelMap, Task
 from ralm_es.train.config import TrainConfig
 
 
@@ -56,9 +56,6 @@ def load_splits(
 ) -> Splits:
     """Train (and dev) features, with the label map read from the training data."""
     data = cfg.data
-    for name, value in (("train_fraction", data.train_fraction), ("holdout", data.holdout)):
-        if not 0 <= value <= 1 or (name == "train_fraction" and value == 0):
-            raise DataError(f"data.{name} must be a fraction between 0 and 1, got {value}")
     train = read_split(task, data.train, data.limit)
     dev = read_split(task, data.dev, data.limit) if data.dev else None
     dev_cache = data.dev_cache

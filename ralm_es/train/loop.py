@@ -84,11 +84,8 @@ def _check_out(out: Path, resume: bool) -> None:
 
 
 def _check_regularisers(cfg: TrainConfig) -> None:
+    """Regularisers that the fusion mode cannot apply (their ranges are the settings' own check)."""
     t, fusion = cfg.train, cfg.model.fusion
-    if not 0 <= t.passage_dropout < 1:
-        raise TrainError(f"train.passage_dropout must be at least 0 and below 1, got {t.passage_dropout}")
-    if t.consistency_weight < 0:
-        raise TrainError(f"train.consistency_weight must be 0 or more, got {t.consistency_weight}")
     slotted = ", ".join(name for name, s in STRATEGIES.items() if s.slotted)
     for name, value in (("passage_dropout", t.passage_dropout), ("consistency_weight", t.consistency_weight)):
         if value > 0 and not fusion_strategy(fusion).slotted:
