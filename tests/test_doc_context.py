@@ -103,6 +103,19 @@ def test_a_retrieval_cache_without_the_input_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no retrieval for train-d0-s1" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_file_that_is_not_conll_is_refused_in_one_line_and_nothing_written(tmp_path: Path) -> None:
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text('{"id": 1, "claim": "Alpha one."}\n{"id": 2, "claim": "Bravo two.", "label": "SUPPORT"}\n')
+    out = tmp_path / "context.jsonl"
+    proc = run_cli("doc-context", str(claims), "--out", str(out))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"ralm-es: error: {claims} reads as jsonl, not CoNLL: document context needs a CoNLL file "
+        "(a token and its tags a line, -DOCSTART- between documents)"
+    )
+    assert not out.exists()
+
+
 def test_attention_trains_on_document_context(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = {
         "train": write_conll(tmp_path / "train.txt", 40, seed=3),

@@ -34,9 +34,10 @@ def doc_context(input_path: str, k: int, out: str, merged: str | None, most: int
     if most is not None and not merged:
         raise click.UsageError("--context limits the context before a retrieval cache's hits; it needs --with")
     header, retrieved = read_cache(merged, made_from=input_path) if merged else (None, {})
+    entries = document_context(input_path, k)
     failed = 0
     with CacheWriter(out, context_header(k, header, most)) as writer:
-        for entry in document_context(input_path, k):
+        for entry in entries:
             if isinstance(entry, ReadError):
                 failed += 1
                 click.echo(f"ralm-es: {entry.source}: {entry.reason}", err=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ralm_es.corpus.readers import ReadOptions, read_corpus
+from ralm_es.corpus.readers import CorpusError, ReadOptions, detect_format, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.retrieve.cache import CacheEntry, CacheHeader, CacheHit
 
@@ -21,9 +21,21 @@ SOURCE = "document-context"
 
 def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadError]:
     """One entry per readable sentence: up to ``k`` other sentences of its document, ordered by distance (the one
-    before, then the one after, then two before ...), each scored ``1 / distance``."""
+    before, then the one after, then two before ...), each scored ``1 / distance``. ``k`` and the file's format
+    are checked here, before anything is read or written."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    # A structured file would be read as one long "sentence" of mismatched columns; say what it is instead.
+    # "text" stays allowed: a CoNLL file whose first line is bad sniffs as text, and its bad lines are reported.
+    if (found := detect_format(Path(path))) not in ("conll", "text"):
+        raise CorpusError(
+            f"{path} reads as {found}, not CoNLL: document context needs a CoNLL file "
+            "(a token and its tags a line, -DOCSTART- between documents)"
+        )
+    return _entries(path, k)
+
+
+def _entries(path: str | Path, k: int) -> Iterator[CacheEntry | ReadError]:
     documents: dict[object, list[Record]] = {}
     order: list[Record | ReadError] = []
     for item in read_corpus(path, ReadOptions(format="conll")):
