@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch
 
+from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
@@ -20,6 +22,7 @@ from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit, read_cache
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever, search_requests
+from ralm_es.retrieve.settings import RETRIEVAL_MODES, Mode
 from ralm_es.store.base import Filter, Hit, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend, FieldMap, search_body
 
@@ -41,6 +44,16 @@ def test_each_mode_returns_k_ranked_hits(es_client: Elasticsearch, sample_index:
         assert set(hits[0].scores) == {"bm25", "dense"}
     bm25 = retriever.search("peptide hormone of the pancreatic islets", k=3, mode="bm25")
     assert bm25[0].doc_id == "med-01" and bm25[0].scores["dense"] is None
+
+
+def test_every_mode_the_settings_accept_has_its_strategy(
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
+) -> None:
+    assert set(RETRIEVAL_MODES) == set(typing.get_args(Mode))
+    with pytest.raises(ConfigError, match=r"retrieval\.mode must be one of bm25, dense, hybrid, got 'sparse'"):
+        RetrievalSettings(mode="sparse")  # type: ignore[arg-type]
+    with pytest.raises(RetrievalError, match="unknown mode 'sparse': use bm25, dense, hybrid"):
+        make(es_client, sample_index, tiny_encoder).search("insulin", mode="sparse")  # type: ignore[arg-type]
 
 
 def test_hybrid_scores_are_rrf_of_the_component_ranks(

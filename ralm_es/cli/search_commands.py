@@ -17,6 +17,7 @@ from ralm_es.cli.options import choices, setting
 from ralm_es.config import Layer, build, mapping_layer, merge_layers, set_layer
 from ralm_es.corpus.readers import FORMATS
 from ralm_es.onnx_runtime import RUNTIMES
+from ralm_es.retrieve.settings import RETRIEVAL_MODES
 from ralm_es.retrieve.settings import RetrievalSettings as R
 from ralm_es.store.base import Backend, Filter
 
@@ -108,10 +109,10 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> 
     settings = build(R, merged)
     # The recorded settings that no later source replaced.
     taken = {name: value for name, value in recorded.items() if merged[name][1] == tuned.name(name)}
-    if taken and settings.mode == "hybrid":
+    if taken and RETRIEVAL_MODES[settings.mode].fused:
         click.echo(f"ralm-es: notice: fusion settings tuned for this index: {json.dumps(taken)}", err=True)
     encoder = None
-    if settings.mode != "bm25":
+    if RETRIEVAL_MODES[settings.mode].encodes:
         # Imported here: BM25 alone needs neither torch nor transformers.
         from ralm_es.embed import Encoder
 

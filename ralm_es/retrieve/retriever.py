@@ -19,7 +19,7 @@ from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
-from ralm_es.retrieve.settings import RANK_FUSIONS, Mode, RetrievalSettings
+from ralm_es.retrieve.settings import RANK_FUSIONS, RETRIEVAL_MODES, Mode, RetrievalSettings
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
 
 if TYPE_CHECKING:
@@ -56,16 +56,19 @@ def search_requests(
     exclude_ids: Sequence[str],
     bodies: bool = True,
 ) -> list[SearchRequest]:
-    """The store searches one query becomes under settings ``s``: one per mode, both for hybrid (``depth`` each).
-    ``bodies=False``: the hits are ids and scores, read in full once fusion has cut them to k."""
-    depth = max(k, s.depth) if mode == "hybrid" else k
+    """The store searches one query becomes under settings ``s``: one per component of the mode (``depth`` each
+    when they are fused). ``bodies=False``: the hits are ids and scores, read in full once fusion has cut them to
+    k."""
+    m = RETRIEVAL_MODES[mode]
+    depth = max(k, s.depth) if m.fused else k
     common = {"k": depth, "filters": filters, "exclude_ids": list(exclude_ids), "bodies": bodies}
-    out = []
-    if mode in ("bm25", "hybrid"):
-        out.append(SearchRequest(mode="bm25", text=query, title_boost=s.title_boost, **common))
-    if mode in ("dense", "hybrid"):
-        out.append(SearchRequest(mode="dense", vector=vector, num_candidates=max(s.num_candidates, depth), **common))
-    return out
+    requests = {
+        "bm25": lambda: SearchRequest(mode="bm25", text=query, title_boost=s.title_boost, **common),
+        "dense": lambda: SearchRequest(
+            mode="dense", vector=vector, num_candidates=max(s.num_candidates, depth), **common
+        ),
+    }
+    return [requests[component]() for component in m.components]
 
 
 def _one_of(names: list[str]) -> str:
@@ -181,25 +184,27 @@ class Retriever:
 
     # -- requests ------------------------------------------------------------------------------------
     def _bodies(self, mode: Mode) -> bool:
-        """Whether the component searches should return passage texts: only hybrid fetches more (``depth``) than
-        it keeps, and excluding inputs by content reads the texts of every candidate."""
-        return mode != "hybrid" or "content" in self.settings.exclude
+        """Whether the component searches should return passage texts: only a fused mode fetches more (``depth``)
+        than it keeps, and excluding inputs by content reads the texts of every candidate."""
+        return not RETRIEVAL_MODES[mode].fused or "content" in self.settings.exclude
 
     def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[tuple[fusion.Fused, Hit]]:
         """The top k of one query's component lists, each fused score beside the store's hit for it."""
         s = self.settings
-        if mode == "hybrid":
-            bm25, dense = parts
-            by_id = {h.id: h for h in [*dense, *bm25]}
-            rankings = {"bm25": [(h.id, h.score) for h in bm25], "dense": [(h.id, h.score) for h in dense]}
+        m = RETRIEVAL_MODES[mode]
+        # A passage in several lists keeps the hit of the first component (BM25's in hybrid).
+        by_id = {h.id: h for hits in reversed(parts) for h in hits}
+        if m.fused:
+            rankings = {c: [(h.id, h.score) for h in hits] for c, hits in zip(m.components, parts, strict=True)}
             # Equal weights are plain RRF; dense_weight 0.5 keeps the textbook formula up to a factor.
             weights = {"bm25": 1.0 - s.dense_weight, "dense": s.dense_weight}
             fused = RANK_FUSIONS[s.fusion].fuse(rankings, weights, s)
         else:
             # One list: it is its own single component.
-            by_id = {h.id: h for h in parts[0]}
+            (component,) = m.components
             fused = [
-                fusion.Fused(h.id, h.score, {mode: fusion.Component(h.score, i)}) for i, h in enumerate(parts[0], 1)
+                fusion.Fused(h.id, h.score, {component: fusion.Component(h.score, i)})
+                for i, h in enumerate(parts[0], 1)
             ]
         return [(f, by_id[f.id]) for f in fused[:k]]
 
@@ -263,17 +268,18 @@ class Retriever:
             raise RetrievalError("excluding inputs by document id needs their ids")
         fetch = k + EXCLUDE_SLACK if exclude != "none" else k
         mode = mode or self.settings.mode
-        if mode not in ("bm25", "dense", "hybrid"):
-            raise RetrievalError(f"unknown mode '{mode}': use bm25, dense or hybrid")
+        if mode not in RETRIEVAL_MODES:
+            raise RetrievalError(f"unknown mode '{mode}': use {', '.join(RETRIEVAL_MODES)}")
+        m = RETRIEVAL_MODES[mode]
         texts = [self._prepare(q) for q in queries]
         excludes = list(exclude_ids) if exclude_ids is not None else [()] * len(texts)
         if len(excludes) != len(texts):
             raise RetrievalError(f"exclude_ids has {len(excludes)} entries for {len(texts)} queries")
         vectors: np.ndarray | None = None
-        if mode != "bm25":
+        if m.encodes:
             self._check_dims()
             vectors = self.encode(texts)
-        if mode == "hybrid" and not self._fusion_noticed:
+        if m.fused and not self._fusion_noticed:
             self._fusion_noticed = True
             self.notice(self.backend.fusion_notice())
         requests: list[SearchRequest] = []
@@ -282,7 +288,7 @@ class Retriever:
             vector = vectors[i].tolist() if vectors is not None else None
             filters_i = list(filters or [])
             requests += search_requests(self.settings, text, vector, mode, fetch, filters_i, excludes[i], bodies)
-        per_query = 2 if mode == "hybrid" else 1
+        per_query = len(m.components)
         results = self.backend.search_many(requests)
         ranked = []
         for q, start in enumerate(range(0, len(results), per_query)):
@@ -307,7 +313,7 @@ class Retriever:
         mode = mode or self.settings.mode
         text = self._prepare(query)
         vector = None
-        if mode != "bm25":
+        if RETRIEVAL_MODES[mode].encodes:
             self._check_dims()
             vector = self.encode([text])[0].tolist()
         return [

@@ -12,6 +12,8 @@ from ralm_es.errors import RalmError
 from ralm_es.retrieve import fusion
 
 Mode = Literal["bm25", "dense", "hybrid"]
+# The rankings a store computes; a mode asks for one or more of them.
+Component = Literal["bm25", "dense"]
 # The hybrid fusions the settings accept; each has its RankFusion in RANK_FUSIONS (a test holds the two equal).
 FusionName = Literal["rrf", "linear"]
 Exclude = Literal["none", "doc", "content", "doc+content"]
@@ -36,7 +38,7 @@ class RetrievalSettings:
     def fusion_header(self) -> dict[str, Any]:
         """The settings that decide hybrid search's ranking (empty for a single mode), in a fixed order: caches,
         saved sweeps and trained runs record it."""
-        if self.mode != "hybrid":
+        if not RETRIEVAL_MODES[self.mode].fused:
             return {}
         keys = ["fusion", "depth", "num_candidates", "title_boost", *RANK_FUSIONS[self.fusion].header]
         return {key: getattr(self, key) for key in keys}
@@ -46,8 +48,35 @@ class RetrievalSettings:
         check_bounds("retrieval", self, ("title_boost", "rrf_k", "query_cache_size"), 0)
         if not 0 <= self.dense_weight <= 1:
             raise ConfigError(f"retrieval.dense_weight must be between 0 and 1, got {self.dense_weight}")
+        if self.mode not in RETRIEVAL_MODES:
+            raise ConfigError(f"retrieval.mode must be one of {', '.join(RETRIEVAL_MODES)}, got {self.mode!r}")
         if self.fusion not in RANK_FUSIONS:
             raise ConfigError(f"retrieval.fusion must be one of {', '.join(RANK_FUSIONS)}, got {self.fusion!r}")
+
+
+@dataclass(frozen=True)
+class RetrievalMode:
+    """One retrieval mode: the component rankings it asks the store for. More than one are searched deeper
+    (``depth``, ids and scores only) and fused by the settings' ``RankFusion``; one is the answer itself."""
+
+    components: tuple[Component, ...]
+
+    @property
+    def fused(self) -> bool:
+        return len(self.components) > 1
+
+    @property
+    def encodes(self) -> bool:
+        """Whether a query needs a vector (and so an encoder)."""
+        return "dense" in self.components
+
+
+# Every mode the settings accept (a test holds this equal to ``Mode``).
+RETRIEVAL_MODES: dict[str, RetrievalMode] = {
+    "bm25": RetrievalMode(("bm25",)),
+    "dense": RetrievalMode(("dense",)),
+    "hybrid": RetrievalMode(("bm25", "dense")),
+}
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-Mode = Literal["bm25", "dense", "hybrid"]
+from ralm_es.retrieve.settings import Mode
+
 Scalar = str | int | float | bool
 Word = Annotated[str, StringConstraints(pattern=r"^\S+$")]
 RANGE_KEYS = ("gte", "gt", "lte", "lt")
