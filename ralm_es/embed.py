@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
 from ralm_es.model_folder import WEIGHT_FILES, ModelError, resolve_model_path
-from ralm_es.onnx_runtime import ONNX_RUNTIMES, Runtime, check_runtime, load_session, run_session
+from ralm_es.onnx_runtime import Runtime, check_runtime, load_session, run_session
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -100,6 +103,69 @@ def pooling_mode(folder: Path) -> str:
     return modes[0]
 
 
+class TorchNetwork:
+    """The encoder network under torch: its weights in ``dtype`` on ``device``."""
+
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype) -> None:
+        self.device = device
+        try:
+            self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the model in {path}: {exc}") from exc
+        self.model.to(device).eval()
+
+    def hidden(self, batch: BatchEncoding) -> torch.Tensor:
+        return self.model(**batch.to(self.device)).last_hidden_state
+
+
+class OnnxNetwork:
+    """The encoder network under ONNX Runtime (the package ralm-es installs runs on the CPU only)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+
+    def hidden(self, batch: BatchEncoding) -> torch.Tensor:
+        return torch.from_numpy(run_session(self.session, {k: v.numpy() for k, v in batch.items()}))
+
+
+Network = TorchNetwork | OnnxNetwork
+
+
+def _torch(path: Path, revision: Callable[[], str], device: str) -> Network:
+    chosen = pick_device(device)
+    return TorchNetwork(path, chosen, cuda_dtype() if chosen.type == "cuda" else torch.float32)
+
+
+def _torch_bf16(path: Path, revision: Callable[[], str], device: str) -> Network:
+    chosen = pick_device(device)
+    if not bf16_native(chosen):
+        raise ModelError(
+            f"encoder runtime torch-bf16: the {chosen.type} here has no native bf16 (a CPU needs AVX512-BF16 "
+            "or AMX); use runtime torch"
+        )
+    return TorchNetwork(path, chosen, torch.bfloat16)
+
+
+def _onnx(runtime: Runtime) -> Callable[[Path, Callable[[], str], str], Network]:
+    def load(path: Path, revision: Callable[[], str], device: str) -> Network:
+        # The session runs on the process's torch thread count, which the command has set.
+        return OnnxNetwork(load_session(path, revision(), runtime, torch.get_num_threads()))
+
+    return load
+
+
+# How each runtime loads the network: the folder, its revision (ONNX exports are cached by it) and the device asked
+# for (ONNX Runtime ignores it: CPU only).
+NETWORKS: dict[Runtime, Callable[[Path, Callable[[], str], str], Network]] = {
+    "torch": _torch,
+    "torch-bf16": _torch_bf16,
+    "onnx": _onnx("onnx"),
+    "onnx-int8": _onnx("onnx-int8"),
+}
+
+
 class Encoder:
     """A frozen sentence encoder. ``encode`` returns float32 unit vectors in input order. On the CPU it runs on
     the process's torch thread count (the command sets it: ``train.threads``, a ``serve`` worker's share of the
@@ -116,30 +182,13 @@ class Encoder:
         self.name = DEFAULT_MODEL_NAME if path is None else self.path.name
         self.runtime = check_runtime(runtime, "encoder")
         hf_logging.disable_progress_bar()
-        # The onnxruntime package ralm-es installs runs on the CPU only.
-        self.device = torch.device("cpu") if runtime in ONNX_RUNTIMES else pick_device(device)
-        if runtime == "torch-bf16" and not bf16_native(self.device):
-            raise ModelError(
-                f"encoder runtime torch-bf16: the {self.device.type} here has no native bf16 (a CPU needs AVX512-BF16 "
-                "or AMX); use runtime torch"
-            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
-            if runtime not in ONNX_RUNTIMES:
-                if runtime == "torch-bf16":
-                    dtype = torch.bfloat16
-                else:
-                    dtype = cuda_dtype() if self.device.type == "cuda" else torch.float32
-                self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=dtype)
-                self.model.to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
-        self.session = (
-            load_session(self.path, self.revision, runtime, torch.get_num_threads())
-            if runtime in ONNX_RUNTIMES
-            else None
-        )
+        self.network = NETWORKS[self.runtime](self.path, lambda: self.revision, device)
+        self.device = self.network.device
         self.max_length = min(max_length, self.tokenizer.model_max_length)
         self.pooling = pooling_mode(self.path)
         self._pool = POOLING[self.pooling]
@@ -170,16 +219,8 @@ class Encoder:
 
     def _hidden(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The last hidden states of one batch and its attention mask."""
-        if self.session is not None:
-            batch = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-            )
-            hidden = torch.from_numpy(run_session(self.session, dict(batch)))
-            return hidden, torch.from_numpy(batch["attention_mask"])
-        encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        return self.model(**encoded).last_hidden_state, encoded["attention_mask"]
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return self.network.hidden(batch), batch["attention_mask"].to(self.device)
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:

@@ -39,7 +39,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.usefixtures("bf16_cpu")
 def test_bf16_weights_give_the_default_encoders_vectors(tiny_encoder: Encoder) -> None:
     bf16 = Encoder(device="cpu", runtime="torch-bf16")
-    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert isinstance(bf16.network, embed.TorchNetwork)
+    assert next(bf16.network.model.parameters()).dtype == torch.bfloat16
     # Batches of 3 put texts of different lengths together: the padded positions must not count.
     close = cosines(bf16.encode(TEXTS, batch_size=3), Encoder(device="cpu").encode(TEXTS))
     print(f"default encoder cosine to torch: torch-bf16 min {close.min():.6f}")

@@ -16,7 +16,7 @@ from transformers import AutoModel
 
 from ralm_es.config import ConfigError, compose, set_layer
 from ralm_es.corpora.benchmarks import sample_path
-from ralm_es.embed import Encoder
+from ralm_es.embed import Encoder, OnnxNetwork
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
 from ralm_es.store.base import StoreError
@@ -148,7 +148,8 @@ def test_an_onnx_session_runs_on_the_process_thread_count(tiny_encoder: Encoder,
     try:
         torch.set_num_threads(1)
         onnx = Encoder(tiny_encoder.path, runtime="onnx")
-        assert onnx.session is not None and onnx.session.get_session_options().intra_op_num_threads == 1
+        assert isinstance(onnx.network, OnnxNetwork)
+        assert onnx.network.session.get_session_options().intra_op_num_threads == 1
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -34,7 +34,7 @@ from schemathesis.checks import not_a_server_error
 
 from ralm_es.config import ConnectionSettings, Secret
 from ralm_es.corpora.benchmarks import sample_path
-from ralm_es.embed import Encoder
+from ralm_es.embed import Encoder, TorchNetwork
 from ralm_es.es.client import build_client
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve.cache import CacheHeader, CacheWriter
@@ -118,7 +118,8 @@ def test_search_returns_the_hits_of_the_library(retriever: Retriever) -> None:
 
 def test_the_loaded_models_are_out_of_the_collectors_reach_while_the_app_serves(retriever: Retriever) -> None:
     assert retriever.encoder is not None
-    model = retriever.encoder.model
+    assert isinstance(retriever.encoder.network, TorchNetwork)
+    model = retriever.encoder.network.model
     # gc.get_objects lists what a collection walks; the frozen objects are not among them.
     assert any(obj is model for obj in gc.get_objects())
     with TestClient(create_app(ServeSettings(), retriever)) as api:
