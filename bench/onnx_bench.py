@@ -74,7 +74,7 @@ def main() -> None:
     quality: dict[str, Any] = {}
     backend = ElasticsearchBackend(connect(ConnectionSettings(hosts=[args.es_url], request_timeout=120)), args.index)
     info = backend.info()
-    if info["count"] == 9209 and info["dims"] == encoders["torch"].dim:
+    if info.count == 9209 and info.dims == encoders["torch"].dim:
         qrels = load_qrels(paths["qrels_train"])
         for runtime in (r for r in RUNTIMES if vector_kind(r) == vector_kind("torch")):
             retriever = Retriever(backend, encoders[runtime], RetrievalSettings(mode="dense"))

@@ -80,8 +80,8 @@ def main() -> None:
     retriever = Retriever(backend, Encoder(args.model), RetrievalSettings())
     entry: dict[str, Any] = {
         "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "index": f"{args.index}: {info['count']:,} passages, analyzer {info['analyzer']}, encoder "
-        f"{(info['model'] or {}).get('name')} ({(info['model'] or {}).get('revision')})",
+        "index": f"{args.index}: {info.count:,} passages, analyzer {info.analyzer}, encoder "
+        f"{(info.model or {}).get('name')} ({(info.model or {}).get('revision')})",
         "settings": "defaults: hybrid = client-side RRF, rrf_k 60, depth 50, dense_weight 0.5, title_boost 1",
         "modes": {},
     }

@@ -21,6 +21,6 @@ def test_treatments_matches_treatment_on_the_local_node(
     corpus.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in rows))
     backend = ElasticsearchBackend(es_client, index_name)
     Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
-    assert backend.info()["analyzer"] == HUNSPELL_ANALYZER
+    assert backend.info().analyzer == HUNSPELL_ANALYZER
     assert [h.id for h in backend.search(SearchRequest(mode="bm25", text="treatments", k=5))] == ["p#0"]
     assert [h.id for h in backend.search(SearchRequest(mode="bm25", text="club", k=5))] == ["q#0"]

@@ -76,7 +76,7 @@ def test_write_count_and_idempotence(backend: Backend) -> None:
     refresh(backend)
     assert backend.count() == 4
     info = backend.info()
-    assert info["count"] == 4 and info["dims"] == DIMS and info["model"]["name"] == "toy"
+    assert info.count == 4 and info.dims == DIMS and info.model == {"name": "toy", "dim": DIMS}
 
 
 def test_bm25_and_dense_rank_the_relevant_passage_first(backend: Backend) -> None:

@@ -79,6 +79,6 @@ def test_bf16_queries_answer_a_torch_index_and_bf16_ingest_joins_it(
     again = IngestSettings(model=str(tiny_model_dir), runtime="torch-bf16", resume=False)
     summary = Ingest(backend, again, checkpoint_dir=tmp_path / "b").run([more])
     assert (summary.indexed, summary.failed) == (2, 0)
-    assert backend.info()["model"]["runtime"] == "torch"
+    assert (backend.info().model or {})["runtime"] == "torch"
     hits = Retriever(backend, bf16, settings).search("Glucagon raises blood glucose.")
     assert hits[0].id.startswith("bf16-1")

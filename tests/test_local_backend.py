@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Filter, IndexSpec, SearchRequest, StoreError
+from ralm_es.store.base import Filter, IndexInfo, IndexSpec, SearchRequest, StoreError
 from ralm_es.store.local import PASSAGES, VECTORS, LocalBackend
 
 ROOT2 = 1 / math.sqrt(2)
@@ -93,14 +93,9 @@ def test_duplicates_within_one_write_are_stored_once(tmp_path: Path) -> None:
 def test_a_new_instance_reopens_the_index(store: LocalBackend) -> None:
     reopened = LocalBackend(store.path)
     assert reopened.count() == 4
-    assert reopened.info() == {
-        "backend": "local",
-        "index": str(store.path),
-        "count": 4,
-        "dims": 3,
-        "similarity": "cosine",
-        "model": {"name": "hand-made"},
-    }
+    assert reopened.info() == IndexInfo(
+        backend="local", index=str(store.path), count=4, dims=3, model={"name": "hand-made"}, similarity="cosine"
+    )
     hit = reopened.search(SearchRequest(mode="bm25", text="glacier ice", k=1))[0]
     assert (hit.id, hit.doc_id, hit.title) == ("glacier", "doc-glacier", "Glaciers")
     assert hit.metadata == PASSAGES_BY_ID["glacier"][2]

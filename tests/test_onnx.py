@@ -117,7 +117,7 @@ def test_ingest_records_its_runtime_and_refuses_int8_into_a_torch_index(
     backend = ElasticsearchBackend(es_client, index_name)
     settings = IngestSettings(model=str(tiny_model_dir), runtime="onnx")
     Ingest(backend, settings, checkpoint_dir=tmp_path / "a").run(corpus)
-    assert backend.info()["model"]["runtime"] == "onnx"
+    assert (backend.info().model or {})["runtime"] == "onnx"
     # fp32 torch vectors go with the onnx ones; int8 ones do not.
     torch_settings = IngestSettings(model=str(tiny_model_dir), resume=False)
     assert Ingest(backend, torch_settings, checkpoint_dir=tmp_path / "b").run(corpus).failed == 0

@@ -117,7 +117,7 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> 
         from ralm_es.embed import Encoder
 
         if model is None:
-            recorded = (backend.info().get("model") or {}).get("path")
+            recorded = (backend.info().model or {}).get("path")
             model = recorded if recorded and Path(recorded).is_dir() else None
         encoder = Encoder(model, runtime=runtime)
     notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731

@@ -153,17 +153,15 @@ class Retriever:
             return
         if self.encoder is None:
             raise RetrievalError("dense and hybrid search need a query encoder (--model), or use --mode bm25")
-        dims = self.backend.info().get("dims")
-        if dims is None:
+        info = self.backend.info()
+        if info.dims is None:
+            raise RetrievalError(f"index '{info.index}' has no vectors: use --mode bm25, or ingest with embeddings")
+        if info.dims != self.encoder.dim:
             raise RetrievalError(
-                f"index '{self.backend.info().get('index')}' has no vectors: use --mode bm25, or ingest with embeddings"
-            )
-        if dims != self.encoder.dim:
-            raise RetrievalError(
-                f"the query model gives {self.encoder.dim}-dimensional vectors but the index holds {dims}; "
+                f"the query model gives {self.encoder.dim}-dimensional vectors but the index holds {info.dims}; "
                 "use the model the index was built with"
             )
-        check_query_encoder(self.backend.info().get("model"), self.encoder.info())
+        check_query_encoder(info.model, self.encoder.info())
         self._dims_checked = True
 
     def encode(self, queries: Sequence[str]) -> np.ndarray:

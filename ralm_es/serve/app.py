@@ -201,7 +201,7 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         if state.reachable:
             try:
                 info = retriever.backend.info()
-                index.update(name=info["index"], count=info["count"], dims=info["dims"])
+                index.update(name=info.index, count=info.count, dims=info.dims)
             except RalmError as exc:
                 index["error"] = str(exc)
         else:

@@ -241,7 +241,7 @@ class Backend(Protocol):
         """The passages with these ids, complete (score 0), by id; an id the store does not hold is left out."""
         ...
 
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> IndexInfo: ...
 
     def fusion_notice(self) -> str:
         """Why hybrid fusion runs in ralm-es on this store (said once per Retriever)."""
@@ -258,6 +258,25 @@ class Backend(Protocol):
     def list_indices(self) -> list[IndexListing]:
         """The indices this store can serve from (hidden ones left out), each marked if it is the one served."""
         ...
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What a store says about the passages behind a name."""
+
+    backend: str
+    # The alias or index name (Elasticsearch), or the folder (local).
+    index: str
+    count: int
+    # The vector field's dimensions; None where the passages have no vectors.
+    dims: int | None
+    # The encoder the index recorded when it was filled (``Encoder.info()`` then); None where none did.
+    model: dict[str, Any] | None
+    # Elasticsearch: the indices behind the alias, and the text analyzer the index recorded.
+    indices: tuple[str, ...] = ()
+    analyzer: str | None = None
+    # Local: the vector similarity.
+    similarity: str | None = None
 
 
 @dataclass(frozen=True)

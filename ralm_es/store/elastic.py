@@ -23,6 +23,7 @@ from ralm_es.store.base import (
     Chunking,
     Filter,
     Hit,
+    IndexInfo,
     IndexListing,
     IndexSpec,
     Refresh,
@@ -608,17 +609,17 @@ class ElasticsearchBackend:
             return f"cluster licence {licence} allows the rrf retriever; ralm-es fuses client-side to keep each score"
         return f"cluster licence {licence}: the rrf and linear retrievers need Enterprise, so ralm-es fuses the lists"
 
-    def info(self) -> dict[str, Any]:
-        mapping = self.mapping()
-        return {
-            "backend": self.name,
-            "index": self.index,
-            "indices": self.concrete_indices(),
-            "count": self.count(),
-            "dims": self.vector_dims(),
-            "model": (mapping.get("_meta") or {}).get("model"),
-            "analyzer": (mapping.get("_meta") or {}).get("analyzer"),
-        }
+    def info(self) -> IndexInfo:
+        meta = self.mapping().get("_meta") or {}
+        return IndexInfo(
+            backend=self.name,
+            index=self.index,
+            count=self.count(),
+            dims=self.vector_dims(),
+            model=meta.get("model"),
+            indices=tuple(self.concrete_indices()),
+            analyzer=meta.get("analyzer"),
+        )
 
     def health(self) -> StoreHealth:
         try:

@@ -41,6 +41,7 @@ from ralm_es.store.base import (
     Chunking,
     Filter,
     Hit,
+    IndexInfo,
     IndexListing,
     IndexSettings,
     IndexSpec,
@@ -514,16 +515,16 @@ class LocalBackend:
             self._load()
             return {i: self._hit(self._ids[i], 0.0) for i in dict.fromkeys(ids) if i in self._ids}
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> IndexInfo:
         spec = self.spec()
-        return {
-            "backend": self.name,
-            "index": str(self.path),
-            "count": self.count(),
-            "dims": spec.dims,
-            "similarity": spec.settings.similarity,
-            "model": spec.model,
-        }
+        return IndexInfo(
+            backend=self.name,
+            index=str(self.path),
+            count=self.count(),
+            dims=spec.dims,
+            model=spec.model,
+            similarity=spec.settings.similarity,
+        )
 
     def health(self) -> StoreHealth:
         if not self.path.is_dir():
