@@ -52,8 +52,11 @@ def test_every_mode_the_settings_accept_has_its_strategy(
     assert set(RETRIEVAL_MODES) == set(typing.get_args(Mode))
     with pytest.raises(ConfigError, match=r"retrieval\.mode must be one of bm25, dense, hybrid, got 'sparse'"):
         RetrievalSettings(mode="sparse")  # type: ignore[arg-type]
+    retriever = make(es_client, sample_index, tiny_encoder)
     with pytest.raises(RetrievalError, match="unknown mode 'sparse': use bm25, dense, hybrid"):
-        make(es_client, sample_index, tiny_encoder).search("insulin", mode="sparse")  # type: ignore[arg-type]
+        retriever.search("insulin", mode="sparse")  # type: ignore[arg-type]
+    with pytest.raises(RetrievalError, match="unknown mode 'sparse': use bm25, dense, hybrid"):
+        retriever.explain("insulin", mode="sparse")  # type: ignore[arg-type]
 
 
 def test_hybrid_scores_are_rrf_of_the_component_ranks(

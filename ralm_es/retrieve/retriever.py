@@ -19,7 +19,7 @@ from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
-from ralm_es.retrieve.settings import RANK_FUSIONS, RETRIEVAL_MODES, Mode, RetrievalSettings
+from ralm_es.retrieve.settings import RANK_FUSIONS, RETRIEVAL_MODES, Mode, RetrievalMode, RetrievalSettings
 from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
 
 if TYPE_CHECKING:
@@ -69,6 +69,12 @@ def search_requests(
         ),
     }
     return [requests[component]() for component in m.components]
+
+
+def retrieval_mode(mode: str) -> RetrievalMode:
+    if mode not in RETRIEVAL_MODES:
+        raise RetrievalError(f"unknown mode '{mode}': use {', '.join(RETRIEVAL_MODES)}")
+    return RETRIEVAL_MODES[mode]
 
 
 def _one_of(names: list[str]) -> str:
@@ -266,9 +272,7 @@ class Retriever:
             raise RetrievalError("excluding inputs by document id needs their ids")
         fetch = k + EXCLUDE_SLACK if exclude != "none" else k
         mode = mode or self.settings.mode
-        if mode not in RETRIEVAL_MODES:
-            raise RetrievalError(f"unknown mode '{mode}': use {', '.join(RETRIEVAL_MODES)}")
-        m = RETRIEVAL_MODES[mode]
+        m = retrieval_mode(mode)
         texts = [self._prepare(q) for q in queries]
         excludes = list(exclude_ids) if exclude_ids is not None else [()] * len(texts)
         if len(excludes) != len(texts):
@@ -309,9 +313,10 @@ class Retriever:
         """The exact Elasticsearch request bodies a search sends (for Kibana's Dev Tools)."""
         k = k or self.settings.k
         mode = mode or self.settings.mode
+        m = retrieval_mode(mode)
         text = self._prepare(query)
         vector = None
-        if RETRIEVAL_MODES[mode].encodes:
+        if m.encodes:
             self._check_dims()
             vector = self.encode([text])[0].tolist()
         return [
