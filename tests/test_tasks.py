@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 
 from ralm_es.corpus.conll import conll_sentence_id
-from ralm_es.tasks import DataError, Task
+from ralm_es.inference.task import TASKS, TaskSettings, task_of
+from ralm_es.tasks import ClassificationTask, DataError, NerTask
 from ralm_es.tasks.classification import classification_metrics, read_classification
 from ralm_es.tasks.ner import ner_labels, ner_metrics, read_ner
 
@@ -55,13 +57,13 @@ def test_label_unseen_in_training_is_an_error_naming_the_line(tmp_path: Path) ->
     train, dev = tmp_path / "train.txt", tmp_path / "dev.txt"
     train.write_text(CONLL, encoding="utf-8")
     dev.write_text("Oslo NNP I-NP O\nis VBZ I-VP O\nnice JJ I-NP B-ADJ\n", encoding="utf-8")
-    task = Task("ner")
+    task = NerTask()
     labels = task.labels(task.read(train))
     with pytest.raises(DataError, match=rf"{dev}:3: label 'B-ADJ' was not seen in training \(known labels: O, "):
         task.check_labels(task.read(dev), labels)
     claims = tmp_path / "claims.jsonl"
     claims.write_text('{"id": "a", "text": "x", "label": "YES"}\n{"id": "b", "text": "y", "label": "MAYBE"}\n')
-    cls = Task("classification")
+    cls = ClassificationTask()
     with pytest.raises(DataError, match=rf"{claims}:2: label 'MAYBE' was not seen in training \(known labels: YES\)"):
         cls.check_labels(cls.read(claims), cls.labels(cls.read(claims)[:1]))
 
@@ -114,3 +116,10 @@ def test_classification_metrics() -> None:
     # F1 per label: A 2/3, B 2/3, C 1.
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
     assert "macro avg" in metrics["report"]
+
+
+def test_every_task_type_the_config_accepts_has_its_task() -> None:
+    assert set(TASKS) == set(typing.get_args(typing.get_type_hints(TaskSettings)["type"]))
+    settings = TaskSettings(type="classification", text_field="claim", label_field="verdict")
+    assert task_of(settings) == ClassificationTask("claim", "verdict", "text_pair", "id")
+    assert task_of(TaskSettings()).main_metric == "f1" and task_of(settings).main_metric == "macro_f1"

@@ -3,10 +3,11 @@ and which fields of a JSONL file hold them. Training reads it from its config, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ralm_es.tasks import Task
+from ralm_es.tasks import ClassificationTask, NerTask, Task
 
 
 @dataclass
@@ -19,5 +20,12 @@ class TaskSettings:
     id_field: str = "id"
 
 
+# The task each ``task.type`` names, built from the section (a test holds this equal to the type's values).
+TASKS: dict[str, Callable[[TaskSettings], Task]] = {
+    "ner": lambda s: NerTask(),
+    "classification": lambda s: ClassificationTask(s.text_field, s.label_field, s.pair_field, s.id_field),
+}
+
+
 def task_of(settings: TaskSettings) -> Task:
-    return Task(settings.type, settings.text_field, settings.label_field, settings.pair_field, settings.id_field)
+    return TASKS[settings.type](settings)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from ralm_es.errors import RalmError
 
@@ -67,3 +68,24 @@ class LabelMap:
     @classmethod
     def load(cls, path: Path) -> LabelMap:
         return cls(json.loads(path.read_text(encoding="utf-8"))["labels"])
+
+
+class Task(Protocol):
+    """One task's reading, labelling and scoring (``NerTask``, ``ClassificationTask``)."""
+
+    # The metric that picks the best checkpoint, a key of ``metrics``.
+    main_metric: str
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[Example]: ...
+
+    def labels(self, examples: Sequence[Example]) -> LabelMap:
+        """The label map of the labels seen in ``examples``."""
+        ...
+
+    def check_labels(self, examples: Sequence[Example], labels: LabelMap) -> None:
+        """Fail on the first label in ``examples`` that ``labels`` does not hold, naming file:line."""
+        ...
+
+    def gold(self, examples: Sequence[Example]) -> list[Any]: ...
+
+    def metrics(self, gold: list[Any], pred: list[Any]) -> dict[str, Any]: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,31 @@ def classification_metrics(gold: list[str], pred: list[str]) -> dict[str, Any]:
         },
         "report": classification_report(gold, pred, labels=names, digits=4, zero_division=0),
     }
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """Sequence classification from JSONL, the fields named by the config: a label per example, macro-F1."""
+
+    text_field: str = "text"
+    label_field: str = "label"
+    pair_field: str | None = "text_pair"
+    id_field: str = "id"
+    main_metric: str = "macro_f1"
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[Example]:
+        return read_classification(
+            path, self.text_field, self.label_field, self.pair_field, self.id_field, labelled=labelled
+        )
+
+    def labels(self, examples: Sequence[Example]) -> LabelMap:
+        return classification_labels(examples)
+
+    def check_labels(self, examples: Sequence[Example], labels: LabelMap) -> None:
+        check_classification_labels(examples, labels)
+
+    def gold(self, examples: Sequence[Example]) -> list[Any]:
+        return [ex.label for ex in examples]
+
+    def metrics(self, gold: list[Any], pred: list[Any]) -> dict[str, Any]:
+        return classification_metrics(gold, pred)

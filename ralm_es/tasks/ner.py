@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,25 @@ def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
         "per_type": types,
         "report": classification_report(gold, pred, digits=4, **kwargs),
     }
+
+
+@dataclass(frozen=True)
+class NerTask:
+    """Named-entity recognition on CoNLL files: a tag per word, entity-level F1."""
+
+    main_metric: str = "f1"
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[Example]:
+        return read_ner(path, labelled=labelled)
+
+    def labels(self, examples: Sequence[Example]) -> LabelMap:
+        return ner_labels(examples)
+
+    def check_labels(self, examples: Sequence[Example], labels: LabelMap) -> None:
+        check_ner_labels(examples, labels)
+
+    def gold(self, examples: Sequence[Example]) -> list[Any]:
+        return [list(ex.tags or ()) for ex in examples]
+
+    def metrics(self, gold: list[Any], pred: list[Any]) -> dict[str, Any]:
+        return ner_metrics(gold, pred)
