@@ -16,7 +16,8 @@ from ralm_es.config import ConfigError
 from ralm_es.inference.checkpoint import load_run_model
 from ralm_es.inference.passages import cached_hits
 from ralm_es.model.fusion import PassageAttention, score_prior
-from ralm_es.model.inputs import IGNORE, build_features
+from ralm_es.model.inputs import build_features
+from ralm_es.model.labelling import IGNORE
 from ralm_es.model.spec import Fusion, ModelSpec
 from ralm_es.model.strategies import STRATEGIES, FusionError, fusion_strategy
 from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE, CASE_UPPER, case_of

@@ -9,6 +9,7 @@ import pytest
 
 from ralm_es.corpus.conll import conll_sentence_id
 from ralm_es.inference.task import TASKS, TaskSettings, task_of
+from ralm_es.model.labelling import LABELLINGS
 from ralm_es.tasks import ClassificationTask, DataError, NerTask
 from ralm_es.tasks.classification import classification_metrics, read_classification
 from ralm_es.tasks.ner import ner_labels, ner_metrics, read_ner
@@ -118,8 +119,8 @@ def test_classification_metrics() -> None:
     assert "macro avg" in metrics["report"]
 
 
-def test_every_task_type_the_config_accepts_has_its_task() -> None:
-    assert set(TASKS) == set(typing.get_args(typing.get_type_hints(TaskSettings)["type"]))
+def test_every_task_type_the_config_accepts_has_its_task_and_labelling() -> None:
+    assert set(TASKS) == set(LABELLINGS) == set(typing.get_args(typing.get_type_hints(TaskSettings)["type"]))
     settings = TaskSettings(type="classification", text_field="claim", label_field="verdict")
     assert task_of(settings) == ClassificationTask("claim", "verdict", "text_pair", "id")
     assert task_of(TaskSettings()).main_metric == "f1" and task_of(settings).main_metric == "macro_f1"

@@ -22,9 +22,9 @@ from transformers import AutoTokenizer
 from ralm_es.cli.main import cli
 from ralm_es.config import ConfigError
 from ralm_es.inference import predictions
-from ralm_es.inference.predictions import Prediction
 from ralm_es.inference.runs import evaluate_file, open_run, predict_file
 from ralm_es.inference.task import task_of
+from ralm_es.model.labelling import Prediction
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification

@@ -9,8 +9,8 @@ import click
 
 # Torch and the model code load inside the commands, so `ralm-es --help` and `ralm-es es ...` stay quick.
 if TYPE_CHECKING:
-    from ralm_es.inference.predictions import Prediction
     from ralm_es.model.inputs import FeatureSet
+    from ralm_es.model.labelling import Prediction
 
 SCALARS = ("f1", "precision", "recall", "accuracy", "macro_f1")
 

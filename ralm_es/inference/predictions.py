@@ -5,7 +5,6 @@ and ``ralm-es evaluate-model``."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,16 +12,8 @@ import torch
 from ralm_es.config import ConfigError
 from ralm_es.embed import bf16_native
 from ralm_es.model.inputs import FeatureSet
+from ralm_es.model.labelling import Prediction
 from ralm_es.model.ralm import RalmModel
-
-
-@dataclass
-class Prediction:
-    # NER: one tag per word; classification: one label.
-    labels: list[str] | str
-    # NER: per word, the weight of each passage; classification: one row. None for none and concat.
-    weights: list[list[float]] | None
-    probability: float | None = None
 
 
 def check_precision(device: torch.device, precision: str) -> None:
@@ -58,19 +49,8 @@ def predict(
         probs = result.logits.float().softmax(-1).cpu()
         weights = result.passage_weights.float().cpu() if result.passage_weights is not None else None
         for row, i in enumerate(idx):
-            feat = fs.features[i]
-            n_passages = len(fs.hits[i])
-            if model.spec.task == "ner":
-                tags = [labels[int(probs[row, p].argmax())] if p >= 0 else "O" for p in feat.word_starts]
-                word_weights = None
-                if weights is not None:
-                    word_weights = [
-                        weights[row, p, :n_passages].tolist() if p >= 0 else [0.0] * n_passages
-                        for p in feat.word_starts
-                    ]
-                out.append(Prediction(tags, word_weights))
-            else:
-                best = int(probs[row].argmax())
-                row_weights = [weights[row, 0, :n_passages].tolist()] if weights is not None else None
-                out.append(Prediction(labels[best], row_weights, float(probs[row, best])))
+            row_weights = weights[row] if weights is not None else None
+            out.append(
+                model.labelling.decode(probs[row], row_weights, fs.features[i].word_starts, len(fs.hits[i]), labels)
+            )
     return out

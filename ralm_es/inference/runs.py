@@ -12,9 +12,10 @@ from ralm_es.config import ConfigError, from_dict, load_yaml
 from ralm_es.embed import pick_device
 from ralm_es.inference.checkpoint import load_run_model
 from ralm_es.inference.passages import cached_hits, frozen_embedder
-from ralm_es.inference.predictions import Prediction, predict
+from ralm_es.inference.predictions import predict
 from ralm_es.inference.task import TaskSettings, task_of
 from ralm_es.model.inputs import FeatureSet, build_features
+from ralm_es.model.labelling import Prediction
 from ralm_es.model.ralm import RalmModel
 from ralm_es.tasks import DataError, LabelMap, Task
 

@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ralm_es.model.labelling import LABELLINGS, pad
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import FusionError, FusionStrategy, strategy_of
 from ralm_es.model.strategies.base import Embed
 from ralm_es.model.tokens import CASE_PAD, PassageTable, Tokenized, passage_text, tokenize_words
 from ralm_es.retrieve.cache import CacheHit
 from ralm_es.tasks.base import Example, LabelMap
-
-IGNORE = -100
 
 
 @dataclass
@@ -58,22 +57,15 @@ class FeatureSet:
         feats = [self.features[i] for i in indices]
         width = max(len(f.input_ids) for f in feats)
         batch = {
-            "input_ids": _pad([f.input_ids for f in feats], width, self.pad_id),
-            "token_type_ids": _pad([f.token_type_ids for f in feats], width, 0),
-            "case_ids": _pad([f.case_ids for f in feats], width, CASE_PAD),
-            "attention_mask": _pad([[1] * len(f.input_ids) for f in feats], width, 0),
+            "input_ids": pad([f.input_ids for f in feats], width, self.pad_id),
+            "token_type_ids": pad([f.token_type_ids for f in feats], width, 0),
+            "case_ids": pad([f.case_ids for f in feats], width, CASE_PAD),
+            "attention_mask": pad([[1] * len(f.input_ids) for f in feats], width, 0),
         }
         if feats[0].labels is not None:
-            if self.spec.task == "ner":
-                batch["labels"] = _pad([f.labels for f in feats], width, IGNORE)  # type: ignore[misc]
-            else:
-                batch["labels"] = torch.tensor([f.labels for f in feats], dtype=torch.long)
+            batch["labels"] = LABELLINGS[self.spec.task].batch([f.labels for f in feats], width)  # type: ignore[misc]
         batch.update(self.fusion.batch(self, feats))
         return batch
-
-
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def build_features(
@@ -151,12 +143,6 @@ def _features(
         input_ids=ids, token_type_ids=types, case_ids=cases, word_starts=word_starts, truncated=truncated
     )
     fs.fusion.add_passages(fs, feature, [fs.table.keys[passage_text(h)] for h in hits], hits)
-    if labels is not None and spec.task == "ner":
-        tags = [IGNORE] * len(feature.input_ids)
-        for w, pos in enumerate(word_starts):
-            if pos >= 0:
-                tags[pos] = labels.index((ex.tags or ())[w], ex.source)
-        feature.labels = tags
-    elif labels is not None:
-        feature.labels = labels.index(ex.label or "", ex.source)
+    if labels is not None:
+        feature.labels = LABELLINGS[spec.task].labels(ex, labels, word_starts, len(feature.input_ids))
     return feature

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ralm_es.embed import mean_pool
-from ralm_es.model.inputs import IGNORE
+from ralm_es.model.labelling import IGNORE, LABELLINGS
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import strategy_of
 from ralm_es.model.strategies.base import VALID
@@ -45,6 +44,7 @@ class RalmModel(nn.Module):
             self.add_module(name, module)
         self.drop = nn.Dropout(spec.dropout)
         self.head = nn.Linear(hidden, len(spec.labels))
+        self.labelling = LABELLINGS[spec.task]
 
     def encode(
         self,
@@ -67,7 +67,7 @@ class RalmModel(nn.Module):
         prediction on the input alone (every slot cleared), so the input-alone view learns from the passages."""
         mask = batch["attention_mask"]
         states = self.encode(batch["input_ids"], mask, batch["case_ids"], batch["token_type_ids"])
-        query = states if self.spec.task == "ner" else mean_pool(states, mask).unsqueeze(1)
+        query = self.labelling.query(states, mask)
         fused, weights = self.strategy.fuse(self, query, batch)
         logits = self._logits(fused)
         loss = None
@@ -85,4 +85,4 @@ class RalmModel(nn.Module):
 
     def _logits(self, fused: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.drop(fused))
-        return logits.squeeze(1) if self.spec.task == "classification" else logits
+        return self.labelling.logits(logits)
