@@ -58,6 +58,8 @@ class Labelling(Protocol):
 
 
 class PerToken:
+    """NER: a tag per word, on its first sub-token; every token state is a query slot."""
+
     def labels(self, ex: Example, labels: LabelMap, word_starts: list[int], length: int) -> list[int]:
         tags = [IGNORE] * length
         for w, pos in enumerate(word_starts):
@@ -91,6 +93,8 @@ class PerToken:
 
 
 class PerInput:
+    """Classification: one label per input, read from the mean of its token states (one query slot)."""
+
     def labels(self, ex: Example, labels: LabelMap, word_starts: list[int], length: int) -> int:
         return labels.index(ex.label or "", ex.source)
 
@@ -116,5 +120,5 @@ class PerInput:
         return Prediction(names[best], row, float(probs[best]))
 
 
-# The head of each ``task.type`` (a test holds this equal to the tasks).
+# The labelling of each ``task.type`` (a test holds this equal to the tasks).
 LABELLINGS: dict[str, Labelling] = {"ner": PerToken(), "classification": PerInput()}
