@@ -12,7 +12,7 @@ import torch
 from ralm_es.config import ConfigError
 from ralm_es.embed import bf16_native
 from ralm_es.model.inputs import FeatureSet
-from ralm_es.model.labelling import Prediction
+from ralm_es.model.labelling import Prediction, Scored
 from ralm_es.model.ralm import RalmModel
 
 
@@ -49,8 +49,7 @@ def predict(
         probs = result.logits.float().softmax(-1).cpu()
         weights = result.passage_weights.float().cpu() if result.passage_weights is not None else None
         for row, i in enumerate(idx):
-            row_weights = weights[row] if weights is not None else None
-            out.append(
-                model.labelling.decode(probs[row], row_weights, fs.features[i].word_starts, len(fs.hits[i]), labels)
-            )
+            # The weight tensor has a column per passage slot; an example's own passages are its first ones.
+            own = weights[row, :, : len(fs.hits[i])] if weights is not None else None
+            out.append(model.labelling.decode(Scored(probs[row], own, fs.features[i].word_starts), labels))
     return out

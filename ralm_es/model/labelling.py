@@ -26,6 +26,16 @@ class Prediction:
     probability: float | None = None
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One example's model output: the label probabilities of its query slots, the weight each slot gave each of its
+    passages (None for a mode that weighs none), and the token position of each word's first sub-token."""
+
+    probs: torch.Tensor
+    weights: torch.Tensor | None
+    word_starts: list[int]
+
+
 def pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
@@ -45,15 +55,8 @@ class Labelling(Protocol):
         """The head's output over the query slots, as the loss and the predictions read it."""
         ...
 
-    def decode(
-        self,
-        probs: torch.Tensor,
-        weights: torch.Tensor | None,
-        word_starts: list[int],
-        n_passages: int,
-        names: Sequence[str],
-    ) -> Prediction:
-        """One example's prediction from its row of probabilities and passage weights."""
+    def decode(self, row: Scored, names: Sequence[str]) -> Prediction:
+        """One example's prediction, its labels named by ``names``."""
         ...
 
 
@@ -76,20 +79,13 @@ class PerToken:
     def logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def decode(
-        self,
-        probs: torch.Tensor,
-        weights: torch.Tensor | None,
-        word_starts: list[int],
-        n_passages: int,
-        names: Sequence[str],
-    ) -> Prediction:
+    def decode(self, row: Scored, names: Sequence[str]) -> Prediction:
         # A word cut off by truncation has no position: it is predicted outside any entity.
-        tags = [names[int(probs[p].argmax())] if p >= 0 else "O" for p in word_starts]
-        word_weights = None
-        if weights is not None:
-            word_weights = [weights[p, :n_passages].tolist() if p >= 0 else [0.0] * n_passages for p in word_starts]
-        return Prediction(tags, word_weights)
+        tags = [names[int(row.probs[p].argmax())] if p >= 0 else "O" for p in row.word_starts]
+        weights = row.weights
+        if weights is None:
+            return Prediction(tags, None)
+        return Prediction(tags, [weights[p].tolist() if p >= 0 else [0.0] * weights.shape[1] for p in row.word_starts])
 
 
 class PerInput:
@@ -107,17 +103,10 @@ class PerInput:
     def logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(1)
 
-    def decode(
-        self,
-        probs: torch.Tensor,
-        weights: torch.Tensor | None,
-        word_starts: list[int],
-        n_passages: int,
-        names: Sequence[str],
-    ) -> Prediction:
-        best = int(probs.argmax())
-        row = [weights[0, :n_passages].tolist()] if weights is not None else None
-        return Prediction(names[best], row, float(probs[best]))
+    def decode(self, row: Scored, names: Sequence[str]) -> Prediction:
+        best = int(row.probs.argmax())
+        weights = [row.weights[0].tolist()] if row.weights is not None else None
+        return Prediction(names[best], weights, float(row.probs[best]))
 
 
 # The labelling of each ``task.type`` (a test holds this equal to the tasks).
