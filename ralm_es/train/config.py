@@ -33,9 +33,11 @@ class DataSettings:
     def __post_init__(self) -> None:
         if self.limit is not None:
             check_bounds("data", self, ("limit",), 1)
-        for name, value in (("train_fraction", self.train_fraction), ("holdout", self.holdout)):
-            if not 0 <= value <= 1 or (name == "train_fraction" and value == 0):
-                raise ConfigError(f"data.{name} must be a fraction between 0 and 1, got {value}")
+        # A holdout of 0 means "no dev split"; a train_fraction of 0 would train on nothing.
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"data.train_fraction must be a fraction between 0 and 1, got {self.train_fraction}")
+        if not 0 <= self.holdout <= 1:
+            raise ConfigError(f"data.holdout must be a fraction between 0 and 1, got {self.holdout}")
 
 
 @dataclass
