@@ -272,7 +272,10 @@ class ElasticsearchBackend:
         return self.vector_dims()
 
     def vector_dims(self, index: str | None = None) -> int | None:
-        vector = self.mapping(index).get("properties", {}).get(self.fields.vector)
+        return self._dims(self.mapping(index))
+
+    def _dims(self, mapping: dict[str, Any]) -> int | None:
+        vector = mapping.get("properties", {}).get(self.fields.vector)
         return int(vector["dims"]) if vector and vector.get("type") == "dense_vector" else None
 
     def ensure_index(self, spec: IndexSpec) -> None:
@@ -283,8 +286,9 @@ class ElasticsearchBackend:
             return
         target = self.write_index()
         where = f"index '{self.index}'"
-        check_dims(where, self.vector_dims(target), spec.dims, "--reindex into a new index")
-        meta = self.mapping(target).get("_meta") or {}
+        mapping = self.mapping(target)
+        check_dims(where, self._dims(mapping), spec.dims, "--reindex into a new index")
+        meta = mapping.get("_meta") or {}
         check_shape(where, spec, meta.get("model"), recorded_chunking(meta))
 
     def write_index(self) -> str:
@@ -610,14 +614,19 @@ class ElasticsearchBackend:
         return f"cluster licence {licence}: the rrf and linear retrievers need Enterprise, so ralm-es fuses the lists"
 
     def info(self) -> IndexInfo:
-        meta = self.mapping().get("_meta") or {}
+        # The indices and the newest one's mapping read once: each read is a request.
+        indices = self.concrete_indices()
+        if not indices:
+            raise self.unknown_index()
+        mapping = self.mapping(indices[-1])
+        meta = mapping.get("_meta") or {}
         return IndexInfo(
             backend=self.name,
             index=self.index,
             count=self.count(),
-            dims=self.vector_dims(),
+            dims=self._dims(mapping),
             model=meta.get("model"),
-            indices=tuple(self.concrete_indices()),
+            indices=tuple(indices),
             analyzer=meta.get("analyzer"),
         )
 
