@@ -407,6 +407,7 @@ EFFICIENCY_FILES = {
     "efficiency_fp32": EfficiencyFile("label_efficiency_fp32.png"),
     "efficiency_bf16": EfficiencyFile("label_efficiency_bf16.png"),
     "efficiency_concat_full": EfficiencyFile("label_efficiency_concat_full.png"),
+    "efficiency_concat_full_4ep": EfficiencyFile("label_efficiency_concat_full_4ep.png"),
 }
 
 TRAIN_RESULTS = (
