@@ -39,7 +39,8 @@ def settings(**kw: object) -> IngestSettings:
 
 
 def expected_passages(path: Path, encoder: Encoder, max_tokens: int = 256, overlap: int = 32) -> int:
-    """Passages the chunker makes for ``path``, counted independently of the ingest pipeline."""
+    """Passages the chunker makes for ``path``: what the summary and the index must agree on. The chunker's own
+    output, so it proves every chunk was written, not that the chunks cover the text (test_chunking does)."""
     from ralm_es.corpus.chunking import Chunker
     from ralm_es.corpus.readers import read_corpus
     from ralm_es.model_folder import load_tokenizer
@@ -76,6 +77,16 @@ def test_scifact_slice_with_default_encoder(
         }
     )
     assert es_client.count(index=index_name)["count"] == passages
+    # Every abstract of the file is in the index, each as chunks 0..n-1 with none missing.
+    stored = es_client.search(index=index_name, size=passages, source=["id", "doc_id"])["hits"]["hits"]
+    chunks: dict[str, list[int]] = {}
+    for hit in stored:
+        doc_id, _, chunk = hit["_source"]["id"].rpartition("#")
+        assert doc_id == hit["_source"]["doc_id"]
+        chunks.setdefault(doc_id, []).append(int(chunk))
+    abstracts = [json.loads(line)["_id"] for line in scifact_slice.read_text().splitlines()]
+    assert sorted(chunks) == sorted(abstracts) and len(abstracts) == 120
+    assert all(sorted(numbers) == list(range(len(numbers))) for numbers in chunks.values())
     (concrete,) = es_client.indices.get_alias(name=index_name).body
     mapping = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]
     assert mapping["properties"]["vector"]["type"] == "dense_vector"

@@ -18,7 +18,7 @@ from ralm_es.corpora.benchmarks import (
     shared_data_dir,
 )
 from ralm_es.corpus.conll import conll_sentence_id, read_conll
-from ralm_es.corpus.readers import CorpusError, ReadOptions, content_id, detect_format, read_corpus
+from ralm_es.corpus.readers import CorpusError, ReadOptions, detect_format, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 
 
@@ -50,7 +50,8 @@ def test_jsonl_fields_sources_and_ids(tmp_path: Path) -> None:
     )
     records, errors = split(read_corpus(path))
     assert errors == []
-    assert [r.id for r in records] == ["a", "7", content_id("gamma")]
+    # A record without an id gets the first 16 hex digits of its text's SHA-1.
+    assert [r.id for r in records] == ["a", "7", "ff70f4c33de2200b"]
     assert [r.source for r in records] == [f"{path}:1", f"{path}:3", f"{path}:4"]
     assert records[0].title == "T" and records[0].metadata == {"year": 2001}
     assert len(records[2].id) == 16

@@ -204,7 +204,8 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
         "title_boost 1.0, rrf_k 60.0, dense_weight 0.5), but the run reads scores on the scale of its training "
         "retrieval, mode bm25: retrieve with those settings"
     )
-    assert Predictor(run, Retriever(backend, None, RetrievalSettings(mode="bm25"))).retriever is not None
+    same = Retriever(backend, None, RetrievalSettings(mode="bm25"))
+    assert Predictor(run, same).retriever is same
 
 
 def test_a_mode_that_does_not_read_scores_records_no_scale(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from ralm_es.corpus.conll import conll_sentence_id
 from ralm_es.inference.task import TASKS, TaskSettings, task_of
 from ralm_es.model.labelling import LABELLINGS
 from ralm_es.tasks import ClassificationTask, DataError, NerTask
@@ -34,11 +33,7 @@ def test_conll_sentences_keep_reader_ids_and_tags(tmp_path: Path) -> None:
     path = tmp_path / "train.txt"
     path.write_text(CONLL, encoding="utf-8")
     examples = read_ner(path)
-    assert [ex.id for ex in examples] == [
-        conll_sentence_id(path, 0, 0),
-        conll_sentence_id(path, 0, 1),
-        conll_sentence_id(path, 1, 0),
-    ]
+    assert [ex.id for ex in examples] == ["train-d0-s0", "train-d0-s1", "train-d1-s0"]
     assert examples[1].words == ("Peter", "Blackburn") and examples[1].tags == ("B-PER", "I-PER")
     assert examples[0].source == f"{path}:3"
     assert ner_labels(examples).labels == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
