@@ -239,6 +239,11 @@ def test_search_cli_json_and_explain(es_url: str, sample_index: str, tiny_model_
     bodies = [json.loads(chunk.split("\n", 1)[1]) for chunk in dsl.stdout.strip().split("\n\n")]
     assert "query" in bodies[0] and "knn" in bodies[1]
     assert bodies[1]["knn"]["filter"]["bool"]["filter"] == [{"range": {"metadata.year": {"gte": 1990}}}]
+    # The bodies are those the search sends: an excluded id is in both components' must_not.
+    dsl = run_cli("search", "insulin", *common, "--explain-dsl", "--exclude-id", "p-7", env=env)
+    bm25, dense = [json.loads(chunk.split("\n", 1)[1]) for chunk in dsl.stdout.strip().split("\n\n")]
+    assert bm25["query"]["bool"]["must_not"] == [{"terms": {"id": ["p-7"]}}]
+    assert dense["knn"]["filter"]["bool"]["must_not"] == [{"terms": {"id": ["p-7"]}}]
     empty = run_cli("search", "  ", *common, env=env)
     assert empty.returncode == 1 and "empty query" in empty.stderr and "Traceback" not in empty.stderr
     # An over-long query is cut to the encoder's limit with one notice, and no tokenizer warning of "indexing
@@ -246,6 +251,26 @@ def test_search_cli_json_and_explain(es_url: str, sample_index: str, tiny_model_
     long = run_cli("search", "insulin " * 600, *common, "--mode", "dense", "-k", "1", "--json", env=env)
     assert long.returncode == 0 and len(json.loads(long.stdout)) == 1
     assert "query truncated from 600 to" in long.stderr and "indexing errors" not in long.stderr
+
+
+def test_retrieval_k_of_a_config_file_is_what_search_and_retrieve_return(
+    es_url: str, sample_index: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    config = tmp_path / "ralm.yaml"
+    config.write_text("retrieval:\n  k: 3\n")
+    common = ["--index", sample_index, "--mode", "bm25", "--config", str(config)]
+    hits = json.loads(run_cli("search", "insulin hormone", *common, "--json", env=env).stdout)
+    assert len(hits) == 3
+    # A flag still wins over the file.
+    assert len(json.loads(run_cli("search", "insulin hormone", *common, "-k", "2", "--json", env=env).stdout)) == 2
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text(json.dumps({"id": "c1", "claim": "insulin regulates blood glucose"}) + "\n")
+    out = tmp_path / "cache.jsonl"
+    proc = run_cli("retrieve", str(claims), *common, "--out", str(out), "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    header, entries = read_cache(out)
+    assert header.k == 3 and len(entries["c1"].hits) == 3
 
 
 def test_evaluate_cli_reports_ir_metrics(es_url: str, sample_index: str, tiny_model_dir: Path, tmp_path: Path) -> None:

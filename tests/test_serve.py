@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from ralm_es.config import ConnectionSettings, Secret
+from ralm_es.config import ConfigError, ConnectionSettings, Secret
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder, TorchNetwork
 from ralm_es.es.client import build_client
@@ -305,6 +305,9 @@ def test_limits(retriever: Retriever) -> None:
     body = api.post("/search", json={"text": "x", "exclude_ids": ["id"] * 500})
     assert body.status_code == 413 and "limit of 2000" in body.json()["detail"]
     assert api.post("/search", json={"text": "insulin", "k": 10}).status_code == 200
+    # A request without k gets retrieval.k passages, so a server whose retrieval.k is over its limit never starts.
+    with pytest.raises(ConfigError, match=r"retrieval.k=5 is over serve.max_k=4"):
+        client_for(retriever, max_k=4)
 
 
 class Body:
@@ -445,7 +448,7 @@ def test_ralm_es_serve_runs_uvicorn_and_shuts_down_gracefully(es_url: str, sampl
     env = {**os.environ, "RALM_ES_URL": es_url, "RALM_ES_API_TOKEN": TOKEN}
     # Limits from the config file's serve: section, the rest from flags.
     config = tmp_path / "ralm.yaml"
-    config.write_text(yaml.safe_dump({"serve": {"max_k": 3, "port": 1}}))
+    config.write_text(yaml.safe_dump({"serve": {"max_k": 3, "port": 1}, "retrieval": {"k": 3}}))
     args = ["--config", str(config), "serve", "--index", sample_index, "--mode", "bm25", "--port", str(port)]
     args += ["--open-docs"]
     proc = subprocess.Popen(

@@ -136,7 +136,7 @@ def _fmt(value: float | None) -> str:
 @click.command()
 @click.argument("query")
 @query_options
-@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1), help="Number of passages.")
+@setting(R, "k", "-k", "--k", type=click.IntRange(1), help="Number of passages.")
 @click.option("--filter", "filters", multiple=True, help="Metadata filter: f=v, f=a,b or f>=n (repeatable).")
 @click.option("--exclude-id", "exclude_ids", multiple=True, help="Never return this passage id (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as a JSON list.")
@@ -145,7 +145,6 @@ def _fmt(value: float | None) -> str:
 def search(
     ctx: CliContext,
     query: str,
-    k: int,
     filters: tuple[str, ...],
     exclude_ids: tuple[str, ...],
     as_json: bool,
@@ -157,10 +156,10 @@ def search(
     index = options["index"]
     retriever = build_retriever(ctx, options)
     if explain_dsl:
-        for body in retriever.explain(query, k=k, filters=parsed):
+        for body in retriever.explain(query, filters=parsed, exclude_ids=exclude_ids):
             click.echo(f"POST {index}/_search\n{json.dumps(body, indent=2)}\n")
         return
-    hits = retriever.search(query, k=k, filters=parsed, exclude_ids=exclude_ids)
+    hits = retriever.search(query, filters=parsed, exclude_ids=exclude_ids)
     if as_json:
         click.echo(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
         return
@@ -189,7 +188,7 @@ def guess_text_field(path: str) -> str:
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
 @query_options
-@click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(1), help="Passages per input.")
+@setting(R, "k", "-k", "--k", type=click.IntRange(1), help="Passages per input.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file (JSONL) to write or resume.")
 @click.option("--text-field", default="auto", show_default=True, help="Input text field (auto: text, else claim).")
 @click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(FORMATS), help="Input format.")
@@ -206,7 +205,6 @@ def guess_text_field(path: str) -> str:
 def retrieve(
     ctx: CliContext,
     input_path: str,
-    k: int,
     out: str,
     text_field: str,
     fmt: str,
@@ -226,7 +224,7 @@ def retrieve(
     header = CacheHeader(
         index=index,
         mode=s.mode,
-        k=k,
+        k=s.k,
         fusion=s.fusion_header(),
         encoder=retriever.encoder.info() if retriever.encoder else None,
         backend=backend_name,
@@ -241,7 +239,7 @@ def retrieve(
         pending: list[tuple[str, str]] = []
 
         def flush() -> None:
-            results = retriever.search_many([t for _, t in pending], k=k, input_ids=[i for i, _ in pending])
+            results = retriever.search_many([t for _, t in pending], input_ids=[i for i, _ in pending])
             for (input_id, text), hits in zip(pending, results, strict=True):
                 writer.write(input_id, text, hits)
             writer.flush()

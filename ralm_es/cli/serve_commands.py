@@ -11,7 +11,7 @@ import click
 
 from ralm_es.cli.context import CliContext, pass_context
 from ralm_es.cli.options import setting
-from ralm_es.cli.search_commands import build_retriever, retrieval_options
+from ralm_es.cli.search_commands import R, build_retriever, retrieval_options
 from ralm_es.serve.settings import TOKEN_ENV, ServeSettings
 
 S = ServeSettings
@@ -23,6 +23,7 @@ S = ServeSettings
 @click.option("--device", default="auto", show_default=True, help="Device of the --model run.")
 @setting(S, "host", "--host", help="Address to listen on.")
 @setting(S, "port", "--port", type=click.IntRange(1, 65535))
+@setting(R, "k", "-k", "--k", type=click.IntRange(1), help="Passages a query gets when the request gives no k.")
 @setting(S, "max_k", "--max-k", type=click.IntRange(1), help="Most passages per query.")
 @setting(S, "max_batch", "--max-batch", type=click.IntRange(1), help="Most inputs per request.")
 @setting(S, "max_text_chars", "--max-text-chars", type=click.IntRange(1), help="Longest input text.")

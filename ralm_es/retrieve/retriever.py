@@ -270,7 +270,7 @@ class Retriever:
         exclude = self.settings.exclude
         if exclude != "none" and input_ids is None and "doc" in exclude:
             raise RetrievalError("excluding inputs by document id needs their ids")
-        fetch = k + EXCLUDE_SLACK if exclude != "none" else k
+        fetch = self._fetch_size(k)
         mode = mode or self.settings.mode
         m = retrieval_mode(mode)
         texts = [self._prepare(q) for q in queries]
@@ -301,6 +301,10 @@ class Retriever:
             ranked.append(self._fuse(mode, parts, k))
         return self._hits(ranked)
 
+    def _fetch_size(self, k: int) -> int:
+        """Hits each search asks for: ``k``, and some slack where self-matches are dropped after the search."""
+        return k + EXCLUDE_SLACK if self.settings.exclude != "none" else k
+
     def _is_self(self, hit: Hit, input_id: str | None, text: str) -> bool:
         exclude = self.settings.exclude
         if "doc" in exclude and hit.doc_id == input_id:
@@ -308,10 +312,15 @@ class Retriever:
         return "content" in exclude and " ".join(hit.text.split()).lower() == text.lower()
 
     def explain(
-        self, query: str, k: int | None = None, mode: Mode | None = None, filters: list[Filter] | None = None
+        self,
+        query: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filters: list[Filter] | None = None,
+        exclude_ids: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        """The exact Elasticsearch request bodies a search sends (for Kibana's Dev Tools)."""
-        k = k or self.settings.k
+        """The exact Elasticsearch request bodies ``search`` with these arguments sends (for Kibana's Dev Tools)."""
+        k = self._fetch_size(k or self.settings.k)
         mode = mode or self.settings.mode
         m = retrieval_mode(mode)
         text = self._prepare(query)
@@ -321,5 +330,7 @@ class Retriever:
             vector = self.encode([text])[0].tolist()
         return [
             self.backend.request_body(r)
-            for r in search_requests(self.settings, text, vector, mode, k, list(filters or []), (), self._bodies(mode))
+            for r in search_requests(
+                self.settings, text, vector, mode, k, list(filters or []), exclude_ids, self._bodies(mode)
+            )
         ]

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from ralm_es.config import ConfigError
 from ralm_es.errors import RalmError
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.serve import models as m
@@ -79,6 +80,12 @@ def _protected_docs(app: FastAPI, protected: list[Any]) -> None:
 
 def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predictor | None = None) -> FastAPI:
     """The app over ``retriever`` (and ``predictor`` for /predict); ``settings`` set the limits, auth and CORS."""
+    if retriever.settings.k > settings.max_k:
+        # A request that leaves k out gets retrieval.k passages: the limit must hold for it too.
+        raise ConfigError(
+            f"retrieval.k={retriever.settings.k} is over serve.max_k={settings.max_k}: lower retrieval.k (-k) or "
+            "raise serve.max_k (--max-k)"
+        )
     docs_open = settings.token is None or settings.open_docs
     batcher: Batcher[Any, list[Any]] = Batcher(
         api_runner(retriever, predictor), settings.batch_size, settings.batch_wait_ms / 1000, settings.queue_size
