@@ -112,7 +112,7 @@ CONNECTION_OPTIONS = [
         "--es-retries",
         "max_retries",
         type=int,
-        help=f"Retries on timeouts, 429 and 5xx (default {ConnectionSettings.max_retries}).",
+        help=f"Retries on timeouts, 429, 502, 503 and 504 (default {ConnectionSettings.max_retries}).",
     ),
 ]
 CONNECTION_PARAMS = ("hosts", "username", "ca_certs", "verify_certs", "request_timeout", "max_retries")

@@ -286,7 +286,13 @@ def retrieve(
     is_flag=True,
     help="With --sweep: record the chosen settings with the index; search, retrieve and evaluate then use them.",
 )
-@click.option("--json", "as_json", is_flag=True, help='Print {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}.')
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"ndcg@10", "recall@100", "mrr@10", "map", "queries"}; with --sweep, the chosen settings, their dev '
+    "scores and every setting's row.",
+)
 @click.option(
     "--strict",
     is_flag=True,

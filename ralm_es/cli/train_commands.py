@@ -85,7 +85,11 @@ def _explain_lines(record: dict[str, Any], top: int, fusion: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input.")
 @click.option("--explain", is_flag=True, help="Show the passages and the attention weight each got.")
 @click.option(
-    "--top", default=3, show_default=True, type=click.IntRange(1), help="Passages shown per prediction with --explain."
+    "--top",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Passages shown per prediction with --explain (text output; --json lists every passage).",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True)
