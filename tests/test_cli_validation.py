@@ -104,6 +104,31 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
         {},
         "afile/idx",
     ),
+    # Elasticsearch's settings given to the local backend are refused, not ignored.
+    (
+        "ingest-local-shards",
+        ["ingest", SAMPLE, "--no-embed", "--backend", "local", "--index", "{tmp}/li", "--shards", "2", "--quiet"],
+        {},
+        "index.shards=2 shape an Elasticsearch index",
+    ),
+    (
+        "ingest-local-bulk",
+        [
+            "ingest",
+            SAMPLE,
+            "--no-embed",
+            "--backend",
+            "local",
+            "--index",
+            "{tmp}/lb",
+            "--set",
+            "bulk.retries=9",
+            "--quiet",
+        ],
+        {},
+        "bulk.retries=9 concern bulk requests to Elasticsearch",
+    ),
+    ("search-local-field", ["search", "q", *LOCAL, "--field", "text=body"], {}, "--field and a config file's fields:"),
     # train, predict, evaluate-model
     ("train-config-missing", ["train", "--config", "{tmp}/none.yaml"], {}, "none.yaml: cannot read config file"),
     ("train-stop-after", ["train", "--config", "{tmp}/bad.yaml", "--stop-after", "0"], {}, "'--stop-after'"),

@@ -162,13 +162,19 @@ def local_index_path(index: str) -> Path:
 
 
 def open_backend(ctx: CliContext, backend: str, index: str, fields: tuple[str, ...] = ()) -> Backend:
+    from ralm_es.store.elastic import ElasticsearchBackend, FieldMap
+
+    field_map = ctx.field_map(fields)
     if backend == "local":
         from ralm_es.store.local import LocalBackend
 
+        if field_map != FieldMap():
+            raise ConfigError(
+                "--field and a config file's fields: name the fields of an Elasticsearch index; a local index has "
+                "its own layout: leave them out with --backend local"
+            )
         return LocalBackend(local_index_path(index))
-    from ralm_es.store.elastic import ElasticsearchBackend
-
-    return ElasticsearchBackend(ctx.client(), index, fields=ctx.field_map(fields))
+    return ElasticsearchBackend(ctx.client(), index, fields=field_map)
 
 
 backend_option = click.option(

@@ -60,6 +60,9 @@ FORMAT = "ralm-es-local-index"
 VERSION = 1
 META, PASSAGES, VECTORS = "meta.json", "passages.jsonl", "vectors.f32"
 INDEX_SETTINGS = [f.name for f in dataclass_fields(IndexSettings)]
+# Settings that only Elasticsearch reads: given to the local backend, they are refused rather than ignored.
+ELASTICSEARCH_INDEX = ("index_type", "m", "ef_construction", "shards", "replicas")
+NETWORK_BULK = ("bytes", "retries", "backoff")
 SIMILARITIES = ("cosine", "dot_product")  # both rank unit vectors by their dot product
 SCORE_BUDGET = 1 << 24  # query-by-row scores held at once by search_many (64 MB of float32)
 RANGE_OPS = {"gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt}
@@ -145,6 +148,13 @@ def _fsync_append(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _changed(section: str, given: Any, default: Any, names: Sequence[str]) -> str:
+    """``section.name=value`` for each of ``names`` whose value in ``given`` is not the default's."""
+    return ", ".join(
+        f"{section}.{name}={getattr(given, name)}" for name in names if getattr(given, name) != getattr(default, name)
+    )
+
+
 class LocalBackend:
     """Passages, BM25 statistics and vectors in the folder ``path``."""
 
@@ -179,6 +189,11 @@ class LocalBackend:
         if spec.settings.similarity not in SIMILARITIES:
             raise StoreError(
                 f"the local backend supports similarity {' or '.join(SIMILARITIES)}, not {spec.settings.similarity}"
+            )
+        if shaped := _changed("index", spec.settings, IndexSettings(), ELASTICSEARCH_INDEX):
+            raise StoreError(
+                f"{shaped} shape an Elasticsearch index; the local backend has one folder and searches every "
+                "vector exactly: leave them out with --backend local"
             )
         if self.path.is_dir() and any(self.path.iterdir()):
             raise StoreError(f"{self.path} is not empty and holds no {META}: not a ralm-es local index")
@@ -328,7 +343,9 @@ class LocalBackend:
     def write(self, passages: Iterable[Passage], bulk: BulkSettings = DEFAULT_BULK) -> Iterator[WriteResult]:
         """Append new passages, ``bulk.docs`` a durable batch; one result per passage, yielded once its batch is on
         disk. A write to a local folder has no request size or passing failure to retry: the other bulk settings
-        concern the network."""
+        concern the network, and are refused where they are given."""
+        if networked := _changed("bulk", bulk, DEFAULT_BULK, NETWORK_BULK):
+            raise StoreError(f"{networked} concern bulk requests to Elasticsearch; a local index has none")
         batch: list[Passage] = []
         for p in passages:
             batch.append(p)
