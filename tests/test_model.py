@@ -19,7 +19,7 @@ from ralm_es.model.fusion import PassageAttention, score_prior
 from ralm_es.model.inputs import build_features
 from ralm_es.model.labelling import IGNORE
 from ralm_es.model.spec import Fusion, ModelSpec
-from ralm_es.model.strategies import STRATEGIES, FusionError, fusion_strategy
+from ralm_es.model.strategies import STRATEGIES, FusionError, fusion_strategy, ignored_settings
 from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE, CASE_UPPER, case_of
 from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter
@@ -184,6 +184,22 @@ def test_every_fusion_mode_the_config_accepts_has_a_strategy(tmp_path: Path) -> 
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  fusion: none\n")
     assert [load_config(path, [f"model.fusion={mode}"]).model.fusion for mode in modes] == list(modes)
+
+
+def test_settings_the_fusion_mode_does_not_read_are_named() -> None:
+    # The documented baseline: the attention config with --set model.fusion=none.
+    config = Path(__file__).parents[1] / "configs" / "conll_ner.yaml"
+    assert ignored_settings(load_config(config).model) is None
+    assert ignored_settings(load_config(config, ["model.fusion=none"]).model) == (
+        "fusion none does not read model.passage_encoder=frozen (read by attention): ignored"
+    )
+    assert ignored_settings(load_config(config, ["model.fusion=pair", "model.heads=2", "model.k=4"]).model) == (
+        "fusion pair does not read model.passage_encoder=frozen (read by attention): ignored"
+    )
+    assert ignored_settings(load_config(config, ["model.fusion=scores", "model.heads=2"]).model) == (
+        "fusion scores does not read model.passage_encoder=frozen (read by attention); model.heads=2 (read by "
+        "attention, pair): ignored"
+    )
 
 
 def test_an_unknown_fusion_mode_is_one_line_naming_the_valid_ones(tmp_path: Path) -> None:

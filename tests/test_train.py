@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -163,7 +164,9 @@ def losses(run: Path) -> list[float]:
 @pytest.mark.parametrize(
     "fusion", ["none", "concat", "attention", "attention-frozen", "attention-pooled"], ids=lambda f: f
 )
-def test_each_fusion_mode_learns(fusion: str, tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:
+def test_each_fusion_mode_learns(
+    fusion: str, tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     mode, _, variant = fusion.partition("-")
     sets = [f"model.fusion={mode}"]
     if variant == "frozen":
@@ -171,7 +174,16 @@ def test_each_fusion_mode_learns(fusion: str, tmp_path: Path, ner_data: dict[str
     if variant in ("frozen", "pooled"):
         sets.append("model.passage_memory=pooled")
     cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
-    result = train(cfg)
+    with caplog.at_level(logging.WARNING, logger="ralm_es.train.loop"):
+        result = train(cfg)
+    # The config's k and passage length are for the modes that read passages: none says it ignores them.
+    ignored = (
+        "fusion none does not read model.k=3 (read by concat, attention, pair, scores); model.passage_max_length=16 "
+        "(read by concat, attention, pair): ignored"
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "ralm_es.train.loop"] == (
+        [ignored] if mode == "none" else []
+    )
     seen = losses(tmp_path / "run")
     assert result.finished and result.steps == 12
     assert sum(seen[-3:]) / 3 < sum(seen[:3]) / 3

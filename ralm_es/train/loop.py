@@ -5,6 +5,7 @@ asked), evaluation every N steps, early stopping on the dev metric, the best che
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import resource
 import time
@@ -27,7 +28,7 @@ from ralm_es.inference.runs import evaluate_file, open_run
 from ralm_es.inference.task import task_of
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
-from ralm_es.model.strategies import STRATEGIES, fusion_strategy
+from ralm_es.model.strategies import STRATEGIES, fusion_strategy, ignored_settings
 from ralm_es.model.strategies.base import drop_passages
 from ralm_es.model_folder import resolve_model_path
 from ralm_es.tasks import Task
@@ -35,6 +36,8 @@ from ralm_es.train import checkpoint, distributed, report
 from ralm_es.train.config import TrainConfig
 from ralm_es.train.data import load_splits
 from ralm_es.train.optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
 
 
 class TrainError(RalmError):
@@ -103,6 +106,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     out = Path(cfg.run.out)
     _check_out(out, cfg.run.resume)
     _check_regularisers(cfg)
+    if layout.main and (unread := ignored_settings(cfg.model)):
+        log.warning(unread)
     device = layout.device
     check_precision(device, t.precision)
     torch.manual_seed(t.seed)

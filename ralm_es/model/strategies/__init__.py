@@ -6,18 +6,16 @@ A new mode is a module here with a :class:`FusionStrategy` subclass, its entry i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import fields
 
 from ralm_es.errors import RalmError
+from ralm_es.model.spec import ModelSettings
 from ralm_es.model.strategies.attention import AttentionFusion
-from ralm_es.model.strategies.base import FusionStrategy
+from ralm_es.model.strategies.base import MODE_SETTINGS, FusionStrategy
 from ralm_es.model.strategies.concat import ConcatFusion
 from ralm_es.model.strategies.none import NoFusion
 from ralm_es.model.strategies.pair import PairFusion
 from ralm_es.model.strategies.scores import ScoreFusion, WithSignals
-
-if TYPE_CHECKING:
-    from ralm_es.model.spec import ModelSettings
 
 STRATEGIES: dict[str, FusionStrategy] = {
     s.name: s for s in (NoFusion(), ConcatFusion(), AttentionFusion(), PairFusion(), ScoreFusion())
@@ -51,4 +49,20 @@ def strategy_of(settings: ModelSettings) -> FusionStrategy:
     return WithSignals(strategy)
 
 
-__all__ = ["STRATEGIES", "FusionError", "FusionStrategy", "fusion_strategy", "strategy_of"]
+def ignored_settings(settings: ModelSettings) -> str | None:
+    """One line naming the ``MODE_SETTINGS`` set away from their defaults that ``settings.fusion`` does not read
+    (a config written for one mode, trained with ``--set model.fusion=`` another), and the modes that read each;
+    None when every one of them is read or at its default."""
+    strategy = fusion_strategy(settings.fusion)
+    defaults = {f.name: f.default for f in fields(ModelSettings)}
+    unread = [
+        name for name in MODE_SETTINGS if name not in strategy.reads and getattr(settings, name) != defaults[name]
+    ]
+    if not unread:
+        return None
+    readers = {name: ", ".join(n for n, s in STRATEGIES.items() if name in s.reads) for name in unread}
+    parts = [f"model.{name}={getattr(settings, name)} (read by {readers[name]})" for name in unread]
+    return f"fusion {settings.fusion} does not read {'; '.join(parts)}: ignored"
+
+
+__all__ = ["STRATEGIES", "FusionError", "FusionStrategy", "fusion_strategy", "ignored_settings", "strategy_of"]

@@ -30,6 +30,10 @@ class Embed(Protocol):
     def token_states(self, ids: list[str], texts: list[str]) -> list[np.ndarray]: ...
 
 
+# The ``model:`` settings that only some modes read (the others, such as ``max_length`` and ``dropout``, every mode
+# reads).
+MODE_SETTINGS = ("k", "passage_max_length", "passage_encoder", "passage_memory", "heads")
+
 # The batch key of a mode with passage slots: (B, k), True where slot j holds a passage.
 VALID = "passage_valid"
 
@@ -49,6 +53,8 @@ class FusionStrategy:
     # True: the model reads the retrieval scores on their own scale, so a run records the retrieval that made them
     # (``ModelSpec.score_scale``) and refuses hits of another.
     reads_scores: ClassVar[bool] = False
+    # The settings of ``MODE_SETTINGS`` the mode reads; any other of them set away from its default does nothing.
+    reads: ClassVar[frozenset[str]] = frozenset({"k", "passage_max_length"})
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         """Whether passages are embedded once by a fixed encoder (whose vector size the spec then records)."""

@@ -12,6 +12,7 @@ from ralm_es.retrieve.cache import CacheHit
 class NoFusion(FusionStrategy):
     name = "none"
     uses_passages = False
+    reads = frozenset()
 
     def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
         return []

@@ -28,6 +28,7 @@ class PairFusion(FusionStrategy):
     name = "pair"
     tasks = ("classification",)
     slotted = True
+    reads = frozenset({*FusionStrategy.reads, "heads"})
 
     def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
         feature.passages = rows

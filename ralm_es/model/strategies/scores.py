@@ -90,6 +90,7 @@ class ScoreFusion(FusionStrategy):
     tasks = ("classification",)
     slotted = True
     reads_scores = True
+    reads = frozenset({"k"})
 
     def fill_table(
         self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
@@ -123,6 +124,7 @@ class WithSignals(FusionStrategy):
         self.tasks = inner.tasks
         self.slotted = inner.slotted
         self.reads_scores = True
+        self.reads = inner.reads
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         return self.inner.frozen_passages(settings)
