@@ -81,7 +81,7 @@ def main() -> None:
     entry: dict[str, Any] = {
         "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "index": f"{args.index}: {info.count:,} passages, analyzer {info.analyzer}, encoder "
-        f"{(info.model or {}).get('name')} ({(info.model or {}).get('revision')})",
+        f"{info.model.name if info.model else None} ({info.model.revision if info.model else None})",
         "settings": "defaults: hybrid = client-side RRF, rrf_k 60, depth 50, dense_weight 0.5, title_boost 1",
         "modes": {},
     }

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from ralm_es.model_folder import WEIGHT_FILES, ModelError, resolve_model_path
 from ralm_es.onnx_runtime import Runtime, check_runtime, load_session, run_session
+from ralm_es.store.base import EncoderRecord
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -207,15 +208,16 @@ class Encoder:
                 digest.update(chunk)
         return digest.hexdigest()[:16]
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "revision": self.revision,
-            "dim": self.dim,
-            "pooling": self.pooling,
-            "path": str(self.path),
-            "runtime": self.runtime,
-        }
+    def info(self) -> EncoderRecord:
+        """What an index or a cache records about the encoder that made its vectors."""
+        return EncoderRecord(
+            name=self.name,
+            revision=self.revision,
+            dim=self.dim,
+            pooling=self.pooling,
+            path=str(self.path),
+            runtime=self.runtime,
+        )
 
     def _hidden(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The last hidden states of one batch and its attention mask."""

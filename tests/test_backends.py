@@ -11,7 +11,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Backend, Filter, IndexSpec, SearchRequest, StoreError
+from ralm_es.store.base import Backend, EncoderRecord, Filter, IndexSpec, SearchRequest, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend
 from ralm_es.store.local import LocalBackend
 
@@ -56,12 +56,25 @@ def refresh(backend: Backend) -> None:
 
 
 def filled(backend: Backend) -> Backend:
-    backend.ensure_index(IndexSpec(name="x", dims=DIMS, model={"name": "toy", "dim": DIMS}))
+    backend.ensure_index(IndexSpec(name="x", dims=DIMS, model=EncoderRecord(name="toy", dim=DIMS)))
     results = list(backend.write(passages()))
     assert [r.id for r in results] == ["p1", "p2", "p3", "p4"]
     assert all(r.ok and r.created for r in results)
     refresh(backend)
     return backend
+
+
+def test_an_encoder_record_written_elsewhere_reads_back_typed(es_client: Elasticsearch, index_name: str) -> None:
+    # Another tool's index: its _meta names the encoder without a runtime (torch filled it) and with a key of its own.
+    recorded = {"name": "toy", "revision": "abc123", "dim": DIMS, "vendor": "other"}
+    mappings = {"_meta": {"model": recorded}, "properties": {"vector": {"type": "dense_vector", "dims": DIMS}}}
+    es_client.indices.create(index=index_name, mappings=mappings)
+    model = ElasticsearchBackend(es_client, index_name).info().model
+    assert model == EncoderRecord(name="toy", revision="abc123", dim=DIMS, runtime="torch")
+    assert model.to_json() == {"name": "toy", "revision": "abc123", "dim": DIMS, "runtime": "torch"}
+    es_client.indices.delete(index=index_name)
+    es_client.indices.create(index=index_name, mappings={"_meta": {"model": None}})
+    assert ElasticsearchBackend(es_client, index_name).info().model is None
 
 
 def ids(hits: list) -> list[str]:
@@ -76,7 +89,7 @@ def test_write_count_and_idempotence(backend: Backend) -> None:
     refresh(backend)
     assert backend.count() == 4
     info = backend.info()
-    assert info.count == 4 and info.dims == DIMS and info.model == {"name": "toy", "dim": DIMS}
+    assert info.count == 4 and info.dims == DIMS and info.model == EncoderRecord(name="toy", dim=DIMS)
 
 
 def test_bm25_and_dense_rank_the_relevant_passage_first(backend: Backend) -> None:

@@ -3,6 +3,7 @@ would only emulate bf16."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_bf16_weights_give_the_default_encoders_vectors(tiny_encoder: Encoder) -
     print(f"default encoder cosine to torch: torch-bf16 min {close.min():.6f}")
     assert close.min() >= 0.9995
     tiny = Encoder(tiny_encoder.path, device="cpu", runtime="torch-bf16")
-    assert tiny.info() == {**tiny_encoder.info(), "runtime": "torch-bf16"}
+    assert tiny.info() == replace(tiny_encoder.info(), runtime="torch-bf16")
 
 
 def test_torch_bf16_where_the_device_would_only_emulate_it_is_refused(
@@ -79,6 +80,7 @@ def test_bf16_queries_answer_a_torch_index_and_bf16_ingest_joins_it(
     again = IngestSettings(model=str(tiny_model_dir), runtime="torch-bf16", resume=False)
     summary = Ingest(backend, again, checkpoint_dir=tmp_path / "b").run([more])
     assert (summary.indexed, summary.failed) == (2, 0)
-    assert (backend.info().model or {})["runtime"] == "torch"
+    filled_by = backend.info().model
+    assert filled_by is not None and filled_by.runtime == "torch"
     hits = Retriever(backend, bf16, settings).search("Glucagon raises blood glucose.")
     assert hits[0].id.startswith("bf16-1")

@@ -46,7 +46,7 @@ def test_cls_pooling_folder_is_pooled_by_cls(tiny_model_dir: Path, tmp_path: Pat
     encoder = Encoder(folder, device="cpu")
     states, _ = reference_states(folder)
     expected = torch.nn.functional.normalize(states[:, 0], dim=-1).numpy()
-    assert encoder.pooling == "cls" and encoder.info()["pooling"] == "cls"
+    assert encoder.pooling == "cls" and encoder.info().pooling == "cls"
     assert encoder.encode(TEXTS) == pytest.approx(expected, abs=1e-5)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ralm_es.corpus.types import Passage
-from ralm_es.store.base import Filter, IndexInfo, IndexSpec, SearchRequest, StoreError
+from ralm_es.store.base import EncoderRecord, Filter, IndexInfo, IndexSpec, SearchRequest, StoreError
 from ralm_es.store.local import PASSAGES, VECTORS, LocalBackend
 
 ROOT2 = 1 / math.sqrt(2)
@@ -61,7 +61,7 @@ def passage(pid: str, vector: list[float] | None = None, use_vector: bool = True
 @pytest.fixture
 def store(tmp_path: Path) -> LocalBackend:
     backend = LocalBackend(tmp_path / "index")
-    backend.ensure_index(IndexSpec(name="t", dims=3, model={"name": "hand-made"}))
+    backend.ensure_index(IndexSpec(name="t", dims=3, model=EncoderRecord(name="hand-made")))
     results = list(backend.write(passage(pid) for pid in PASSAGES_BY_ID))
     assert [r.ok and r.created for r in results] == [True] * 4
     return backend
@@ -94,7 +94,12 @@ def test_a_new_instance_reopens_the_index(store: LocalBackend) -> None:
     reopened = LocalBackend(store.path)
     assert reopened.count() == 4
     assert reopened.info() == IndexInfo(
-        backend="local", index=str(store.path), count=4, dims=3, model={"name": "hand-made"}, similarity="cosine"
+        backend="local",
+        index=str(store.path),
+        count=4,
+        dims=3,
+        model=EncoderRecord(name="hand-made"),
+        similarity="cosine",
     )
     hit = reopened.search(SearchRequest(mode="bm25", text="glacier ice", k=1))[0]
     assert (hit.id, hit.doc_id, hit.title) == ("glacier", "doc-glacier", "Glaciers")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ from ralm_es.model.spec import Fusion, ModelSpec
 from ralm_es.model.strategies import STRATEGIES, FusionError, fusion_strategy, ignored_settings
 from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE, CASE_UPPER, case_of
 from ralm_es.model_folder import ModelError
-from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter
+from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter, read_header
+from ralm_es.store.base import EncoderRecord
 from ralm_es.tasks import Example, LabelMap
 from ralm_es.train.checkpoint import new_model
 from ralm_es.train.config import OptimSettings, TrainConfig, load_config
@@ -126,6 +128,27 @@ def test_unknown_config_key_lists_close_matches(tmp_path: Path) -> None:
         load_config(path, ["train.batchsize=8"])
     with pytest.raises(ConfigError, match=r"expected one of none, concat, attention, pair"):
         load_config(path, ["model.fusion=sum"])
+
+
+def test_a_cache_whose_header_names_no_runtime_resumes_under_torch(tmp_path: Path) -> None:
+    # Caches written before the runtime was recorded: their vectors came from torch.
+    cache = tmp_path / "cache.jsonl"
+    old = {
+        "format": "ralm-es-retrieval-cache",
+        "version": 1,
+        "index": "i",
+        "mode": "dense",
+        "k": 2,
+        "encoder": {"name": "toy", "revision": "abc123", "dim": 32, "pooling": "mean", "path": "/m"},
+    }
+    cache.write_text(json.dumps(old) + "\n", encoding="utf-8")
+    torch_encoder = EncoderRecord(name="toy", revision="abc123", dim=32, pooling="mean", path="/m", runtime="torch")
+    assert read_header(cache).encoder == torch_encoder
+    with CacheWriter(cache, CacheHeader(index="i", mode="dense", k=2, encoder=torch_encoder)) as writer:
+        writer.write("a", "text a", [hit(0, "x", 1.0)])
+    onnx = CacheHeader(index="i", mode="dense", k=2, encoder=replace(torch_encoder, runtime="onnx-int8"))
+    with pytest.raises(CacheError), CacheWriter(cache, onnx):
+        pass
 
 
 def test_missing_cache_entries_are_named(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_onnx_vectors_match_torch_on_the_tiny_bert(tiny_encoder: Encoder, onnx_h
     onnx = Encoder(tiny_encoder.path, runtime="onnx")
     # Batches of 3 put texts of different lengths together: the padded positions must not count.
     assert cosines(onnx.encode(TEXTS, batch_size=3), tiny_encoder.encode(TEXTS)).min() >= 0.999
-    assert onnx.info() == {**tiny_encoder.info(), "runtime": "onnx"}
+    assert onnx.info() == replace(tiny_encoder.info(), runtime="onnx")
     assert (onnx_home / "onnx" / tiny_encoder.revision / "model.onnx").is_file()
 
 
@@ -117,7 +118,8 @@ def test_ingest_records_its_runtime_and_refuses_int8_into_a_torch_index(
     backend = ElasticsearchBackend(es_client, index_name)
     settings = IngestSettings(model=str(tiny_model_dir), runtime="onnx")
     Ingest(backend, settings, checkpoint_dir=tmp_path / "a").run(corpus)
-    assert (backend.info().model or {})["runtime"] == "onnx"
+    filled_by = backend.info().model
+    assert filled_by is not None and filled_by.runtime == "onnx"
     # fp32 torch vectors go with the onnx ones; int8 ones do not.
     torch_settings = IngestSettings(model=str(tiny_model_dir), resume=False)
     assert Ingest(backend, torch_settings, checkpoint_dir=tmp_path / "b").run(corpus).failed == 0

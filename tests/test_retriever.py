@@ -209,7 +209,7 @@ def test_retrieve_cache_round_trip_and_resume(
     assert first.returncode == 0, first.stderr
     header, entries = read_cache(out)
     assert header.index == sample_index and header.mode == "hybrid" and header.k == 3
-    assert header.encoder is not None and header.encoder["dim"] == 32 and header.fusion["fusion"] == "rrf"
+    assert header.encoder is not None and header.encoder.dim == 32 and header.fusion["fusion"] == "rrf"
     assert len(entries) == 10
     claim = json.loads(lines[0])
     entry = entries[str(claim["id"])]

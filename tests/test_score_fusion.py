@@ -20,6 +20,7 @@ from ralm_es.model.strategies.base import VALID
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
 from ralm_es.retrieve.retriever import RetrievalSettings, Retriever
 from ralm_es.serve.predictor import Predictor
+from ralm_es.store.base import EncoderRecord
 from ralm_es.store.local import LocalBackend
 from ralm_es.tasks import DataError, Example, LabelMap
 from ralm_es.train.checkpoint import new_model
@@ -184,7 +185,7 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     _, entries = read_cache(claims["dev_cache"])
     hybrid = tmp_path / "hybrid.cache"
     fusion = RetrievalSettings(mode="hybrid").fusion_header()
-    header = CacheHeader(index="test", mode="hybrid", k=3, fusion=fusion, encoder={"revision": "abc123"})
+    header = CacheHeader(index="test", mode="hybrid", k=3, fusion=fusion, encoder=EncoderRecord(revision="abc123"))
     with CacheWriter(hybrid, header) as writer:
         for entry in entries.values():
             writer.write(entry.input_id, entry.query, entry.hits)

@@ -105,10 +105,10 @@ def test_the_folder_loads_in_encoder_and_holds_the_best_epoch(
     report, _ = tuned
     encoder = Encoder(report.out, device="cpu")
     assert encoder.pooling == "mean" and encoder.dim == 32
-    assert encoder.revision == report.revision != report.base["revision"]
+    assert encoder.revision == report.revision != report.base.revision
     record = json.loads((report.out / "tuning.json").read_text())
     assert record["revision"] == encoder.revision and record["best_epoch"] == report.best_epoch
-    assert record["seed"] == FAST.seed and record["base"]["revision"] == report.base["revision"]
+    assert record["seed"] == FAST.seed and record["base"]["revision"] == report.base.revision
     assert record["data"]["qrels"].endswith("qrels.tsv")
     # Ranking the dev candidates with ralm-es's own Encoder gives the dev figures recorded for the best epoch.
     dev = record["split"]["dev_ids"]

@@ -117,8 +117,8 @@ def build_retriever(ctx: CliContext, options: dict[str, Any], *fixed: Layer) -> 
         from ralm_es.embed import Encoder
 
         if model is None:
-            recorded = (backend.info().model or {}).get("path")
-            model = recorded if recorded and Path(recorded).is_dir() else None
+            filled_by = backend.info().model
+            model = filled_by.path if filled_by and filled_by.path and Path(filled_by.path).is_dir() else None
         encoder = Encoder(model, runtime=runtime)
     notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
     return Retriever(backend, encoder, settings, notice=notice)

@@ -28,7 +28,7 @@ def score_scale(mode: str, fusion: dict[str, Any], encoder_revision: str | None)
 
 
 def header_scale(header: CacheHeader) -> dict[str, Any]:
-    return score_scale(header.mode, header.fusion, (header.encoder or {}).get("revision"))
+    return score_scale(header.mode, header.fusion, header.encoder.revision if header.encoder else None)
 
 
 def check_score_scale(spec: ModelSpec, found: dict[str, Any], where: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ralm_es.errors import RalmError
+from ralm_es.store.base import EncoderRecord
 
 FORMAT = "ralm-es-retrieval-cache"
 VERSION = 1
@@ -29,14 +30,16 @@ class CacheHeader:
     mode: str
     k: int
     fusion: dict[str, Any] = field(default_factory=dict)
-    encoder: dict[str, Any] | None = None
+    # The encoder of the index's vectors, where dense search took part.
+    encoder: EncoderRecord | None = None
     backend: str = "elasticsearch"
     exclude: str | None = None
     # Document context merged with retrieval: at most this many context passages come before the retrieved ones.
     context: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+        encoder = self.encoder.to_json() if self.encoder else None
+        return {"format": FORMAT, "version": VERSION, **asdict(self), "encoder": encoder}
 
 
 @dataclass
@@ -109,7 +112,7 @@ def read_header(path: str | Path) -> CacheHeader:
         if first.get("format") != FORMAT:
             raise CacheError(f"{path}:{lineno}: not a ralm-es retrieval cache (no header line)")
         fields = {k: v for k, v in first.items() if k not in ("format", "version")}
-        return CacheHeader(**fields)
+        return CacheHeader(**{**fields, "encoder": EncoderRecord.from_json(fields.get("encoder"))})
     raise CacheError(f"{path}: empty retrieval cache")
 
 

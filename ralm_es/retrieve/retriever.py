@@ -20,7 +20,7 @@ from ralm_es.onnx_runtime import RUNTIMES, vector_kind
 from ralm_es.retrieve import fusion
 from ralm_es.retrieve.cache import CacheHit
 from ralm_es.retrieve.settings import RANK_FUSIONS, RETRIEVAL_MODES, Mode, RetrievalMode, RetrievalSettings
-from ralm_es.store.base import Backend, Filter, Hit, SearchRequest
+from ralm_es.store.base import Backend, EncoderRecord, Filter, Hit, SearchRequest
 
 if TYPE_CHECKING:
     # Only dense and hybrid search encode: a BM25-only search never imports torch.
@@ -81,21 +81,21 @@ def _one_of(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def check_query_encoder(recorded: dict[str, Any] | None, query: dict[str, Any]) -> None:
+def check_query_encoder(recorded: EncoderRecord | None, query: EncoderRecord) -> None:
     """Refuse a query encoder whose vectors are not comparable with the ones the index recorded: other weights, or
     another kind of runtime (torch, torch-bf16 and fp32 onnx mix, int8 mixes with none). An index that recorded no
     encoder (made elsewhere) is not checked; one that recorded no runtime was filled by torch."""
     if not recorded:
         return
-    if recorded.get("revision") and recorded["revision"] != query["revision"]:
+    if recorded.revision and recorded.revision != query.revision:
         raise RetrievalError(
-            f"the index was embedded by encoder {recorded['revision']} but the query encoder is {query['revision']}; "
+            f"the index was embedded by encoder {recorded.revision} but the query encoder is {query.revision}; "
             "use the model the index was built with"
         )
-    filled = recorded.get("runtime") or "torch"
-    if vector_kind(filled) != vector_kind(query["runtime"]):
+    filled = recorded.runtime
+    if vector_kind(filled) != vector_kind(query.runtime):
         raise RetrievalError(
-            f"the index was embedded with runtime {filled} but queries would be encoded with {query['runtime']}; "
+            f"the index was embedded with runtime {filled} but queries would be encoded with {query.runtime}; "
             f"use --runtime {_one_of([r for r in RUNTIMES if vector_kind(r) == vector_kind(filled)])}"
         )
 

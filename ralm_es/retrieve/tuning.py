@@ -37,7 +37,7 @@ from ralm_es.embed import Encoder, pick_device
 from ralm_es.inference.checkpoint import read_safetensors
 from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements
 from ralm_es.retrieve.settings import TuneSettings, TuningError
-from ralm_es.store.base import Backend, IndexSpec, SearchRequest
+from ralm_es.store.base import Backend, EncoderRecord, IndexSpec, SearchRequest
 
 FORMAT = "ralm-es-tuned-encoder"
 VERSION = 1
@@ -202,7 +202,7 @@ class EpochResult:
 @dataclass
 class TuneReport:
     out: Path
-    base: dict[str, Any]
+    base: EncoderRecord
     revision: str
     train_queries: int
     dev_queries: int
@@ -480,7 +480,7 @@ class Tuner:
             record = {
                 "format": FORMAT,
                 "version": VERSION,
-                "base": report.base,
+                "base": report.base.to_json(),
                 "revision": report.revision,
                 "data": {**data.sources, "queries_used": len(data.queries), "corpus_documents": len(data.docs)},
                 "seed": self.s.seed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 from ralm_es.config import check_bounds
@@ -96,21 +96,48 @@ class Chunking:
         return f"max_tokens={self.max_tokens}, overlap={self.overlap}, tokenizer {self.tokenizer}"
 
 
-def check_shape(where: str, spec: IndexSpec, model: dict[str, Any] | None, chunking: Chunking | None) -> None:
+@dataclass(frozen=True)
+class EncoderRecord:
+    """The encoder that made an index's vectors (or a retrieval cache's dense hits), as the index records it
+    (``Encoder.info()`` when it was filled): its name, content revision, vector size, pooling, folder and runtime.
+    Read back from records this version did not write, too: an index made elsewhere may name fewer of them, and one
+    that names no runtime was filled by torch."""
+
+    name: str | None = None
+    revision: str | None = None
+    dim: int | None = None
+    pooling: str | None = None
+    path: str | None = None
+    runtime: str = "torch"
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data: object) -> EncoderRecord | None:
+        """The record in an index's metadata or a cache header; None where there is none. Keys this version does
+        not know are left out."""
+        if not isinstance(data, dict) or not data:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known and value is not None})
+
+
+def check_shape(where: str, spec: IndexSpec, model: EncoderRecord | None, chunking: Chunking | None) -> None:
     """Refuse passages shaped otherwise (another encoder, other chunking) than the ones ``where`` holds.
 
     ``model`` and ``chunking`` are what the index recorded; an index that recorded nothing (made elsewhere, or
     before indices recorded their chunking) is not checked."""
-    recorded = (model or {}).get("revision")
-    wanted = (spec.model or {}).get("revision")
+    recorded = model.revision if model else None
+    wanted = spec.model.revision if spec.model else None
     if recorded and wanted and recorded != wanted:
         raise StoreError(
             f"{where} was embedded by encoder {recorded} but this ingest uses {wanted}; "
             "use that encoder, or --reindex to rebuild the index with this one"
         )
     # torch, torch-bf16 and fp32 onnx vectors agree to 1e-3 cosine and may share an index; int8 ones mix with none.
-    if recorded and wanted:
-        filled, runtime = (model or {}).get("runtime") or "torch", (spec.model or {}).get("runtime") or "torch"
+    if model and spec.model and recorded and wanted:
+        filled, runtime = model.runtime, spec.model.runtime
         if vector_kind(filled) != vector_kind(runtime):
             raise StoreError(
                 f"{where} was embedded with encoder runtime {filled} but this ingest uses {runtime}; "
@@ -137,7 +164,7 @@ class IndexSpec:
     name: str
     dims: int | None = None
     settings: IndexSettings = field(default_factory=IndexSettings)
-    model: dict[str, Any] | None = None
+    model: EncoderRecord | None = None
     chunking: Chunking | None = None
 
 
@@ -270,8 +297,8 @@ class IndexInfo:
     count: int
     # The vector field's dimensions; None where the passages have no vectors.
     dims: int | None
-    # The encoder the index recorded when it was filled (``Encoder.info()`` then); None where none did.
-    model: dict[str, Any] | None
+    # The encoder the index recorded when it was filled; None where none did.
+    model: EncoderRecord | None
     # Elasticsearch: the indices behind the alias, and the text analyzer the index recorded.
     indices: tuple[str, ...] = ()
     analyzer: str | None = None

@@ -21,6 +21,7 @@ from ralm_es.store.base import (
     DEFAULT_BULK,
     BulkSettings,
     Chunking,
+    EncoderRecord,
     Filter,
     Hit,
     IndexInfo,
@@ -156,7 +157,7 @@ def index_body(spec: IndexSpec, analyzer: str) -> dict[str, Any]:
         vector["index_options"] = options
     body["mappings"]["_meta"] = {
         "created_by": f"ralm-es {__version__}",
-        "model": spec.model,
+        "model": spec.model.to_json() if spec.model else None,
         "chunking": asdict(spec.chunking) if spec.chunking else None,
         "analyzer": analyzer,
     }
@@ -289,7 +290,7 @@ class ElasticsearchBackend:
         mapping = self.mapping(target)
         check_dims(where, self._dims(mapping), spec.dims, "--reindex into a new index")
         meta = mapping.get("_meta") or {}
-        check_shape(where, spec, meta.get("model"), recorded_chunking(meta))
+        check_shape(where, spec, EncoderRecord.from_json(meta.get("model")), recorded_chunking(meta))
 
     def write_index(self) -> str:
         """The one concrete index that writes through the alias reach (the index itself when it is no alias)."""
@@ -625,7 +626,7 @@ class ElasticsearchBackend:
             index=self.index,
             count=self.count(),
             dims=self._dims(mapping),
-            model=meta.get("model"),
+            model=EncoderRecord.from_json(meta.get("model")),
             indices=tuple(indices),
             analyzer=meta.get("analyzer"),
         )

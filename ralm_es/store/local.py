@@ -39,6 +39,7 @@ from ralm_es.store.base import (
     DEFAULT_BULK,
     BulkSettings,
     Chunking,
+    EncoderRecord,
     Filter,
     Hit,
     IndexInfo,
@@ -200,7 +201,8 @@ class LocalBackend:
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (PASSAGES, VECTORS):
             (self.path / name).touch()
-        self._write_meta({"format": FORMAT, "version": VERSION, "spec": asdict(spec)})
+        stored = {**asdict(spec), "model": spec.model.to_json() if spec.model else None}
+        self._write_meta({"format": FORMAT, "version": VERSION, "spec": stored})
         self._spec = spec
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
@@ -261,6 +263,7 @@ class LocalBackend:
                 fields = dict(meta["spec"])
                 if fields.get("chunking") is not None:
                     fields["chunking"] = Chunking(**fields["chunking"])
+                fields["model"] = EncoderRecord.from_json(fields.get("model"))
                 # Folders written before the index settings were a section of their own keep them flat.
                 built = fields.pop("settings", None) or {
                     name: fields.pop(name) for name in INDEX_SETTINGS if name in fields
