@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.inputs import build_features
-from ralm_es.model.spec import ModelSpec
+from ralm_es.model.spec import ModelSpec, ScoreScale
 from ralm_es.model.strategies import FusionError
 from ralm_es.model.strategies.base import VALID
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
@@ -181,7 +181,7 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     result = train(load(claims_config(tmp_path, claims, tiny_model_dir, "model.fusion=scores", "train.max_steps=2")))
     run = open_run(result.out, "cpu")
     # The fixture's caches are BM25 retrieval: the run recorded that scale.
-    assert run.model.spec.score_scale == {"mode": "bm25", "fusion": {}, "encoder": None}
+    assert run.model.spec.score_scale == ScoreScale(mode="bm25", fusion={}, encoder=None)
     _, entries = read_cache(claims["dev_cache"])
     hybrid = tmp_path / "hybrid.cache"
     fusion = RetrievalSettings(mode="hybrid").fusion_header()

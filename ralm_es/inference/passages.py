@@ -6,13 +6,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
-from ralm_es.model.spec import ModelSettings, ModelSpec
+from ralm_es.model.spec import ModelSettings, ModelSpec, ScoreScale
 from ralm_es.model.strategies import fusion_strategy
 from ralm_es.model.token_store import TokenStore, default_folder
 from ralm_es.model_folder import ModelError
@@ -21,29 +20,17 @@ from ralm_es.retrieve.cache import CacheHeader, CacheHit, read_cache, require
 from ralm_es.tasks import DataError, Example
 
 
-def score_scale(mode: str, fusion: dict[str, Any], encoder_revision: str | None) -> dict[str, Any]:
-    """What sets the scale of retrieval scores: the mode, the fusion settings of hybrid search and, where dense
-    search takes part, the query encoder."""
-    return {"mode": mode, "fusion": fusion, "encoder": encoder_revision if mode != "bm25" else None}
+def header_scale(header: CacheHeader) -> ScoreScale:
+    return ScoreScale.of(header.mode, header.fusion, header.encoder.revision if header.encoder else None)
 
 
-def header_scale(header: CacheHeader) -> dict[str, Any]:
-    return score_scale(header.mode, header.fusion, header.encoder.revision if header.encoder else None)
-
-
-def check_score_scale(spec: ModelSpec, found: dict[str, Any], where: str) -> None:
+def check_score_scale(spec: ModelSpec, found: ScoreScale, where: str) -> None:
     """Refuse hits whose scores are on another scale than the ones a run that reads scores was trained on."""
     if spec.score_scale is not None and found != spec.score_scale:
         raise DataError(
-            f"{where}: retrieval {_scale_text(found)}, but the run reads scores on the scale of its training "
-            f"retrieval, {_scale_text(spec.score_scale)}: retrieve with those settings"
+            f"{where}: retrieval {found.describe()}, but the run reads scores on the scale of its training "
+            f"retrieval, {spec.score_scale.describe()}: retrieve with those settings"
         )
-
-
-def _scale_text(scale: dict[str, Any]) -> str:
-    fusion = ", ".join(f"{k} {v}" for k, v in scale["fusion"].items())
-    encoder = f", encoder {scale['encoder']}" if scale["encoder"] else ""
-    return f"mode {scale['mode']}" + (f" ({fusion})" if fusion else "") + encoder
 
 
 def cached_hits(

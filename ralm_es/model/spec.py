@@ -55,6 +55,26 @@ class ModelSettings:
             raise ConfigError(f"model.dropout must be at least 0 and below 1, got {self.dropout}")
 
 
+@dataclass(frozen=True)
+class ScoreScale:
+    """What sets the scale of retrieval scores: the retrieval mode, hybrid's fusion settings and, where dense search
+    takes part, the query encoder's revision."""
+
+    mode: str
+    fusion: dict[str, Any]
+    encoder: str | None = None
+
+    @classmethod
+    def of(cls, mode: str, fusion: dict[str, Any], encoder_revision: str | None) -> ScoreScale:
+        """The scale of a retrieval; BM25 alone encodes no query, so no encoder sets it."""
+        return cls(mode, fusion, encoder_revision if mode != "bm25" else None)
+
+    def describe(self) -> str:
+        fusion = ", ".join(f"{k} {v}" for k, v in self.fusion.items())
+        encoder = f", encoder {self.encoder}" if self.encoder else ""
+        return f"mode {self.mode}" + (f" ({fusion})" if fusion else "") + encoder
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec(ModelSettings):
     """The settings plus what training reads from the data: the task, its labels and, with frozen passages, the
@@ -67,7 +87,7 @@ class ModelSpec(ModelSettings):
     frozen_revision: str = ""
     # For a mode that reads retrieval scores on their own scale: the retrieval of the training cache (mode, fusion
     # settings, encoder revision); hits of another retrieval are refused when predicting.
-    score_scale: dict[str, Any] | None = None
+    score_scale: ScoreScale | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "labels": list(self.labels)}
@@ -78,4 +98,11 @@ class ModelSpec(ModelSettings):
         if data.get("passage_encoder") == "frozen" and "frozen_revision" not in data:
             # Saved before token stores, when frozen passages were always one pooled vector each.
             data = {**data, "passage_memory": "pooled"}
-        return cls(**{**data, "labels": tuple(data.get("labels", ()))})
+        scale = data.get("score_scale")
+        return cls(
+            **{
+                **data,
+                "labels": tuple(data.get("labels", ())),
+                "score_scale": ScoreScale(**scale) if scale is not None else None,
+            }
+        )

@@ -9,10 +9,11 @@ from typing import Any
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from ralm_es.inference.passages import check_score_scale, frozen_embedder, score_scale
+from ralm_es.inference.passages import check_score_scale, frozen_embedder
 from ralm_es.inference.predictions import predict
 from ralm_es.inference.runs import LoadedRun, open_run
 from ralm_es.model.inputs import build_features
+from ralm_es.model.spec import ScoreScale
 from ralm_es.retrieve.cache import CacheHit
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.tasks import DataError, Example
@@ -37,7 +38,7 @@ class Predictor:
         if retriever is not None and run.model.strategy.reads_scores:
             s = retriever.settings
             revision = retriever.encoder.revision if retriever.encoder is not None else None
-            live = score_scale(s.mode, s.fusion_header(), revision)
+            live = ScoreScale.of(s.mode, s.fusion_header(), revision)
             check_score_scale(spec, live, f"the live retriever for {run.folder}")
         self.run = run
         self.retriever = retriever

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from ralm_es.inference.passages import FrozenPassages, cached_hits, header_scale
 from ralm_es.model.inputs import FeatureSet, build_features
-from ralm_es.model.spec import ModelSpec
+from ralm_es.model.spec import ModelSpec, ScoreScale
 from ralm_es.model.strategies import strategy_of
 from ralm_es.retrieve.cache import read_header
 from ralm_es.tasks import Example, LabelMap, Task
@@ -42,7 +41,7 @@ class Splits:
     spec: ModelSpec
 
 
-def training_scale(cfg: TrainConfig) -> dict[str, Any] | None:
+def training_scale(cfg: TrainConfig) -> ScoreScale | None:
     """The retrieval of the training cache, for a mode that reads scores on their own scale (None otherwise, or
     when there is no cache to read: ``cached_hits`` then says what is missing)."""
     cache = cfg.data.train_cache
