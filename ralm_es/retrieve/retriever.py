@@ -85,15 +85,16 @@ def check_query_encoder(recorded: EncoderRecord | None, query: EncoderRecord) ->
     """Refuse a query encoder whose vectors are not comparable with the ones the index recorded: other weights, or
     another kind of runtime (torch, torch-bf16 and fp32 onnx mix, int8 mixes with none). An index that recorded no
     encoder (made elsewhere) is not checked; one that recorded no runtime was filled by torch."""
-    if not recorded:
+    if recorded is None:
         return
-    if recorded.revision and recorded.revision != query.revision:
+    conflict = recorded.conflict(query)
+    if conflict == "revision":
         raise RetrievalError(
             f"the index was embedded by encoder {recorded.revision} but the query encoder is {query.revision}; "
             "use the model the index was built with"
         )
-    filled = recorded.runtime
-    if vector_kind(filled) != vector_kind(query.runtime):
+    if conflict == "runtime":
+        filled = recorded.runtime
         raise RetrievalError(
             f"the index was embedded with runtime {filled} but queries would be encoded with {query.runtime}; "
             f"use --runtime {_one_of([r for r in RUNTIMES if vector_kind(r) == vector_kind(filled)])}"

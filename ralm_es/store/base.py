@@ -122,26 +122,33 @@ class EncoderRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known and value is not None})
 
+    def conflict(self, other: EncoderRecord) -> Literal["revision", "runtime"] | None:
+        """What keeps vectors of ``other``'s encoder from sharing an index with this one's: other weights (where both
+        name a revision), or another kind of runtime (torch, torch-bf16 and fp32 onnx agree to 1e-3 cosine and mix;
+        int8 mixes with none)."""
+        if self.revision and other.revision and self.revision != other.revision:
+            return "revision"
+        if vector_kind(self.runtime) != vector_kind(other.runtime):
+            return "runtime"
+        return None
+
 
 def check_shape(where: str, spec: IndexSpec, model: EncoderRecord | None, chunking: Chunking | None) -> None:
     """Refuse passages shaped otherwise (another encoder, other chunking) than the ones ``where`` holds.
 
     ``model`` and ``chunking`` are what the index recorded; an index that recorded nothing (made elsewhere, or
     before indices recorded their chunking) is not checked."""
-    recorded = model.revision if model else None
-    wanted = spec.model.revision if spec.model else None
-    if recorded and wanted and recorded != wanted:
-        raise StoreError(
-            f"{where} was embedded by encoder {recorded} but this ingest uses {wanted}; "
-            "use that encoder, or --reindex to rebuild the index with this one"
-        )
-    # torch, torch-bf16 and fp32 onnx vectors agree to 1e-3 cosine and may share an index; int8 ones mix with none.
-    if model and spec.model and recorded and wanted:
-        filled, runtime = model.runtime, spec.model.runtime
-        if vector_kind(filled) != vector_kind(runtime):
+    if model and spec.model:
+        conflict, wanted = model.conflict(spec.model), spec.model
+        if conflict == "revision":
             raise StoreError(
-                f"{where} was embedded with encoder runtime {filled} but this ingest uses {runtime}; "
-                f"use --set runtime={filled}, or --reindex to rebuild the index with {runtime}"
+                f"{where} was embedded by encoder {model.revision} but this ingest uses {wanted.revision}; "
+                "use that encoder, or --reindex to rebuild the index with this one"
+            )
+        if conflict == "runtime":
+            raise StoreError(
+                f"{where} was embedded with encoder runtime {model.runtime} but this ingest uses {wanted.runtime}; "
+                f"use --set runtime={model.runtime}, or --reindex to rebuild the index with {wanted.runtime}"
             )
     if chunking is not None and spec.chunking is not None and chunking != spec.chunking:
         raise StoreError(
