@@ -229,6 +229,7 @@ class Ingest:
         spec = self.spec()
         # Planning checks every path and format up front; the fingerprint proves what a resume continues.
         inputs = [InputFile.of(file) for file, _, _ in plan_inputs(paths, self.s.read)]
+        self.backend.check_bulk(self.s.bulk)
         shape = self.shape()
         checkpoint = Checkpoint(
             {

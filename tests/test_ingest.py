@@ -18,7 +18,7 @@ from ralm_es.embed import Encoder
 from ralm_es.es.client import connect
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.node.cluster import LocalCluster
-from ralm_es.store.base import Backend, SearchRequest
+from ralm_es.store.base import Backend, BulkSettings, IndexSettings, SearchRequest, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend
 from ralm_es.store.local import LocalBackend
 
@@ -172,6 +172,22 @@ def test_local_backend_ingest_matches(scifact_slice: Path, tiny_encoder: Encoder
     second = Ingest(LocalBackend(tmp_path / "local"), settings(), encoder=tiny_encoder, checkpoint_dir=tmp_path)
     assert second.run([scifact_slice]).indexed == 0
     assert LocalBackend(tmp_path / "local").count() == passages
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [{"bulk": BulkSettings(retries=9)}, {"index": IndexSettings(shards=2)}],
+    ids=["bulk-retries", "index-shards"],
+)
+def test_settings_the_local_backend_refuses_leave_nothing_behind(
+    refused: dict[str, object], scifact_slice: Path, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    backend = LocalBackend(tmp_path / "local")
+    ingest = Ingest(backend, settings(**refused), encoder=tiny_encoder, checkpoint_dir=tmp_path)
+    with pytest.raises(StoreError, match=r"retries=9|shards=2"):
+        ingest.run([scifact_slice])
+    assert not (tmp_path / "local").exists()
+    assert not list(tmp_path.glob("ingest-*.json")), list(tmp_path.iterdir())
 
 
 class StopAfter:

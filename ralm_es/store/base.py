@@ -233,6 +233,9 @@ class Backend(Protocol):
     # The alias or index name (Elasticsearch), or the folder (local): what messages and summaries show.
     index: str
 
+    def check_bulk(self, bulk: BulkSettings) -> None:
+        """Refuse bulk settings this store cannot honour; an ingest asks before it makes anything."""
+
     def ensure_index(self, spec: IndexSpec) -> None: ...
 
     def staging(self, spec: IndexSpec, resume: str | None = None) -> Backend:

@@ -279,6 +279,9 @@ class ElasticsearchBackend:
         vector = mapping.get("properties", {}).get(self.fields.vector)
         return int(vector["dims"]) if vector and vector.get("type") == "dense_vector" else None
 
+    def check_bulk(self, bulk: BulkSettings) -> None:
+        """Every bulk setting shapes this store's ``_bulk`` requests."""
+
     def ensure_index(self, spec: IndexSpec) -> None:
         """Create ``<alias>-<timestamp>`` behind the alias if nothing exists; else check that the passages to come
         fit the index written to (vector dims, encoder, chunking)."""

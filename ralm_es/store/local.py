@@ -181,6 +181,10 @@ class LocalBackend:
         with self._lock:
             self._ensure_index(spec)
 
+    def check_bulk(self, bulk: BulkSettings) -> None:
+        if networked := _changed("bulk", bulk, DEFAULT_BULK, NETWORK_BULK):
+            raise StoreError(f"{networked} concern bulk requests to Elasticsearch; a local index has none")
+
     def _ensure_index(self, spec: IndexSpec) -> None:
         if (self.path / META).exists():
             stored = self.spec()
@@ -347,8 +351,7 @@ class LocalBackend:
         """Append new passages, ``bulk.docs`` a durable batch; one result per passage, yielded once its batch is on
         disk. A write to a local folder has no request size or passing failure to retry: the other bulk settings
         concern the network, and are refused where they are given."""
-        if networked := _changed("bulk", bulk, DEFAULT_BULK, NETWORK_BULK):
-            raise StoreError(f"{networked} concern bulk requests to Elasticsearch; a local index has none")
+        self.check_bulk(bulk)
         batch: list[Passage] = []
         for p in passages:
             batch.append(p)
