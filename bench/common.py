@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 from elasticsearch import Elasticsearch
@@ -210,3 +213,41 @@ class Session:
     @property
     def model_path(self) -> str:
         return str(self.encoder.path)
+
+
+class DelayProxy:
+    """A TCP proxy on a free local port to the node at ``url`` that passes every byte of a request on ``delay_s``
+    later and every reply at once: the node as a client ``delay_s`` of round trip away would see it (a cloud
+    deployment), for timings. ``with DelayProxy(url, 0.005) as near_url: ...``"""
+
+    def __init__(self, url: str, delay_s: float) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 9200
+        self.delay_s = delay_s
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        start = asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result()
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+    async def _connection(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        node_r, node_w = await asyncio.open_connection(self.host, self.port)
+        await asyncio.gather(self._pipe(client_r, node_w, self.delay_s), self._pipe(node_r, client_w, 0.0))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+        # Each chunk leaves delay_s after it came, not after the one before it: a link's latency, not a queue.
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await reader.read(1 << 16):
+                loop.call_later(delay_s, writer.write, data)
+        except ConnectionError:
+            pass
+        loop.call_later(delay_s, writer.close)

@@ -329,6 +329,27 @@ def latency_section(latency: dict[str, Any], img: str) -> list[str]:
     ]
 
 
+def texts_section(texts: dict[str, Any]) -> list[str]:
+    rows = []
+    for place, label in (("near", "this node"), ("distant", f"through a proxy adding {texts['delay_ms']:g} ms")):
+        fetch, inline = (texts[place][t]["p50"] * 1000 for t in ("fetch", "inline"))
+        rows.append([label, f"{fetch:.1f}", f"{inline:.1f}", f"{inline / fetch:.2f}"])
+    return [
+        "",
+        "### Texts after fusion or with the rankings (`retrieval.texts`)",
+        "",
+        f"{texts['queries']} single hybrid searches without their encoding (vectors computed beforehand), `fetch` "
+        "(the default: the two rankings carry ids and scores, then one request reads the fused top k) and `inline` "
+        "(the rankings carry every candidate's text; one round trip) alternating query by query; once against the "
+        "node, once through a proxy that holds every request before passing it on, as a cluster that far away would.",
+        "",
+        *_table(["cluster", "fetch p50 ms", "inline p50 ms", "inline / fetch"], rows),
+        "",
+        "On a near node `fetch` is faster: reading every candidate's `_source` (the vector in it parsed to be left "
+        "out) costs the node more than a second request. A round trip of a few milliseconds turns it round.",
+    ]
+
+
 def many_section(many: dict[str, Any], onnx_path: Path) -> list[str]:
     lines = [
         f"{many['queries']} distinct hybrid queries (k=10, no query-vector cache): one `search_many` call against a "
@@ -1076,7 +1097,10 @@ def write_report(results: dict[str, Any], docs_dir: Path, results_name: str) -> 
         body["Retrieval quality (SciFact train)"] = quality_section(
             retrieval["quality"], results["config"]["abstracts"]
         )
-        body["Latency of one hybrid search"] = latency_section(retrieval["latency"], "img/latency.png")
+        body["Latency of one hybrid search"] = [
+            *latency_section(retrieval["latency"], "img/latency.png"),
+            *texts_section(retrieval["texts"]),
+        ]
         body["search_many against a loop of search"] = many_section(retrieval["many"], ONNX)
         body["CoNLL-2003 sentences as queries"] = conll_section(retrieval["conll"])
     body["Training"] = train_section(results.get("train"), docs_dir)

@@ -9,11 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Session, head_conll, load_average, percentiles, ratios, read_jsonl, summarize, timed
+from bench.common import (
+    DelayProxy,
+    Session,
+    head_conll,
+    load_average,
+    percentiles,
+    ratios,
+    read_jsonl,
+    summarize,
+    timed,
+)
 from bench.ingest_bench import scifact_corpus, settings_for
+from ralm_es.config import ConnectionSettings
 from ralm_es.corpora.benchmarks import conll_paths, scifact_paths
 from ralm_es.corpus.readers import ReadOptions, read_corpus
 from ralm_es.corpus.types import Record
+from ralm_es.es.client import connect
 from ralm_es.ingest import Ingest
 from ralm_es.retrieve.evaluate import evaluate_index, sweep, sweep_settings
 from ralm_es.retrieve.metrics import load_qrels
@@ -26,6 +38,8 @@ MANY_TARGET = 5.0
 REST_OF_TOOK_TARGET = 0.2
 RETRIEVE_BATCH = 256  # inputs per search_many call, as `ralm-es retrieve` sends them
 WARMUP = 5
+# The round trip the proxy adds for "a cluster some way off": a cloud deployment from another network is further.
+DISTANT_S = 0.005
 
 
 class TookRecorder:
@@ -136,6 +150,27 @@ def latency(session: Session, index: str, queries: Sequence[str]) -> dict[str, A
     return result
 
 
+def texts_latency(session: Session, index: str, queries: Sequence[str]) -> dict[str, Any]:
+    """Single hybrid searches with the passages' texts read after fusion (``fetch``) and with the rankings
+    (``inline``), alternating query by query, their vectors computed beforehand: on the node, and through a proxy
+    that holds every request ``DISTANT_S`` (a cluster that far away)."""
+    result: dict[str, Any] = {"queries": len(queries), "delay_ms": DISTANT_S * 1000}
+    with DelayProxy(session.config.es_url, DISTANT_S) as distant_url:
+        for place, url in (("near", session.config.es_url), ("distant", distant_url)):
+            client = connect(ConnectionSettings(hosts=[url]))
+            base = Retriever(ElasticsearchBackend(client, index), session.encoder, RetrievalSettings())
+            base.encode(queries)
+            retrievers = {texts: base.with_settings(RetrievalSettings(texts=texts)) for texts in ("fetch", "inline")}
+            seconds: dict[str, list[float]] = {texts: [] for texts in retrievers}
+            for retriever in retrievers.values():
+                retriever.search_many(queries[:WARMUP])
+            for query in queries:
+                for texts, retriever in retrievers.items():
+                    seconds[texts].append(timed(lambda r=retriever, q=query: r.search(q))[1])
+            result[place] = {texts: {**percentiles(values), "samples": values} for texts, values in seconds.items()}
+    return result
+
+
 def many_queries(n: int) -> list[str]:
     """``n`` distinct texts: the train claims, then abstract titles of the corpus."""
     texts = list(dict.fromkeys(q["text"] for q in read_jsonl(scifact_paths()["queries_train"])))
@@ -212,6 +247,8 @@ def run(session: Session) -> dict[str, Any]:
     result: dict[str, Any] = {"load_average": [load_average()], "quality": quality(retriever, queries, qrels)}
     # Latency needs no judgements, so it takes train claims whether or not their abstracts are in a slice.
     result["latency"] = latency(session, index, many_queries(session.config.latency_queries))
+    result["load_average"].append(load_average())
+    result["texts"] = texts_latency(session, index, many_queries(session.config.latency_queries))
     result["load_average"].append(load_average())
     result["many"] = many_vs_loop(session, index, many_queries(session.config.many_queries))
     result["load_average"].append(load_average())

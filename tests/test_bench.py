@@ -74,6 +74,12 @@ def test_quick_run_writes_every_section_with_figures(
     # The encoder's time is measured inside the wall time of each search; took is Elasticsearch's own figure.
     for total, encode, took in zip(*(latency[p]["samples"] for p in ("total", "encode", "took")), strict=True):
         assert 0 < encode < total and took >= 0
+    texts = retrieval["texts"]
+    for place in ("near", "distant"):
+        assert all(len(texts[place][t]["samples"]) == 8 for t in ("fetch", "inline"))
+    # Every request through the proxy waits its delay: both ways of reading texts pay it at least once a search.
+    assert min(min(texts["distant"][t]["samples"]) for t in ("fetch", "inline")) >= texts["delay_ms"] / 1000
+    assert "### Texts after fusion or with the rankings (`retrieval.texts`)" in text
     assert retrieval["many"]["queries"] == 8
     conll = retrieval["conll"]
     assert conll["sentences"] == 30 and conll["answered"] == 30 and not conll["full_train_set"]

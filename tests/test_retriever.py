@@ -88,6 +88,43 @@ def test_hybrid_reads_the_fused_passages_in_full(
             assert h.text
 
 
+class CountingClient:
+    """The Elasticsearch client with its ``_msearch`` round trips counted."""
+
+    def __init__(self, client: Elasticsearch) -> None:
+        self._client = client
+        self.msearches = 0
+
+    def msearch(self, **kwargs: object) -> object:
+        self.msearches += 1
+        return self._client.msearch(**kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+
+def test_inline_texts_answer_as_fetch_does_in_one_round_trip(
+    es_client: Elasticsearch, sample_index: str, tiny_encoder: Encoder
+) -> None:
+    queries = ["football club stadium", "insulin lowers blood glucose", "volcanic eruption"]
+    answers, trips, bodies = {}, {}, {}
+    for texts in ("fetch", "inline"):
+        client = CountingClient(es_client)
+        backend = ElasticsearchBackend(client, sample_index)  # type: ignore[arg-type]
+        retriever = Retriever(backend, tiny_encoder, RetrievalSettings(depth=30, texts=texts))  # type: ignore[arg-type]
+        retriever.search("warm up")  # the first search also reads the mapping
+        before = client.msearches
+        answers[texts] = [[h.to_json() for h in hits] for hits in retriever.search_many(queries, k=8, mode="hybrid")]
+        trips[texts] = client.msearches - before
+        bodies[texts] = retriever.explain("insulin", k=8, mode="hybrid")
+    assert answers["inline"] == answers["fetch"]
+    assert all(len(hits) == 8 and all(h["text"] for h in hits) for hits in answers["inline"])
+    assert trips == {"fetch": 2, "inline": 1}
+    # --explain-dsl shows what is sent: ids and scores from doc values, or the texts with the vector left out.
+    assert [b.get("stored_fields") for b in bodies["fetch"]] == ["_none_", "_none_"]
+    assert [b.get("_source") for b in bodies["inline"]] == [{"excludes": ["vector"]}] * 2
+
+
 class DeletesBeforeFetch(ElasticsearchBackend):
     """The index changes between a search and the reading of its hits: the first hit asked for is deleted."""
 

@@ -85,6 +85,14 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
         setting(R, "title_boost", "--title-boost", type=click.FloatRange(min=0)),
         setting(R, "num_candidates", "--num-candidates", type=click.IntRange(1), help="kNN candidates per shard."),
         setting(R, "depth", "--depth", type=click.IntRange(1), help="Hits per component list before fusion."),
+        setting(
+            R,
+            "texts",
+            "--texts",
+            type=choices(R, "texts"),
+            help="Hybrid: read the fused top k's texts in a second request (fetch), or have both lists carry every "
+            "candidate's text, one round trip (inline: faster to a distant cluster).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)

@@ -1,7 +1,8 @@
 """The query layer: top-k passages per input by BM25, dense kNN or hybrid, for one query or many.
 
 Hybrid search asks the store for both rankings (``depth`` each, ids and scores only) and fuses them here, with
-reciprocal-rank or normalised linear fusion, then reads the texts of the fused top k alone. RRF and linear
+reciprocal-rank or normalised linear fusion, then reads the texts of the fused top k alone (``texts="fetch"``), or
+has the rankings carry every candidate's text and answers in one round trip (``texts="inline"``). RRF and linear
 *retrievers* inside Elasticsearch need an Enterprise licence (and the rank-rrf module); fusing client-side works on
 every cluster and keeps each component's score.
 """
@@ -190,8 +191,10 @@ class Retriever:
     # -- requests ------------------------------------------------------------------------------------
     def _bodies(self, mode: Mode) -> bool:
         """Whether the component searches should return passage texts: only a fused mode fetches more (``depth``)
-        than it keeps, and excluding inputs by content reads the texts of every candidate."""
-        return not RETRIEVAL_MODES[mode].fused or "content" in self.settings.exclude
+        than it keeps; excluding inputs by content reads the texts of every candidate, and ``texts="inline"`` saves
+        the request that reads them after fusion."""
+        s = self.settings
+        return not RETRIEVAL_MODES[mode].fused or "content" in s.exclude or s.texts == "inline"
 
     def _fuse(self, mode: Mode, parts: list[list[Hit]], k: int) -> list[tuple[fusion.Fused, Hit]]:
         """The top k of one query's component lists, each fused score beside the store's hit for it."""

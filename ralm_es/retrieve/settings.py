@@ -17,6 +17,8 @@ Component = Literal["bm25", "dense"]
 # The hybrid fusions the settings accept; each has its RankFusion in RANK_FUSIONS (a test holds the two equal).
 FusionName = Literal["rrf", "linear"]
 Exclude = Literal["none", "doc", "content", "doc+content"]
+# Where fused search reads its passages' texts (the ranking is the same either way).
+Texts = Literal["fetch", "inline"]
 
 
 @dataclass
@@ -34,6 +36,10 @@ class RetrievalSettings:
     query_cache_size: int = 4096
     # How an input is kept from retrieving itself: by document id (the input's id), by identical text, or both.
     exclude: Exclude = "none"
+    # fetch: the component searches return ids and scores, and one more request reads the fused top k (the least
+    # work for the node; the fastest where it is near). inline: they return every candidate's text, in one round
+    # trip (the fastest where each round trip costs a few milliseconds or more, as to a cloud deployment).
+    texts: Texts = "fetch"
 
     def fusion_header(self) -> dict[str, Any]:
         """The settings that decide hybrid search's ranking (empty for a single mode), in a fixed order: caches,
