@@ -226,6 +226,7 @@ class DelayProxy:
         self.delay_s = delay_s
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.writers: list[asyncio.StreamWriter] = []
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -234,12 +235,22 @@ class DelayProxy:
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
+        self.loop.close()
+
+    async def _close(self) -> None:
+        """Stop listening and end the connections a client still keeps open (its pool outlives the timings): each
+        side closed, their pipes read to the end."""
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.gather(*(task for task in asyncio.all_tasks() if task is not asyncio.current_task()))
 
     async def _connection(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         node_r, node_w = await asyncio.open_connection(self.host, self.port)
+        self.writers += [client_w, node_w]
         await asyncio.gather(self._pipe(client_r, node_w, self.delay_s), self._pipe(node_r, client_w, 0.0))
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
