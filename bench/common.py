@@ -218,7 +218,7 @@ class Session:
 class DelayProxy:
     """A TCP proxy on a free local port to the node at ``url`` that passes every byte of a request on ``delay_s``
     later and every reply at once: the node as a client ``delay_s`` of round trip away would see it (a cloud
-    deployment), for timings. ``with DelayProxy(url, 0.005) as near_url: ...``"""
+    deployment), for timings. ``with DelayProxy(url, 0.005) as distant_url: ...``"""
 
     def __init__(self, url: str, delay_s: float) -> None:
         parts = urlsplit(url)

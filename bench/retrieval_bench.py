@@ -168,6 +168,7 @@ def texts_latency(session: Session, index: str, queries: Sequence[str]) -> dict[
                 for texts, retriever in retrievers.items():
                     seconds[texts].append(timed(lambda r=retriever, q=query: r.search(q))[1])
             result[place] = {texts: {**percentiles(values), "samples": values} for texts, values in seconds.items()}
+            client.close()
     return result
 
 

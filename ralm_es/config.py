@@ -52,6 +52,16 @@ def check_bounds(section: str, settings: object, names: Iterable[str], low: Lite
             raise ConfigError(f"{section}.{name} {bound}, got {value}")
 
 
+def check_choices(section: str, settings: object, names: Iterable[str]) -> None:
+    """Refuse a ``Literal`` setting of ``settings`` outside its values, naming ``section.name``: settings built in
+    code skip the config layers' check."""
+    hints = typing.get_type_hints(type(settings))
+    for name in names:
+        allowed = typing.get_args(hints[name])
+        if (value := getattr(settings, name)) not in allowed:
+            raise ConfigError(f"{section}.{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
 class Secret:
     """A secret string: repr, str and format never show it; ``reveal()`` returns it."""
 

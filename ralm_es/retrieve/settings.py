@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ralm_es.config import ConfigError, check_bounds
+from ralm_es.config import ConfigError, check_bounds, check_choices
 from ralm_es.errors import RalmError
 from ralm_es.retrieve import fusion
 
@@ -52,6 +52,7 @@ class RetrievalSettings:
     def __post_init__(self) -> None:
         check_bounds("retrieval", self, ("k", "num_candidates", "depth", "query_batch"), 1)
         check_bounds("retrieval", self, ("title_boost", "rrf_k", "query_cache_size"), 0)
+        check_choices("retrieval", self, ("norm", "exclude", "texts"))
         if not 0 <= self.dense_weight <= 1:
             raise ConfigError(f"retrieval.dense_weight must be between 0 and 1, got {self.dense_weight}")
         if self.mode not in RETRIEVAL_MODES:
