@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ralm_es.config import cache_home, check_bounds
+from ralm_es.config import cache_home, check_bounds, check_choices
 from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import ReadOptions, plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
@@ -65,6 +65,7 @@ class IngestSettings:
     def __post_init__(self) -> None:
         # Checked before anything is read or written: a zero batch would stall the run.
         check_bounds("ingest", self, ("encode_batch", "batch_passages", "in_flight"), 1)
+        check_choices("ingest", self, ("runtime",))
 
 
 @dataclass

@@ -18,7 +18,12 @@ from ralm_es.config import (
     set_layer,
     to_dict,
 )
+from ralm_es.inference.task import TaskSettings
+from ralm_es.ingest import IngestSettings
+from ralm_es.model.spec import ModelSettings
 from ralm_es.retrieve.settings import RetrievalSettings
+from ralm_es.store.base import IndexSettings
+from ralm_es.train.config import OptimSettings
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
@@ -161,3 +166,27 @@ def test_a_bound_refuses_a_value_that_is_not_finite(value: float) -> None:
     # inf passes `value < 0` and nan passes every comparison; an infinite title boost times a zero score is nan.
     with pytest.raises(ConfigError, match=rf"^retrieval\.title_boost must be a finite number, got {value}$"):
         RetrievalSettings(title_boost=value)
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "expected"),
+    [
+        (RetrievalSettings, "retrieval.norm", "minmax, zscore"),
+        (RetrievalSettings, "retrieval.exclude", "none, doc, content, doc+content"),
+        (RetrievalSettings, "retrieval.texts", "fetch, inline"),
+        (IndexSettings, "index.similarity", "cosine, dot_product, l2_norm, max_inner_product"),
+        (IndexSettings, "index.index_type", "hnsw, int8_hnsw, int4_hnsw, bbq_hnsw, flat"),
+        (IngestSettings, "ingest.runtime", "torch, torch-bf16, onnx, onnx-int8"),
+        (ModelSettings, "model.fusion", "none, concat, attention, pair, scores"),
+        (ModelSettings, "model.passage_encoder", "shared, frozen"),
+        (ModelSettings, "model.passage_memory", "tokens, pooled"),
+        (ModelSettings, "model.runtime", "torch, torch-bf16, onnx, onnx-int8"),
+        (OptimSettings, "train.precision", "auto, fp32, bf16"),
+        (TaskSettings, "task.type", "ner, classification"),
+    ],
+)
+def test_settings_built_in_code_refuse_a_value_outside_their_choices(cls: type, key: str, expected: str) -> None:
+    # The Python API skips the config layers, which check these too; the refusal names the setting the same way.
+    with pytest.raises(ConfigError) as refused:
+        cls(**{key.split(".")[1]: "zzz"})
+    assert str(refused.value) == f"{key} must be one of {expected}, got 'zzz'"

@@ -52,11 +52,6 @@ def test_every_mode_the_settings_accept_has_its_strategy(
     assert set(RETRIEVAL_MODES) == set(typing.get_args(Mode))
     with pytest.raises(ConfigError, match=r"retrieval\.mode must be one of bm25, dense, hybrid, got 'sparse'"):
         RetrievalSettings(mode="sparse")  # type: ignore[arg-type]
-    # Settings built in code are held to the same values as those a config file or a flag gives.
-    with pytest.raises(ConfigError, match=r"retrieval\.texts must be one of fetch, inline, got 'lazy'"):
-        RetrievalSettings(texts="lazy")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"retrieval\.exclude must be one of none, doc, content, doc\+content"):
-        RetrievalSettings(exclude="self")  # type: ignore[arg-type]
     retriever = make(es_client, sample_index, tiny_encoder)
     with pytest.raises(RetrievalError, match="unknown mode 'sparse': use bm25, dense, hybrid"):
         retriever.search("insulin", mode="sparse")  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from ralm_es.config import check_choices
 from ralm_es.tasks import ClassificationTask, NerTask, Task
 
 
@@ -18,6 +19,9 @@ class TaskSettings:
     label_field: str = "label"
     pair_field: str | None = "text_pair"
     id_field: str = "id"
+
+    def __post_init__(self) -> None:
+        check_choices("task", self, ("type",))
 
 
 # The task each ``task.type`` names, built from the section (a test holds this equal to the type's values).

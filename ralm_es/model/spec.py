@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ralm_es.config import ConfigError, check_bounds
+from ralm_es.config import ConfigError, check_bounds, check_choices
 from ralm_es.onnx_runtime import Runtime
 
 # The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
@@ -48,6 +48,7 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         check_bounds("model", self, ("k", "heads"), 1)
+        check_choices("model", self, ("fusion", "passage_encoder", "passage_memory", "runtime"))
         for name, value in (("max_length", self.max_length), ("passage_max_length", self.passage_max_length)):
             if value < 3:
                 raise ConfigError(f"model.{name} must be at least 3 ([CLS], one token, [SEP]), got {value}")

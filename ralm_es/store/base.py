@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Protocol
 
-from ralm_es.config import check_bounds
+from ralm_es.config import check_bounds, check_choices
 from ralm_es.corpus.types import Passage
 from ralm_es.errors import RalmError
 from ralm_es.onnx_runtime import vector_kind
@@ -82,6 +82,7 @@ class IndexSettings:
     def __post_init__(self) -> None:
         check_bounds("index", self, ("m", "ef_construction", "shards"), 1)
         check_bounds("index", self, ("replicas",), 0)
+        check_choices("index", self, ("similarity", "index_type"))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ralm_es.config import ConfigError, check_bounds, compose, file_layer, set_layer
+from ralm_es.config import ConfigError, check_bounds, check_choices, compose, file_layer, set_layer
 from ralm_es.inference.task import TaskSettings
 from ralm_es.model.spec import ModelSettings
 
@@ -73,6 +73,7 @@ class OptimSettings:
         sizes = ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every")
         check_bounds("train", self, [*sizes, *(n for n in ("max_steps", "threads") if getattr(self, n) is not None)], 1)
         check_bounds("train", self, ("weight_decay", "grad_clip", "patience"), 0)
+        check_choices("train", self, ("precision",))
         # A zero or negative rate would not train (or would climb the loss) without saying so.
         for name, value in (("epochs", self.epochs), ("lr", self.lr), ("head_lr", self.head_lr)):
             if not (math.isfinite(value) and value > 0):
