@@ -15,9 +15,9 @@ from safetensors.torch import load_model
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from ralm_es.config import ConfigError
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.spec import ModelSpec
-from ralm_es.model.strategies import FusionError, fusion_strategy
 from ralm_es.model_folder import ModelError
 
 WEIGHTS = "model.safetensors"
@@ -44,9 +44,9 @@ def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel,
     if not (folder / WEIGHTS).is_file():
         raise ModelError(f"run folder {folder} has no weights ({WEIGHTS}); did training finish an evaluation?")
     try:
+        # A field or a value this version does not know (a fusion mode added later) is refused here, in one line.
         spec = ModelSpec.from_json(json.loads((folder / SPEC).read_text(encoding="utf-8")))
-        fusion_strategy(spec.fusion)
-    except (TypeError, FusionError) as exc:
+    except (TypeError, ConfigError) as exc:
         raise ModelError(f"{folder / SPEC} was not written by this version of ralm-es: {exc}") from None
     hf_logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
