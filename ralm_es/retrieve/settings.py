@@ -52,13 +52,10 @@ class RetrievalSettings:
     def __post_init__(self) -> None:
         check_bounds("retrieval", self, ("k", "num_candidates", "depth", "query_batch"), 1)
         check_bounds("retrieval", self, ("title_boost", "rrf_k", "query_cache_size"), 0)
-        check_choices("retrieval", self, ("norm", "exclude", "texts"))
+        # Tests hold RETRIEVAL_MODES and RANK_FUSIONS equal to the Literals checked here.
+        check_choices("retrieval", self, ("mode", "fusion", "norm", "exclude", "texts"))
         if not 0 <= self.dense_weight <= 1:
             raise ConfigError(f"retrieval.dense_weight must be between 0 and 1, got {self.dense_weight}")
-        if self.mode not in RETRIEVAL_MODES:
-            raise ConfigError(f"retrieval.mode must be one of {', '.join(RETRIEVAL_MODES)}, got {self.mode!r}")
-        if self.fusion not in RANK_FUSIONS:
-            raise ConfigError(f"retrieval.fusion must be one of {', '.join(RANK_FUSIONS)}, got {self.fusion!r}")
 
 
 @dataclass(frozen=True)
