@@ -12,6 +12,7 @@ from test_pair_fusion import claims_config, load, sparse_claims
 from test_train import claims_files, losses, record_evaluations
 from transformers import AutoTokenizer
 
+from ralm_es.embed import Encoder
 from ralm_es.inference.runs import open_run, predict_file
 from ralm_es.model.inputs import build_features
 from ralm_es.model.spec import ModelSpec, ScoreScale
@@ -176,7 +177,7 @@ def test_score_signals_without_a_mode_that_reads_passage_slots_is_one_line(
 
 
 def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
-    tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path
+    tmp_path: Path, claims: dict[str, Path], tiny_model_dir: Path, tiny_encoder: Encoder
 ) -> None:
     result = train(load(claims_config(tmp_path, claims, tiny_model_dir, "model.fusion=scores", "train.max_steps=2")))
     run = open_run(result.out, "cpu")
@@ -207,6 +208,13 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     )
     same = Retriever(backend, None, RetrievalSettings(mode="bm25"))
     assert Predictor(run, same).retriever is same
+    # BM25 encodes no query, so a BM25 retriever that holds an encoder (one made from a hybrid retriever's
+    # with_settings, as the sweep makes) has the same scale.
+    hybrid_retriever = Retriever(backend, tiny_encoder, RetrievalSettings(mode="hybrid"))
+    with pytest.raises(DataError):
+        Predictor(run, hybrid_retriever)
+    bm25_retriever = hybrid_retriever.with_settings(RetrievalSettings(mode="bm25"))
+    assert Predictor(run, bm25_retriever).retriever is bm25_retriever
 
 
 def test_a_mode_that_does_not_read_scores_records_no_scale(

@@ -234,7 +234,7 @@ def retrieve(
         mode=s.mode,
         k=s.k,
         fusion=s.fusion_header(),
-        encoder=retriever.encoder.info() if retriever.encoder else None,
+        encoder=retriever.query_encoder.info() if retriever.query_encoder else None,
         backend=backend_name,
         exclude=s.exclude,
     )

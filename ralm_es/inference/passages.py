@@ -21,7 +21,7 @@ from ralm_es.tasks import DataError, Example
 
 
 def header_scale(header: CacheHeader) -> ScoreScale:
-    return ScoreScale.of(header.mode, header.fusion, header.encoder.revision if header.encoder else None)
+    return ScoreScale(header.mode, header.fusion, header.encoder.revision if header.encoder else None)
 
 
 def check_score_scale(spec: ModelSpec, found: ScoreScale, where: str) -> None:

@@ -63,12 +63,8 @@ class ScoreScale:
 
     mode: str
     fusion: dict[str, Any]
+    # The revision of the encoder that encoded the queries; None when none did (BM25 alone).
     encoder: str | None = None
-
-    @classmethod
-    def of(cls, mode: str, fusion: dict[str, Any], encoder_revision: str | None) -> ScoreScale:
-        """The scale of a retrieval; BM25 alone encodes no query, so no encoder sets it."""
-        return cls(mode, fusion, encoder_revision if mode != "bm25" else None)
 
     def describe(self) -> str:
         fusion = ", ".join(f"{k} {v}" for k, v in self.fusion.items())

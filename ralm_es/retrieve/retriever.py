@@ -128,6 +128,12 @@ class Retriever:
         other._fusion_noticed = self._fusion_noticed
         return other
 
+    @property
+    def query_encoder(self) -> Encoder | None:
+        """The encoder this retriever's mode encodes queries with: none for BM25 alone, even when it holds one
+        (a retriever with other settings shares its encoder)."""
+        return self.encoder if RETRIEVAL_MODES[self.settings.mode].encodes else None
+
     # -- queries -------------------------------------------------------------------------------------
     def _prepare(self, query: str) -> str:
         if not isinstance(query, str) or not query.strip():

@@ -37,8 +37,8 @@ class Predictor:
             raise DataError(f"the model in {run.folder} uses fusion '{spec.fusion}' and needs a retriever")
         if retriever is not None and run.model.strategy.reads_scores:
             s = retriever.settings
-            revision = retriever.encoder.revision if retriever.encoder is not None else None
-            live = ScoreScale.of(s.mode, s.fusion_header(), revision)
+            encoder = retriever.query_encoder
+            live = ScoreScale(s.mode, s.fusion_header(), encoder.revision if encoder is not None else None)
             check_score_scale(spec, live, f"the live retriever for {run.folder}")
         self.run = run
         self.retriever = retriever
