@@ -19,7 +19,8 @@ copy of the encoder embeds each passage once, to one vector), attention-tokens (
 each passage, computed once into the token store), attention-tokens-kl and attention-tokens-pdrop (that with the
 consistency term or passage dropout), attention-tokens-k16 (that over 16 passages an input), attention-tokens-case
 (that with each stored passage token's word-case class), pair (classification: the encoder reads each input-passage
-pair), scores (classification: the hits' retrieval scores, no text), scores-k16 (that over 16 hits),
+pair), pair-k2 and pair-k2-scores (that over the 2 best hits, without and with their scores), scores
+(classification: the hits' retrieval scores, no text), scores-k16 (that over 16 hits),
 attention-tokens-scores (attention-tokens with those scores added). Every run
 trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
 
@@ -73,6 +74,10 @@ VARIANTS = {
     # The stored passage tokens with their word-case class, as the input's (the frozen encoder is uncased).
     "attention-tokens-case": [*TOKENS, "model.passage_case_features=true"],
     "pair": ["model.fusion=pair"],
+    # The claim read with each of its two best hits (the cited abstract is first for about half the claims), and
+    # that with the scores mode's signals over those two hits.
+    "pair-k2": ["model.fusion=pair", "model.k=2"],
+    "pair-k2-scores": ["model.fusion=pair", "model.k=2", "model.score_signals=true"],
     "scores": ["model.fusion=scores"],
     "scores-k16": ["model.fusion=scores", "model.k=16"],
     # Reading the evidence and how well it matched: attention-tokens with the scores mode's signals added.
