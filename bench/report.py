@@ -438,6 +438,7 @@ TRAIN_RESULTS = (
     "scifact_tokens",
     "scifact_scores",
     "scifact_scores_k16",
+    "scifact_pair_k2",
     *EFFICIENCY_FILES,
     "throughput",
     "throughput_tokens",
@@ -602,7 +603,14 @@ def seeded_section(result: dict[str, Any]) -> list[str]:
         else "k " + ", ".join(f"{'/'.join(map(str, sorted(values)))} ({mode})" for mode, values in ks.items())
     )
     budget = f"{config['train']['epochs']:g} epochs of batch {config['train']['batch_size']}, {k}"
-    return [*lines, "", f"Split: {result['split']}; {budget}; the best dev checkpoint of each run on the test part."]
+    if (precision := config["train"].get("precision", "auto")) != "auto":
+        budget += f", {precision} training"
+    return [
+        *lines,
+        "",
+        f"Split: {result['split']}; {budget}; passages from `{config['data']['train_cache']}`; the best dev "
+        "checkpoint of each run on the test part.",
+    ]
 
 
 def mode_of(name: str, run: dict[str, Any], prefix: str = "efficiency-") -> str:

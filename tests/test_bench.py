@@ -326,7 +326,11 @@ def test_a_reference_variant_is_borrowed_even_on_other_passages_and_the_note_nam
 
 def test_seeded_claims_runs_are_paired_against_none_on_accuracy_and_macro_f1() -> None:
     def run(seed: int, acc: float, f1: float) -> dict[str, object]:
-        config = {"train": {"epochs": 10, "batch_size": 16}, "model": {"k": 8}}
+        config = {
+            "train": {"epochs": 10, "batch_size": 16, "precision": "bf16"},
+            "model": {"k": 8},
+            "data": {"train_cache": "caches/claims.jsonl"},
+        }
         return {
             "config": config,
             "test": {"accuracy": acc, "macro_f1": f1},
@@ -348,6 +352,10 @@ def test_seeded_claims_runs_are_paired_against_none_on_accuracy_and_macro_f1() -
     assert (
         "| scores | 13, 14 | 0.5550 ± 0.0071 | 0.5150 ± 0.0212 | 0.5000, 0.5300 | +0.0600, +0.0300 | +0.0500, +0.0400 "
         "| 33.50 | 1600 |" in lines
+    )
+    assert lines[-1] == (
+        "Split: 60/20/20 of claims.train, seed 13; 10 epochs of batch 16, k=8, bf16 training; passages from "
+        "`caches/claims.jsonl`; the best dev checkpoint of each run on the test part."
     )
 
 
