@@ -208,8 +208,8 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     )
     same = Retriever(backend, None, RetrievalSettings(mode="bm25"))
     assert Predictor(run, same).retriever is same
-    # BM25 encodes no query, so a BM25 retriever that holds an encoder (one made from a hybrid retriever's
-    # with_settings, as the sweep makes) has the same scale.
+    # BM25 encodes no query, so a BM25 retriever that holds an encoder (with_settings shares a hybrid retriever's)
+    # has the same scale.
     hybrid_retriever = Retriever(backend, tiny_encoder, RetrievalSettings(mode="hybrid"))
     with pytest.raises(DataError):
         Predictor(run, hybrid_retriever)
