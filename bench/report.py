@@ -430,6 +430,8 @@ EFFICIENCY_FILES = {
     "efficiency_bf16": EfficiencyFile("label_efficiency_bf16.png"),
     "efficiency_concat_full": EfficiencyFile("label_efficiency_concat_full.png"),
     "efficiency_concat_full_4ep": EfficiencyFile("label_efficiency_concat_full_4ep.png"),
+    "efficiency_concat256": EfficiencyFile("label_efficiency_concat256.png", references=("none", "concat")),
+    "efficiency_concat_5pct": EfficiencyFile("label_efficiency_concat_5pct.png"),
 }
 
 TRAIN_RESULTS = (
