@@ -63,7 +63,7 @@ VARIANTS = {
     "concat": ["model.fusion=concat"],
     # Twice the sequence: nearly every passage of a k=8 document-context cache fits (7.4 whole on average, not 5.3).
     "concat-256": ["model.fusion=concat", "model.max_length=256"],
-    # The other way: only the 3 nearest sentences of the story.
+    # The other way: the 3 best passages only (with a document-context cache, the 3 nearest sentences).
     "concat-k3": ["model.fusion=concat", "model.k=3"],
     "attention": ["model.fusion=attention", "model.passage_encoder=shared"],
     "attention-frozen": ["model.fusion=attention", "model.passage_encoder=frozen", "model.passage_memory=pooled"],
