@@ -34,11 +34,9 @@ done
     | tee "$OUT/device.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/device.txt" 2>/dev/null || true
 
-common=(--set train.device=cuda --set train.precision=bf16 --set "data.train=$DATA/train.txt")
+common=(--set train.device=cuda --set train.precision=bf16
+        --set "data.train=$DATA/train.txt" --set "data.dev=$DATA/dev.txt" --set "data.test=$DATA/test.txt")
 if [[ -n ${ENCODER:-} ]]; then common+=(--set "model.encoder=$ENCODER"); fi
-# Only the CoNLL part evaluates: given to the throughput part, dev and test would undo its data.dev=null and
-# data.test=null, and every variant that reads passages would look for the config's dev cache.
-evaluated=(--set "data.dev=$DATA/dev.txt" --set "data.test=$DATA/test.txt")
 
 # bf16 training throughput per variant (no evaluation in the clock), batch 32.
 timeout "$THROUGHPUT_S" "$PYTHON" bench/train_bench.py throughput --caches "$CACHES" --out "$OUT/throughput.json" \
@@ -52,7 +50,7 @@ timeout "$THROUGHPUT_S" "$PYTHON" bench/train_bench.py throughput --caches "$CAC
 timeout "$CONLL_S" "$PYTHON" bench/train_bench.py efficiency --caches "$CACHES" --out "$OUT/efficiency_gpu.json" \
     --work "$OUT/runs" --jobs 12 --fractions 1 --modes none attention-tokens concat attention --seeds 13 14 15 \
     --set train.batch_size=32 --set train.eval_every=400 --set train.eval_batch_size=128 --set train.threads=1 \
-    "${common[@]}" "${evaluated[@]}" 2>&1 | tee "$OUT/conll.log" || echo "conll: ended early, exit $? (124: its ${CONLL_S} s)" >&2
+    "${common[@]}" 2>&1 | tee "$OUT/conll.log" || echo "conll: ended early, exit $? (124: its ${CONLL_S} s)" >&2
 
 # Keep the results and logs small: drop the run folders' weights.
 find "$OUT/runs" -name '*.safetensors' -delete 2>/dev/null || true

@@ -297,13 +297,18 @@ def plot_dev_curves(names: list[str], work: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def throughput_jobs(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The overrides of each throughput run. No dev or test evaluation, whatever ``--set`` says (a script may share
+    its settings with an evaluating benchmark): the clock measures training only."""
+    training_only = ["data.dev=null", "data.test=null", f"data.limit={args.limit}"]
+    training_only += [f"train.max_steps={args.steps}", f"train.eval_every={args.steps}"]
+    common = [f"data.train_cache={args.caches.format(split='train')}", *args.set, *training_only]
+    return {f"throughput-{name}": [*common, *VARIANTS[name]] for name in args.variants}
+
+
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     base = REPO / "configs" / "conll_ner.yaml"
-    # No dev or test evaluation: the clock measures training only.
-    common = [f"data.train_cache={args.caches.format(split='train')}", "data.dev=null", "data.test=null"]
-    common += [f"data.limit={args.limit}", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}"]
-    common += args.set
-    jobs = {f"throughput-{name}": [*common, *VARIANTS[name]] for name in args.variants}
+    jobs = throughput_jobs(args)
 
     def assemble(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         named = {name.removeprefix("throughput-"): run for name, run in runs.items()}

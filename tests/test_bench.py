@@ -3,6 +3,7 @@ arithmetic and file handling it relies on."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -17,8 +18,10 @@ from bench.ingest_bench import PEAK_RSS
 from bench.peers.venv import link_shared
 from bench.report import SECTIONS, claims_retriever_section, collect_train, seeded_section, targets, train_section
 from bench.run import parse_args, run_all, save
+from bench.train_bench import REPO, throughput_jobs
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalSettings
+from ralm_es.train.config import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -140,6 +143,23 @@ def test_quick_flag_and_overrides() -> None:
     assert quick.quick and quick.only == ["ingest"] and quick.abstracts == 7 and quick.repeats == 1
     full = parse_args(["--no-peers"])
     assert not full.quick and full.abstracts is None and not full.peers and full.wants("retrieval")
+
+
+def test_throughput_runs_never_evaluate_whatever_the_overrides_say() -> None:
+    args = argparse.Namespace(
+        caches="caches/conll-doc-{split}.jsonl",
+        set=["data.dev=../shared/data/conll2003/dev.txt", "data.test=x.txt", "train.eval_every=5", "train.lr=1e-4"],
+        limit=300,
+        steps=7,
+        variants=["none", "attention-tokens"],
+    )
+    jobs = throughput_jobs(args)
+    assert set(jobs) == {"throughput-none", "throughput-attention-tokens"}
+    for overrides in jobs.values():
+        cfg = load_config(REPO / "configs" / "conll_ner.yaml", overrides)
+        assert cfg.data.dev is None and cfg.data.test is None
+        assert (cfg.train.max_steps, cfg.train.eval_every, cfg.data.limit) == (7, 7, 300)
+        assert cfg.train.lr == 1e-4 and cfg.data.train_cache == "caches/conll-doc-train.jsonl"
 
 
 def test_peer_environments_share_our_torch(tmp_path: Path) -> None:
