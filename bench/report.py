@@ -432,6 +432,9 @@ EFFICIENCY_FILES = {
     "efficiency_concat_full_4ep": EfficiencyFile("label_efficiency_concat_full_4ep.png"),
     "efficiency_concat256": EfficiencyFile("label_efficiency_concat256.png", references=("none", "concat")),
     "efficiency_concat_5pct": EfficiencyFile("label_efficiency_concat_5pct.png"),
+    "efficiency_tokens_concat": EfficiencyFile(
+        "label_efficiency_tokens_concat.png", references=("none", "attention-tokens")
+    ),
 }
 
 TRAIN_RESULTS = (

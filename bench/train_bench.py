@@ -77,6 +77,9 @@ VARIANTS = {
     "attention-tokens-k16": [*TOKENS, "model.k=16"],
     # The stored passage tokens with their word-case class, as the input's (the frozen encoder is uncased).
     "attention-tokens-case": [*TOKENS, "model.passage_case_features=true"],
+    # Both ways at once: the story's nearest sentences in the encoder's input, as concat has them, and
+    # cross-attention over the stored token states of all k.
+    "attention-tokens-concat": [*TOKENS, "model.concat_passages=true"],
     "pair": ["model.fusion=pair"],
     # The claim read with each of its two best hits (the cited abstract is first for about half the claims), and
     # that with the scores mode's signals over those two hits.

@@ -29,7 +29,9 @@ class ModelSettings:
     fusion step, add each hit's retrieval scores as the ``scores`` mode reads them. ``passage_case_features``
     (frozen token memory): add a learned word-case embedding to each stored passage token, as ``case_features``
     does for the input (the default encoder is uncased, so the frozen states do not say which words were capitalised;
-    shared passages get ``case_features`` through the encoder itself)."""
+    shared passages get ``case_features`` through the encoder itself). ``concat_passages`` (``attention``): also
+    append the passages to the input, each after a [SEP] within ``max_length``, as ``concat`` does, so the encoder
+    reads the nearest ones with the input and the input's states then attend over all k."""
 
     encoder: str | None = None
     fusion: Fusion = "attention"
@@ -45,6 +47,7 @@ class ModelSettings:
     dropout: float = 0.1
     score_signals: bool = False
     passage_case_features: bool = False
+    concat_passages: bool = False
 
     def __post_init__(self) -> None:
         check_bounds("model", self, ("k", "heads"), 1)

@@ -28,7 +28,7 @@ from ralm_es.inference.runs import evaluate_file, open_run
 from ralm_es.inference.task import task_of
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
-from ralm_es.model.strategies import STRATEGIES, fusion_strategy, ignored_settings
+from ralm_es.model.strategies import STRATEGIES, ignored_settings, strategy_of
 from ralm_es.model.strategies.base import drop_passages
 from ralm_es.model_folder import resolve_model_path
 from ralm_es.tasks import Task
@@ -90,9 +90,11 @@ def _check_regularisers(cfg: TrainConfig) -> None:
     """Regularisers that the fusion mode cannot apply (their ranges are the settings' own check)."""
     t, fusion = cfg.train, cfg.model.fusion
     slotted = ", ".join(name for name, s in STRATEGIES.items() if s.slotted)
+    # With model.concat_passages the passages are in the input too, where no slot can drop or clear them.
+    mode = f"'{fusion}' with model.concat_passages" if cfg.model.concat_passages else f"'{fusion}'"
     for name, value in (("passage_dropout", t.passage_dropout), ("consistency_weight", t.consistency_weight)):
-        if value > 0 and not fusion_strategy(fusion).slotted:
-            raise TrainError(f"train.{name} needs a fusion mode with separate passages ({slotted}), not '{fusion}'")
+        if value > 0 and not strategy_of(cfg.model).slotted:
+            raise TrainError(f"train.{name} needs a fusion mode with separate passages ({slotted}), not {mode}")
 
 
 def _evaluate(model: RalmModel, task: Task, fs: FeatureSet, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:

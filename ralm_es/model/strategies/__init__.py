@@ -12,7 +12,7 @@ from ralm_es.errors import RalmError
 from ralm_es.model.spec import ModelSettings
 from ralm_es.model.strategies.attention import AttentionFusion
 from ralm_es.model.strategies.base import MODE_SETTINGS, FusionStrategy
-from ralm_es.model.strategies.concat import ConcatFusion
+from ralm_es.model.strategies.concat import ConcatFusion, WithContext
 from ralm_es.model.strategies.none import NoFusion
 from ralm_es.model.strategies.pair import PairFusion
 from ralm_es.model.strategies.scores import ScoreFusion, WithSignals
@@ -37,16 +37,26 @@ def fusion_strategy(name: str) -> FusionStrategy:
 
 def strategy_of(settings: ModelSettings) -> FusionStrategy:
     """The strategy of ``settings.fusion``, with the hits' retrieval signals added after its fusion step when
-    ``settings.score_signals`` (a mode with passage slots other than ``scores``, which is those signals alone)."""
+    ``settings.score_signals`` (a mode with passage slots other than ``scores``, which is those signals alone), and
+    with the passages also appended to the input when ``settings.concat_passages`` (a mode that reads the input
+    alone in the encoder)."""
     strategy = fusion_strategy(settings.fusion)
-    if not settings.score_signals:
-        return strategy
-    if not strategy.slotted or isinstance(strategy, ScoreFusion):
-        slotted = ", ".join(name for name, s in STRATEGIES.items() if s.slotted and not isinstance(s, ScoreFusion))
-        raise FusionError(
-            f"model.score_signals needs a fusion mode with separate passages ({slotted}), not '{settings.fusion}'"
-        )
-    return WithSignals(strategy)
+    if settings.score_signals:
+        if not strategy.slotted or isinstance(strategy, ScoreFusion):
+            slotted = ", ".join(n for n, s in STRATEGIES.items() if s.slotted and not isinstance(s, ScoreFusion))
+            raise FusionError(
+                f"model.score_signals needs a fusion mode with separate passages ({slotted}), not '{settings.fusion}'"
+            )
+        strategy = WithSignals(strategy)
+    if settings.concat_passages:
+        if not strategy.takes_context:
+            takers = ", ".join(n for n, s in STRATEGIES.items() if s.takes_context)
+            raise FusionError(
+                f"model.concat_passages needs a fusion mode that reads the passages apart from the input ({takers}), "
+                f"not '{settings.fusion}'"
+            )
+        strategy = WithContext(strategy)
+    return strategy
 
 
 def ignored_settings(settings: ModelSettings) -> str | None:

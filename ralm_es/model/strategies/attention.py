@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 class AttentionFusion(FusionStrategy):
     name = "attention"
     slotted = True
+    takes_context = True
     reads = frozenset({*FusionStrategy.reads, "passage_encoder", "passage_memory", "heads"})
 
     def frozen_passages(self, settings: ModelSettings) -> bool:

@@ -55,6 +55,9 @@ class FusionStrategy:
     reads_scores: ClassVar[bool] = False
     # The settings of ``MODE_SETTINGS`` the mode reads; any other of them set away from its default does nothing.
     reads: ClassVar[frozenset[str]] = frozenset({"k", "passage_max_length"})
+    # True: the encoder reads the input alone and the passages reach the model apart from it, so they can also be
+    # appended to the input, as ``concat`` appends them (``model.concat_passages``).
+    takes_context: ClassVar[bool] = False
 
     def frozen_passages(self, settings: ModelSettings) -> bool:
         """Whether passages are embedded once by a fixed encoder (whose vector size the spec then records)."""
@@ -110,3 +113,46 @@ def drop_passages(batch: dict[str, torch.Tensor], p: float, generator: torch.Gen
     left without any, as when retrieval returns nothing: the mode's no-passage path."""
     keep = torch.rand(batch[VALID].shape, generator=generator) >= p
     return {**batch, VALID: batch[VALID] & keep}
+
+
+class Wrapped(FusionStrategy):
+    """A mode with something added (``model.score_signals``, ``model.concat_passages``): everything not
+    overridden is the inner mode's."""
+
+    def __init__(self, inner: FusionStrategy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.uses_passages = inner.uses_passages
+        self.tasks = inner.tasks
+        self.slotted = inner.slotted
+        self.reads_scores = inner.reads_scores
+        self.reads = inner.reads
+        self.takes_context = inner.takes_context
+
+    def frozen_passages(self, settings: ModelSettings) -> bool:
+        return self.inner.frozen_passages(settings)
+
+    def stored_tokens(self, settings: ModelSettings) -> bool:
+        return self.inner.stored_tokens(settings)
+
+    def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
+        return self.inner.passages_of(spec, hits)
+
+    def fill_table(
+        self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
+    ) -> None:
+        self.inner.fill_table(spec, table, tokenizer, embed)
+
+    def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
+        self.inner.add_passages(fs, feature, rows, hits)
+
+    def batch(self, fs: FeatureSet, feats: list[Features]) -> dict[str, torch.Tensor]:
+        return self.inner.batch(fs, feats)
+
+    def modules(self, spec: ModelSpec, hidden: int) -> dict[str, nn.Module]:
+        return self.inner.modules(spec, hidden)
+
+    def fuse(
+        self, model: RalmModel, query: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.inner.fuse(model, query, batch)

@@ -11,21 +11,20 @@ normalisation's statistics alone."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ralm_es.model.strategies.base import VALID, Embed, FusionStrategy, passage_slots
+from ralm_es.model.strategies.base import VALID, Embed, FusionStrategy, Wrapped, passage_slots
 from ralm_es.model.tokens import PassageTable
 from ralm_es.retrieve.cache import CacheHit
 
 if TYPE_CHECKING:
     from ralm_es.model.inputs import Features, FeatureSet
     from ralm_es.model.ralm import RalmModel
-    from ralm_es.model.spec import ModelSettings, ModelSpec
+    from ralm_es.model.spec import ModelSpec
 
 SIGNALS = 5  # fused score, log1p(BM25), dense cosine, found by BM25, found by dense
 
@@ -114,31 +113,13 @@ class ScoreFusion(FusionStrategy):
         return add_signals(model, query, batch), None
 
 
-class WithSignals(FusionStrategy):
+class WithSignals(Wrapped):
     """Another mode with passage slots (``attention``, ``pair``) and, after its fusion step, the hits' retrieval
     signals added as ``scores`` adds them (``model.score_signals``): the evidence read, and how well it matched."""
 
     def __init__(self, inner: FusionStrategy) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.tasks = inner.tasks
-        self.slotted = inner.slotted
+        super().__init__(inner)
         self.reads_scores = True
-        self.reads = inner.reads
-
-    def frozen_passages(self, settings: ModelSettings) -> bool:
-        return self.inner.frozen_passages(settings)
-
-    def stored_tokens(self, settings: ModelSettings) -> bool:
-        return self.inner.stored_tokens(settings)
-
-    def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
-        return self.inner.passages_of(spec, hits)
-
-    def fill_table(
-        self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
-    ) -> None:
-        self.inner.fill_table(spec, table, tokenizer, embed)
 
     def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
         self.inner.add_passages(fs, feature, rows, hits)
