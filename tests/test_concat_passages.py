@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_pair_fusion import hit
-from test_token_store import TOKENS, ner_files
-from test_train import losses, ner_config, record_evaluations
+from test_token_store import TOKENS, ner_files, trained_and_recorded
+from test_train import losses, ner_config
 from transformers import AutoTokenizer
 
 from ralm_es.embed import Encoder
@@ -79,14 +79,8 @@ def test_a_run_with_the_story_in_its_input_and_its_memory_learns_and_predicts_th
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every third training sentence has no hits: those train on their input alone.
-    data = ner_files(tmp_path, empty_dev=False)
-    evaluated = record_evaluations(monkeypatch)
-    cfg = load_config(ner_config(tmp_path, data, tiny_model_dir), [*CONTEXT, f"model.token_store={tmp_path / 's'}"])
-    result = train(cfg)
-    monkeypatch.undo()
-    seen = losses(result.out)
-    assert result.finished and sum(seen[-3:]) / 3 < sum(seen[:3]) / 3
-    spec = ModelSpec.from_json(json.loads((result.out / "model.json").read_text()))
+    sets = [*CONTEXT, f"model.token_store={tmp_path / 's'}"]
+    data, result, evaluated, spec = trained_and_recorded(tmp_path, tiny_model_dir, monkeypatch, sets)
     assert spec.concat_passages and spec.passage_memory == "tokens"
 
     reloaded = predict_file(open_run(result.out, "cpu"), data["dev"], data["dev_cache"])[1]

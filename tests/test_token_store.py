@@ -17,6 +17,7 @@ from test_train import losses, ner_config, record_evaluations, write_cache, writ
 from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
 from ralm_es.inference.runs import open_run, predict_file
+from ralm_es.model.labelling import Prediction
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.token_store import TokenStore, TokenStoreError
 from ralm_es.model.tokens import (
@@ -36,7 +37,7 @@ from ralm_es.serve.predictor import PredictInput, Predictor
 from ralm_es.store.elastic import ElasticsearchBackend
 from ralm_es.tasks.ner import read_ner
 from ralm_es.train.config import load_config
-from ralm_es.train.loop import train
+from ralm_es.train.loop import RunResult, train
 
 TEXTS = {
     "doc1#0": "John Smith visited Paris on Monday .",
@@ -130,18 +131,27 @@ def test_a_store_of_another_encoder_or_length_is_refused(tmp_path: Path, encoder
         open_store(tmp_path / "short", encoder)
 
 
-def test_a_run_on_stored_tokens_learns_and_predicts_the_same_after_reload(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def trained_and_recorded(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, sets: list[str]
+) -> tuple[dict[str, Path], RunResult, list[list[Prediction]], ModelSpec]:
+    """A run trained on ``ner_files`` with ``sets``, whose loss fell; its data, the dev predictions of the model in
+    memory at each evaluation, and its saved spec."""
     data = ner_files(tmp_path, empty_dev=False)
-    store = tmp_path / "store"
     evaluated = record_evaluations(monkeypatch)
-    cfg = load_config(ner_config(tmp_path, data, tiny_model_dir), [*TOKENS, f"model.token_store={store}"])
-    result = train(cfg)
+    result = train(load_config(ner_config(tmp_path, data, tiny_model_dir), sets))
     monkeypatch.undo()
     seen = losses(result.out)
     assert result.finished and sum(seen[-3:]) / 3 < sum(seen[:3]) / 3
-    spec = ModelSpec.from_json(json.loads((result.out / "model.json").read_text()))
+    return data, result, evaluated, ModelSpec.from_json(json.loads((result.out / "model.json").read_text()))
+
+
+def test_a_run_on_stored_tokens_learns_and_predicts_the_same_after_reload(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    data, result, evaluated, spec = trained_and_recorded(
+        tmp_path, tiny_model_dir, monkeypatch, [*TOKENS, f"model.token_store={store}"]
+    )
     assert (spec.passage_memory, spec.token_store, spec.frozen_dim) == ("tokens", str(store), 32)
     # Each distinct passage text once, under the id of its first hit.
     texts = {hit["id"]: hit["text"] for split in ("train_cache", "dev_cache") for hit in hits_of(data[split])}
