@@ -436,7 +436,6 @@ EFFICIENCY_FILES = {
         "label_efficiency_tokens_concat.png", references=("none", "attention-tokens")
     ),
     "efficiency_tokens_concat_long": EfficiencyFile("label_efficiency_tokens_concat_long.png"),
-    "efficiency_tokens_concat_long5": EfficiencyFile("label_efficiency_tokens_concat_long5.png"),
 }
 
 TRAIN_RESULTS = (
