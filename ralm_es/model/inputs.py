@@ -48,7 +48,6 @@ class FeatureSet:
     cls_id: int
     sep_id: int
     truncated: int = 0
-    passages_cut: int = 0
 
     def __len__(self) -> int:
         return len(self.features)

@@ -26,9 +26,7 @@ def append_passages(fs: FeatureSet, feature: Features, rows: list[int]) -> None:
         room = fs.spec.max_length - len(feature.input_ids) - 1
         tok = fs.table.tokens[row]
         if room < min(MIN_CONCAT_PIECE, len(tok.ids)):
-            fs.passages_cut += 1
             break
-        fs.passages_cut += len(tok.ids) > room
         feature.input_ids += [*tok.ids[:room], fs.sep_id]
         feature.case_ids += [*tok.cases[:room], CASE_PAD]
         feature.token_type_ids += [1] * (len(tok.ids[:room]) + 1)
@@ -56,8 +54,8 @@ class WithContext(Wrapped):
         self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
     ) -> None:
         self.inner.fill_table(spec, table, tokenizer, embed)
-        if not table.tokens:
-            # Frozen passages: the inner mode read states or vectors, not the subwords appended here.
+        if self.frozen_passages(spec):
+            # The inner mode read the frozen encoder's states or vectors, not the subwords appended here.
             FusionStrategy.fill_table(self, spec, table, tokenizer, embed)
 
     def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
