@@ -19,7 +19,8 @@ variants: none, concat, concat-256 (that within 256 tokens, not 128), concat-k3 
 once, to one vector), attention-tokens (the frozen copy's token states of each passage, computed once into the token
 store), attention-tokens-kl and attention-tokens-pdrop (that with the consistency term or passage dropout),
 attention-tokens-k16 (that over 16 passages an input), attention-tokens-case (that with each stored passage token's
-word-case class), pair (classification: the encoder reads each input-passage pair), pair-k2 and pair-k2-scores (that
+word-case class), attention-tokens-concat (that with the passages also appended to the input, as concat has
+them), pair (classification: the encoder reads each input-passage pair), pair-k2 and pair-k2-scores (that
 over the 2 best hits, without and with their scores), scores (classification: the hits' retrieval scores, no text),
 scores-k16 (that over 16 hits), attention-tokens-scores (attention-tokens with those scores added). Every run
 trains in its own fresh process, so its peak memory is its own; ``--jobs 2`` runs two at a time.
