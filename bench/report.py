@@ -436,6 +436,10 @@ EFFICIENCY_FILES = {
         "label_efficiency_tokens_concat.png", references=("none", "attention-tokens")
     ),
     "efficiency_tokens_concat_long": EfficiencyFile("label_efficiency_tokens_concat_long.png"),
+    "efficiency_tokens_concat_long5": EfficiencyFile("label_efficiency_tokens_concat_long5.png"),
+    "efficiency_tokens_concat_full": EfficiencyFile(
+        "label_efficiency_tokens_concat_full.png", "efficiency_concat_full", ("none", "concat")
+    ),
 }
 
 TRAIN_RESULTS = (
