@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import (
     BenchmarkDataError,
     conll_paths,
@@ -303,14 +304,30 @@ def test_undecidable_and_missing_inputs_raise(tmp_path: Path) -> None:
         read_corpus(tmp_path / "arr.json")
     with pytest.raises(CorpusError, match="nope"):
         read_corpus(tmp_path / "nope.jsonl")
-    with pytest.raises(CorpusError, match="xml"):
-        read_corpus(tmp_path / "arr.json", ReadOptions(format="xml"))
     folder = tmp_path / "mixed"
     folder.mkdir()
     write_lines(folder / "good.jsonl", jsonl({"text": "fine"}))
     (folder / "blob.bin").write_bytes(b"\x00binary")
     with pytest.raises(CorpusError, match=r"blob\.bin"):
         read_corpus(folder)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"format": "xml"}, r"^read\.format must be one of auto, jsonl, beir, csv, tsv, text, conll, got 'xml'$"),
+        ({"unit": "line"}, r"^read\.unit must be one of paragraph, file, got 'line'$"),
+        ({"max_chars": 0}, r"^read\.max_chars must be at least 1, got 0$"),
+        (
+            {"max_chars": 2**63 - 1},
+            r"^read\.max_chars must be at most 2147483647 \(Elasticsearch .*got 9223372036854775807$",
+        ),
+    ],
+)
+def test_read_options_built_in_code_are_refused_naming_the_setting(options: dict[str, object], message: str) -> None:
+    # The config layers check these for a run; options made in Python skip them.
+    with pytest.raises(ConfigError, match=message):
+        ReadOptions(**options)  # type: ignore[arg-type]
 
 
 # --- shipped samples and benchmark locations --------------------------------------------------------------------

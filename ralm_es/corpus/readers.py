@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ralm_es.config import ConfigError, check_bounds, check_choices
 from ralm_es.corpus.conll import looks_like_conll, read_conll
 from ralm_es.corpus.lines import head_bytes, iter_lines
 from ralm_es.corpus.types import ReadError, Record
@@ -19,8 +20,10 @@ from ralm_es.errors import RalmError
 Format = Literal["auto", "jsonl", "beir", "csv", "tsv", "text", "conll"]
 Unit = Literal["paragraph", "file"]
 FORMATS: tuple[str, ...] = get_args(Format)
-UNITS: tuple[str, ...] = get_args(Unit)
 DEFAULT_MAX_CHARS = 1_000_000
+# A longer record could never be indexed: Elasticsearch takes no HTTP request body over Integer.MAX_VALUE bytes
+# (the ceiling of ``http.max_content_length``). The cap also keeps line and CSV field limits within a C long.
+MAX_CHARS_CEILING = 2**31 - 1
 DEFAULT_ID_FIELDS = ("_id", "id")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".conll": "conll"}
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz")
@@ -47,12 +50,13 @@ class ReadOptions:
     max_chars: int = DEFAULT_MAX_CHARS
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise CorpusError(f"unknown corpus format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        if self.unit not in UNITS:
-            raise CorpusError(f"unknown text unit {self.unit!r}; choose one of {', '.join(UNITS)}")
-        if self.max_chars < 1:
-            raise CorpusError(f"read.max_chars must be positive, got {self.max_chars}")
+        check_choices("read", self, ("format", "unit"))
+        check_bounds("read", self, ("max_chars",), 1)
+        if self.max_chars > MAX_CHARS_CEILING:
+            raise ConfigError(
+                f"read.max_chars must be at most {MAX_CHARS_CEILING} (Elasticsearch takes no request over 2 GiB), "
+                f"got {self.max_chars}"
+            )
 
     @property
     def id_fields(self) -> tuple[str, ...]:
