@@ -325,7 +325,7 @@ def test_undecidable_and_missing_inputs_raise(tmp_path: Path) -> None:
     ],
 )
 def test_read_options_built_in_code_are_refused_naming_the_setting(options: dict[str, object], message: str) -> None:
-    # The config layers check these for a run; options made in Python skip them.
+    # Options made in Python, not from a config's `read:` section, meet the same checks.
     with pytest.raises(ConfigError, match=message):
         ReadOptions(**options)  # type: ignore[arg-type]
 
