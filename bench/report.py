@@ -437,6 +437,7 @@ EFFICIENCY_FILES = {
     ),
     "efficiency_tokens_concat_long": EfficiencyFile("label_efficiency_tokens_concat_long.png"),
     "efficiency_tokens_concat_long5": EfficiencyFile("label_efficiency_tokens_concat_long5.png"),
+    "efficiency_tokens_concat_seeds": EfficiencyFile("label_efficiency_tokens_concat_seeds.png"),
     "efficiency_tokens_concat_full": EfficiencyFile(
         "label_efficiency_tokens_concat_full.png", "efficiency_concat_full", ("none", "concat")
     ),
