@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ralm_es.config import cache_home, check_bounds, check_choices
+from ralm_es.config import ConfigError, cache_home, check_bounds, check_choices
 from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import ReadOptions, plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
@@ -78,6 +78,8 @@ class IngestSummary:
     seconds: float = 0.0
     index: str = ""
     resumed_from: int = 0
+    # Documents of the records before ``resumed_from`` that failed in the interrupted run (included in ``failed``).
+    failed_before_resume: int = 0
     # Why an interrupted run's checkpoint was not followed (its input or settings changed); None when it was.
     restarted: str | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -98,6 +100,7 @@ ProgressCallback = Callable[[int, int], None]
 class _Batch:
     passages: list[Passage] = field(default_factory=list)
     records_upto: int = 0
+    read_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,15 @@ class InputFile:
 @dataclass
 class CheckpointState:
     """What an interrupted run leaves: ``records_done`` records (in read order) fully written into ``target``,
-    from exactly ``inputs`` read and cut with ``shape``; ``refresh`` is the interval to put back at the end."""
+    ``failed`` documents of them refused, from exactly ``inputs`` read and cut with ``shape``; ``refresh`` is the
+    interval to put back at the end."""
 
     records_done: int
     target: str
     inputs: list[InputFile]
     shape: dict[str, Any]
     refresh: str | None
+    failed: int = 0
 
 
 class Checkpoint:
@@ -150,6 +155,7 @@ class Checkpoint:
                 inputs=[InputFile(**f) for f in raw["inputs"]],
                 shape=dict(raw["shape"]),
                 refresh=raw["refresh"],
+                failed=int(raw["failed"]),
             )
         except (ValueError, KeyError, TypeError):
             # A checkpoint this version cannot read proves nothing: start over, checking ids.
@@ -201,6 +207,13 @@ class Ingest:
         self.encoder = encoder if settings.embed else None
         folder = encoder.path if encoder is not None else resolve_model_path(settings.model)
         cut = settings.chunking
+        if self.encoder is not None and cut.max_tokens > self.encoder.max_length:
+            # The encoder truncates: the passage's tail would be searchable by BM25 but absent from its vector.
+            raise ConfigError(
+                f"chunking.max_tokens is {cut.max_tokens}, but the encoder in {folder} reads at most "
+                f"{self.encoder.max_length} tokens a passage; set chunking.max_tokens to {self.encoder.max_length} "
+                "or less"
+            )
         self.chunker = Chunker(load_tokenizer(folder), cut.max_tokens, cut.overlap)
         self.chunking = Chunking(cut.max_tokens, cut.overlap, tokenizer_revision(folder))
         self.on_error = on_error or (lambda source, reason: None)
@@ -249,11 +262,14 @@ class Ingest:
                 "the settings that read and cut passages changed" if reshaped else None
             )
             skip = 0 if summary.restarted else state.records_done
-            if reshaped and self.s.reindex:
-                # Passages cut otherwise must not join the half-filled index: build a fresh one, say so.
+            if summary.restarted and self.s.reindex:
+                # Passages of another input, or cut otherwise, must not be served from the half-filled index (a
+                # start over skips the ids it holds): build a fresh one, say so.
                 summary.restarted += f"; the index the interrupted run was filling, {state.target}, is left as it was"
                 state = None
         summary.resumed_from = skip
+        # A resume's count of failures covers the whole input, so --on-error fail still sees the earlier ones.
+        summary.failed = summary.failed_before_resume = state.failed if state and skip else 0
         if self.s.reindex:
             target = self.backend.staging(spec, resume=state.target if state else None)
         else:
@@ -262,7 +278,7 @@ class Ingest:
         summary.index = target.index
         before = Refresh(state.refresh) if state else target.refresh_interval()
         # Saved before refresh is paused, so that even a run killed in its first batch restores the interval.
-        progress = CheckpointState(skip, target.index, inputs, shape, before.interval)
+        progress = CheckpointState(skip, target.index, inputs, shape, before.interval, summary.failed)
         checkpoint.save(progress)
         with target.bulk_load(before):
             self._stream(paths, target, skip, summary, checkpoint, progress)
@@ -287,13 +303,15 @@ class Ingest:
                 continue
             if isinstance(item, ReadError):
                 summary.failed += 1
+                batch.read_failures += 1
                 summary.errors.append({"source": item.source, "reason": item.reason})
                 self.on_error(item.source, item.reason)
             else:
                 summary.read += 1
                 pending.append(item)
-            # Records are chunked in groups so the tokenizer works on many texts per call.
-            if len(pending) >= 64:
+            # Records are chunked in groups so the tokenizer works on many texts per call; a group stops where the
+            # batch could be full, as every record gives at least one passage.
+            if len(pending) >= min(64, self.s.batch_passages - len(batch.passages)):
                 flush_pending()
             if len(batch.passages) >= self.s.batch_passages:
                 flush_pending()
@@ -313,20 +331,25 @@ class Ingest:
         checkpoint: Checkpoint,
         progress: CheckpointState,
     ) -> None:
-        in_flight: deque[tuple[Future[list[WriteResult]], int]] = deque()
+        in_flight: deque[tuple[Future[list[WriteResult]], _Batch]] = deque()
 
         def settle_oldest() -> None:
-            future, records_upto = in_flight.popleft()
-            for result in future.result():
+            future, batch = in_flight[0]
+            # A write that raised stays queued, so the handler below stops at it and the checkpoint never passes it.
+            results = future.result()
+            in_flight.popleft()
+            progress.failed += batch.read_failures
+            for result in results:
                 if not result.ok:
                     summary.failed += 1
+                    progress.failed += 1
                     summary.errors.append({"source": result.source, "reason": result.error or "write failed"})
                     self.on_error(result.source, result.error or "write failed")
                 elif result.created:
                     summary.indexed += 1
                 else:
                     summary.skipped += 1
-            progress.records_done = records_upto
+            progress.records_done = batch.records_upto
             checkpoint.save(progress)
             self.on_progress(summary.read, summary.passages)
 
@@ -338,7 +361,7 @@ class Ingest:
                     self._embed(fresh)
                     # write() is a generator: list() runs it, and the bulk requests, on the worker thread.
                     future = pool.submit(list, target.write(fresh, self.s.bulk))
-                    in_flight.append((future, batch.records_upto))
+                    in_flight.append((future, batch))
                     while len(in_flight) > self.s.in_flight:
                         settle_oldest()
                 while in_flight:

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,10 @@ from hypothesis import strategies as st
 
 from ralm_es.config import ConfigError, compose, set_layer
 from ralm_es.corpus.readers import CorpusError, read_corpus
-from ralm_es.corpus.types import ReadError, Record
+from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.embed import Encoder
 from ralm_es.ingest import ChunkSettings, Ingest, IngestSettings
-from ralm_es.store.base import BulkSettings, IndexSettings, SearchRequest, StoreError
+from ralm_es.store.base import DEFAULT_BULK, BulkSettings, IndexSettings, SearchRequest, StoreError, WriteResult
 from ralm_es.store.elastic import ElasticsearchBackend, check_index_name
 from ralm_es.store.local import LocalBackend
 
@@ -97,6 +99,31 @@ def test_resume_of_the_same_file_follows_the_checkpoint(
     assert summary.restarted is None and summary.resumed_from >= 64 and summary.resumed_from % 64 == 0
     assert summary.indexed + summary.skipped == 200 - summary.resumed_from
     assert count(es_client, index_name) == 200
+
+
+class FirstWriteFails(LocalBackend):
+    """A store whose first bulk write raises (as a transport timeout would) after the writes behind it finished."""
+
+    writes = 0
+
+    def write(self, passages: Iterable[Passage], bulk: BulkSettings = DEFAULT_BULK) -> Iterator[WriteResult]:
+        self.writes += 1
+        if self.writes == 1:
+            # Raised on the worker thread that runs the write, as the bulk helpers' errors are.
+            time.sleep(0.5)
+            raise ConnectionError("bulk request timed out")
+        yield from super().write(passages, bulk)
+
+
+def test_a_write_that_raises_is_written_again_by_the_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows("d", 200))
+    settings = IngestSettings(embed=False, model=str(tiny_model_dir), batch_passages=64, in_flight=2)
+    with pytest.raises(ConnectionError):
+        Ingest(FirstWriteFails(tmp_path / "idx"), settings, checkpoint_dir=tmp_path).run([corpus])
+    summary = Ingest(LocalBackend(tmp_path / "idx"), settings, checkpoint_dir=tmp_path).run([corpus])
+    # The later batches settled first, but the checkpoint must not pass the batch that was never written.
+    assert summary.resumed_from == 0
+    assert LocalBackend(tmp_path / "idx").count() == 200
 
 
 def test_ids_repeated_across_files_are_reported_with_both_places(tmp_path: Path) -> None:
@@ -257,6 +284,13 @@ def test_sizes_below_one_are_refused(key: str) -> None:
         compose(IngestSettings, set_layer([f"{key}=0"]))
 
 
+def test_passages_longer_than_the_encoder_reads_are_refused(tiny_encoder: Encoder, tmp_path: Path) -> None:
+    longer = IngestSettings(chunking=ChunkSettings(max_tokens=tiny_encoder.max_length + 1))
+    with pytest.raises(ConfigError, match=rf"chunking\.max_tokens is {tiny_encoder.max_length + 1}, .* at most"):
+        Ingest(LocalBackend(tmp_path / "idx"), longer, encoder=tiny_encoder)
+    Ingest(LocalBackend(tmp_path / "idx"), IngestSettings(embed=False, chunking=longer.chunking))  # BM25 only: no limit
+
+
 @pytest.mark.parametrize("index_type", ["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat"])
 def test_every_index_type_ingests_and_searches(
     index_type: str, es_client: Elasticsearch, index_name: str, tmp_path: Path
@@ -322,3 +356,52 @@ def test_a_reindex_resumed_with_other_chunking_starts_a_fresh_index(
     meta = es_client.indices.get_mapping(index=served).body[served]["mappings"]["_meta"]
     assert meta["chunking"]["max_tokens"] == 64
     assert count(es_client, index_name) == summary.indexed == summary.passages
+
+
+def test_a_reindex_resumed_after_the_input_changed_serves_only_the_new_input(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows("d", 200))
+    backend = ElasticsearchBackend(es_client, index_name)
+    Ingest(backend, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    reindex = IngestSettings(batch_passages=64, reindex=True)
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(backend, reindex, encoder=tiny_encoder, on_progress=StopAfter(1), checkpoint_dir=tmp_path).run([corpus])
+    # The user edits one record and drops the rest: none of the old passages may be served after the swap.
+    write_jsonl(corpus, [("d0", "an edited text about ribosomes")])
+    summary = Ingest(backend, reindex, encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    assert summary.restarted and "changed" in summary.restarted and "is left as it was" in summary.restarted
+    assert count(es_client, index_name) == summary.indexed == 1
+    assert backend.fetch(["d0#0"])["d0#0"].text == "an edited text about ribosomes"
+
+
+def test_a_resume_counts_the_failures_of_the_interrupted_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows("d", 200))
+    lines = corpus.read_text().splitlines(keepends=True)
+    lines[5] = "{not json\n"
+    corpus.write_text("".join(lines))
+    settings = IngestSettings(embed=False, model=str(tiny_model_dir), batch_passages=64, in_flight=1)
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(LocalBackend(tmp_path / "idx"), settings, on_progress=StopAfter(1), checkpoint_dir=tmp_path).run(
+            [corpus]
+        )
+    summary = Ingest(LocalBackend(tmp_path / "idx"), settings, checkpoint_dir=tmp_path).run([corpus])
+    # The bad line was reported by the interrupted run; the resume must still count it, or --on-error fail passes.
+    assert summary.resumed_from >= 64 and summary.failed == summary.failed_before_resume == 1
+    assert LocalBackend(tmp_path / "idx").count() == 199
+
+
+@pytest.mark.parametrize("batch_passages", [1, 10])
+def test_small_batches_are_checkpointed_at_their_size(
+    batch_passages: int, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows("d", 30))
+    settings = IngestSettings(embed=False, model=str(tiny_model_dir), batch_passages=batch_passages, in_flight=1)
+    with pytest.raises(KeyboardInterrupt):
+        Ingest(LocalBackend(tmp_path / "idx"), settings, on_progress=StopAfter(2), checkpoint_dir=tmp_path).run(
+            [corpus]
+        )
+    summary = Ingest(LocalBackend(tmp_path / "idx"), settings, checkpoint_dir=tmp_path).run([corpus])
+    # One-passage records: the checkpoint is at a batch's end (the write in flight at the stop may have settled).
+    assert summary.resumed_from in (2 * batch_passages, 3 * batch_passages)
+    assert LocalBackend(tmp_path / "idx").count() == 30

@@ -210,6 +210,12 @@ def test_bad_queries(es_client: Elasticsearch, sample_index: str, tiny_encoder: 
         make(es_client, sample_index, None).search("insulin", mode="dense")
     with pytest.raises(RetrievalError, match=r"384-dimensional.*holds 32"):
         make(es_client, sample_index, Encoder()).search("insulin", mode="hybrid")
+    # k from the Python API is checked as the settings' is: 0 is not "the default", -2 not a raw client error.
+    for k in (0, -2):
+        with pytest.raises(RetrievalError, match=f"k must be at least 1, got {k}"):
+            retriever.search("insulin", k=k)
+        with pytest.raises(RetrievalError, match=f"k must be at least 1, got {k}"):
+            retriever.explain("insulin", k=k)
 
 
 def test_dense_on_an_index_without_vectors(es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder) -> None:

@@ -141,7 +141,9 @@ def ingest(
     if summary.restarted:
         click.echo(f"not resuming: {summary.restarted}; starting over, skipping passages already stored", err=True)
     elif summary.resumed_from:
-        click.echo(f"resumed after {summary.resumed_from} records from an interrupted run", err=True)
+        earlier = summary.failed_before_resume
+        failures = f"; {earlier} of their documents failed then (counted as failed below)" if earlier else ""
+        click.echo(f"resumed after {summary.resumed_from} records from an interrupted run{failures}", err=True)
     if as_json:
         click.echo(json.dumps(summary.public()))
     else:

@@ -276,7 +276,7 @@ class Retriever:
         ``input_ids`` name the inputs for self-exclusion (``settings.exclude``): a hit whose ``doc_id`` is the
         input's id, or whose text is the query's text, is dropped.
         """
-        k = k or self.settings.k
+        k = self._k(k)
         exclude = self.settings.exclude
         if exclude != "none" and input_ids is None and "doc" in exclude:
             raise RetrievalError("excluding inputs by document id needs their ids")
@@ -311,6 +311,14 @@ class Retriever:
             ranked.append(self._fuse(mode, parts, k))
         return self._hits(ranked)
 
+    def _k(self, k: int | None) -> int:
+        """The k asked for, or the settings' when none is; the settings' check holds for an argument too."""
+        if k is None:
+            return self.settings.k
+        if k < 1:
+            raise RetrievalError(f"k must be at least 1, got {k}")
+        return k
+
     def _fetch_size(self, k: int) -> int:
         """Hits each search asks for: ``k``, and some slack where self-matches are dropped after the search."""
         return k + EXCLUDE_SLACK if self.settings.exclude != "none" else k
@@ -330,7 +338,7 @@ class Retriever:
         exclude_ids: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """The exact Elasticsearch request bodies ``search`` with these arguments sends (for Kibana's Dev Tools)."""
-        k = self._fetch_size(k or self.settings.k)
+        k = self._fetch_size(self._k(k))
         mode = mode or self.settings.mode
         m = retrieval_mode(mode)
         text = self._prepare(query)
