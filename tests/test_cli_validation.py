@@ -140,6 +140,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("train-max-length", [*TRAIN, "model.max_length=2"], {}, "model.max_length must be at least 3"),
     ("train-limit", [*TRAIN, "data.limit=0"], {}, "data.limit must be at least 1, got 0"),
     ("train-fraction", [*TRAIN, "data.train_fraction=2"], {}, "data.train_fraction must be a fraction between 0 and 1"),
+    ("train-holdout", [*TRAIN, "data.holdout=1"], {}, "data.holdout must be at least 0 and below 1"),
     ("predict-not-a-run", ["predict", "--model", "{tmp}", SAMPLE], {}, "is not a ralm-es run folder"),
     ("predict-batch", ["predict", "--model", "{tmp}", SAMPLE, "--batch-size", "0"], {}, "'--batch-size'"),
     ("predict-top", ["predict", "--model", "{tmp}", SAMPLE, "--top", "0"], {}, "Invalid value for '--top'"),

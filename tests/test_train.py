@@ -229,6 +229,10 @@ def test_holdout_and_train_fraction_split_the_training_data(
     all_ids = {ex.id for ex in read_ner(ner_data["train"])}
     assert {ex.id for ex in splits.train.examples + splits.dev.examples} <= all_ids
     assert list(splits.spec.labels) == splits.labels.labels and splits.spec.labels[0] == "O"
+    # 0.99 of fewer than 100 examples rounds up to all of them: refused naming the setting, not blamed on the data.
+    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["data.dev=null", "data.holdout=0.99"])
+    with pytest.raises(ConfigError, match=r"data\.holdout 0\.99 leaves none of the \d+ examples of .*train"):
+        load_splits(cfg, task_of(cfg.task), AutoTokenizer.from_pretrained(tiny_model_dir), None)
 
 
 def test_bf16_trains_on_the_cpu_and_auto_keeps_it_in_fp32(
@@ -264,13 +268,18 @@ def test_bf16_where_the_device_would_only_emulate_it_is_refused_before_anything_
 def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:
     whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
     whole_dir.mkdir(), split_dir.mkdir()
-    whole = train(load_config(ner_config(whole_dir, ner_data, tiny_model_dir)))
+    # Losses logged every 3 steps and a pause at 4: the window open at the pause must survive it.
+    logged = ["train.log_every=3"]
+    whole = train(load_config(ner_config(whole_dir, ner_data, tiny_model_dir), logged))
     config = ner_config(split_dir, ner_data, tiny_model_dir)
-    paused = train(load_config(config), stop_after=4)
+    paused = train(load_config(config, logged), stop_after=4)
     assert (paused.steps, paused.finished) == (4, False)
     with pytest.raises(TrainError, match=r"already holds a run: set run.resume=true"):
-        train(load_config(config))
-    resumed = train(load_config(config, ["run.resume=true"]))
+        train(load_config(config, logged))
+    # Another seed or k would continue a different run under this one's name.
+    with pytest.raises(TrainError, match=r"other settings \(model\.k 3 -> 2; train\.seed 13 -> 5\)"):
+        train(load_config(config, [*logged, "run.resume=true", "model.k=2", "train.seed=5"]))
+    resumed = train(load_config(config, [*logged, "run.resume=true"]))
     assert (resumed.steps, resumed.finished) == (whole.steps, True)
     assert losses(split_dir / "run") == pytest.approx(losses(whole_dir / "run"), abs=1e-6)
     a, b = (

@@ -36,14 +36,15 @@ class DataSettings:
         # A holdout of 0 means "no dev split"; a train_fraction of 0 would train on nothing.
         if not 0 < self.train_fraction <= 1:
             raise ConfigError(f"data.train_fraction must be a fraction between 0 and 1, got {self.train_fraction}")
-        if not 0 <= self.holdout <= 1:
-            raise ConfigError(f"data.holdout must be a fraction between 0 and 1, got {self.holdout}")
+        # A holdout of 1 would hold out every training example.
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"data.holdout must be at least 0 and below 1, got {self.holdout}")
 
 
 @dataclass
 class OptimSettings:
     epochs: float = 3.0
-    # Stop after this many optimizer steps even if epochs remain.
+    # Train exactly this many optimizer steps (the schedule's length) instead of ``epochs`` (quick runs and tests).
     max_steps: int | None = None
     batch_size: int = 16
     grad_accum: int = 1

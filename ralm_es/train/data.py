@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ralm_es.config import ConfigError
 from ralm_es.inference.passages import FrozenPassages, cached_hits, header_scale
 from ralm_es.model.inputs import FeatureSet, build_features
 from ralm_es.model.spec import ModelSpec, ScoreScale
@@ -61,6 +62,10 @@ def load_splits(
     if dev is None and data.holdout > 0:
         dev, train = split_fraction(train, data.holdout, cfg.train.seed)
         dev_cache = data.train_cache
+        if not train:
+            raise ConfigError(
+                f"data.holdout {data.holdout} leaves none of the {len(dev)} examples of {data.train} to train on"
+            )
     if data.train_fraction < 1:
         train = split_fraction(train, data.train_fraction, cfg.train.seed + 1)[0]
     labels = task.labels(train)

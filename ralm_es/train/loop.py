@@ -86,6 +86,38 @@ def _check_out(out: Path, resume: bool) -> None:
         raise TrainError(f"{out} already holds a run: set run.resume=true to continue it, or choose another run.out")
 
 
+# What a resumed run may set otherwise: how it runs, not what it trains.
+RESUME_MAY_CHANGE = ("run.", "train.threads")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resumed_settings(out: Path, cfg: TrainConfig) -> None:
+    """A resume continues the saved run exactly, so it must have the settings the run was trained with."""
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved, now = _flat(yaml.safe_load(saved_file.read_text(encoding="utf-8"))), _flat(to_dict(cfg))
+    changed = [
+        f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(saved.keys() | now.keys())
+        if saved.get(key) != now.get(key) and not key.startswith(RESUME_MAY_CHANGE)
+    ]
+    if changed:
+        raise TrainError(
+            f"{out} was trained with other settings ({'; '.join(changed)}): resume it with the settings in its "
+            "config.yaml, or choose another run.out"
+        )
+
+
 def _check_regularisers(cfg: TrainConfig) -> None:
     """Regularisers that the fusion mode cannot apply (their ranges are the settings' own check)."""
     t, fusion = cfg.train, cfg.model.fusion
@@ -107,6 +139,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     t = cfg.train
     out = Path(cfg.run.out)
     _check_out(out, cfg.run.resume)
+    if cfg.run.resume:
+        _check_resumed_settings(out, cfg)
     _check_regularisers(cfg)
     if layout.main and (unread := ignored_settings(cfg.model)):
         log.warning(unread)
@@ -133,10 +167,12 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, total_steps, t.warmup_ratio)
     loop: dict[str, Any] = {"step": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0}
-    loop.update(stopped_early=False, dev=None, timed_steps=0, train_seconds=0.0)
+    # The loss window is saved with the state, so a resumed run logs the same averages as one run in one go.
+    loop.update(stopped_early=False, dev=None, timed_steps=0, train_seconds=0.0, window_loss=0.0, window_steps=0)
     if cfg.run.resume:
-        # A state saved before the throughput counters were kept times only the steps from here on.
-        loop = {"timed_steps": 0, "train_seconds": 0.0} | resumable.load_state(out, model, optimizer, scheduler, device)
+        # A state saved before these counters were kept times only the steps from here on.
+        counters = {"timed_steps": 0, "train_seconds": 0.0, "window_loss": 0.0, "window_steps": 0}
+        loop = counters | resumable.load_state(out, model, optimizer, scheduler, device)
         if layout.main:
             # A run killed between two saved states logged steps that it will now train again.
             report.truncate_metrics(out, loop["step"])
@@ -167,7 +203,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
 
     bar = tqdm(total=total_steps, initial=loop["step"], desc="train", disable=not (cfg.run.progress and layout.main))
     # Throughput counts training time only, not evaluation or checkpoints, over every part of a resumed run.
-    start_step, window_loss, window_steps = loop["step"], 0.0, 0
+    start_step = loop["step"]
     model.train()
     while loop["step"] < total_steps and not loop["stopped_early"]:
         step_started = time.perf_counter()
@@ -188,7 +224,8 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loop["step"] += 1
-        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+        loop["window_loss"] += step_loss
+        loop["window_steps"] += 1
 
         step = loop["step"]
         loop["train_seconds"] += time.perf_counter() - step_started
@@ -197,10 +234,11 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{rate:.1f}")
         if layout.main and (step % t.log_every == 0 or step == total_steps):
-            record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": window_loss / window_steps}
+            mean_loss = loop["window_loss"] / loop["window_steps"]
+            record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": mean_loss}
             record.update({"lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 2)})
             report.append_metrics(out, record)
-            window_loss, window_steps = 0.0, 0
+            loop.update(window_loss=0.0, window_steps=0)
 
         evaluate_now = step % t.eval_every == 0 or step == total_steps
         pause_now = stop_after is not None and step - start_step >= stop_after
