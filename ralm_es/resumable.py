@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ralm_es.inference.checkpoint import WEIGHTS, read_safetensors
+from ralm_es.inference.checkpoint import WEIGHTS, load_weights, read_safetensors
 from ralm_es.model_folder import ModelError
 
 STATE_DIR = "state"
@@ -61,7 +61,7 @@ def load_state(
     state_dir = folder / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise ModelError(f"cannot resume: {state_dir} holds no saved training state")
-    read_safetensors(state_dir / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
+    load_weights(model, state_dir / WEIGHTS, device, f"the settings of {folder / 'config.yaml'}")
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     # Loaded on the CPU: ``load_state_dict`` moves each value where the optimizer keeps it.
     tensors = read_safetensors(state_dir / "optimizer.safetensors", load_file)

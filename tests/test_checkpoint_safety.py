@@ -4,11 +4,14 @@ only, and pickle bombs planted in a run folder (beside the checkpoints or in the
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,8 +20,9 @@ from safetensors import safe_open
 
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.errors import RalmError
-from ralm_es.inference.checkpoint import WEIGHTS
+from ralm_es.inference.checkpoint import ENCODER_DIR, SPEC, WEIGHTS
 from ralm_es.inference.runs import open_run
+from ralm_es.model_folder import ModelError
 from ralm_es.resumable import STATE_DIR
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
@@ -169,3 +173,36 @@ def test_a_pickle_in_place_of_a_checkpoint_is_refused_unread_naming_the_file(
     with pytest.raises(RalmError, match=re.escape(str(run / target))):
         load(run, target, tmp_path / "resume.yaml")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # A model.json edited by hand, or copied from another run: weights of another model, named as such.
+        (
+            lambda spec: {**spec, "case_features": False},
+            r"do not match .*model\.json .*\(missing: none; unexpected: case_embed\.weight\)",
+        ),
+        (
+            lambda spec: {**spec, "labels": [*spec["labels"], "B-NEW"]},
+            r"do not match .*model\.json .*: .*size mismatch for head\.weight",
+        ),
+    ],
+    ids=["unexpected-key", "other-shape"],
+)
+def test_weights_of_another_model_are_named_as_such(
+    paused_run: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], dict[str, Any]], message: str
+) -> None:
+    run = copy_run(paused_run, tmp_path)
+    spec = edit(json.loads((run / SPEC).read_text(encoding="utf-8")))
+    (run / SPEC).write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(run / WEIGHTS))}: the weights {message}") as raised:
+        open_run(run, "cpu")
+    assert "\n" not in str(raised.value) and "not a readable safetensors file" not in str(raised.value)
+
+
+def test_a_run_folder_without_its_encoder_config_is_named(paused_run: Path, tmp_path: Path) -> None:
+    run = copy_run(paused_run, tmp_path)
+    shutil.rmtree(run / ENCODER_DIR)
+    with pytest.raises(ModelError, match=rf"^cannot read the encoder's config in {re.escape(str(run / ENCODER_DIR))}"):
+        open_run(run, "cpu")

@@ -26,6 +26,8 @@ from ralm_es.inference import predictions
 from ralm_es.inference.runs import evaluate_file, open_run, predict_file
 from ralm_es.inference.task import task_of
 from ralm_es.model.labelling import Prediction
+from ralm_es.model.spec import ModelSettings
+from ralm_es.model.strategies import check_encoder_fits
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
@@ -391,3 +393,29 @@ def test_classification_train_evaluate_and_explain(tmp_path: Path, tiny_model_di
     assert explained[0].split("\t")[0] == "c2-0"
     assert explained[0].split("\t")[1] in {"SUPPORT", "CONTRADICT"}
     assert explained[1].startswith("  [1] ")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("model.heads=5", r"model\.heads is 5, which does not divide the hidden size 32 of the encoder in "),
+        ("model.max_length=600", r"model\.max_length is 600, over the 512 positions of the encoder in "),
+        # attention's shared passages go through the trainable encoder too.
+        ("model.passage_max_length=513", r"model\.passage_max_length is 513, over the 512 positions"),
+    ],
+)
+def test_settings_the_encoder_cannot_run_are_refused_before_anything_is_read(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path, setting: str, message: str
+) -> None:
+    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), [setting])
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pair_needs_room_for_the_input_and_the_passage_together(tiny_model_dir: Path) -> None:
+    fits = ModelSettings(fusion="pair", max_length=300, passage_max_length=213)
+    check_encoder_fits(fits, 32, 512, tiny_model_dir)
+    over = ModelSettings(fusion="pair", max_length=300, passage_max_length=214)
+    with pytest.raises(ConfigError, match=r"model\.max_length \+ model\.passage_max_length - 1 is 513, over the 512"):
+        check_encoder_fits(over, 32, 512, tiny_model_dir)

@@ -49,10 +49,38 @@ def load_run_model(folder: str | Path, device: torch.device) -> tuple[RalmModel,
     except (TypeError, ConfigError) as exc:
         raise ModelError(f"{folder / SPEC} was not written by this version of ralm-es: {exc}") from None
     hf_logging.set_verbosity_error()
-    config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(folder / ENCODER_DIR, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the encoder's config in {folder / ENCODER_DIR}: {exc}") from None
     model = RalmModel(spec, AutoModel.from_config(config))
-    read_safetensors(folder / WEIGHTS, lambda path: load_model(model, path, device=str(device)))
+    load_weights(model, folder / WEIGHTS, device, f"{folder / SPEC} and {folder / ENCODER_DIR}")
     return model.to(device).eval(), load_tokenizer(folder)
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: torch.device, described_by: str) -> None:
+    """Load ``path`` into ``model``, built from what ``described_by`` says. Weights of another model (those
+    settings changed since the weights were saved) are named as such in one line, not as a damaged file."""
+
+    def load(file: str) -> tuple[list[str], list[str]]:
+        try:
+            missing, unexpected = load_model(model, file, strict=False, device=str(device))
+        except RuntimeError as exc:
+            if "size mismatch" not in str(exc):
+                raise
+            raise ModelError(f"{path}: the weights do not match {described_by}: {' '.join(str(exc).split())}") from None
+        return sorted(missing), sorted(unexpected)
+
+    missing, unexpected = read_safetensors(path, load)
+    if missing or unexpected:
+
+        def names(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else "none"
+
+        raise ModelError(
+            f"{path}: the weights do not match {described_by} (missing: {names(missing)}; "
+            f"unexpected: {names(unexpected)})"
+        )
 
 
 def read_safetensors(path: Path, load: Callable[[str], T]) -> T:

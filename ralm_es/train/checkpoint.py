@@ -11,13 +11,21 @@ import json
 from pathlib import Path
 
 from safetensors.torch import save_model
-from transformers import AutoModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from ralm_es.inference.checkpoint import ENCODER_DIR, SPEC, WEIGHTS
 from ralm_es.model.ralm import RalmModel
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model_folder import ModelError, resolve_model_path
+
+
+def encoder_config(folder: Path) -> PretrainedConfig:
+    """The config of the pretrained encoder in ``folder``, read without its weights."""
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the encoder in {folder}: {exc}") from exc
 
 
 def new_model(spec: ModelSpec, encoder_path: str | None) -> RalmModel:

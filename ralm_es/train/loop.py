@@ -28,7 +28,7 @@ from ralm_es.inference.runs import evaluate_file, open_run
 from ralm_es.inference.task import task_of
 from ralm_es.model.inputs import FeatureSet
 from ralm_es.model.ralm import RalmModel
-from ralm_es.model.strategies import STRATEGIES, ignored_settings, strategy_of
+from ralm_es.model.strategies import STRATEGIES, check_encoder_fits, ignored_settings, strategy_of
 from ralm_es.model.strategies.base import drop_passages
 from ralm_es.model_folder import resolve_model_path
 from ralm_es.tasks import Task
@@ -150,7 +150,10 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
 
     # Data: examples joined with their cached passages, as features. The label map comes from the training data.
     task = task_of(cfg.task)
-    tokenizer = load_tokenizer(resolve_model_path(cfg.model.encoder))
+    encoder_folder = resolve_model_path(cfg.model.encoder)
+    tokenizer = load_tokenizer(encoder_folder)
+    encoder = checkpoint.encoder_config(encoder_folder)
+    check_encoder_fits(cfg.model, encoder.hidden_size, encoder.max_position_embeddings, encoder_folder)
     # Before the frozen encoder loads: it runs on this count, an ONNX session too.
     if t.threads:
         torch.set_num_threads(t.threads)

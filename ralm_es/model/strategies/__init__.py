@@ -7,7 +7,9 @@ A new mode is a module here with a :class:`FusionStrategy` subclass, its entry i
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
+from ralm_es.config import ConfigError
 from ralm_es.errors import RalmError
 from ralm_es.model.spec import ModelSettings
 from ralm_es.model.strategies.attention import AttentionFusion
@@ -59,6 +61,20 @@ def strategy_of(settings: ModelSettings) -> FusionStrategy:
     return strategy
 
 
+def check_encoder_fits(settings: ModelSettings, hidden: int, positions: int, folder: Path) -> None:
+    """Refuse, before any data is read, settings that the encoder in ``folder`` (``hidden`` wide, ``positions``
+    long) cannot run: the fusion's heads must divide its width, the longest sequence must fit its positions."""
+    strategy = strategy_of(settings)
+    if "heads" in strategy.reads and hidden % settings.heads:
+        raise ConfigError(
+            f"model.heads is {settings.heads}, which does not divide the hidden size {hidden} of the encoder in "
+            f"{folder}"
+        )
+    length, made_by = strategy.encoder_length(settings)
+    if length > positions:
+        raise ConfigError(f"{made_by} is {length}, over the {positions} positions of the encoder in {folder}")
+
+
 def ignored_settings(settings: ModelSettings) -> str | None:
     """One line naming the ``MODE_SETTINGS`` set away from their defaults that ``settings.fusion`` does not read
     (a config written for one mode, trained with ``--set model.fusion=`` another), and the modes that read each;
@@ -75,4 +91,12 @@ def ignored_settings(settings: ModelSettings) -> str | None:
     return f"fusion {settings.fusion} does not read {'; '.join(parts)}: ignored"
 
 
-__all__ = ["STRATEGIES", "FusionError", "FusionStrategy", "fusion_strategy", "ignored_settings", "strategy_of"]
+__all__ = [
+    "STRATEGIES",
+    "FusionError",
+    "FusionStrategy",
+    "check_encoder_fits",
+    "fusion_strategy",
+    "ignored_settings",
+    "strategy_of",
+]

@@ -38,6 +38,12 @@ class AttentionFusion(FusionStrategy):
     def stored_tokens(self, settings: ModelSettings) -> bool:
         return self.frozen_passages(settings) and settings.passage_memory == "tokens"
 
+    def encoder_length(self, settings: ModelSettings) -> tuple[int, str]:
+        # Shared passages go through the trainable encoder too; frozen ones are cut to their encoder's limit.
+        if not self.frozen_passages(settings) and settings.passage_max_length > settings.max_length:
+            return settings.passage_max_length, "model.passage_max_length"
+        return super().encoder_length(settings)
+
     def fill_table(
         self, spec: ModelSpec, table: PassageTable, tokenizer: PreTrainedTokenizerBase, embed: Embed | None
     ) -> None:

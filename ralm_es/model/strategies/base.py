@@ -67,6 +67,10 @@ class FusionStrategy:
         """Whether the frozen encoder's token states of each passage are kept in a token store."""
         return False
 
+    def encoder_length(self, settings: ModelSettings) -> tuple[int, str]:
+        """The longest sequence the trainable encoder reads, in tokens, and the settings that make it."""
+        return settings.max_length, "model.max_length"
+
     def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
         """The hits an example keeps: its top ``k``."""
         return list(hits[: spec.k])
@@ -134,6 +138,9 @@ class Wrapped(FusionStrategy):
 
     def stored_tokens(self, settings: ModelSettings) -> bool:
         return self.inner.stored_tokens(settings)
+
+    def encoder_length(self, settings: ModelSettings) -> tuple[int, str]:
+        return self.inner.encoder_length(settings)
 
     def passages_of(self, spec: ModelSpec, hits: Sequence[CacheHit]) -> list[CacheHit]:
         return self.inner.passages_of(spec, hits)

@@ -21,7 +21,7 @@ from ralm_es.retrieve.cache import CacheHit
 if TYPE_CHECKING:
     from ralm_es.model.inputs import Features, FeatureSet
     from ralm_es.model.ralm import RalmModel
-    from ralm_es.model.spec import ModelSpec
+    from ralm_es.model.spec import ModelSettings, ModelSpec
 
 
 class PairFusion(FusionStrategy):
@@ -29,6 +29,10 @@ class PairFusion(FusionStrategy):
     tasks = ("classification",)
     slotted = True
     reads = frozenset({*FusionStrategy.reads, "heads"})
+
+    def encoder_length(self, settings: ModelSettings) -> tuple[int, str]:
+        # The input with its [CLS] and [SEP], then the passage without its [CLS].
+        return settings.max_length + settings.passage_max_length - 1, "model.max_length + model.passage_max_length - 1"
 
     def add_passages(self, fs: FeatureSet, feature: Features, rows: list[int], hits: list[CacheHit]) -> None:
         feature.passages = rows
