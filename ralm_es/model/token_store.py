@@ -107,9 +107,6 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self.index)
 
-    def __contains__(self, passage_id: str) -> bool:
-        return passage_id in self.index
-
     def get(self, ids: Sequence[str]) -> list[np.ndarray]:
         """The token states (tokens, dim) of each passage id, in order."""
         missing = [i for i in ids if i not in self.index]

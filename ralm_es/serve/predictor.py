@@ -19,6 +19,8 @@ from ralm_es.retrieve.retriever import Retriever
 from ralm_es.tasks import DataError, Example
 
 PASSAGE_KEYS = ("id", "doc_id", "rank", "score", "title", "text")
+# Examples per model forward pass within one /predict batch (at most serve.max_batch inputs).
+PREDICT_BATCH = 32
 
 
 @dataclass
@@ -31,7 +33,7 @@ class PredictInput:
 class Predictor:
     """Labels inputs with ``run``; a retrieval-augmented run gets its top ``k`` passages from ``retriever``."""
 
-    def __init__(self, run: LoadedRun, retriever: Retriever | None = None, batch_size: int = 32) -> None:
+    def __init__(self, run: LoadedRun, retriever: Retriever | None = None) -> None:
         spec = run.model.spec
         if run.model.strategy.uses_passages and retriever is None:
             raise DataError(f"the model in {run.folder} uses fusion '{spec.fusion}' and needs a retriever")
@@ -42,7 +44,6 @@ class Predictor:
             check_score_scale(spec, live, f"the live retriever for {run.folder}")
         self.run = run
         self.retriever = retriever
-        self.batch_size = batch_size
         self.embed = frozen_embedder(spec, run.device_name)
 
     @classmethod
@@ -79,7 +80,7 @@ class Predictor:
             assert self.retriever is not None
             hits = self.retriever.search_many([ex.text for ex in examples], k=spec.k)
         fs = build_features(examples, hits, self.run.tokenizer, spec, None, self.embed)
-        preds = predict(self.run.model, fs, self.batch_size, next(self.run.model.parameters()).device)
+        preds = predict(self.run.model, fs, PREDICT_BATCH, next(self.run.model.parameters()).device)
         out = []
         for ex, ex_hits, pred in zip(examples, fs.hits, preds, strict=True):
             record: dict[str, Any] = {"id": ex.id}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +57,6 @@ class LabelMap:
         except KeyError:
             known = ", ".join(self.labels)
             raise DataError(f"{where}: label '{label}' was not seen in training (known labels: {known})") from None
-
-    def to_json(self) -> dict[str, list[str]]:
-        return {"labels": self.labels}
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> LabelMap:
-        return cls(json.loads(path.read_text(encoding="utf-8"))["labels"])
 
 
 class Task(Protocol):
