@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,8 @@ from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSettings, I
 if TYPE_CHECKING:
     from ralm_es.embed import Encoder
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ChunkSettings:
@@ -39,6 +42,11 @@ class ChunkSettings:
     def __post_init__(self) -> None:
         check_bounds("chunking", self, ("max_tokens",), 1)
         check_bounds("chunking", self, ("overlap",), 0)
+
+
+# The settings that only shape embedding, and the index settings that only shape the vector field.
+EMBED_SETTINGS = ("device", "runtime", "encode_batch")
+VECTOR_INDEX_SETTINGS = ("similarity", "index_type", "m", "ef_construction")
 
 
 @dataclass
@@ -66,6 +74,24 @@ class IngestSettings:
         # Checked before anything is read or written: a zero batch would stall the run.
         check_bounds("ingest", self, ("encode_batch", "batch_passages", "in_flight"), 1)
         check_choices("ingest", self, ("runtime",))
+
+    def unused(self) -> str | None:
+        """One line naming the settings set away from their defaults that the others make do nothing (a config
+        file written for embedding, run with --no-embed); None when every one of them does something."""
+        default = IngestSettings()
+        parts = []
+        if not self.embed:
+            embedding = [f"{n}={getattr(self, n)}" for n in EMBED_SETTINGS if getattr(self, n) != getattr(default, n)]
+            embedding += [
+                f"index.{n}={getattr(self.index, n)}"
+                for n in VECTOR_INDEX_SETTINGS
+                if getattr(self.index, n) != getattr(default.index, n)
+            ]
+            if embedding:
+                parts.append(f"nothing is embedded (--no-embed), so {', '.join(embedding)} do nothing")
+        if self.keep_old and not self.reindex:
+            parts.append("--keep-old does nothing without --reindex")
+        return "; ".join(parts) or None
 
 
 @dataclass
@@ -195,6 +221,8 @@ class Ingest:
     ) -> None:
         self.backend = backend
         self.s = settings
+        if unused := settings.unused():
+            log.warning(unused)
         if settings.embed and encoder is None:
             from ralm_es.embed import Encoder  # torch is imported only by an ingest that embeds
 

@@ -4,6 +4,7 @@ index names that are patterns, refresh settings restored, passages cut otherwise
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -405,3 +406,53 @@ def test_small_batches_are_checkpointed_at_their_size(
     # One-passage records: the checkpoint is at a batch's end (the write in flight at the stop may have settled).
     assert summary.resumed_from in (2 * batch_passages, 3 * batch_passages)
     assert LocalBackend(tmp_path / "idx").count() == 30
+
+
+def test_settings_that_do_nothing_are_named(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = str(tiny_model_dir)
+    idle = IngestSettings(
+        embed=False,
+        model=model,
+        runtime="onnx-int8",
+        encode_batch=3,
+        index=IndexSettings(similarity="dot_product"),
+        keep_old=True,
+    )
+    with caplog.at_level(logging.WARNING, logger="ralm_es.ingest"):
+        Ingest(LocalBackend(tmp_path / "idx"), idle)
+        # Each of them does something here: no warning.
+        Ingest(LocalBackend(tmp_path / "idx"), IngestSettings(embed=False, model=model, reindex=True, keep_old=True))
+    assert caplog.messages == [
+        "nothing is embedded (--no-embed), so runtime=onnx-int8, encode_batch=3, index.similarity=dot_product do "
+        "nothing; --keep-old does nothing without --reindex"
+    ]
+
+
+def test_index_settings_an_existing_index_was_not_built_with_are_refused(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "a.jsonl", rows("a", 3))
+    backend = ElasticsearchBackend(es_client, index_name)
+    built = IndexSettings(index_type="int8_hnsw", m=24)
+    Ingest(backend, IngestSettings(index=built), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    for other, named in (
+        (IndexSettings(shards=3, replicas=2), r"index\.shards=3 \(it has 1\), index\.replicas=2 \(it has 0\)"),
+        (IndexSettings(index_type="flat"), r"index\.index_type=flat \(it has int8_hnsw\)"),
+        (
+            IndexSettings(similarity="dot_product", m=32),
+            r"index\.similarity=dot_product \(it has cosine\), index\.m=32 \(it has 24\)",
+        ),
+    ):
+        with pytest.raises(StoreError, match=rf"exists, and {named} would shape a new index.*--reindex"):
+            Ingest(backend, IngestSettings(index=other), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    # The settings it was built with, or none given, add to it.
+    for same in (built, IndexSettings()):
+        Ingest(backend, IngestSettings(index=same), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    local = LocalBackend(tmp_path / "idx")
+    Ingest(local, IngestSettings(), encoder=tiny_encoder, checkpoint_dir=tmp_path).run([corpus])
+    with pytest.raises(StoreError, match=r"index\.similarity=dot_product \(it has cosine\)"):
+        Ingest(local, IngestSettings(index=IndexSettings(similarity="dot_product")), encoder=tiny_encoder).run([corpus])
+    with pytest.raises(StoreError, match=r"index\.shards=2 shape an Elasticsearch index"):
+        Ingest(local, IngestSettings(index=IndexSettings(shards=2)), encoder=tiny_encoder).run([corpus])

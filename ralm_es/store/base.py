@@ -134,6 +134,22 @@ class EncoderRecord:
         return None
 
 
+def check_index_settings(where: str, given: IndexSettings, built: dict[str, Any]) -> None:
+    """Refuse index settings given away from their defaults that differ from what ``where`` was built with
+    (``built``: the settings it records, by name): they shape a new index and would do nothing to this one."""
+    default = IndexSettings()
+    differ = [
+        f"index.{name}={getattr(given, name)} (it has {value})"
+        for name, value in built.items()
+        if getattr(given, name) != getattr(default, name) and getattr(given, name) != value
+    ]
+    if differ:
+        raise StoreError(
+            f"{where} exists, and {', '.join(differ)} would shape a new index; leave them out, or --reindex to "
+            "rebuild the index with them"
+        )
+
+
 def check_shape(where: str, spec: IndexSpec, model: EncoderRecord | None, chunking: Chunking | None) -> None:
     """Refuse passages shaped otherwise (another encoder, other chunking) than the ones ``where`` holds.
 

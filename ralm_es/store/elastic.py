@@ -34,6 +34,7 @@ from ralm_es.store.base import (
     WriteResult,
     check_dims,
     check_filter_fields,
+    check_index_settings,
     check_shape,
     filter_fields,
 )
@@ -294,6 +295,24 @@ class ElasticsearchBackend:
         check_dims(where, self._dims(mapping), spec.dims, "--reindex into a new index")
         meta = mapping.get("_meta") or {}
         check_shape(where, spec, EncoderRecord.from_json(meta.get("model")), recorded_chunking(meta))
+        check_index_settings(where, spec.settings, self.built_settings(target, mapping))
+
+    def built_settings(self, index: str, mapping: dict[str, Any]) -> dict[str, Any]:
+        """The ``IndexSettings`` that ``index`` (whose mapping is ``mapping``) has, by name; the vector field's
+        only where it has one, and ``m`` and ``ef_construction`` only where it builds a graph."""
+        index_settings = self.client.indices.get_settings(index=index).body[index]["settings"]["index"]
+        built: dict[str, Any] = {
+            "shards": int(index_settings["number_of_shards"]),
+            "replicas": int(index_settings["number_of_replicas"]),
+        }
+        vector = mapping.get("properties", {}).get(self.fields.vector)
+        if vector and vector.get("type") == "dense_vector":
+            options = vector.get("index_options", {})
+            recorded = {"similarity": vector.get("similarity"), "index_type": options.get("type")}
+            recorded |= {name: options.get(name) for name in ("m", "ef_construction")}
+            # An index made elsewhere may leave some to the cluster's defaults: those are not compared.
+            built |= {name: value for name, value in recorded.items() if value is not None}
+        return built
 
     def write_index(self) -> str:
         """The one concrete index that writes through the alias reach (the index itself when it is no alias)."""

@@ -53,6 +53,7 @@ from ralm_es.store.base import (
     WriteResult,
     check_dims,
     check_filter_fields,
+    check_index_settings,
     check_shape,
     filter_fields,
 )
@@ -186,11 +187,6 @@ class LocalBackend:
             raise StoreError(f"{networked} concern bulk requests to Elasticsearch; a local index has none")
 
     def _ensure_index(self, spec: IndexSpec) -> None:
-        if (self.path / META).exists():
-            stored = self.spec()
-            check_dims(f"local index {self.path}", stored.dims, spec.dims, "a new index folder")
-            check_shape(f"local index {self.path}", spec, stored.model, stored.chunking)
-            return
         if spec.settings.similarity not in SIMILARITIES:
             raise StoreError(
                 f"the local backend supports similarity {' or '.join(SIMILARITIES)}, not {spec.settings.similarity}"
@@ -200,6 +196,14 @@ class LocalBackend:
                 f"{shaped} shape an Elasticsearch index; the local backend has one folder and searches every "
                 "vector exactly: leave them out with --backend local"
             )
+        if (self.path / META).exists():
+            stored = self.spec()
+            where = f"local index {self.path}"
+            check_dims(where, stored.dims, spec.dims, "a new index folder")
+            check_shape(where, spec, stored.model, stored.chunking)
+            if stored.dims is not None:
+                check_index_settings(where, spec.settings, {"similarity": stored.settings.similarity})
+            return
         if self.path.is_dir() and any(self.path.iterdir()):
             raise StoreError(f"{self.path} is not empty and holds no {META}: not a ralm-es local index")
         self.path.mkdir(parents=True, exist_ok=True)
