@@ -194,6 +194,21 @@ def test_judged_document_missing_from_the_corpus_names_the_qrels_line(
     assert str(err.value) == f"{bad}:7: document 'no-such-doc' is not in the corpus {corpus}"
 
 
+def test_documents_judged_not_relevant_are_no_positives(scifact_slice: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    queries, qrels, corpus = scifact_slice
+    lines = qrels.read_text().splitlines()
+    qid, relevant = lines[5].split("\t")[:2]
+    other = next(line.split("\t")[1] for line in lines[1:] if line.split("\t")[0] != qid)  # past the header
+    judged = tmp_path / "qrels.tsv"
+    # A not-relevant judgement of a corpus document, and one of a document the corpus lacks (not an error).
+    judged.write_text("\n".join([*lines, f"{qid}\t{other}\t0", f"{qid}\tno-such-doc\t0"]) + "\n")
+    data = load_data(queries, judged, corpus)
+    assert data.qrels[qid][other] == 0 and "no-such-doc" not in data.qrels[qid]
+    pairs = training_pairs(data, [qid], {qid: [other, relevant]}, 20, random.Random(0))
+    assert [p.positive for p in pairs] == sorted(d for d, r in data.qrels[qid].items() if r > 0)
+    assert relevant in {p.positive for p in pairs} and all(p.negative != other for p in pairs)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

@@ -88,7 +88,8 @@ def load_data(queries: str | Path, qrels: str | Path, corpus: str | Path) -> Tun
         raise TuningError(f"{len(used)} of the queries in {queries} have a relevant judgement in {qrels}; need 2+")
     return TuningData(
         queries=used,
-        qrels={q: relevant[q] for q in used},
+        # A judgement of a document the corpus lacks can only be a not-relevant one (checked above): nothing to rank.
+        qrels={q: {d: r for d, r in relevant[q].items() if d in docs} for q in used},
         docs=docs,
         sources={"queries": str(queries), "qrels": str(qrels), "corpus": str(corpus)},
     )
@@ -143,11 +144,12 @@ def training_pairs(
     data: TuningData, train: Sequence[str], ranked: Mapping[str, list[str]], depth: int, rng: random.Random
 ) -> list[Pair]:
     """One pair per (train query, relevant document), each with a hard negative drawn from the query's top
-    ``depth`` non-relevant BM25 documents when ``ranked`` has any (a fresh draw every epoch)."""
+    ``depth`` unjudged BM25 documents when ``ranked`` has any (a fresh draw every epoch). A document judged not
+    relevant (relevance 0) is no positive."""
     pairs = []
     for qid in train:
         pool = [d for d in ranked.get(qid, []) if d not in data.qrels[qid]][:depth]
-        for doc in sorted(data.qrels[qid]):
+        for doc in sorted(d for d, r in data.qrels[qid].items() if r > 0):
             pairs.append(Pair(qid, doc, rng.choice(pool) if pool else None))
     return pairs
 
