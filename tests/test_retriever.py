@@ -19,7 +19,7 @@ from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve import fusion
-from ralm_es.retrieve.cache import CacheHit, read_cache
+from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever, search_requests
 from ralm_es.retrieve.settings import RETRIEVAL_MODES, Mode
@@ -270,6 +270,20 @@ def test_retrieve_cache_round_trip_and_resume(
     _, entries = read_cache(out)
     assert len(entries) == 15
     assert len(out.read_text().splitlines()) == 16  # header + one line per input, nothing doubled
+
+
+@pytest.mark.parametrize("cut", [1, 10], ids=["complete-json-without-newline", "half-a-line"])
+def test_a_resumed_cache_retrieves_again_the_line_its_run_stopped_in(tmp_path: Path, cut: int) -> None:
+    path, header = tmp_path / "cache.jsonl", CacheHeader(index="i", mode="bm25", k=1)
+    with CacheWriter(path, header) as writer:
+        writer.write("a", "first query", [])
+        writer.write("b", "second query", [])
+    path.write_bytes(path.read_bytes()[:-cut])  # the run stopped while writing b's line
+    with CacheWriter(path, header) as writer:
+        assert writer.done == {"a"}
+        writer.write("b", "second query", [])
+    _, entries = read_cache(path)
+    assert list(entries) == ["a", "b"] and len(path.read_text().splitlines()) == 3
 
 
 def test_search_cli_json_and_explain(es_url: str, sample_index: str, tiny_model_dir: Path) -> None:

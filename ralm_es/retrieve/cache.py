@@ -162,9 +162,11 @@ class CacheWriter:
                 raise CacheError(
                     f"{self.path} was made by another retrieval ({existing}); use a new --out or delete it"
                 )
+            # Before reading what is done: a last line without its newline (the run stopped mid-write) is cut off
+            # even when it parses, so its input counts as not done and is retrieved again.
+            self._truncate_torn_tail()
             _, entries = read_cache(self.path)
             self.done = set(entries)
-            self._truncate_torn_tail()
             self._fh = self.path.open("a", encoding="utf-8")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
