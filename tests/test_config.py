@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ralm_es.config import (
     ConnectionSettings,
     Secret,
     compose,
+    file_layer,
     from_dict,
     resolve_connection,
     set_layer,
@@ -22,6 +24,7 @@ from ralm_es.inference.task import TaskSettings
 from ralm_es.ingest import IngestSettings
 from ralm_es.model.spec import ModelSettings
 from ralm_es.retrieve.settings import RetrievalSettings
+from ralm_es.serve.settings import ServeSettings
 from ralm_es.store.base import IndexSettings
 from ralm_es.train.config import OptimSettings
 
@@ -190,3 +193,26 @@ def test_settings_built_in_code_refuse_a_value_outside_their_choices(cls: type, 
     with pytest.raises(ConfigError) as refused:
         cls(**{key.split(".")[1]: "zzz"})
     assert str(refused.value) == f"{key} must be one of {expected}, got 'zzz'"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_k", 0, "serve.max_k must be at least 1, got 0"),
+        ("max_batch", 0, "serve.max_batch must be at least 1, got 0"),
+        ("max_text_chars", -1, "serve.max_text_chars must be at least 1, got -1"),
+        ("max_body_bytes", 0, "serve.max_body_bytes must be at least 1, got 0"),
+        ("graceful_timeout", -1.0, "serve.graceful_timeout must not be negative, got -1.0"),
+        ("port", 99999, "serve.port must be between 1 and 65535, got 99999"),
+        ("port", 0, "serve.port must be between 1 and 65535, got 0"),
+    ],
+)
+def test_serve_limits_built_in_code_or_read_from_a_file_are_checked(
+    field: str, value: float, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        ServeSettings(**{field: value})
+    config = tmp_path / "c.yaml"
+    config.write_text(f"serve:\n  {field}: {value}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose(ServeSettings, file_layer(config, "serve"))

@@ -250,6 +250,21 @@ def test_predict_classification_and_without_a_model(retriever: Retriever, claim_
     assert "tags" not in pred
     missing = client_for(retriever).post("/predict", json={"inputs": [{"text": "x"}]})
     assert missing.status_code == 404 and "--model RUN_DIR" in missing.json()["detail"]
+    # A lone surrogate (valid JSON, no valid text) reaches no tokenizer: this model reads no passages, so no
+    # retriever would have refused it.
+    torn = b'{"inputs": [{"text": "Insulin."}, {"text": "Insulin \\ud800 pancreas."}]}'
+    resp = api.post("/predict", content=torn, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"] == "inputs[1]: text is not valid Unicode: lone surrogate \\ud800 at character 8"
+
+
+def test_retrieve_names_the_input_it_refuses(retriever: Retriever) -> None:
+    api = client_for(retriever)
+    empty = api.post("/retrieve", json={"inputs": [{"text": "insulin"}, {"text": "  "}, {"text": "football"}]})
+    assert empty.status_code == 400 and empty.json()["detail"].startswith("inputs[1]: empty query")
+    torn = b'{"inputs": [{"text": "insulin \\udc80"}]}'
+    resp = api.post("/retrieve", content=torn, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["detail"].startswith("inputs[0]: text is not valid Unicode")
 
 
 def test_health_and_indices(retriever: Retriever, sample_index: str, ner_predictor: Predictor) -> None:

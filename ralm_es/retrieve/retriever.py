@@ -36,6 +36,19 @@ class RetrievalError(RalmError):
     """A query that cannot be answered as asked (empty, dense without an encoder, dimension mismatch)."""
 
 
+def check_query(query: str) -> None:
+    """Refuse text that no search can take: empty, or not valid Unicode (a lone surrogate, which JSON can carry
+    but UTF-8, and so Elasticsearch and the tokenizer, cannot)."""
+    if not isinstance(query, str) or not query.strip():
+        raise RetrievalError("empty query: give some text to search for")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RetrievalError(
+            f"text is not valid Unicode: lone surrogate \\u{ord(query[exc.start]):04x} at character {exc.start}"
+        ) from None
+
+
 @dataclass
 class RetrievedHit(CacheHit):
     """A hit of a live search: the cache's fields plus each component's rank and the passage's metadata."""
@@ -136,14 +149,7 @@ class Retriever:
 
     # -- queries -------------------------------------------------------------------------------------
     def _prepare(self, query: str) -> str:
-        if not isinstance(query, str) or not query.strip():
-            raise RetrievalError("empty query: give some text to search for")
-        try:
-            query.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RetrievalError(
-                f"query is not valid Unicode: lone surrogate \\u{ord(query[exc.start]):04x} at character {exc.start}"
-            ) from None
+        check_query(query)
         query = " ".join(query.split())
         if self.encoder is not None:
             limit = self.encoder.max_length - 2

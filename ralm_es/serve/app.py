@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from ralm_es.config import ConfigError
 from ralm_es.errors import RalmError
-from ralm_es.retrieve.retriever import Retriever
+from ralm_es.retrieve.retriever import RetrievalError, Retriever, check_query
 from ralm_es.serve import models as m
 from ralm_es.serve.auth import bearer_auth
 from ralm_es.serve.batching import RETRY_AFTER_S, Batcher, PredictKey, Queries, QueueFull, SearchKey, api_runner
@@ -155,6 +155,12 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
     async def retrieve(body: m.RetrieveIn) -> m.RetrieveOut:
         """The top-k passages for each of a batch of inputs, in one ``search_many`` call."""
         check_request(settings, [item.text for item in body.inputs], body.k)
+        for i, item in enumerate(body.inputs):
+            # Refused here, naming the input, rather than by the batch's search, which cannot say which one.
+            try:
+                check_query(item.text)
+            except RetrievalError as exc:
+                raise HTTPException(400, f"inputs[{i}]: {exc}") from None
         key = search_key(body)
         queries = Queries(
             [item.text for item in body.inputs],
@@ -187,6 +193,11 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
         for i, (text, pair, item) in enumerate(zip(texts, pairs, body.inputs, strict=True)):
             if not text.split():
                 raise HTTPException(422, f"inputs[{i}]: empty text")
+            try:
+                # A model without passages never meets the retriever's check; its tokenizer cannot take surrogates.
+                check_query(f"{text} {pair or ''}")
+            except RetrievalError as exc:
+                raise HTTPException(422, f"inputs[{i}]: {exc}") from None
             pair_words = pair.split() if pair else None
             # Ids given here: in a batch with other requests the predictor would number inputs batch-wide.
             item_id = item.id if item.id is not None else str(i)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ralm_es.config import Secret, check_bounds
+from ralm_es.config import ConfigError, Secret, check_bounds
 
 TOKEN_ENV = "RALM_ES_API_TOKEN"
 
@@ -38,8 +38,12 @@ class ServeSettings:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        check_bounds("serve", self, ("batch_size", "queue_size", "workers"), 1)
-        check_bounds("serve", self, ("batch_wait_ms",), 0)
+        # The limits hold on every path in: a config file's serve section and the Python API skip the flags' checks.
+        limits = ("max_k", "max_batch", "max_text_chars", "max_body_bytes")
+        check_bounds("serve", self, (*limits, "batch_size", "queue_size", "workers"), 1)
+        check_bounds("serve", self, ("batch_wait_ms", "graceful_timeout"), 0)
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"serve.port must be between 1 and 65535, got {self.port}")
 
     @property
     def worker_threads(self) -> int:
