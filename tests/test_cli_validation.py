@@ -149,6 +149,8 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("serve-port", ["serve", *LOCAL, "--port", "70000"], {}, "Invalid value for '--port'"),
     ("serve-graceful", ["serve", *LOCAL, "--graceful-timeout", "-1"], {}, "Invalid value for '--graceful-timeout'"),
     ("serve-max-k", ["serve", *LOCAL, "--max-k", "0"], {}, "Invalid value for '--max-k'"),
+    ("serve-device", ["serve", *LOCAL, "--device", "cpu"], {}, "--device is where the --model run predicts"),
+    ("evaluate-seed", ["evaluate", *LOCAL, "--queries", SAMPLE, "--qrels", SAMPLE, "--seed", "3"], {}, "set the split"),
     # es
     ("es-start-port", ["es", "start", "--port", "99999"], {}, "Invalid value for '--port'"),
     ("es-start-heap", ["es", "start", "--heap", "lots"], {}, "Invalid value for '--heap'"),

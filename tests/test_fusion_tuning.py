@@ -85,3 +85,9 @@ def test_save_without_sweep_is_refused(local_index: tuple[Path, Path, Path]) -> 
         "--save",
     )  # fmt: skip
     assert proc.returncode == 2 and "--save records the choice of --sweep" in proc.stderr
+    # The split's settings do nothing without --sweep either.
+    proc = run_cli(
+        "evaluate", "--backend", "local", "--index", str(index), "--queries", str(queries), "--qrels", str(qrels),
+        "--seed", "3", "--dev-fraction", "0.5",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--dev-fraction and --seed set the split of --sweep" in proc.stderr

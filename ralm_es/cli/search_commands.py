@@ -328,6 +328,14 @@ def evaluate(
 
     if save and not sweep:
         raise click.UsageError("--save records the choice of --sweep; give both")
+    current = click.get_current_context()
+    split = [
+        f"--{name.replace('_', '-')}"
+        for name in ("dev_fraction", "seed")
+        if current.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+    ]
+    if split and not sweep:
+        raise click.UsageError(f"{' and '.join(split)} set the split of --sweep; give --sweep too, or leave them out")
     texts: dict[str, str] = {}
     for item in read_corpus(queries, ReadOptions(text_field=guess_text_field(queries))):
         if isinstance(item, ReadError):

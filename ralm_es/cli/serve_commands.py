@@ -84,8 +84,15 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
     require a bearer token on all but /health (the OpenAPI pages too, unless --open-docs)."""
     from ralm_es.serve.workers import READY_FD_ENV, listen, report_ready, run_workers
 
+    if (
+        run_dir is None
+        and click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
+    ):
+        raise click.UsageError("--device is where the --model run predicts; give --model too")
     settings = ctx.settings(S, "serve", env={TOKEN_ENV: "token"})
     ready_fd = os.environ.get(READY_FD_ENV)
+    if settings.open_docs and settings.token is None and ready_fd is None:
+        click.echo(f"ralm-es: warning: --open-docs (serve.open_docs) does nothing without {TOKEN_ENV}", err=True)
     if settings.workers > 1 and ready_fd is None:
         # Each worker is this command line again; this process only supervises and loads no model.
         notice = lambda message: click.echo(f"ralm-es: notice: {message}", err=True)  # noqa: E731
