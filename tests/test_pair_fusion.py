@@ -18,7 +18,7 @@ from ralm_es.model.inputs import build_features
 from ralm_es.model.spec import ModelSpec
 from ralm_es.model.strategies import FusionError
 from ralm_es.model.strategies.base import VALID, drop_passages
-from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
+from ralm_es.retrieve.cache import CacheHit, CacheWriter, read_cache
 from ralm_es.tasks import Example, LabelMap
 from ralm_es.tasks.classification import read_classification
 from ralm_es.train.checkpoint import new_model
@@ -102,7 +102,8 @@ def test_pair_mode_learns_and_explains_per_passage_weights(
 def write_sparse_cache(path: Path, examples: list[Example], pool: list[Example], every: int) -> Path:
     """Hits as ``write_cache`` gives them for every ``every``-th example; none (an empty retrieval) for the rest."""
     _, entries = read_cache(write_cache(path.with_suffix(".full"), examples, pool))
-    with CacheWriter(path, CacheHeader(index="test", mode="bm25", k=3)) as writer:
+    header, _ = read_cache(path.with_suffix(".full"))
+    with CacheWriter(path, header) as writer:
         for i, ex in enumerate(examples):
             writer.write(ex.id, ex.text, entries[ex.id].hits if every and i % every == 0 else [])
     return path

@@ -19,7 +19,7 @@ from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve import fusion
-from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter, read_cache
+from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter, read_cache
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever, search_requests
 from ralm_es.retrieve.settings import RETRIEVAL_MODES, Mode
@@ -270,6 +270,21 @@ def test_retrieve_cache_round_trip_and_resume(
     _, entries = read_cache(out)
     assert len(entries) == 15
     assert len(out.read_text().splitlines()) == 16  # header + one line per input, nothing doubled
+
+
+def test_a_cache_of_one_mode_is_not_resumed_with_that_mode_ranking_otherwise(tmp_path: Path) -> None:
+    # The settings that change a single mode's ranking are in the header, as hybrid's fusion settings are.
+    assert RetrievalSettings(mode="bm25", title_boost=2.0).fusion_header() == {"title_boost": 2.0}
+    assert RetrievalSettings(mode="dense", num_candidates=50).fusion_header() == {"num_candidates": 50}
+    path = tmp_path / "cache.jsonl"
+
+    def header(title_boost: float) -> CacheHeader:
+        return CacheHeader("i", "bm25", 1, RetrievalSettings(mode="bm25", title_boost=title_boost).fusion_header())
+
+    with CacheWriter(path, header(1.0)) as writer:
+        writer.write("a", "first query", [])
+    with pytest.raises(CacheError, match=r"made by another retrieval"):
+        CacheWriter(path, header(20.0))
 
 
 @pytest.mark.parametrize("cut", [1, 10], ids=["complete-json-without-newline", "half-a-line"])

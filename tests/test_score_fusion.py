@@ -182,7 +182,7 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     result = train(load(claims_config(tmp_path, claims, tiny_model_dir, "model.fusion=scores", "train.max_steps=2")))
     run = open_run(result.out, "cpu")
     # The fixture's caches are BM25 retrieval: the run recorded that scale.
-    assert run.model.spec.score_scale == ScoreScale(mode="bm25", fusion={}, encoder=None)
+    assert run.model.spec.score_scale == ScoreScale(mode="bm25", fusion={"title_boost": 1.0}, encoder=None)
     _, entries = read_cache(claims["dev_cache"])
     hybrid = tmp_path / "hybrid.cache"
     fusion = RetrievalSettings(mode="hybrid").fusion_header()
@@ -195,7 +195,7 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     assert str(caught.value) == (
         f"{hybrid}: retrieval mode hybrid (fusion rrf, depth 50, num_candidates 100, title_boost 1.0, rrf_k 60.0, "
         "dense_weight 0.5), encoder abc123, but the run reads scores on the scale of its training retrieval, mode "
-        "bm25: retrieve with those settings"
+        "bm25 (title_boost 1.0): retrieve with those settings"
     )
     # A live retriever is checked the same way when the service starts; one of the same scale is taken.
     backend = LocalBackend(tmp_path / "index")
@@ -204,10 +204,13 @@ def test_a_run_that_reads_scores_refuses_hits_of_another_retrieval(
     assert str(caught.value) == (
         f"the live retriever for {run.folder}: retrieval mode hybrid (fusion rrf, depth 50, num_candidates 100, "
         "title_boost 1.0, rrf_k 60.0, dense_weight 0.5), but the run reads scores on the scale of its training "
-        "retrieval, mode bm25: retrieve with those settings"
+        "retrieval, mode bm25 (title_boost 1.0): retrieve with those settings"
     )
     same = Retriever(backend, None, RetrievalSettings(mode="bm25"))
     assert Predictor(run, same).retriever is same
+    # BM25 with the title weighted otherwise scores on another scale too.
+    with pytest.raises(DataError, match=r"mode bm25 \(title_boost 20\.0\), but the run reads scores"):
+        Predictor(run, Retriever(backend, None, RetrievalSettings(mode="bm25", title_boost=20.0)))
     # BM25 encodes no query, so a BM25 retriever that holds an encoder (with_settings shares a hybrid retriever's)
     # has the same scale.
     hybrid_retriever = Retriever(backend, tiny_encoder, RetrievalSettings(mode="hybrid"))

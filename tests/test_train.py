@@ -29,6 +29,7 @@ from ralm_es.model.labelling import Prediction
 from ralm_es.model.spec import ModelSettings
 from ralm_es.model.strategies import check_encoder_fits
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
+from ralm_es.retrieve.settings import RetrievalSettings
 from ralm_es.tasks import DataError, Example
 from ralm_es.tasks.classification import read_classification
 from ralm_es.tasks.ner import read_ner
@@ -74,7 +75,8 @@ def write_conll(path: Path, sentences: int, seed: int) -> Path:
 
 def write_cache(path: Path, examples: list[Example], pool: list[Example], k: int = 3) -> Path:
     """Hits for each example: the pool sentences sharing most words with it (never the example itself)."""
-    with CacheWriter(path, CacheHeader(index="test", mode="bm25", k=k)) as writer:
+    header = CacheHeader(index="test", mode="bm25", k=k, fusion=RetrievalSettings(mode="bm25").fusion_header())
+    with CacheWriter(path, header) as writer:
         for ex in examples:
             words = set(ex.words)
             ranked = sorted((p for p in pool if p.id != ex.id), key=lambda p: -len(words & set(p.words)))[:k]

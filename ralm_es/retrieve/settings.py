@@ -42,10 +42,11 @@ class RetrievalSettings:
     texts: Texts = "fetch"
 
     def fusion_header(self) -> dict[str, Any]:
-        """The settings that decide hybrid search's ranking (empty for a single mode), in a fixed order: caches,
-        saved sweeps and trained runs record it."""
-        if not RETRIEVAL_MODES[self.mode].fused:
-            return {}
+        """The settings besides the mode that decide its ranking, in a fixed order: caches, saved sweeps and trained
+        runs record it (a cache resumed, or a run's scores read, under other ones would mix two rankings)."""
+        mode = RETRIEVAL_MODES[self.mode]
+        if not mode.fused:
+            return {key: getattr(self, key) for component in mode.components for key in COMPONENT_SETTINGS[component]}
         keys = ["fusion", "depth", "num_candidates", "title_boost", *RANK_FUSIONS[self.fusion].header]
         return {key: getattr(self, key) for key in keys}
 
@@ -74,6 +75,9 @@ class RetrievalMode:
         """Whether a query needs a vector (and so an encoder)."""
         return "dense" in self.components
 
+
+# The settings that shape each component ranking: BM25's title weight, the kNN search's candidates per shard.
+COMPONENT_SETTINGS: dict[str, tuple[str, ...]] = {"bm25": ("title_boost",), "dense": ("num_candidates",)}
 
 # Every mode the settings accept (a test holds this equal to ``Mode``).
 RETRIEVAL_MODES: dict[str, RetrievalMode] = {
