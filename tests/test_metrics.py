@@ -46,8 +46,6 @@ def test_qrels_without_any_relevant_document_are_refused() -> None:
 def test_passages_to_docs_keeps_the_best_passage_per_document() -> None:
     hits = [Hit("a#0", "a", 0.4), Hit("b#0", "b", 0.9), Hit("a#1", "a", 0.7)]
     assert passages_to_docs(hits) == {"a": 0.7, "b": 0.9}
-    cache_hits = [{"id": "a#0", "doc_id": "a", "score": 1.5}, {"id": "a#1", "doc_id": "a", "score": 2.5}]
-    assert passages_to_docs(cache_hits) == {"a": 2.5}
 
 
 def test_load_qrels_reads_beir_tsv_with_header(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ralm_es.errors import RalmError
 
@@ -55,15 +55,18 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def _get(hit: Any, name: str) -> Any:
-    return hit[name] if isinstance(hit, Mapping) else getattr(hit, name)
+class ScoredPassage(Protocol):
+    """A hit of a passage of a document: a store's ``Hit``, a live search's ``RetrievedHit``."""
+
+    doc_id: str
+    score: float
 
 
-def passages_to_docs(hits: Iterable[Any]) -> dict[str, float]:
-    """``{doc_id: best passage score}`` from hits (``Hit`` objects or cache-line dicts with doc_id and score)."""
+def passages_to_docs(hits: Iterable[ScoredPassage]) -> dict[str, float]:
+    """``{doc_id: best passage score}`` from the hits of passages."""
     docs: dict[str, float] = {}
     for hit in hits:
-        doc_id, score = str(_get(hit, "doc_id")), float(_get(hit, "score"))
+        doc_id, score = str(hit.doc_id), float(hit.score)
         if doc_id not in docs or score > docs[doc_id]:
             docs[doc_id] = score
     return docs
