@@ -91,7 +91,8 @@ def main() -> None:
         "reps": args.reps,
         "speed": speed,
         "agreement": agreement,
-        "index": f"{args.index}: {info['count']:,} passages, filled by {(info['model'] or {}).get('runtime', 'torch')}",
+        # An index that records no runtime was filled by torch.
+        "index": f"{args.index}: {info.count:,} passages, filled by {(info.model and info.model.runtime) or 'torch'}",
         "quality": quality,
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -227,7 +227,8 @@ def summarise(tally: Tally, elapsed: float, cores: dict[str, float]) -> dict[str
         "errors": sum(tally.errors.values()),
         "error_kinds": dict(tally.errors),
         "seconds": round(elapsed, 2),
-        "throughput_rps": round(tally.requests / elapsed, 2),
+        # Answered requests only: a refusal (503 from a full queue) is no throughput.
+        "throughput_rps": round(len(tally.latencies_ms) / elapsed, 2),
         "cpu_cores": {name: round(value, 2) for name, value in cores.items()},
         "latency_ms": {
             name: round(float(value), 2)

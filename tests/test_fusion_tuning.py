@@ -75,7 +75,9 @@ def test_sweep_save_records_the_choice_and_search_uses_it(local_index: tuple[Pat
     # A flag given on the command line wins over the recorded value of that setting.
     override = run_cli("search", "capital city", *common, "--dense-weight", "0.9", "--json")
     assert override.returncode == 0, override.stderr
-    assert '"dense_weight"' not in override.stderr.split("tuned for this index:")[-1]
+    (notice,) = [line for line in override.stderr.splitlines() if "tuned for this index: " in line]
+    taken = json.loads(notice.split("tuned for this index: ", 1)[1])
+    assert taken == {name: value for name, value in tuned["settings"].items() if name != "dense_weight"}
 
 
 def test_save_without_sweep_is_refused(local_index: tuple[Path, Path, Path]) -> None:

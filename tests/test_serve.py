@@ -169,9 +169,18 @@ def test_predict_ner_entities_with_explain(retriever: Retriever, ner_predictor: 
     labels = set(ner_predictor.info()["labels"])
     assert set(first["tags"]) <= labels and "passages" not in first
     for pred in body["predictions"]:
-        # Entities are exactly the B-/I- spans of the tags.
+        # Entities are exactly the B-/I- spans of the tags: each listed one is a span, and every span is listed
+        # (a span starts at a B-, or at an I- after O or another type).
+        tags = pred["tags"]
+        starts = [
+            i
+            for i, tag in enumerate(tags)
+            if tag != "O" and (tag.startswith("B-") or i == 0 or tags[i - 1] == "O" or tags[i - 1][2:] != tag[2:])
+        ]
+        assert [entity["start"] for entity in pred["entities"]] == starts
+        assert sum(entity["end"] - entity["start"] for entity in pred["entities"]) == sum(t != "O" for t in tags)
         for entity in pred["entities"]:
-            span = pred["tags"][entity["start"] : entity["end"]]
+            span = tags[entity["start"] : entity["end"]]
             assert span[0] in (f"B-{entity['type']}", f"I-{entity['type']}")
             assert all(t == f"I-{entity['type']}" for t in span[1:])
             assert entity["text"] == " ".join(pred["words"][entity["start"] : entity["end"]])
