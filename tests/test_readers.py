@@ -164,6 +164,24 @@ def test_csv_bad_rows(tmp_path: Path) -> None:
     assert "duplicate id" in reasons[f"{path}:6"]
 
 
+def test_csv_quotes_left_open_or_closed_early_are_reported_and_the_rows_after_them_read(tmp_path: Path) -> None:
+    path = tmp_path / "quotes.csv"
+    # Row 3 closes its quote before the field ends; row 5 opens one it never closes (the lenient csv reader made
+    # it one record holding every line after it).
+    rows = ["id,title,text", "1,a,ok", '2,b,"closed"early', '3,c,"multi', 'line"', '4,d,"he said hi', "5,e,fifth"]
+    write_lines(path, [*rows, "6,f,sixth"])
+    records, errors = split(read_corpus(path))
+    assert [(r.id, r.text, r.source) for r in records] == [
+        ("1", "ok", f"{path}:2"),
+        ("3", "multi\nline", f"{path}:4"),
+        ("5", "fifth", f"{path}:7"),
+        ("6", "sixth", f"{path}:8"),
+    ]
+    reasons = {e.source: e.reason for e in errors}
+    assert list(reasons) == [f"{path}:3", f"{path}:6"]
+    assert reasons[f"{path}:6"] == "malformed row: a quote opened in this row is never closed"
+
+
 def test_csv_header_without_text_column(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "c.csv", ["id,body", "1,hello"])
     records, errors = split(read_corpus(path))

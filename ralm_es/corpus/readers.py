@@ -236,8 +236,10 @@ def _lone_surrogate(obj: Any) -> str | None:
 def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterator[Record | ReadError]:
     problems: dict[int, str] = {}
 
-    def texts() -> Iterator[str]:
+    def texts(after: int) -> Iterator[str]:
         for line in iter_lines(file, options.max_line_bytes):
+            if line.number <= after:
+                continue
             if line.problem is not None:
                 problems[line.number] = line.problem
             # csv needs the line ending back to join quoted fields that span lines.
@@ -248,8 +250,11 @@ def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterato
         csv.field_size_limit(options.max_chars + 1)
     # TSV corpora (MS MARCO, BEIR qrels) do not quote: a stray quote must not swallow the lines after it.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(texts(), delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
+    # Strict: a quote never closed is an error at the end of the file rather than a field holding every line
+    # after it; the lines it took are then read again, from the one after the row it opened in.
+    skip = 0
+    reader = csv.reader(texts(skip), delimiter=delimiter, quoting=quoting, strict=True)
     last = 0
     while True:
         try:
@@ -257,10 +262,15 @@ def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterato
         except StopIteration:
             return
         except csv.Error as exc:
-            yield ReadError(f"{file}:{last + 1}", f"malformed row: {exc}")
-            last = reader.line_num
+            if "end of data" in str(exc):
+                yield ReadError(f"{file}:{last + 1}", "malformed row: a quote opened in this row is never closed")
+                skip = last = last + 1
+                reader = csv.reader(texts(skip), delimiter=delimiter, quoting=quoting, strict=True)
+            else:
+                yield ReadError(f"{file}:{last + 1}", f"malformed row: {exc}")
+                last = skip + reader.line_num
             continue
-        start, last = last + 1, reader.line_num
+        start, last = last + 1, skip + reader.line_num
         bad = [n for n in range(start, last + 1) if n in problems]
         if bad:
             yield ReadError(f"{file}:{bad[0]}", problems[bad[0]])
