@@ -13,6 +13,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -370,22 +371,29 @@ def resolve_connection(
     return check_connection(settings, {name: source.get(name, f"es.{name}") for name in fields})
 
 
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: a password in it (``http://user:secret@host``, which the client takes)
+    redacted, valid URL or not."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", rf"\1:{REDACTED}@", url)
+
+
 def _check_url(url: str, where: str) -> str:
     """The URL's scheme, after checking it has an http(s) scheme, a host and a valid port."""
     shape = "expected a URL like http://localhost:9200"
+    shown = shown_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{where}: {shape}, got {url!r} ({exc})") from None
+        raise ConfigError(f"{where}: {shape}, got {shown!r} ({shown_url(str(exc))})") from None
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"{where}: {shape} (scheme http or https), got {url!r}")
+        raise ConfigError(f"{where}: {shape} (scheme http or https), got {shown!r}")
     if not parts.hostname or any(c.isspace() for c in parts.netloc):
-        raise ConfigError(f"{where}: {shape} (with a host name), got {url!r}")
+        raise ConfigError(f"{where}: {shape} (with a host name), got {shown!r}")
     if port == 0:
-        raise ConfigError(f"{where}: {shape} (port 1-65535), got {url!r}")
+        raise ConfigError(f"{where}: {shape} (port 1-65535), got {shown!r}")
     if parts.query or parts.fragment:
-        raise ConfigError(f"{where}: {shape} (no ?query or #fragment), got {url!r}")
+        raise ConfigError(f"{where}: {shape} (no ?query or #fragment), got {shown!r}")
     return parts.scheme
 
 

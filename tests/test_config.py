@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from ralm_es.config import (
     set_layer,
     to_dict,
 )
+from ralm_es.es.client import ClusterUnavailable, connect
 from ralm_es.inference.task import TaskSettings
 from ralm_es.ingest import IngestSettings
 from ralm_es.model.spec import ModelSettings
@@ -120,6 +121,26 @@ def test_connection_defaults_are_safe() -> None:
 def test_bad_connection_env_is_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_connection({}, env=env)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://elastic:hunter2@h:99999", "'http://elastic:<redacted>@h:99999' (Port out of range"),
+        ("ftp://elastic:hunter2@h:9200", "'ftp://elastic:<redacted>@h:9200'"),
+    ],
+)
+def test_a_password_in_a_url_never_shows_in_an_error(url: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        resolve_connection({}, env={"RALM_ES_URL": url})
+    assert shown in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_a_password_in_a_url_never_shows_when_nothing_answers() -> None:
+    settings = resolve_connection({}, env={"RALM_ES_URL": "http://elastic:hunter2@127.0.0.1:1"})
+    with pytest.raises(ClusterUnavailable) as refused:
+        connect(replace(settings, max_retries=0))
+    assert "http://elastic:<redacted>@127.0.0.1:1" in str(refused.value) and "hunter2" not in str(refused.value)
 
 
 def test_bad_connection_flags_and_file_keys_are_named(tmp_path: Path) -> None:

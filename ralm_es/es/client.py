@@ -9,7 +9,7 @@ from elasticsearch import ApiError, AuthenticationException, AuthorizationExcept
 from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
-from ralm_es.config import ConfigError, ConnectionSettings
+from ralm_es.config import ConfigError, ConnectionSettings, shown_url
 from ralm_es.errors import RalmError
 
 
@@ -65,7 +65,7 @@ def describe_api_error(exc: ApiError) -> str:
 
 
 def where(settings: ConnectionSettings) -> str:
-    return "Elastic Cloud deployment" if settings.cloud_id else ", ".join(settings.hosts)
+    return "Elastic Cloud deployment" if settings.cloud_id else ", ".join(map(shown_url, settings.hosts))
 
 
 def connect(settings: ConnectionSettings) -> Elasticsearch:
