@@ -69,6 +69,8 @@ def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 POOLING = {"mean": mean_pool, "cls": cls_pool, "max": max_pool}
+# The sentence-transformers modules an encoder folder may hold: the network, its pooling, unit length.
+SENTENCE_MODULES = ("Transformer", "Pooling", "Normalize")
 # sentence-transformers' Pooling config flags, in the order it reads them.
 POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
 
@@ -81,12 +83,19 @@ def pooling_mode(folder: Path) -> str:
         return "mean"
     try:
         modules = json.loads(modules_file.read_text())
-        pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
-        if pooling is None:
-            return "mean"
-        config = json.loads((folder / pooling["path"] / "config.json").read_text())
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+        pooling = next((m for m, kind in zip(modules, kinds, strict=True) if kind == "Pooling"), None)
+        config = json.loads((folder / pooling["path"] / "config.json").read_text()) if pooling else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"{modules_file}: cannot read the pooling module ({exc})") from None
+    # Vectors are always unit length; a module that changes them otherwise (Dense, say) would be skipped.
+    if unknown := [kind for kind in kinds if kind not in SENTENCE_MODULES]:
+        raise ModelError(
+            f"{modules_file}: module {unknown[0]} is not supported (ralm-es runs {', '.join(SENTENCE_MODULES)}): "
+            "its vectors would not be the model's"
+        )
+    if pooling is None:
+        return "mean"
     if "pooling_mode" in config:
         modes = [str(config["pooling_mode"])]
     else:

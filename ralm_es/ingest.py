@@ -23,7 +23,7 @@ from ralm_es.corpus.chunking import Chunker
 from ralm_es.corpus.readers import ReadOptions, plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.model_folder import load_tokenizer, resolve_model_path, tokenizer_revision
-from ralm_es.onnx_runtime import Runtime
+from ralm_es.onnx_runtime import ONNX_RUNTIMES, Runtime
 from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSettings, IndexSpec, Refresh, WriteResult
 
 if TYPE_CHECKING:
@@ -89,6 +89,8 @@ class IngestSettings:
             ]
             if embedding:
                 parts.append(f"nothing is embedded (--no-embed), so {', '.join(embedding)} do nothing")
+        if self.embed and self.runtime in ONNX_RUNTIMES and self.device not in ("auto", "cpu"):
+            parts.append(f"runtime {self.runtime} runs on the CPU, so device={self.device} does nothing")
         if self.keep_old and not self.reindex:
             parts.append("--keep-old does nothing without --reindex")
         return "; ".join(parts) or None

@@ -121,6 +121,8 @@ def load_session(folder: Path, revision: str, runtime: Runtime, threads: int) ->
         raise ConfigError(
             f"encoder runtime {runtime} needs onnxruntime: pip install 'ralm-es[onnx]' (or use runtime torch)"
         ) from None
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
     fp32 = onnx_path(revision, "onnx")
     path = onnx_path(revision, runtime)
     try:
@@ -128,11 +130,17 @@ def load_session(folder: Path, revision: str, runtime: Runtime, threads: int) ->
             _export(folder, fp32)
         if not path.is_file():
             _quantize(fp32, path)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except (OSError, RuntimeError, ValueError) as exc:
         raise ModelError(f"cannot make the {runtime} encoder of {folder} at {path}: {exc}") from exc
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (OSError, ort_state.Fail, ort_state.InvalidProtobuf, ort_state.InvalidGraph, ort_state.NoSuchFile) as exc:
+        # The cached export is damaged (a disk filled or a copy cut short while it was written): made again if gone.
+        raise ModelError(
+            f"cannot load the {runtime} encoder of {folder} from {path} ({exc}); delete that file to export it again"
+        ) from None
 
 
 def run_session(session: onnxruntime.InferenceSession, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -71,3 +71,12 @@ def test_an_unsupported_pooling_is_an_error_naming_the_file(tiny_model_dir: Path
     folder = with_pooling(tiny_model_dir, tmp_path, {"pooling_mode_weightedmean_tokens": True})
     with pytest.raises(ModelError, match=r"1_Pooling/config\.json: pooling pooling_mode_weightedmean_tokens"):
         Encoder(folder, device="cpu")
+
+
+def test_a_module_that_would_be_skipped_is_an_error_naming_the_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = with_pooling(tiny_model_dir, tmp_path, {"pooling_mode_mean_tokens": True})
+    modules = json.loads((folder / "modules.json").read_text())
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    (folder / "modules.json").write_text(json.dumps([*modules, dense]))
+    with pytest.raises(ModelError, match=r"modules\.json: module Dense is not supported .*would not be the model's"):
+        Encoder(folder, device="cpu")

@@ -428,6 +428,11 @@ def test_settings_that_do_nothing_are_named(
         "nothing is embedded (--no-embed), so runtime=onnx-int8, encode_batch=3, index.similarity=dot_product do "
         "nothing; --keep-old does nothing without --reindex"
     ]
+    # ONNX Runtime runs on the CPU whatever device is asked for.
+    assert IngestSettings(runtime="onnx", device="cuda:7").unused() == (
+        "runtime onnx runs on the CPU, so device=cuda:7 does nothing"
+    )
+    assert IngestSettings(runtime="onnx", device="cpu").unused() is None
 
 
 def test_index_settings_an_existing_index_was_not_built_with_are_refused(

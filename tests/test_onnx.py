@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from ralm_es.config import ConfigError, compose, set_layer
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder, OnnxNetwork
 from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
 from ralm_es.store.base import StoreError
 from ralm_es.store.elastic import ElasticsearchBackend
@@ -68,6 +70,19 @@ def test_the_export_is_made_once_per_revision(tiny_encoder: Encoder, onnx_home: 
     assert set(stamps) == {"model.onnx", "model-int8.onnx"}
     Encoder(tiny_encoder.path, runtime="onnx-int8")
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+
+
+def test_a_damaged_export_is_named_and_made_again_once_deleted(
+    tiny_encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RALM_ES_HOME", str(tmp_path))
+    Encoder(tiny_encoder.path, runtime="onnx")
+    export = tmp_path / "onnx" / tiny_encoder.revision / "model.onnx"
+    export.write_bytes(export.read_bytes()[:1000])  # cut short, as by a full disk
+    with pytest.raises(ModelError, match=rf"from {re.escape(str(export))} \(.*\); delete that file to export it"):
+        Encoder(tiny_encoder.path, runtime="onnx")
+    export.unlink()
+    assert Encoder(tiny_encoder.path, runtime="onnx").encode(TEXTS[:1]).shape == (1, tiny_encoder.dim)
 
 
 def test_an_unknown_runtime_is_one_clear_error(tiny_model_dir: Path) -> None:
