@@ -365,6 +365,15 @@ def resolve_connection(
     env = os.environ if env is None else env
     layers += [env_layer(CONNECTION_ENV, env, "es"), flag_layer(cli or {}, CONNECTION_FLAGS, "es")]
     merged = merge_layers(ConnectionSettings, layers)
+    if "cloud_id" in merged and "hosts" in merged:
+        # Where to connect is one choice: the later source's (a flag over the environment over the file).
+        rank = {key: i for i, layer in enumerate(layers) for key in layer.values}
+        if rank["cloud_id"] == rank["hosts"]:
+            raise ConfigError(
+                f"{merged['hosts'][1]} and {merged['cloud_id'][1]}: give an Elasticsearch URL or an Elastic Cloud "
+                "id, not both"
+            )
+        del merged["cloud_id" if rank["hosts"] > rank["cloud_id"] else "hosts"]
     settings = build(ConnectionSettings, merged)
     source = {key: where for key, (_, where) in merged.items()}
     fields = [f.name for f in dataclasses.fields(ConnectionSettings)]

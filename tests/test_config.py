@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -141,6 +142,20 @@ def test_a_password_in_a_url_never_shows_when_nothing_answers() -> None:
     with pytest.raises(ClusterUnavailable) as refused:
         connect(replace(settings, max_retries=0))
     assert "http://elastic:<redacted>@127.0.0.1:1" in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_a_url_and_a_cloud_id_are_one_choice_made_by_the_later_source(tmp_path: Path) -> None:
+    cloud = "deployment:" + base64.b64encode(b"example.com$abc$def").decode()
+    flag_url = resolve_connection({"hosts": ("http://127.0.0.1:9200",)}, env={"RALM_ES_CLOUD_ID": cloud})
+    assert flag_url.cloud_id is None and flag_url.hosts == ["http://127.0.0.1:9200"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("es:\n  hosts: [http://h:9200]\n")
+    assert resolve_connection({}, env={"RALM_ES_CLOUD_ID": cloud}, config_file=cfg).cloud_id == cloud
+    with pytest.raises(ConfigError, match=r"^RALM_ES_URL \(es\.hosts\) and RALM_ES_CLOUD_ID \(es\.cloud_id\): give"):
+        resolve_connection({}, env={"RALM_ES_CLOUD_ID": cloud, "RALM_ES_URL": "http://h:9200"})
+    # The URL that wins is checked as any other.
+    with pytest.raises(ConfigError, match=r"^--es-url \(es\.hosts\): .*'ftp://x'"):
+        resolve_connection({"hosts": ("ftp://x",)}, env={"RALM_ES_CLOUD_ID": cloud})
 
 
 def test_bad_connection_flags_and_file_keys_are_named(tmp_path: Path) -> None:
