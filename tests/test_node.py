@@ -33,6 +33,17 @@ def test_missing_jdk_is_one_clear_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "ES_JAVA_HOME" in lines[0] and "needs Java 17-24" in lines[0]
 
 
+def test_a_node_that_does_not_start_in_time_is_one_line(tmp_path: Path) -> None:
+    cluster = LocalCluster("slow", root=tmp_path)
+    launcher = tmp_path / "es" / "bin" / "elasticsearch"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text("#!/bin/sh\nexec sleep 30\n")
+    launcher.chmod(0o755)
+    (cluster.node_dir(0) / "logs").mkdir(parents=True)
+    with pytest.raises(NodeError, match=r"^Elasticsearch node 0 did not start within 1 s \(--timeout\); its log: "):
+        cluster._launch(tmp_path / "es", tmp_path, 0, os.getuid(), os.getgid(), timeout=1.0)
+
+
 def test_finds_a_supported_jdk_on_this_machine() -> None:
     major = distribution.java_version(find_java(env={}))
     assert major is not None and distribution.JAVA_MIN <= major <= distribution.JAVA_MAX
@@ -51,6 +62,9 @@ def test_start_status_reuse_stop(run_cluster: Callable[[str], LocalCluster]) -> 
         assert status == {"url": url, "version": distribution.ES_VERSION, "health": "green", "nodes": 1}
         again = run_cli("es", "start", "--name", name, "--port", "auto")
         assert again.returncode == 0 and again.stdout.strip() == url and "already running" in again.stderr
+        # Reused only as asked: a --security the running cluster does not have is refused, not dropped.
+        secured = run_cli("es", "start", "--name", name, "--port", "auto", "--security")
+        assert secured.returncode == 1 and "already running with security False (asked True)" in secured.stderr
         state = LocalCluster(name).state()
         assert state is not None
         if os.geteuid() == 0:

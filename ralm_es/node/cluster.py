@@ -216,6 +216,16 @@ class LocalCluster:
         security = security or tls
         current = self.running()
         if current is not None:
+            # A running cluster is reused only as asked: a --security that was not applied would be a silent hole.
+            has = {"nodes": len(current.http_ports), "security": current.security, "tls": current.tls}
+            asked: dict[str, object] = {"nodes": nodes, "security": security, "tls": tls}
+            if port is not None:
+                has["port"], asked["port"] = current.http_ports[0], port
+            if differ := [f"{key} {has[key]} (asked {value})" for key, value in asked.items() if has[key] != value]:
+                raise NodeError(
+                    f"cluster '{self.name}' is already running with {', '.join(differ)}; "
+                    f"`ralm-es es stop --name {self.name}` first to start it as asked"
+                )
             return current
         java_home = distribution.find_java()
         zip_path = distribution.fetch(quiet=quiet)
@@ -389,7 +399,9 @@ class LocalCluster:
         if os.geteuid() == 0:
             kwargs.update(user=uid, group=gid)
         if not (self.node_dir(i) / "config" / "elasticsearch.keystore").exists():
-            subprocess.run([str(keystore), "create"], check=True, **kwargs)
+            created = subprocess.run([str(keystore), "create"], **kwargs)
+            if created.returncode != 0:
+                raise NodeError(f"could not create the keystore of node {i}: {created.stderr.strip()}")
         proc = subprocess.run(
             [str(keystore), "add", "--force", "--stdin", "bootstrap.password"],
             input=state.password,
@@ -407,15 +419,20 @@ class LocalCluster:
         if os.geteuid() == 0:
             kwargs.update(user=uid, group=gid, extra_groups=[])
         with startup_log.open("w") as out:
-            proc = subprocess.run(
-                [str(es_home / "bin" / "elasticsearch"), "-d", "-p", str(pid_file)],
-                env=self._env(java_home, i),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                **kwargs,
-            )
+            try:
+                proc = subprocess.run(
+                    [str(es_home / "bin" / "elasticsearch"), "-d", "-p", str(pid_file)],
+                    env=self._env(java_home, i),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=timeout,
+                    **kwargs,
+                )
+            except subprocess.TimeoutExpired:
+                raise NodeError(
+                    f"Elasticsearch node {i} did not start within {timeout:g} s (--timeout); its log: {startup_log}"
+                ) from None
         if proc.returncode != 0 or not pid_file.exists():
             raise NodeError(
                 f"Elasticsearch node {i} exited with status {proc.returncode} while starting.\n" + self.log_tail(i)
