@@ -130,3 +130,17 @@ def test_unreadable_cluster_state_is_one_line_and_remove_still_works(tmp_path: P
     assert "es stop --name broken --remove" in line
     removed = run_cli("es", "stop", "--name", "broken", "--remove", env=env)
     assert removed.returncode == 0 and not cluster.dir.exists()
+
+
+def test_a_cluster_with_a_dead_node_is_reported_degraded_not_stopped(tmp_path: Path) -> None:
+    cluster = LocalCluster("partly", root=tmp_path)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    # Node 0 is this (live) process, node 1 a process that has exited.
+    state = ClusterState("partly", "8.19.21", [59990, 59991], [59992, 59993], pids=[os.getpid(), finished.pid])
+    cluster._save(state)
+    status = cluster.status()
+    assert status["health"].startswith("degraded (1 of 2 nodes running")
+    assert status["url"] == "http://127.0.0.1:59990" and status["nodes"] == 1
+    with pytest.raises(NodeError, match=r"has 1 of its 2 nodes running; `ralm-es es stop --name partly` first"):
+        cluster.start(port=None, quiet=True)

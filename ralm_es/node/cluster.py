@@ -185,6 +185,14 @@ class LocalCluster:
             return state
         return None
 
+    def degraded(self) -> tuple[ClusterState, list[int]] | None:
+        """The state and the indices of the live nodes when some of the cluster's nodes run and some do not."""
+        state = self.state()
+        alive = [i for i, pid in enumerate(state.pids) if pid_alive(pid)] if state else []
+        if state and alive and len(alive) < len(state.pids):
+            return state, alive
+        return None
+
     # -- HTTP without the client: node management must work before any index exists ----------------
     def _get(self, state: ClusterState, path: str, timeout: float = 5.0) -> Any:
         request = urllib.request.Request(state.url + path)
@@ -214,6 +222,12 @@ class LocalCluster:
         ``tls`` serves HTTPS with a CA generated for this cluster (and implies ``security``).
         """
         security = security or tls
+        if partly := self.degraded():
+            state, alive = partly
+            raise NodeError(
+                f"cluster '{self.name}' has {len(alive)} of its {len(state.pids)} nodes running; "
+                f"`ralm-es es stop --name {self.name}` first, then start it again"
+            )
         current = self.running()
         if current is not None:
             # A running cluster is reused only as asked: a --security that was not applied would be a silent hole.
@@ -539,6 +553,10 @@ class LocalCluster:
     def status(self) -> dict[str, Any]:
         """``{"url", "version", "health", "nodes"}``; health is ``stopped`` or ``unreachable`` when so."""
         state = self.running()
+        if partly := self.degraded():
+            state, alive = partly
+            health = f"degraded ({len(alive)} of {len(state.pids)} nodes running; es stop, then es start)"
+            return {"url": state.urls[alive[0]], "version": state.version, "health": health, "nodes": len(alive)}
         if state is None:
             return {"url": None, "version": distribution.ES_VERSION, "health": "stopped", "nodes": 0}
         try:
