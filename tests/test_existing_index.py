@@ -140,9 +140,14 @@ def test_cli_flags_config_section_and_training(
     assert bm25.exit_code == 0, bm25.output
     assert json.loads(bm25.stdout)[0]["text"].startswith("Insulin is a peptide hormone")
 
+    # A bad key is blamed on where it is: the flag, beside a file with a good fields section, or the file.
+    with_flag = runner.invoke(cli, [*common, "--config", str(config), *search, "--mode", "bm25", "--field", "txt=b"])
+    assert isinstance(with_flag.exception, ConfigError)
+    assert str(with_flag.exception).startswith("--field: unknown setting 'txt'; did you mean text")
     config.write_text(yaml.safe_dump({"fields": {"txt": "body"}}))
     bad = runner.invoke(cli, [*common, "--config", str(config), *search, "--mode", "bm25"])
     assert isinstance(bad.exception, ConfigError) and "unknown setting 'txt'; did you mean text" in str(bad.exception)
+    assert str(bad.exception).startswith(f"{config}: fields")
     bad_flag = runner.invoke(cli, [*common, *search, "--mode", "bm25", "--field", "body"])
     assert isinstance(bad_flag.exception, ConfigError) and "expected name=field" in str(bad_flag.exception)
 

@@ -76,15 +76,23 @@ class CliContext:
         section = load_yaml(self.config_file).get("fields", {}) if self.config_file else {}
         if not isinstance(section, dict):
             raise ConfigError(f"{self.config_file}: 'fields' must be a mapping")
+        if section:
+            # Checked alone first, so that a bad key is blamed on the file and a bad flag on --field.
+            from_dict(FieldMap, section, where=f"{self.config_file}: fields")
         merged = dict(section)
+        from_flags = {}
         for flag in flags:
             name, sep, value = flag.partition("=")
             if not sep or not value.strip():
                 raise ConfigError(f"--field: expected name=field (e.g. text=body), got {flag!r}")
             name = name.strip()
             # extra is a list: repeating --field extra=... adds to it.
-            merged[name] = [*merged.get(name, []), value.strip()] if name == "extra" else value.strip()
-        return from_dict(FieldMap, merged, where=f"{self.config_file}: fields" if section else "--field")
+            from_flags[name] = [*from_flags.get(name, []), value.strip()] if name == "extra" else value.strip()
+        from_dict(FieldMap, from_flags, where="--field")
+        if "extra" in from_flags:
+            from_flags["extra"] = [*merged.get("extra", []), *from_flags["extra"]]
+        merged.update(from_flags)
+        return from_dict(FieldMap, merged, where="--field")
 
 
 CONNECTION_OPTIONS = [

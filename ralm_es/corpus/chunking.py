@@ -41,7 +41,6 @@ class Chunker:
             raise ChunkingError(f"max_tokens={max_tokens} leaves no room for text after the special tokens")
         if not 0 <= overlap < self.budget // 2:
             raise ChunkingError(f"overlap={overlap} must be at least 0 and under half the text budget ({self.budget})")
-        self.max_tokens = max_tokens
         self.overlap = overlap
 
     def chunk(self, record: Record) -> list[Passage]:
