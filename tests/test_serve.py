@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import gc
 import json
 import logging
@@ -316,6 +317,15 @@ def test_library_errors_are_4xx_with_the_message(retriever: Retriever, es_client
     assert typo.status_code == 400 and "filter on 'topik': no passage in index" in typo.json()["detail"]
     extra = api.post("/search", json={"text": "x", "size": 1000})
     assert extra.status_code == 422 and "size" in extra.text
+
+
+def test_a_model_that_reads_more_passages_than_the_limit_never_starts(
+    retriever: Retriever, ner_predictor: Predictor
+) -> None:
+    two = retriever.with_settings(dataclasses.replace(retriever.settings, k=2))
+    with pytest.raises(ConfigError, match=r"reads k=3 passages an input, over serve\.max_k=2"):
+        create_app(ServeSettings(max_k=2), two, ner_predictor)
+    create_app(ServeSettings(max_k=3), two, ner_predictor)
 
 
 def test_limits(retriever: Retriever) -> None:
