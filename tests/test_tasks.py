@@ -47,6 +47,11 @@ def test_malformed_conll_line_names_file_and_line(tmp_path: Path) -> None:
     path.write_text(CONLL.replace("Blackburn NNP I-NP I-PER", "Blackburn NNP I-NP PERSON"), encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}:9: malformed CoNLL line: expected an IOB2 tag .* found 'PERSON'"):
         read_ner(path)
+    # IOB1: an entity that starts with I- (strict IOB2 scoring would drop it from the gold entities).
+    path.write_text(CONLL.replace("Peter NNP I-NP B-PER", "Peter NNP I-NP I-PER"), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:8: 'I-PER' after 'O' starts no entity in IOB2"):
+        read_ner(path)
+    assert len(read_ner(path, labelled=False)) == 3  # unlabelled reading ignores the tags
 
 
 def test_label_unseen_in_training_is_an_error_naming_the_line(tmp_path: Path) -> None:
@@ -104,6 +109,15 @@ def test_ner_metrics_are_entity_level() -> None:
     assert metrics["recall"] == pytest.approx(2 / 3)
     assert metrics["per_type"]["PER"]["f1"] == 0.0 and metrics["per_type"]["LOC"]["f1"] == 1.0
     assert "LOC" in metrics["report"] and "micro avg" in metrics["report"]
+
+
+def test_ner_metrics_without_any_entity_are_zero_not_a_crash() -> None:
+    # A file without entities, predicted all O (evaluate-model on it ended in seqeval's traceback).
+    metrics = ner_metrics([["O", "O"]], [["O", "O"]])
+    assert (metrics["f1"], metrics["precision"], metrics["recall"], metrics["per_type"]) == (0.0, 0.0, 0.0, {})
+    assert metrics["report"] == "no entities in the gold tags or the predictions"
+    # One predicted entity is enough for seqeval's table again.
+    assert "PER" in ner_metrics([["O", "O"]], [["B-PER", "O"]])["per_type"]
 
 
 def test_classification_metrics() -> None:

@@ -221,6 +221,18 @@ def test_checkpoint_round_trip_gives_identical_predictions(
     assert result.test is not None and result.test["f1"] == metrics["f1"]
 
 
+def test_a_cache_of_another_file_with_the_same_ids_is_refused(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    # A dev.txt written again with other sentences has the same ids (dev-d0-s0, ...) as the one the cache was made
+    # from: its passages belong to other sentences.
+    other = write_conll(tmp_path / "dev.txt", 16, seed=3)
+    assert other != ner_data["dev"] and other.name == ner_data["dev"].name
+    cfg = load_config(ner_config(tmp_path, {**ner_data, "dev": other}, tiny_model_dir))
+    with pytest.raises(DataError, match=r"dev\.cache\.jsonl: the passages of 'dev-d0-s0' were retrieved for '.*', but"):
+        load_splits(cfg, task_of(cfg.task), AutoTokenizer.from_pretrained(tiny_model_dir), None)
+
+
 def test_holdout_and_train_fraction_split_the_training_data(
     tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
 ) -> None:

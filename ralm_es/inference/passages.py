@@ -16,7 +16,7 @@ from ralm_es.model.strategies import fusion_strategy
 from ralm_es.model.token_store import TokenStore, default_folder
 from ralm_es.model_folder import ModelError
 from ralm_es.onnx_runtime import vector_kind
-from ralm_es.retrieve.cache import CacheHeader, CacheHit, read_cache, require
+from ralm_es.retrieve.cache import CacheEntry, CacheHeader, CacheHit, read_cache, require
 from ralm_es.tasks import DataError, Example
 
 
@@ -50,7 +50,28 @@ def cached_hits(
     header, entries = read_cache(cache, made_from)
     check_score_scale(spec, header_scale(header), str(cache))
     require(entries, [ex.id for ex in examples], cache)
+    check_queries(entries, examples, cache, made_from)
     return [entries[ex.id].hits for ex in examples]
+
+
+def check_queries(
+    entries: dict[str, CacheEntry], examples: list[Example], cache: str | Path, made_from: str | Path | None
+) -> None:
+    """Refuse a cache whose entry for an example's id was retrieved for other text: ids such as ``dev-d0-s0`` or a
+    line number repeat across files, so a cache of another file would otherwise be read without a word. An entry
+    that records no query (a cache made by hand) is not checked."""
+    for ex in examples:
+        query = " ".join(entries[ex.id].query.split())
+        if query and query != " ".join(ex.text.split()):
+            raise DataError(
+                f"{cache}: the passages of {ex.id!r} were retrieved for {_short(query)!r}, but that example "
+                f"({ex.source}) reads {_short(ex.text)!r}: the cache was made from other data; make it with "
+                f"`ralm-es retrieve {made_from or 'INPUT'} --out {cache}` (or `ralm-es doc-context`)"
+            )
+
+
+def _short(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 @dataclass

@@ -48,6 +48,13 @@ def _example(sentence: ConllSentence, labelled: bool) -> Example:
                     f"{_line_of(sentence.source, i)}: malformed CoNLL line: expected an IOB2 tag "
                     f"(O, B-TYPE, I-TYPE) in the last column, found '{tag}'"
                 )
+            # Strict IOB2 scoring drops an entity that starts with I- (IOB1 files): recall would never see it.
+            before = tags[i - 1] if i else "O"
+            if tag.startswith("I-") and before[2:] != tag[2:]:
+                raise DataError(
+                    f"{_line_of(sentence.source, i)}: '{tag}' after '{before}' starts no entity in IOB2, where an "
+                    "entity starts with B-: convert IOB1 tags first"
+                )
     return Example(id=sentence.id, words=sentence.tokens, source=sentence.source, tags=tags)
 
 
@@ -66,6 +73,10 @@ def check_ner_labels(examples: Sequence[Example], labels: LabelMap) -> None:
 def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
     """Entity-level micro precision / recall / F1 (strict IOB2 spans), per type, and seqeval's report table."""
     kwargs: dict[str, Any] = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    if not any(tag != "O" for tags in (*gold, *pred) for tag in tags):
+        # seqeval's report has no row to print then (it fails on an empty table); its scores are 0 by zero_division.
+        zero = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+        return {**zero, "per_type": {}, "report": "no entities in the gold tags or the predictions"}
     per_type = classification_report(gold, pred, output_dict=True, **kwargs)
     types = {
         name: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"], "support": int(v["support"])}
