@@ -197,7 +197,9 @@ def test_each_fusion_mode_learns(
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "dev" in r]
     assert [r["step"] for r in evals] == [6, 12]
     assert all(0 <= r["dev"]["f1"] <= 1 and set(r["dev"]["per_type"]) <= {"PER", "LOC", "ORG"} for r in evals)
-    args = ["predict", "--model", str(run), str(ner_data["dev"]), "--cache", str(ner_data["dev_cache"]), "--explain"]
+    # none reads no passages: it takes no cache (given one, it is refused: see the test of that).
+    cache = ["--cache", str(ner_data["dev_cache"])] if mode != "none" else []
+    args = ["predict", "--model", str(run), str(ner_data["dev"]), *cache, "--explain"]
     explained = CliRunner().invoke(cli, args, catch_exceptions=False).output.splitlines()
     if mode == "attention":
         assert explained[1].startswith("  [1] ")
@@ -236,7 +238,7 @@ def test_a_cache_of_another_file_with_the_same_ids_is_refused(
 def test_holdout_and_train_fraction_split_the_training_data(
     tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
 ) -> None:
-    sets = ["data.dev=null", "data.holdout=0.25", "data.train_fraction=0.5"]
+    sets = ["data.dev=null", "data.dev_cache=null", "data.holdout=0.25", "data.train_fraction=0.5"]
     cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets)
     splits = load_splits(cfg, task_of(cfg.task), AutoTokenizer.from_pretrained(tiny_model_dir), None)
     assert splits.dev is not None and len(splits.dev) == 12 and len(splits.train) == 18
@@ -246,7 +248,8 @@ def test_holdout_and_train_fraction_split_the_training_data(
     assert {ex.id for ex in splits.train.examples + splits.dev.examples} <= all_ids
     assert list(splits.spec.labels) == splits.labels.labels and splits.spec.labels[0] == "O"
     # 0.99 of fewer than 100 examples rounds up to all of them: refused naming the setting, not blamed on the data.
-    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["data.dev=null", "data.holdout=0.99"])
+    holdout = ["data.dev=null", "data.dev_cache=null", "data.holdout=0.99"]
+    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), holdout)
     with pytest.raises(ConfigError, match=r"data\.holdout 0\.99 leaves none of the \d+ examples of .*train"):
         load_splits(cfg, task_of(cfg.task), AutoTokenizer.from_pretrained(tiny_model_dir), None)
 
@@ -326,6 +329,18 @@ def test_a_run_killed_between_saved_states_resumes_without_logging_steps_twice(
     assert steps == list(range(1, whole.steps + 1))
     assert losses(run) == pytest.approx(losses(whole_dir / "run"), abs=1e-6)
     assert resumed.best_metric == pytest.approx(whole.best_metric) and resumed.examples_per_s > 0
+
+
+def test_a_cache_for_a_model_that_reads_no_passages_is_refused(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["model.fusion=none"]))
+    for command in ("predict", "evaluate-model"):
+        args = [command, "--model", str(result.out), str(ner_data["dev"]), "--cache", str(tmp_path / "nowhere.jsonl")]
+        out = CliRunner().invoke(cli, args)
+        assert out.exit_code == 2 and "uses fusion 'none', which reads no passages: leave --cache out" in out.output
+    plain = CliRunner().invoke(cli, ["evaluate-model", "--model", str(result.out), str(ner_data["dev"])])
+    assert plain.exit_code == 0, plain.output
 
 
 def test_predict_explain_shows_passages_and_weights(

@@ -9,6 +9,7 @@ import click
 
 # Torch and the model code load inside the commands, so `ralm-es --help` and `ralm-es es ...` stay quick.
 if TYPE_CHECKING:
+    from ralm_es.inference.runs import LoadedRun
     from ralm_es.model.inputs import FeatureSet
     from ralm_es.model.labelling import Prediction
 
@@ -107,6 +108,7 @@ def predict(
     from ralm_es.inference.runs import open_run, predict_file
 
     run = open_run(run_dir, device)
+    _refuse_an_unread_cache(run, cache)
     fs, preds = predict_file(run, input_path, cache, batch_size)
     for i, pred in enumerate(preds):
         record = _record(fs, i, pred, explain)
@@ -120,6 +122,14 @@ def predict(
             click.echo(f"{record['id']}\t{record['label']}\t{record['probability']:.3f}")
         if explain:
             click.echo("\n".join(_explain_lines(record, top, run.model.spec.fusion)))
+
+
+def _refuse_an_unread_cache(run: LoadedRun, cache: str | None) -> None:
+    if cache is not None and not run.model.strategy.uses_passages:
+        raise click.UsageError(
+            f"the model in {run.folder} uses fusion '{run.model.spec.fusion}', which reads no passages: leave --cache "
+            "out"
+        )
 
 
 @click.command("evaluate-model")
@@ -136,6 +146,7 @@ def evaluate_model(
     from ralm_es.inference.runs import evaluate_file, open_run
 
     run = open_run(run_dir, device)
+    _refuse_an_unread_cache(run, cache)
     metrics = evaluate_file(run, test_path, cache, batch_size)
     if as_json:
         click.echo(json.dumps(metrics))

@@ -39,6 +39,14 @@ class DataSettings:
         # A holdout of 1 would hold out every training example.
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"data.holdout must be at least 0 and below 1, got {self.holdout}")
+        # The dev set comes from one place: a file, or a share of the training examples (with their cache).
+        if self.holdout > 0 and self.dev:
+            raise ConfigError("data.holdout and data.dev both give a dev set; set one of them (data.dev=null)")
+        if self.holdout > 0 and self.dev_cache:
+            raise ConfigError(
+                "data.dev_cache is not read with data.holdout (the held-out examples' passages come "
+                "from data.train_cache); leave it out"
+            )
 
 
 @dataclass

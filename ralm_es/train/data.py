@@ -19,8 +19,8 @@ from ralm_es.tasks import Example, LabelMap, Task
 from ralm_es.train.config import TrainConfig
 
 
-def read_split(task: Task, path: str | Path, limit: int | None = None, labelled: bool = True) -> list[Example]:
-    examples = task.read(path, labelled=labelled)
+def read_split(task: Task, path: str | Path, limit: int | None = None) -> list[Example]:
+    examples = task.read(path)
     return examples[:limit] if limit is not None else examples
 
 
