@@ -1,6 +1,6 @@
 """Regenerate the Dev Tools snippets of docs/kibana.md from the code that builds ralm-es's searches.
 
-The bodies come from ``Retriever.requests`` and the pure ``search_body``, exactly as ``ralm-es search
+The bodies come from the pure ``search_requests`` and ``search_body``, exactly as ``ralm-es search
 --explain-dsl`` prints them; the query vector is the packaged all-MiniLM-L6-v2's, rounded to 4 decimals.
 Run ``python kibana/snippets.py`` after changing the query DSL; tests/test_kibana.py fails until you do.
 """

@@ -399,8 +399,9 @@ def _check_url(url: str, where: str) -> str:
         raise ConfigError(f"{where}: {shape} (scheme http or https), got {shown!r}")
     if not parts.hostname or any(c.isspace() for c in parts.netloc):
         raise ConfigError(f"{where}: {shape} (with a host name), got {shown!r}")
-    if port == 0:
-        raise ConfigError(f"{where}: {shape} (port 1-65535), got {shown!r}")
+    if not port:
+        # The client needs the port too (no default of 9200 or 443), and would refuse without naming the source.
+        raise ConfigError(f"{where}: {shape} (with a port 1-65535), got {shown!r}")
     if parts.query or parts.fragment:
         raise ConfigError(f"{where}: {shape} (no ?query or #fragment), got {shown!r}")
     return parts.scheme
@@ -418,6 +419,8 @@ def check_connection(settings: ConnectionSettings, where: Mapping[str, str]) -> 
         if not settings.hosts:
             raise ConfigError(f"{where['hosts']}: no Elasticsearch URL given")
         schemes = {_check_url(url, where["hosts"]) for url in settings.hosts}
+        if repeated := next((url for i, url in enumerate(settings.hosts) if url in settings.hosts[:i]), None):
+            raise ConfigError(f"{where['hosts']}: {shown_url(repeated)!r} is given twice")
     timeout = settings.request_timeout
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"{where['request_timeout']}: expected a number of seconds above 0, got {timeout!r}")

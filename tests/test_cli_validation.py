@@ -20,6 +20,9 @@ from ralm_es.node.cluster import free_port
 RALM = [sys.executable, "-m", "ralm_es.cli.main"]
 SAMPLE = str(sample_path("sample_corpus.jsonl"))
 CONLL = str(sample_path("sample_ner.txt"))
+CLAIMS = str(sample_path("sample_claims.jsonl"))
+# Claims given as qrels: every line the wrong shape.
+TUNE = ["tune-retriever", "--queries", CLAIMS, "--qrels", CLAIMS, "--corpus", SAMPLE, "--out", "{tmp}/tuned"]
 LOCAL = ["--backend", "local", "--index", "smp", "--mode", "bm25"]
 # A training config whose data exists, so that only the setting under test can be what is refused.
 TRAIN = ["train", "--config", "{tmp}/train.yaml", "--set", "run.out={tmp}/run", "--set"]
@@ -154,6 +157,11 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("predict-batch", ["predict", "--model", "{tmp}", SAMPLE, "--batch-size", "0"], {}, "'--batch-size'"),
     ("predict-top", ["predict", "--model", "{tmp}", SAMPLE, "--top", "0"], {}, "Invalid value for '--top'"),
     ("evaluate-model-batch", ["evaluate-model", "--model", "{tmp}", SAMPLE, "--batch-size", "0"], {}, "'--batch-size'"),
+    # doc-context, tune-retriever
+    ("doc-context-k", ["doc-context", CONLL, "--out", "{tmp}/c.jsonl", "-k", "0"], {}, "Invalid value for '-k'"),
+    ("doc-context-context", ["doc-context", CONLL, "--out", "{tmp}/c.jsonl", "--context", "3"], {}, "needs --with"),
+    ("tune-epochs", [*TUNE, "--epochs", "0"], {}, "--epochs must be at least 1, got 0"),
+    ("tune-qrels", TUNE, {}, "expected 3 fields (query-id corpus-id score)"),
     # serve
     ("serve-port", ["serve", *LOCAL, "--port", "70000"], {}, "Invalid value for '--port'"),
     ("serve-graceful", ["serve", *LOCAL, "--graceful-timeout", "-1"], {}, "Invalid value for '--graceful-timeout'"),

@@ -105,6 +105,8 @@ def test_connection_defaults_are_safe() -> None:
         ({"RALM_ES_URL": "http://ok:9200,ftp://x"}, r"RALM_ES_URL .*scheme http or https.*'ftp://x'"),
         ({"RALM_ES_URL": "http://h:99999"}, r"RALM_ES_URL .*'http://h:99999' \(Port out of range"),
         ({"RALM_ES_URL": "http://:9200"}, r"RALM_ES_URL .*with a host name"),
+        ({"RALM_ES_URL": "http://h"}, r"RALM_ES_URL .*with a port 1-65535\), got 'http://h'"),
+        ({"RALM_ES_URL": "http://h:9200,http://h:9200"}, r"^RALM_ES_URL \(es\.hosts\): 'http://h:9200' is given twice"),
         ({"RALM_ES_REQUEST_TIMEOUT": "-1"}, r"RALM_ES_REQUEST_TIMEOUT .*above 0, got -1\.0"),
         ({"RALM_ES_REQUEST_TIMEOUT": "nan"}, r"RALM_ES_REQUEST_TIMEOUT .*above 0, got nan"),
         ({"RALM_ES_REQUEST_TIMEOUT": "soon"}, r"RALM_ES_REQUEST_TIMEOUT \(es\.request_timeout\): expected float"),
