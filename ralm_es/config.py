@@ -383,7 +383,8 @@ def resolve_connection(
 def shown_url(url: str) -> str:
     """``url`` as a message may show it: a password in it (``http://user:secret@host``, which the client takes)
     redacted, valid URL or not."""
-    return re.sub(r"(//[^/@:]*):[^/@]*@", rf"\1:{REDACTED}@", url)
+    # To the last @, as the client splits (a password may hold an unencoded @ or /).
+    return re.sub(r"(//[^/@:]*):.*@", rf"\1:{REDACTED}@", url)
 
 
 def _check_url(url: str, where: str) -> str:
@@ -394,13 +395,15 @@ def _check_url(url: str, where: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{where}: {shape}, got {shown!r} ({shown_url(str(exc))})") from None
+        # The parser's reason quotes the part it choked on, which may be a piece of a password.
+        reason = f" ({exc})" if "@" not in url else ""
+        raise ConfigError(f"{where}: {shape}, got {shown!r}{reason}") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"{where}: {shape} (scheme http or https), got {shown!r}")
     if not parts.hostname or any(c.isspace() for c in parts.netloc):
         raise ConfigError(f"{where}: {shape} (with a host name), got {shown!r}")
-    if not port:
-        # The client needs the port too (no default of 9200 or 443), and would refuse without naming the source.
+    if port == 0 or (port is None and parts.scheme == "http"):
+        # The client takes 443 for https without a port, but no default for http (it would refuse as "es:").
         raise ConfigError(f"{where}: {shape} (with a port 1-65535), got {shown!r}")
     if parts.query or parts.fragment:
         raise ConfigError(f"{where}: {shape} (no ?query or #fragment), got {shown!r}")

@@ -183,7 +183,9 @@ class Checkpoint:
                 inputs=[InputFile(**f) for f in raw["inputs"]],
                 shape=dict(raw["shape"]),
                 refresh=raw["refresh"],
-                failed=int(raw["failed"]),
+                # Written before checkpoints counted failures: none known (reading it as unreadable would start
+                # over and take the paused refresh interval for the index's own).
+                failed=int(raw.get("failed", 0)),
             )
         except (ValueError, KeyError, TypeError):
             # A checkpoint this version cannot read proves nothing: start over, checking ids.

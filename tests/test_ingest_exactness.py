@@ -23,7 +23,7 @@ from ralm_es.config import ConfigError, compose, set_layer
 from ralm_es.corpus.readers import CorpusError, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.embed import Encoder
-from ralm_es.ingest import ChunkSettings, Ingest, IngestSettings
+from ralm_es.ingest import Checkpoint, CheckpointState, ChunkSettings, Ingest, IngestSettings
 from ralm_es.store.base import DEFAULT_BULK, BulkSettings, IndexSettings, SearchRequest, StoreError, WriteResult
 from ralm_es.store.elastic import ElasticsearchBackend, check_index_name
 from ralm_es.store.local import LocalBackend
@@ -461,3 +461,14 @@ def test_index_settings_an_existing_index_was_not_built_with_are_refused(
         Ingest(local, IngestSettings(index=IndexSettings(similarity="dot_product")), encoder=tiny_encoder).run([corpus])
     with pytest.raises(StoreError, match=r"index\.shards=2 shape an Elasticsearch index"):
         Ingest(local, IngestSettings(index=IndexSettings(shards=2)), encoder=tiny_encoder).run([corpus])
+
+
+def test_a_checkpoint_written_before_failures_were_counted_is_still_followed(tmp_path: Path) -> None:
+    checkpoint = Checkpoint({"paths": ["a.jsonl"], "index": "i", "backend": "local", "reindex": False}, tmp_path)
+    checkpoint.save(CheckpointState(64, "i", [], {}, "30s"))
+    old = json.loads(checkpoint.path.read_text())
+    del old["failed"]
+    checkpoint.path.write_text(json.dumps(old))
+    # Unreadable, it would start over and take the paused refresh interval (-1) for the index's own.
+    state = checkpoint.load()
+    assert state is not None and (state.records_done, state.refresh, state.failed) == (64, "30s", 0)

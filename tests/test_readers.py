@@ -179,7 +179,14 @@ def test_csv_quotes_left_open_or_closed_early_are_reported_and_the_rows_after_th
     ]
     reasons = {e.source: e.reason for e in errors}
     assert list(reasons) == [f"{path}:3", f"{path}:6"]
-    assert reasons[f"{path}:6"] == "malformed row: a quote opened in this row is never closed"
+    assert reasons[f"{path}:6"] == (
+        "malformed row: a quote opened in this row is never closed; the lines after it are read alone"
+    )
+    # An open quote that a later row's quote closes took the rows between; they are read again too.
+    write_lines(path, ["id,title,text", "1,a,ok", '2,b,"open quote', "3,c,third", '4,d,"quoted" later', "5,e,fifth"])
+    records, errors = split(read_corpus(path))
+    assert [r.id for r in records] == ["1", "3", "5"]
+    assert [e.source for e in errors] == [f"{path}:3", f"{path}:5"]
 
 
 def test_csv_header_without_text_column(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
+from ralm_es.model.spec import ModelSpec
 from ralm_es.retrieve import fusion
-from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter, read_cache
+from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter, read_cache, read_header
 from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever, search_requests
 from ralm_es.retrieve.settings import RETRIEVAL_MODES, Mode
@@ -285,6 +286,19 @@ def test_a_cache_of_one_mode_is_not_resumed_with_that_mode_ranking_otherwise(tmp
         writer.write("a", "first query", [])
     with pytest.raises(CacheError, match=r"made by another retrieval"):
         CacheWriter(path, header(20.0))
+
+
+def test_a_single_mode_cache_from_before_its_ranking_was_recorded_reads_as_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    old = {"format": "ralm-es-retrieval-cache", "version": 1, "index": "i", "mode": "bm25", "k": 1, "fusion": {}}
+    path.write_text(json.dumps(old) + "\n" + json.dumps({"input_id": "a", "query": "q", "hits": []}) + "\n")
+    assert read_header(path).fusion == {"title_boost": 1.0}
+    # So it resumes under the default settings, and a run's score scale of then compares as before.
+    header = CacheHeader("i", "bm25", 1, RetrievalSettings(mode="bm25").fusion_header())
+    with CacheWriter(path, header) as writer:
+        assert writer.done == {"a"}
+    scale = ModelSpec.from_json({"task": "classification", "score_scale": {"mode": "dense", "fusion": {}}}).score_scale
+    assert scale is not None and scale.fusion == {"num_candidates": 100}
 
 
 @pytest.mark.parametrize("cut", [1, 10], ids=["complete-json-without-newline", "half-a-line"])

@@ -320,12 +320,14 @@ def test_library_errors_are_4xx_with_the_message(retriever: Retriever, es_client
 
 
 def test_a_model_that_reads_more_passages_than_the_limit_never_starts(
-    retriever: Retriever, ner_predictor: Predictor
+    retriever: Retriever, ner_predictor: Predictor, claim_predictor: Predictor
 ) -> None:
     two = retriever.with_settings(dataclasses.replace(retriever.settings, k=2))
     with pytest.raises(ConfigError, match=r"reads k=3 passages an input, over serve\.max_k=2"):
         create_app(ServeSettings(max_k=2), two, ner_predictor)
     create_app(ServeSettings(max_k=3), two, ner_predictor)
+    # A model without passages (fusion none, k=3 in its spec) retrieves nothing: no limit to hold.
+    create_app(ServeSettings(max_k=2), two, claim_predictor)
 
 
 def test_limits(retriever: Retriever) -> None:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ralm_es.cli.main import cli
-from ralm_es.config import ConfigError
+from ralm_es.config import ConfigError, to_dict
 from ralm_es.inference import predictions
 from ralm_es.inference.runs import evaluate_file, open_run, predict_file
 from ralm_es.inference.task import task_of
@@ -308,6 +308,24 @@ def test_resume_continues_the_same_run(tmp_path: Path, ner_data: dict[str, Path]
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
     assert resumed.best_metric == pytest.approx(whole.best_metric)
+
+
+def test_a_resume_may_change_where_and_how_it_runs_but_not_what_it_trains(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    config = ner_config(tmp_path, ner_data, tiny_model_dir)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(load_config(config))), encoding="utf-8")
+    for allowed in ("train.eval_batch_size=4", "train.device=auto", "train.threads=2", "run.progress=true"):
+        loop._check_resumed_settings(out, load_config(config, [allowed]))
+    with pytest.raises(TrainError, match=r"other settings \(train\.lr 0\.001 -> 0\.01\)"):
+        loop._check_resumed_settings(out, load_config(config, ["train.lr=0.01"]))
+    # A setting the saved config does not have (added by a later version) is not compared.
+    saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    del saved["train"]["consistency_weight"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    loop._check_resumed_settings(out, load_config(config))
 
 
 def test_a_run_killed_between_saved_states_resumes_without_logging_steps_twice(

@@ -251,8 +251,8 @@ def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterato
     # TSV corpora (MS MARCO, BEIR qrels) do not quote: a stray quote must not swallow the lines after it.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     header: list[str] | None = None
-    # Strict: a quote never closed is an error at the end of the file rather than a field holding every line
-    # after it; the lines it took are then read again, from the one after the row it opened in.
+    # Strict: a quote left open is an error rather than a field holding the lines after it; the lines it took are
+    # then read again, from the one after the row it opened in.
     skip = 0
     reader = csv.reader(texts(skip), delimiter=delimiter, quoting=quoting, strict=True)
     last = 0
@@ -262,12 +262,15 @@ def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterato
         except StopIteration:
             return
         except csv.Error as exc:
-            if "end of data" in str(exc):
-                yield ReadError(f"{file}:{last + 1}", "malformed row: a quote opened in this row is never closed")
+            reason = "a quote opened in this row is never closed" if "end of data" in str(exc) else str(exc)
+            if skip + reader.line_num > last + 1:
+                # The row's quote ran over the lines after it (closed by a later quote, cut by the field limit or
+                # by the end of the file): those lines are read again, on their own.
+                yield ReadError(f"{file}:{last + 1}", f"malformed row: {reason}; the lines after it are read alone")
                 skip = last = last + 1
                 reader = csv.reader(texts(skip), delimiter=delimiter, quoting=quoting, strict=True)
             else:
-                yield ReadError(f"{file}:{last + 1}", f"malformed row: {exc}")
+                yield ReadError(f"{file}:{last + 1}", f"malformed row: {reason}")
                 last = skip + reader.line_num
             continue
         start, last = last + 1, skip + reader.line_num

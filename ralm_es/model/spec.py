@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from ralm_es.config import ConfigError, check_bounds, check_choices
 from ralm_es.onnx_runtime import Runtime
+from ralm_es.retrieve.settings import recorded_ranking
 
 # The modes the config accepts; each has its strategy in ``ralm_es.model.strategies``.
 Fusion = Literal["none", "concat", "attention", "pair", "scores"]
@@ -103,6 +104,10 @@ class ModelSpec(ModelSettings):
             **{
                 **data,
                 "labels": tuple(data.get("labels", ())),
-                "score_scale": ScoreScale(**scale) if scale is not None else None,
+                "score_scale": (
+                    ScoreScale(**{**scale, "fusion": recorded_ranking(scale["mode"], scale["fusion"])})
+                    if scale is not None
+                    else None
+                ),
             }
         )

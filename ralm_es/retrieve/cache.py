@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ralm_es.errors import RalmError
+from ralm_es.retrieve.settings import recorded_ranking
 from ralm_es.store.base import EncoderRecord
 
 FORMAT = "ralm-es-retrieval-cache"
@@ -36,6 +37,10 @@ class CacheHeader:
     exclude: str | None = None
     # Document context merged with retrieval: at most this many context passages come before the retrieved ones.
     context: int | None = None
+
+    def __post_init__(self) -> None:
+        # A header read from a file, or made by hand, without a single mode's ranking settings has the defaults.
+        self.fusion = recorded_ranking(self.mode, self.fusion)
 
     def to_json(self) -> dict[str, Any]:
         encoder = self.encoder.to_json() if self.encoder else None

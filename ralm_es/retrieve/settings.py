@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ralm_es.config import ConfigError, check_bounds, check_choices
 from ralm_es.errors import RalmError
@@ -85,6 +85,14 @@ RETRIEVAL_MODES: dict[str, RetrievalMode] = {
     "dense": RetrievalMode(("dense",)),
     "hybrid": RetrievalMode(("bm25", "dense")),
 }
+
+
+def recorded_ranking(mode: str, recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ranking settings a cache header or a run recorded. A single mode's header written before single modes
+    recorded theirs is empty: it reads as the defaults, as the version that wrote it compared it."""
+    if not recorded and mode in RETRIEVAL_MODES and not RETRIEVAL_MODES[mode].fused:
+        return RetrievalSettings(mode=cast(Mode, mode)).fusion_header()
+    return dict(recorded or {})
 
 
 @dataclass(frozen=True)

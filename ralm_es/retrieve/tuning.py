@@ -461,7 +461,7 @@ class Tuner:
             revision="",
             train_queries=len(train),
             dev_queries=len(dev),
-            pairs=sum(len(data.qrels[q]) for q in train),
+            pairs=sum(r > 0 for q in train for r in data.qrels[q].values()),
             negatives=negatives if self.s.hard_negatives and miner is not None else "none (in-batch only)",
             dev_evaluation=described,
             best_epoch=best_epoch,

@@ -86,7 +86,11 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
             f"retrieval.k={retriever.settings.k} is over serve.max_k={settings.max_k}: lower retrieval.k (-k) or "
             "raise serve.max_k (--max-k)"
         )
-    if predictor is not None and predictor.run.model.spec.k > settings.max_k:
+    if (
+        predictor is not None
+        and predictor.run.model.strategy.uses_passages
+        and predictor.run.model.spec.k > settings.max_k
+    ):
         # /predict retrieves the model's own k for each input (and returns them with explain).
         raise ConfigError(
             f"the model in {predictor.run.folder} reads k={predictor.run.model.spec.k} passages an input, over "

@@ -86,8 +86,9 @@ def _check_out(out: Path, resume: bool) -> None:
         raise TrainError(f"{out} already holds a run: set run.resume=true to continue it, or choose another run.out")
 
 
-# What a resumed run may set otherwise: how it runs, not what it trains.
-RESUME_MAY_CHANGE = ("run.", "train.threads")
+# What a resumed run may set otherwise: how and where it runs (a paused run may move to another machine, an
+# evaluation that ran out of memory may take smaller batches), not what it trains.
+RESUME_MAY_CHANGE = ("run.", "train.threads", "train.device", "train.eval_batch_size")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,10 +107,11 @@ def _check_resumed_settings(out: Path, cfg: TrainConfig) -> None:
     if not saved_file.is_file():
         return
     saved, now = _flat(yaml.safe_load(saved_file.read_text(encoding="utf-8"))), _flat(to_dict(cfg))
+    # A setting the saved config lacks (added since it was written) or no longer has is not compared.
     changed = [
-        f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
-        for key in sorted(saved.keys() | now.keys())
-        if saved.get(key) != now.get(key) and not key.startswith(RESUME_MAY_CHANGE)
+        f"{key} {saved[key]!r} -> {now[key]!r}"
+        for key in sorted(saved.keys() & now.keys())
+        if saved[key] != now[key] and not key.startswith(RESUME_MAY_CHANGE)
     ]
     if changed:
         raise TrainError(
