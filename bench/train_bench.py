@@ -48,12 +48,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import yaml
 
 from ralm_es import resumable
 from ralm_es.config import to_dict
 from ralm_es.train.config import TrainConfig, load_config
-from ralm_es.train.loop import RunResult, train
+from ralm_es.train.loop import RunResult, changed_settings, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -96,11 +95,9 @@ VARIANTS = {
 def resumable_step(out: Path, cfg: TrainConfig) -> int | None:
     """The step of the saved state in ``out`` when it is a run of this same configuration (a finished one that
     was never recorded resumes straight into its test evaluation)."""
-    loop, config = resumable.saved_loop(out), out / "config.yaml"
-    if loop is None or not config.is_file():
-        return None
-    saved = yaml.safe_load(config.read_text(encoding="utf-8"))
-    if {k: v for k, v in saved.items() if k != "run"} != {k: v for k, v in to_dict(cfg).items() if k != "run"}:
+    loop = resumable.saved_loop(out)
+    # The training loop's own test of what a resume may change.
+    if loop is None or not (out / "config.yaml").is_file() or changed_settings(out, cfg):
         return None
     return int(loop["step"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from textwrap import shorten
 
 import numpy as np
 
@@ -64,14 +65,10 @@ def check_queries(
         query = " ".join(entries[ex.id].query.split())
         if query and query != " ".join(ex.text.split()):
             raise DataError(
-                f"{cache}: the passages of {ex.id!r} were retrieved for {_short(query)!r}, but that example "
-                f"({ex.source}) reads {_short(ex.text)!r}: the cache was made from other data; make it with "
+                f"{cache}: the passages of {ex.id!r} were retrieved for {shorten(query, 60)!r}, but that example "
+                f"({ex.source}) reads {shorten(ex.text, 60)!r}: the cache was made from other data; make it with "
                 f"`ralm-es retrieve {made_from or 'INPUT'} --out {cache}` (or `ralm-es doc-context`)"
             )
-
-
-def _short(text: str, most: int = 60) -> str:
-    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 @dataclass

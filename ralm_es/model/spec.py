@@ -70,6 +70,10 @@ class ScoreScale:
     # The revision of the encoder that encoded the queries; None when none did (BM25 alone).
     encoder: str | None = None
 
+    def __post_init__(self) -> None:
+        # A run saved before single modes recorded their ranking settings holds none: read as the defaults.
+        object.__setattr__(self, "fusion", recorded_ranking(self.mode, self.fusion))
+
     def describe(self) -> str:
         fusion = ", ".join(f"{k} {v}" for k, v in self.fusion.items())
         encoder = f", encoder {self.encoder}" if self.encoder else ""
@@ -104,10 +108,6 @@ class ModelSpec(ModelSettings):
             **{
                 **data,
                 "labels": tuple(data.get("labels", ())),
-                "score_scale": (
-                    ScoreScale(**{**scale, "fusion": recorded_ranking(scale["mode"], scale["fusion"])})
-                    if scale is not None
-                    else None
-                ),
+                "score_scale": ScoreScale(**scale) if scale is not None else None,
             }
         )

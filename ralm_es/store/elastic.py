@@ -276,9 +276,14 @@ class ElasticsearchBackend:
     def vector_dims(self, index: str | None = None) -> int | None:
         return self._dims(self.mapping(index))
 
-    def _dims(self, mapping: dict[str, Any]) -> int | None:
+    def _vector_field(self, mapping: dict[str, Any]) -> dict[str, Any] | None:
+        """The mapping of the field map's vector field when it is a ``dense_vector``."""
         vector = mapping.get("properties", {}).get(self.fields.vector)
-        return int(vector["dims"]) if vector and vector.get("type") == "dense_vector" else None
+        return vector if vector and vector.get("type") == "dense_vector" else None
+
+    def _dims(self, mapping: dict[str, Any]) -> int | None:
+        vector = self._vector_field(mapping)
+        return int(vector["dims"]) if vector else None
 
     def check_bulk(self, bulk: BulkSettings) -> None:
         """Every bulk setting shapes this store's ``_bulk`` requests."""
@@ -305,8 +310,7 @@ class ElasticsearchBackend:
             "shards": int(index_settings["number_of_shards"]),
             "replicas": int(index_settings["number_of_replicas"]),
         }
-        vector = mapping.get("properties", {}).get(self.fields.vector)
-        if vector and vector.get("type") == "dense_vector":
+        if vector := self._vector_field(mapping):
             options = vector.get("index_options", {})
             recorded = {"similarity": vector.get("similarity"), "index_type": options.get("type")}
             recorded |= {name: options.get(name) for name in ("m", "ef_construction")}

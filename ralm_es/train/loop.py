@@ -101,19 +101,24 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_resumed_settings(out: Path, cfg: TrainConfig) -> None:
-    """A resume continues the saved run exactly, so it must have the settings the run was trained with."""
+def changed_settings(out: Path, cfg: TrainConfig) -> list[str]:
+    """``key old -> new`` for each setting of ``cfg`` that differs from the run saved in ``out`` (its
+    ``config.yaml``) in what it trains; none when ``out`` holds no config."""
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
-        return
+        return []
     saved, now = _flat(yaml.safe_load(saved_file.read_text(encoding="utf-8"))), _flat(to_dict(cfg))
     # A setting the saved config lacks (added since it was written) or no longer has is not compared.
-    changed = [
+    return [
         f"{key} {saved[key]!r} -> {now[key]!r}"
         for key in sorted(saved.keys() & now.keys())
         if saved[key] != now[key] and not key.startswith(RESUME_MAY_CHANGE)
     ]
-    if changed:
+
+
+def _check_resumed_settings(out: Path, cfg: TrainConfig) -> None:
+    """A resume continues the saved run exactly, so it must have the settings the run was trained with."""
+    if changed := changed_settings(out, cfg):
         raise TrainError(
             f"{out} was trained with other settings ({'; '.join(changed)}): resume it with the settings in its "
             "config.yaml, or choose another run.out"
