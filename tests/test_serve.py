@@ -157,6 +157,23 @@ def test_retrieve_excludes_each_input_by_its_document_id(retriever: Retriever) -
     assert api.post("/search", json={"text": "insulin", "mode": "bm25"}).status_code == 200
 
 
+def test_predict_excludes_each_input_by_its_document_id(retriever: Retriever, ner_predictor: Predictor) -> None:
+    """A server that excludes inputs by document id gets the ids of /predict's inputs (it refused them all), and
+    a position standing in for a missing id is no document id."""
+    words = ["insulin", "discovery"]
+    own = retriever.search_many([" ".join(words)], k=1, mode="bm25")[0][0].doc_id
+    excluding = retriever.with_settings(RetrievalSettings(mode="bm25", exclude="doc"))
+    api = client_for(excluding, Predictor(ner_predictor.run, excluding))
+    inputs = [{"id": own, "words": words}, {"id": "elsewhere", "words": words}]
+    resp = api.post("/predict", json={"inputs": inputs, "explain": True})
+    assert resp.status_code == 200, resp.text
+    mine, other = ([p["doc_id"] for p in pred["passages"]] for pred in resp.json()["predictions"])
+    assert own not in mine and mine
+    assert own in other
+    # Retriever.search is a free query, as /search's: no input id to exclude by, so it is answered.
+    assert own in {h.doc_id for h in excluding.search(" ".join(words), k=3)}
+
+
 def test_predict_ner_entities_with_explain(retriever: Retriever, ner_predictor: Predictor) -> None:
     api = client_for(retriever, ner_predictor)
     words = ["Frederick", "Banting", "isolated", "insulin", "in", "Toronto", "."]

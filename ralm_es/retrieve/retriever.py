@@ -266,7 +266,10 @@ class Retriever:
         filters: list[Filter] | None = None,
         exclude_ids: Sequence[str] = (),
     ) -> list[RetrievedHit]:
-        return self.search_many([query], k=k, mode=mode, filters=filters, exclude_ids=[exclude_ids])[0]
+        # A lone query is no input of a data set: it has no id for retrieval.exclude's doc (as /search).
+        return self.search_many([query], k=k, mode=mode, filters=filters, exclude_ids=[exclude_ids], input_ids=[None])[
+            0
+        ]
 
     def search_many(
         self,
@@ -280,7 +283,8 @@ class Retriever:
         """Top-k for every query: queries embedded in batches, searches packed into ``_msearch`` chunks.
 
         ``input_ids`` name the inputs for self-exclusion (``settings.exclude``): a hit whose ``doc_id`` is the
-        input's id, or whose text is the query's text, is dropped.
+        input's id, or whose text is the query's text, is dropped; an input whose id is None (a free query) is
+        not excluded by id.
         """
         k = self._k(k)
         exclude = self.settings.exclude

@@ -78,7 +78,10 @@ class Predictor:
         hits: Sequence[Sequence[CacheHit]] = [[] for _ in examples]
         if self.run.model.strategy.uses_passages:
             assert self.retriever is not None
-            hits = self.retriever.search_many([ex.text for ex in examples], k=spec.k)
+            # The inputs' own ids (not the positions standing in for missing ones) for retrieval.exclude.
+            hits = self.retriever.search_many(
+                [ex.text for ex in examples], k=spec.k, input_ids=[item.id for item in inputs]
+            )
         fs = build_features(examples, hits, self.run.tokenizer, spec, None, self.embed)
         preds = predict(self.run.model, fs, PREDICT_BATCH, next(self.run.model.parameters()).device)
         out = []
