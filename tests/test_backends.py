@@ -119,6 +119,23 @@ def test_filters_and_exclusion_apply_to_both_modes(backend: Backend) -> None:
         assert "p1" not in excluded and "p3" in excluded
 
 
+@pytest.mark.parametrize(
+    ("kind", "value", "message"),
+    [
+        ("range", {"gte": 1, "after": 2}, "range filter on 'year' takes a dict of gte"),
+        ("range", 3, "range filter on 'year'"),
+        ("terms", [], "terms filter on 'year' takes a non-empty list"),
+        ("term", [1, 2], "term filter on 'year' takes one value"),
+        ("between", 1, "unknown kind 'between'"),
+    ],
+)
+def test_a_malformed_filter_is_refused_whatever_the_backend(kind: str, value: object, message: str) -> None:
+    """The filter itself refuses: Elasticsearch dropped a range's unknown bound and took an unknown kind for a
+    range, where the local store refused both."""
+    with pytest.raises(StoreError, match=message):
+        Filter("year", kind, value)  # type: ignore[arg-type]
+
+
 def test_a_filter_on_a_field_no_passage_has_is_refused_until_one_has_it(backend: Backend) -> None:
     filled(backend)
     for mode in ("bm25", "dense"):

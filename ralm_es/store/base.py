@@ -204,13 +204,32 @@ class WriteResult:
     status: int = 0
 
 
+RANGE_BOUNDS = ("gte", "gt", "lte", "lt")
+
+
 @dataclass
 class Filter:
-    """A metadata filter: ``term`` (value), ``terms`` (values) or ``range`` (gte/lte/gt/lt)."""
+    """A metadata filter: ``term`` (value), ``terms`` (values) or ``range`` (gte/lte/gt/lt). Checked here, so
+    every backend and every path in (CLI, REST, Python API) refuses the same filters."""
 
     field: str
     kind: Literal["term", "terms", "range"] = "term"
     value: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.field:
+            raise StoreError("a filter needs a field name")
+        where = f"filter on '{self.field}'"
+        if self.kind not in ("term", "terms", "range"):
+            raise StoreError(f"{where}: unknown kind {self.kind!r} (use term, terms or range)")
+        if self.kind == "term" and isinstance(self.value, (list, tuple, set, dict)):
+            raise StoreError(f"term {where} takes one value, got {self.value!r} (a list is kind terms)")
+        if self.kind == "terms" and not (isinstance(self.value, (list, tuple)) and self.value):
+            raise StoreError(f"terms {where} takes a non-empty list of values, got {self.value!r}")
+        if self.kind == "range" and not (
+            isinstance(self.value, dict) and self.value and set(self.value) <= set(RANGE_BOUNDS)
+        ):
+            raise StoreError(f"range {where} takes a dict of {', '.join(RANGE_BOUNDS)}, got {self.value!r}")
 
 
 @dataclass

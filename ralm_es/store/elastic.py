@@ -176,10 +176,7 @@ def filter_clause(f: Filter, fields: FieldMap) -> dict[str, Any]:
         return {"term": {path: f.value}}
     if f.kind == "terms":
         return {"terms": {path: list(f.value)}}
-    bounds = {k: v for k, v in dict(f.value).items() if k in ("gte", "gt", "lte", "lt")}
-    if not bounds:
-        raise StoreError(f"range filter on '{f.field}' needs gte, gt, lte or lt")
-    return {"range": {path: bounds}}
+    return {"range": {path: dict(f.value)}}
 
 
 def search_body(request: SearchRequest, f: FieldMap, light: bool = False) -> dict[str, Any]:
