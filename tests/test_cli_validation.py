@@ -160,7 +160,13 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     # doc-context, tune-retriever
     ("doc-context-k", ["doc-context", CONLL, "--out", "{tmp}/c.jsonl", "-k", "0"], {}, "Invalid value for '-k'"),
     ("doc-context-context", ["doc-context", CONLL, "--out", "{tmp}/c.jsonl", "--context", "3"], {}, "needs --with"),
-    ("tune-epochs", [*TUNE, "--epochs", "0"], {}, "--epochs must be at least 1, got 0"),
+    ("tune-epochs", [*TUNE, "--epochs", "0"], {}, "Invalid value for '--epochs': 0 is not in the range x>=1"),
+    (
+        "tune-epochs-file",
+        ["--config", "{tmp}/tune.yaml", *TUNE],
+        {},
+        "tune.epochs must be at least 1, got 0",
+    ),
     ("tune-qrels", TUNE, {}, "expected 3 fields (query-id corpus-id score)"),
     # serve
     ("serve-port", ["serve", *LOCAL, "--port", "70000"], {}, "Invalid value for '--port'"),
@@ -187,6 +193,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "bad.yaml").write_text("es:\n  request_timeout: -3\n")
     (tmp / "broken.yaml").write_text("es:\n  hosts: [a\n  user: b\n")
     (tmp / "afile").write_text("a file, not a folder\n")
+    (tmp / "tune.yaml").write_text("tune:\n  epochs: 0\n")
     (tmp / "train.yaml").write_text(
         f"task:\n  type: ner\ndata:\n  train: {CONLL}\n  dev: {CONLL}\nmodel:\n  fusion: none\n"
     )

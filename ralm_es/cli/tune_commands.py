@@ -30,30 +30,47 @@ from ralm_es.retrieve.settings import TuneSettings as T
     default=True,
     help="In-batch negatives only.",
 )
-@setting(T, "epochs", "--epochs", help="At most this many epochs.")
-@setting(T, "patience", "--patience", help="Stop after this many epochs without a dev gain.")
-@setting(T, "batch_size", "--batch-size", help="Pairs a batch (the in-batch negatives).")
-@setting(T, "lr", "--lr", help="AdamW learning rate (linear decay).")
-@setting(T, "warmup", "--warmup", help="Share of the steps with a rising learning rate.")
-@setting(T, "dev_fraction", "--dev-fraction", help="Share of the queries held out as dev.")
+@setting(T, "epochs", "--epochs", type=click.IntRange(1), help="At most this many epochs.")
+@setting(T, "patience", "--patience", type=click.IntRange(1), help="Stop after this many epochs without a dev gain.")
+@setting(T, "batch_size", "--batch-size", type=click.IntRange(2), help="Pairs a batch (the in-batch negatives).")
+@setting(T, "lr", "--lr", type=click.FloatRange(0, min_open=True), help="AdamW learning rate (linear decay).")
+@setting(
+    T,
+    "warmup",
+    "--warmup",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of the steps with a rising learning rate.",
+)
+@setting(
+    T,
+    "dev_fraction",
+    "--dev-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of the queries held out as dev.",
+)
 @setting(T, "seed", "--seed", help="Seed of the split, the negatives and the order.")
-@setting(T, "negative_depth", "--negative-depth", help="Hard negatives come from this BM25 top.")
+@setting(
+    T, "negative_depth", "--negative-depth", type=click.IntRange(1), help="Hard negatives come from this BM25 top."
+)
 @setting(
     T,
     "dev_candidates",
     "--dev-candidates",
+    type=click.IntRange(0),
     help="Dev ranks each query's relevant docs plus its BM25 top N (0: the whole corpus).",
 )
 @setting(
     T,
     "max_length",
     "--max-length",
+    type=click.IntRange(1),
     help="Tokens kept of a query or document, in tuning, dev and the written folder (as evaluated).",
 )
 @setting(
     T,
     "mini_batch",
     "--mini-batch",
+    type=click.IntRange(0),
     help="Encode N texts at a time with GradCache: the same loss, memory that does not grow with --batch-size.",
 )
 @setting(T, "device", "--device", help="auto, cpu, cuda, cuda:1, …")

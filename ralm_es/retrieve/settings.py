@@ -3,6 +3,7 @@ tuned. Torch-free, so that the command line can show these defaults without load
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -144,19 +145,15 @@ class TuneSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "negative_depth", "max_length", "patience")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TuningError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        # Named by setting (tune.epochs), as every settings class is: a value may come from the config file's
+        # tune: section; the flags check their own ranges first.
+        check_bounds("tune", self, ("epochs", "negative_depth", "max_length", "patience"), 1)
+        check_bounds("tune", self, ("mini_batch", "dev_candidates"), 0)
         if self.batch_size < 2:
-            raise TuningError(f"--batch-size must be at least 2 (in-batch negatives), got {self.batch_size}")
+            raise ConfigError(f"tune.batch_size must be at least 2 (in-batch negatives), got {self.batch_size}")
         if not 0 < self.dev_fraction < 1:
-            raise TuningError(f"--dev-fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}")
-        if not self.lr > 0:
-            raise TuningError(f"--lr must be positive, got {self.lr}")
+            raise ConfigError(f"tune.dev_fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"tune.lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup < 1:
-            raise TuningError(f"--warmup must be in [0, 1), got {self.warmup}")
-        if self.mini_batch < 0:
-            raise TuningError(f"--mini-batch must be 0 (the whole batch at once) or more, got {self.mini_batch}")
-        if self.dev_candidates < 0:
-            raise TuningError(f"--dev-candidates must be 0 (whole corpus) or more, got {self.dev_candidates}")
+            raise ConfigError(f"tune.warmup must be in [0, 1), got {self.warmup}")
