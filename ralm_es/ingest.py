@@ -19,12 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ralm_es.config import ConfigError, cache_home, check_bounds, check_choices
-from ralm_es.corpus.chunking import Chunker
+from ralm_es.corpus.chunking import Chunker, passage_id
 from ralm_es.corpus.readers import ReadOptions, plan_inputs, read_corpus
 from ralm_es.corpus.types import Passage, ReadError, Record
 from ralm_es.model_folder import load_tokenizer, resolve_model_path, tokenizer_revision
 from ralm_es.onnx_runtime import ONNX_RUNTIMES, Runtime
-from ralm_es.store.base import Backend, BulkSettings, Chunking, IndexSettings, IndexSpec, Refresh, WriteResult
+from ralm_es.store.base import (
+    MAX_ID_BYTES,
+    Backend,
+    BulkSettings,
+    Chunking,
+    IndexSettings,
+    IndexSpec,
+    Refresh,
+    WriteResult,
+)
 
 if TYPE_CHECKING:
     from ralm_es.embed import Encoder
@@ -47,6 +56,12 @@ class ChunkSettings:
 # The settings that only shape embedding, and the index settings that only shape the vector field.
 EMBED_SETTINGS = ("device", "runtime", "encode_batch")
 VECTOR_INDEX_SETTINGS = ("similarity", "index_type", "m", "ef_construction")
+# Room in a passage id ("<doc id>#<n>") for a document of up to a million passages.
+LARGEST_CHUNK = 999_999
+ID_LIMIT = (
+    f"its passage ids ('<id>#<n>') must fit Elasticsearch's {MAX_ID_BYTES}-byte _id, "
+    f"so ids are at most {MAX_ID_BYTES - len(passage_id('', LARGEST_CHUNK))} bytes"
+)
 
 
 @dataclass
@@ -333,6 +348,8 @@ class Ingest:
             position += 1
             if position <= skip:
                 continue
+            if isinstance(item, Record) and len(passage_id(item.id, LARGEST_CHUNK).encode()) > MAX_ID_BYTES:
+                item = ReadError(item.source, f"id of {len(item.id.encode())} bytes is too long: {ID_LIMIT}")
             if isinstance(item, ReadError):
                 summary.failed += 1
                 batch.read_failures += 1

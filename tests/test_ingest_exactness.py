@@ -392,6 +392,20 @@ def test_a_resume_counts_the_failures_of_the_interrupted_run(tmp_path: Path, tin
     assert LocalBackend(tmp_path / "idx").count() == 199
 
 
+def test_an_id_over_elasticsearchs_limit_is_its_own_record_s_error(
+    es_client: Elasticsearch, index_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Elasticsearch refuses a whole bulk request for one _id over 512 bytes: every valid passage in it was lost,
+    each blamed for the long id."""
+    long_id = "é" * 256  # 512 bytes, 256 characters
+    corpus = write_jsonl(tmp_path / "ids.jsonl", [("a", "alpha cells"), (long_id, "long id"), ("z", "zeta cells")])
+    settings = IngestSettings(embed=False, model=str(tiny_model_dir))
+    summary = Ingest(ElasticsearchBackend(es_client, index_name), settings, checkpoint_dir=tmp_path).run([corpus])
+    assert summary.indexed == count(es_client, index_name) == 2 and summary.failed == 1
+    assert [e["source"] for e in summary.errors] == [f"{corpus}:2"]
+    assert "id of 512 bytes is too long" in summary.errors[0]["reason"]
+
+
 @pytest.mark.parametrize("batch_passages", [1, 10])
 def test_small_batches_are_checkpointed_at_their_size(
     batch_passages: int, tmp_path: Path, tiny_model_dir: Path

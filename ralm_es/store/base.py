@@ -205,6 +205,9 @@ class WriteResult:
 
 
 RANGE_BOUNDS = ("gte", "gt", "lte", "lt")
+# Elasticsearch refuses a document _id over 512 bytes, and with it the whole bulk request it is in; every backend
+# holds the same limit, so an index can move between them.
+MAX_ID_BYTES = 512
 
 
 @dataclass
