@@ -196,6 +196,18 @@ def test_csv_header_without_text_column(tmp_path: Path) -> None:
     assert "no 'text' column" in errors[0].reason
 
 
+def test_csv_columns_the_header_leaves_unnamed(tmp_path: Path) -> None:
+    """A trailing comma (as spreadsheets write) made an empty field name, which Elasticsearch refused for every
+    row; a value in such a column is its row's error."""
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(b"id,text,\r\n1,hello world,\r\n2,second row,stray\r\n3,third row,\r\n")
+    records, errors = split(read_corpus(path))
+    assert [(r.id, r.metadata) for r in records] == [("1", {}), ("3", {})]
+    assert [(e.source, e.reason) for e in errors] == [
+        (f"{path}:3", "a value in column 3, which the header leaves unnamed")
+    ]
+
+
 # --- plain text -------------------------------------------------------------------------------------------------
 
 
@@ -318,6 +330,18 @@ def test_truncated_gzip_is_a_read_error(tmp_path: Path) -> None:
 )
 def test_detect_format(tmp_path: Path, name: str, lines: list[str], expected: str) -> None:
     assert detect_format(write_lines(tmp_path / name, lines)) == expected
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [(['{"id": "a", "text": "alpha doc"}'], "jsonl"), (["-DOCSTART-", "", "EU NNP B-NP B-ORG"], "conll")],
+)
+def test_a_bom_does_not_hide_the_format(tmp_path: Path, lines: list[str], expected: str) -> None:
+    """A BOM-led JSONL or CoNLL file was sniffed as plain text and indexed as such: raw JSON, or gold tags, as
+    passage text."""
+    path = tmp_path / "saved.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    assert detect_format(path) == expected
 
 
 def test_undecidable_and_missing_inputs_raise(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -130,7 +131,8 @@ def detect_format(file: Path, text_field: str = "text") -> str:
     suffix = Path(file.name.removesuffix(".gz")).suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
-    head = head_bytes(file)
+    # The readers drop a UTF-8 BOM; so does sniffing, or a JSONL or CoNLL file saved with one reads as plain text.
+    head = head_bytes(file).removeprefix(codecs.BOM_UTF8)
     if b"\x00" in head:
         raise CorpusError(f"cannot tell the format of {file}: it looks binary")
     lines = [line.strip() for line in head.decode("utf-8", errors="replace").splitlines()]
@@ -293,7 +295,13 @@ def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterato
         if len(row) != len(header):
             yield ReadError(f"{file}:{start}", f"expected {len(header)} fields, found {len(row)}")
             continue
-        fields = dict(zip(header, row, strict=True))
+        # A column the header leaves unnamed (a trailing comma, as spreadsheets write) holds nothing to keep; a
+        # value in one has no field name to be stored under.
+        unnamed = [i + 1 for i, (name, cell) in enumerate(zip(header, row, strict=True)) if not name and cell.strip()]
+        if unnamed:
+            yield ReadError(f"{file}:{start}", f"a value in column {unnamed[0]}, which the header leaves unnamed")
+            continue
+        fields = {name: cell for name, cell in zip(header, row, strict=True) if name}
         if options.metadata_fields is None:
             named = {options.text_field, options.title_field, *options.id_fields}
             fields["metadata"] = {k: v for k, v in fields.items() if k not in named}
