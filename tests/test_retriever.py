@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import typing
@@ -315,6 +316,56 @@ def test_a_resumed_cache_retrieves_again_the_line_its_run_stopped_in(tmp_path: P
     assert list(entries) == ["a", "b"] and len(path.read_text().splitlines()) == 3
 
 
+_HEADER = json.dumps(CacheHeader(index="i", mode="bm25", k=1).to_json()).encode()
+_ENTRY = json.dumps({"input_id": "a", "query": "q", "hits": [{"id": "p1", "rank": 1, "score": 2.0}]}).encode()
+
+
+def _hit_line(**fields: object) -> bytes:
+    return json.dumps({"input_id": "b", "query": "q", "hits": [{"id": "p1", **fields}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([b"[1, 2]"], ":1: expected a JSON object, found list"),
+        ([_HEADER, b"null"], ":2: expected a JSON object, found NoneType"),
+        ([_HEADER, _ENTRY, _hit_line(rank="abc")], ":3: hit 1 needs an integer rank, found 'abc'"),
+        ([_HEADER, _ENTRY, _hit_line(score="high")], ":3: hit 1 needs a number score, found 'high'"),
+        ([_HEADER, _ENTRY, _hit_line(scores="x")], ":3: hit 1 needs scores as an object of numbers, found 'x'"),
+        ([_HEADER, b'{"input_id": "a", "query": "caf\xff", "hits": []}'], ":2: invalid UTF-8 (byte 36 of the line)"),
+        ([_HEADER, _hit_line(text="\ud800")], ":2: escaped lone surrogate \\ud800: not valid Unicode"),
+        ([_HEADER, _ENTRY, _hit_line(), _ENTRY], ":4: input_id 'a' again (first at line 2); a retrieval cache holds"),
+        ([_HEADER[:-1] + b', "bogus": 1}'], ":1: a cache header this version cannot read (CacheHeader.__init__"),
+    ],
+    ids=["not-an-object", "null-entry", "rank", "score", "scores", "invalid-utf8", "surrogate", "dup-id", "header"],
+)
+def test_a_damaged_cache_fails_naming_its_file_and_line(tmp_path: Path, lines: list[bytes], message: str) -> None:
+    path = tmp_path / "cache.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(CacheError, match=f"^{re.escape(f'{path}{message}')}"):
+        read_cache(path)
+
+
+def test_a_cache_saved_with_a_bom_reads_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "cache.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + _HEADER + b"\n" + _ENTRY + b"\n")
+    assert read_header(path).index == "i"
+    with CacheWriter(path, read_header(path)) as writer:
+        assert writer.done == {"a"}
+        writer.write("b", "q", [])
+    assert list(read_cache(path)[1]) == ["a", "b"]
+
+
+def test_a_line_torn_inside_a_character_is_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "cache.jsonl"
+    with CacheWriter(path, CacheHeader(index="i", mode="bm25", k=1)) as writer:
+        writer.write("a", "q", [])
+        writer.write("b", "café", [])
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex("é".encode()) + 1])  # the run stopped between the two bytes of é
+    assert list(read_cache(path)[1]) == ["a"]
+
+
 def test_search_cli_json_and_explain(es_url: str, sample_index: str, tiny_model_dir: Path) -> None:
     env = {**os.environ, "RALM_ES_URL": es_url}
     common = ["--index", sample_index, "--model", str(tiny_model_dir)]
@@ -384,3 +435,12 @@ def test_evaluate_cli_reports_ir_metrics(es_url: str, sample_index: str, tiny_mo
     # Two judged queries: one chooses, the other measures the choice.
     assert tuned["tuned_on"]["tune_queries"] == 1 and tuned["dev"]["queries"] == 1
     assert tuned["settings"] == rows[0]["settings"]
+
+
+def test_the_text_field_of_claims_is_guessed_behind_a_bom(tmp_path: Path) -> None:
+    """retrieve's --text-field auto read a BOM-led claims file as having no 'claim', and refused every record."""
+    from ralm_es.cli.search_commands import guess_text_field
+
+    claims = tmp_path / "claims.jsonl"
+    claims.write_bytes(b'\xef\xbb\xbf{"id": 1, "claim": "Insulin lowers glucose."}\n')
+    assert guess_text_field(str(claims)) == "claim"

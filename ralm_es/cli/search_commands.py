@@ -185,7 +185,8 @@ def guess_text_field(path: str) -> str:
     """``claim`` for claims files (SciFact style), else ``text``."""
     from ralm_es.corpus.lines import head_bytes
 
-    first = next((line for line in head_bytes(Path(path)).decode("utf-8", "replace").splitlines() if line.strip()), "")
+    head = head_bytes(Path(path)).decode("utf-8", "replace").removeprefix("\ufeff")  # the readers drop a BOM too
+    first = next((line for line in head.splitlines() if line.strip()), "")
     try:
         record = json.loads(first)
     except json.JSONDecodeError:
