@@ -100,6 +100,74 @@ def test_classification_jsonl_fields_ids_and_errors(tmp_path: Path) -> None:
         read_classification(path)
 
 
+def test_classification_jsonl_with_utf8_bom_is_read(tmp_path: Path) -> None:
+    # Editors on Windows write a BOM; the corpus reader takes such a file, so the task reader does too.
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "ok", "label": "A"}\n')
+    assert [(ex.text, ex.label) for ex in read_classification(path)] == [("ok", "A")]
+
+
+def test_classification_invalid_utf8_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "ok", "label": "A"}\n{"text": "caf\xff", "label": "B"}\n')
+    with pytest.raises(DataError, match=rf"^{path}:2: invalid UTF-8"):
+        read_classification(path)
+
+
+def test_classification_lone_surrogate_names_file_and_line(tmp_path: Path) -> None:
+    # Valid JSON, but no UTF-8 output (the tokenizer) can hold the string.
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok", "label": "A"}\n{"text": "x \\ud800 y", "label": "B"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:2: escaped lone surrogate"):
+        read_classification(path)
+
+
+def test_classification_lone_cr_is_json_whitespace_not_a_line_break(tmp_path: Path) -> None:
+    # Lines end at \n only, as in the corpus reader, so later line numbers agree between the two.
+    path = tmp_path / "cr.jsonl"
+    path.write_text('{"text": "ok",\r"label": "A"}\n{"text": "ok", "label": \n', encoding="utf-8", newline="")
+    with pytest.raises(DataError, match=rf"^{path}:2: not valid JSON"):
+        read_classification(path)
+    path.write_text('{"text": "ok",\r"label": "A"}\r\n', encoding="utf-8", newline="")
+    assert [(ex.id, ex.label) for ex in read_classification(path)] == [("1", "A")]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ('"label": true', "label field 'label' is a bool; it must be a string or an integer"),
+        ('"label": 0.5', "label field 'label' is a float; it must be a string or an integer"),
+        ('"label": " "', "empty label field 'label'"),
+        ('"label": "A", "id": {"a": 1}', "id field 'id' is a dict; it must be a string or an integer"),
+        ('"label": "A", "id": false', "id field 'id' is a bool; it must be a string or an integer"),
+        ('"label": "A", "text_pair": 3', "text pair field 'text_pair' is a int, not a string"),
+    ],
+)
+def test_classification_values_of_the_wrong_type_name_file_line_and_field(
+    tmp_path: Path, fields: str, error: str
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f'{{"text": "ok", "label": "A"}}\n{{"text": "ok", {fields}}}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:2: {error}$"):
+        read_classification(path)
+
+
+def test_classification_ids_are_read_as_the_corpus_reader_reads_them(tmp_path: Path) -> None:
+    # An integer id is kept as its digits; a null or empty id counts as absent (the line number).
+    path = tmp_path / "ids.jsonl"
+    path.write_text(
+        '{"id": 7, "text": "a", "label": 1}\n{"id": null, "text": "b", "label": "B"}\n'
+        '{"id": "", "text": "c", "label": "B", "text_pair": null}\n',
+        encoding="utf-8",
+    )
+    examples = read_classification(path)
+    assert [(ex.id, ex.label, ex.pair_words) for ex in examples] == [
+        ("7", "1", None),
+        ("2", "B", None),
+        ("3", "B", None),
+    ]
+
+
 def test_ner_metrics_are_entity_level() -> None:
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
     pred = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "O"]]

@@ -220,13 +220,13 @@ def read_jsonl(file: Path, name: str, options: ReadOptions) -> Iterator[Record |
             yield ReadError(source, f"expected a JSON object, found {type(obj).__name__}")
             continue
         # A \udXXX escape can smuggle in a lone surrogate: valid JSON, but a string no UTF-8 output can hold.
-        if "\\u" in line.text and (bad := _lone_surrogate(obj)) is not None:
+        if "\\u" in line.text and (bad := lone_surrogate(obj)) is not None:
             yield ReadError(source, f"escaped lone surrogate {bad!r} (\\u{ord(bad):04x}): not valid Unicode")
             continue
         yield record_from_fields(obj, source, options)
 
 
-def _lone_surrogate(obj: Any) -> str | None:
+def lone_surrogate(obj: Any) -> str | None:
     """The first lone surrogate in ``obj``'s strings, keys included, or None."""
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")

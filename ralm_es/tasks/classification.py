@@ -10,7 +10,12 @@ from typing import Any
 
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
+from ralm_es.corpus.lines import iter_lines
+from ralm_es.corpus.readers import ReadOptions, lone_surrogate
 from ralm_es.tasks.base import DataError, Example, LabelMap, require_examples
+
+# The corpus reader's JSONL line cap: a line past it could not be a corpus record either.
+MAX_LINE_BYTES = ReadOptions().max_line_bytes
 
 
 def read_classification(
@@ -21,40 +26,63 @@ def read_classification(
     id_field: str = "id",
     labelled: bool = True,
 ) -> list[Example]:
-    """One example per non-blank line; the id is ``id_field`` or, when absent, the line number."""
+    """One example per non-blank line; the id is ``id_field`` or, when absent, null or empty, the line number.
+    The first bad line fails naming ``file:line``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     examples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            text = row.get(text_field)
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{where}: missing or empty text field '{text_field}'")
-            label = row.get(label_field)
-            if labelled and (label is None or isinstance(label, (dict, list))):
+    # Lines as the corpus reader reads them: BOM dropped, split at \n only, invalid UTF-8 reported per line.
+    for line in iter_lines(path, MAX_LINE_BYTES):
+        where = f"{path}:{line.number}"
+        if line.problem is not None:
+            raise DataError(f"{where}: {line.problem}")
+        if not line.text.strip():
+            continue
+        try:
+            row = json.loads(line.text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        # A \udXXX escape is valid JSON, but the tokenizer cannot take the lone surrogate it makes.
+        if "\\u" in line.text and (bad := lone_surrogate(row)) is not None:
+            raise DataError(f"{where}: escaped lone surrogate {bad!r} (\\u{ord(bad):04x}): not valid Unicode")
+        text = row.get(text_field)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: missing or empty text field '{text_field}'")
+        label = None
+        if labelled:
+            if row.get(label_field) is None:
                 raise DataError(f"{where}: missing label field '{label_field}'")
-            pair = row.get(pair_field) if pair_field else None
-            examples.append(
-                Example(
-                    id=str(row.get(id_field, lineno)),
-                    words=tuple(text.split()),
-                    source=where,
-                    label=str(label) if labelled else None,
-                    pair_words=tuple(pair.split()) if isinstance(pair, str) and pair.strip() else None,
-                )
+            label = _string_or_integer(row[label_field], f"{where}: label field '{label_field}'")
+            if not label.strip():
+                raise DataError(f"{where}: empty label field '{label_field}'")
+        pair = row.get(pair_field) if pair_field else None
+        if pair is not None and not isinstance(pair, str):
+            raise DataError(f"{where}: text pair field '{pair_field}' is a {type(pair).__name__}, not a string")
+        raw_id = row.get(id_field)
+        # As in the corpus reader, a null or empty id is no id.
+        if raw_id in (None, ""):
+            raw_id = line.number
+        examples.append(
+            Example(
+                id=_string_or_integer(raw_id, f"{where}: id field '{id_field}'"),
+                words=tuple(text.split()),
+                source=where,
+                label=label,
+                pair_words=tuple(pair.split()) if pair and pair.strip() else None,
             )
+        )
     require_examples(examples, path)
     return examples
+
+
+def _string_or_integer(value: Any, what: str) -> str:
+    """``value`` as a string; as the corpus reader does for ids, only a string or an integer (not a bool) is one."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(f"{what} is a {type(value).__name__}; it must be a string or an integer")
+    return str(value)
 
 
 def classification_labels(examples: Sequence[Example]) -> LabelMap:
