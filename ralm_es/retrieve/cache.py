@@ -7,12 +7,14 @@ are skipped by the writer.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ralm_es.corpus.readers import lone_surrogate
 from ralm_es.errors import RalmError
 from ralm_es.retrieve.settings import recorded_ranking
 from ralm_es.store.base import EncoderRecord
@@ -77,15 +79,28 @@ class CacheHit:
         """A hit read back; ``rank`` (its position) stands in for a missing rank, ``where`` is ``file:line``."""
         if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
             raise CacheError(f"{where}: hit {rank} needs a string id")
+        # A damaged hit fails here with its place, not as a ValueError in whichever command reads it.
+        if raw.get("rank") is not None and not _is_number(raw["rank"], int):
+            raise CacheError(f"{where}: hit {rank} needs an integer rank, found {raw['rank']!r}")
+        if raw.get("score") is not None and not _is_number(raw["score"]):
+            raise CacheError(f"{where}: hit {rank} needs a number score, found {raw['score']!r}")
+        scores = raw.get("scores") or {}
+        if not isinstance(scores, dict) or not all(v is None or _is_number(v) for v in scores.values()):
+            raise CacheError(f"{where}: hit {rank} needs scores as an object of numbers, found {scores!r}")
         return cls(
             id=raw["id"],
             doc_id=str(raw.get("doc_id") or ""),
             rank=int(raw.get("rank") or rank),
             score=float(raw.get("score") or 0.0),
-            scores=dict(raw.get("scores") or {}),
+            scores=dict(scores),
             title=str(raw.get("title") or ""),
             text=str(raw.get("text") or ""),
         )
+
+
+def _is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    # JSON true/false load as bools, which are ints to isinstance.
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 @dataclass
@@ -98,17 +113,29 @@ class CacheEntry:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    # Bytes decoded a line at a time, so invalid UTF-8 is blamed on its line, and a tail torn mid-character is torn.
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1:
+                # A BOM-led file, as an editor may save it; the corpus readers take one too.
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if not raw.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError:
-                if line.endswith("\n"):
-                    raise CacheError(f"{path}:{lineno}: not valid JSON") from None
-                # A torn last line from an interrupted run: the writer rewrites it on resume.
-                return
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                if not raw.endswith(b"\n"):
+                    # A torn last line from an interrupted run: the writer rewrites it on resume.
+                    return
+                if isinstance(exc, UnicodeDecodeError):
+                    raise CacheError(f"{path}:{lineno}: invalid UTF-8 (byte {exc.start} of the line)") from None
+                raise CacheError(f"{path}:{lineno}: not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise CacheError(f"{path}:{lineno}: expected a JSON object, found {type(obj).__name__}")
+            # Valid JSON, but a string no UTF-8 output can hold: a cache written from it would fail mid-write.
+            if b"\\u" in raw and (bad := lone_surrogate(obj)) is not None:
+                raise CacheError(f"{path}:{lineno}: escaped lone surrogate \\u{ord(bad):04x}: not valid Unicode")
+            yield lineno, obj
 
 
 def read_header(path: str | Path) -> CacheHeader:
@@ -117,7 +144,10 @@ def read_header(path: str | Path) -> CacheHeader:
         if first.get("format") != FORMAT:
             raise CacheError(f"{path}:{lineno}: not a ralm-es retrieval cache (no header line)")
         fields = {k: v for k, v in first.items() if k not in ("format", "version")}
-        return CacheHeader(**{**fields, "encoder": EncoderRecord.from_json(fields.get("encoder"))})
+        try:
+            return CacheHeader(**{**fields, "encoder": EncoderRecord.from_json(fields.get("encoder"))})
+        except (TypeError, ValueError) as exc:  # a field missing, unknown, or of the wrong shape
+            raise CacheError(f"{path}:{lineno}: a cache header this version cannot read ({exc})") from None
     raise CacheError(f"{path}: empty retrieval cache")
 
 
@@ -133,6 +163,7 @@ def read_cache(path: str | Path, made_from: str | Path | None = None) -> tuple[C
         )
     header = read_header(path)
     entries: dict[str, CacheEntry] = {}
+    first_seen: dict[str, int] = {}
     for lineno, line in _lines(path):
         if line.get("format") == FORMAT:
             continue
@@ -141,6 +172,13 @@ def read_cache(path: str | Path, made_from: str | Path | None = None) -> tuple[C
         where = f"{path}:{lineno}"
         hits = [CacheHit.from_cache(raw, i, where) for i, raw in enumerate(line["hits"], 1)]
         entry = CacheEntry(str(line["input_id"]), str(line.get("query") or ""), hits)
+        # The writer skips inputs already done: a repeat is a damaged or concatenated file, neither line surely right.
+        if entry.input_id in first_seen:
+            raise CacheError(
+                f"{where}: input_id {entry.input_id!r} again (first at line {first_seen[entry.input_id]}); "
+                "a retrieval cache holds each input once"
+            )
+        first_seen[entry.input_id] = lineno
         entries[entry.input_id] = entry
     return header, entries
 
