@@ -90,6 +90,22 @@ def test_read_only_user_can_search_but_not_ingest(secure: ClusterState, tmp_path
     assert "Traceback" not in denied.stderr and "reader-pass-123" not in denied.stderr
 
 
+def test_a_role_with_read_alone_is_told_it_needs_view_index_metadata(secure: ClusterState, tmp_path: object) -> None:
+    """Searching reads the index's mapping and aliases; a role with read alone got Elasticsearch's 403 for an admin
+    action, with nothing to say which privilege was missing."""
+    run(*ingest_args(), env={**secure.env(), "RALM_ES_HOME": str(tmp_path)})
+    cluster = LocalCluster(secure.name)
+    role = f"search_only:\n  indices:\n    - names: ['{INDEX}']\n      privileges: ['read']\n"
+    for i in range(len(secure.http_ports)):
+        (cluster.node_dir(i) / "config" / "roles.yml").write_text(role)
+    cluster.add_user("searcher", "searcher-pass-123", ["search_only"])
+    env = {**secure.env(), "RALM_ES_USERNAME": "searcher", "RALM_ES_PASSWORD": "searcher-pass-123"}
+    proc = run("search", "insulin", "--index", INDEX, "--mode", "bm25", env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "403 security_exception" in last and "needs view_index_metadata as well as read" in last
+
+
 def test_a_bad_api_key_is_a_clear_401_without_the_key(secure: ClusterState) -> None:
     key = "bm90LWEtcmVhbC1rZXk6c2VjcmV0LXZhbHVlLTk5"
     env = {"RALM_ES_URL": secure.url, "RALM_ES_CA_CERTS": secure.ca_certs or "", "RALM_ES_API_KEY": key}

@@ -55,13 +55,25 @@ def build_client(settings: ConnectionSettings) -> Elasticsearch:
         raise ConfigError(f"es: the Elasticsearch client refused these connection settings ({exc})") from None
 
 
+# What searching reads besides the documents: the vector field, the recorded encoder and tuned fusion (mapping),
+# the indices behind an alias. A role with read alone is refused these.
+METADATA_ACTIONS = ("indices:admin/mappings/get", "indices:admin/aliases/get")
+
+
 def describe_api_error(exc: ApiError) -> str:
     """``403 security_exception: <reason>`` from an Elasticsearch error response, without request details."""
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error")
-    if isinstance(error, dict):
-        return f"{exc.meta.status} {error.get('type')}: {error.get('reason')}"
-    return f"{exc.meta.status} {exc.message}"
+    if not isinstance(error, dict):
+        return f"{exc.meta.status} {exc.message}"
+    reason = str(error.get("reason"))
+    text = f"{exc.meta.status} {error.get('type')}: {reason}"
+    if exc.meta.status == 403 and any(action in reason for action in METADATA_ACTIONS):
+        text += (
+            "; ralm-es reads each index's mapping and aliases, so the role needs view_index_metadata as well as "
+            "read on it"
+        )
+    return text
 
 
 def where(settings: ConnectionSettings) -> str:
