@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,10 @@ def test_a_document_without_an_id_value_is_named_in_one_line(
     es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder
 ) -> None:
     vector = tiny_encoder.encode(["insulin"])[0].tolist()
-    mapping = {"uid": {"type": "keyword"}, "body": {"type": "text"}, "embedding": {"type": "dense_vector"}}
-    es_client.indices.create(index=index_name, mappings={"properties": mapping})
+    mapping = {"uid": {"type": "keyword"}, "body": {"type": "text"}, "headline": {"type": "text"}}
+    es_client.indices.create(
+        index=index_name, mappings={"properties": {**mapping, "embedding": {"type": "dense_vector"}}}
+    )
     docs = [{"uid": "a", "body": "insulin and glucose", "embedding": vector}, {"body": "insulin", "embedding": vector}]
     helpers.bulk(es_client, [{"_index": index_name, "_source": d} for d in docs], refresh=True)
     retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)
@@ -117,8 +120,13 @@ def test_index_without_vectors_is_bm25_only(es_client: Elasticsearch, index_name
     assert retriever.search("insulin", mode="bm25", k=1)[0].id == "med-01"
     with pytest.raises(RetrievalError, match="has no vectors"):
         retriever.search("insulin", mode="dense")
-    # Without the field map ralm-es's own field names find nothing in this index.
-    assert Retriever(ElasticsearchBackend(es_client, index_name), tiny_encoder).search("insulin", mode="bm25") == []
+    # Without the field map ralm-es's own field names are not in this index: said, where it found nothing before.
+    unmapped = Retriever(ElasticsearchBackend(es_client, index_name), tiny_encoder)
+    with pytest.raises(StoreError, match=r"has no field 'text' for the passage text \(its fields: body, headline,"):
+        unmapped.search("insulin", mode="bm25")
+    typo = Retriever(ElasticsearchBackend(es_client, index_name, replace(FIELDS, title="headlin")), tiny_encoder)
+    with pytest.raises(StoreError, match="has no field 'headlin' for the passage title"):
+        typo.search("insulin", mode="bm25")
 
 
 def test_cli_flags_config_section_and_training(

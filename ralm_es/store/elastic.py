@@ -237,6 +237,7 @@ class ElasticsearchBackend:
         self.in_flight = in_flight
         # The names filters can use, read from the mappings when a filter first names one not seen yet.
         self._filterable: set[str] = set()
+        self._fields_checked = False
 
     # -- index management ------------------------------------------------------------------------------
     def concrete_indices(self) -> list[str]:
@@ -560,6 +561,25 @@ class ElasticsearchBackend:
             names |= set(self.fields.extra) & set(_field_names(props))
         return names
 
+    def check_text_fields(self) -> None:
+        """Refuse a field map whose text field, or a title field it names, no index behind the name maps: BM25
+        searched nothing there and every hit's text came back empty, without a word."""
+        try:
+            mappings = self.client.indices.get_mapping(index=self.index).body.values()
+        except NotFoundError:
+            raise self.unknown_index() from None
+        names = {n for entry in mappings for n in _field_names(entry["mappings"].get("properties", {}))}
+        f = self.fields
+        # The default title may be absent (an index without titles); one the field map names must be there.
+        wanted = [("text", f.text)] + ([("title", f.title)] if f.title != FieldMap.title else [])
+        for role, name in wanted:
+            if name not in names:
+                shown = sorted(n for n in names if n != f.vector and not n.startswith(f"{f.metadata}."))
+                raise StoreError(
+                    f"index '{self.index}' has no field '{name}' for the passage {role} (its fields: "
+                    f"{', '.join(shown[:20]) or 'none yet'}); name the right one with --field {role}=FIELD"
+                )
+
     def search(self, request: SearchRequest) -> list[Hit]:
         return self.search_many([request])[0]
 
@@ -569,6 +589,9 @@ class ElasticsearchBackend:
             return []
         if request_needs_vectors(requests) and self.search_dims is None:
             raise StoreError(f"index '{self.index}' has no vector field, so dense search is not possible")
+        if not self._fields_checked:
+            self.check_text_fields()
+            self._fields_checked = True
         wanted = filter_fields(requests)
         if wanted - self._filterable:
             # Read again, not once: dynamic mapping adds metadata fields as passages arrive.
