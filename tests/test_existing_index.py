@@ -104,6 +104,25 @@ def test_a_document_without_an_id_value_is_named_in_one_line(
         retriever.search("insulin", mode="hybrid")
 
 
+def test_a_shard_failure_names_its_index_and_elasticsearchs_reason(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder
+) -> None:
+    """An alias over indices of two vector sizes: the search failed as 'all shards failed', no more said."""
+    create_foreign(es_client, f"{index_name}-a", 16, None)
+    create_foreign(es_client, f"{index_name}-b", 32, tiny_encoder)
+    es_client.indices.update_aliases(
+        actions=[{"add": {"index": f"{index_name}-{part}", "alias": index_name}} for part in "ab"]
+    )
+    try:
+        retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)
+        with pytest.raises(StoreError) as failed:
+            retriever.search("insulin", mode="dense")
+        message = str(failed.value)
+        assert f"index '{index_name}-a'" in message and "different number of dimensions" in message
+    finally:
+        es_client.indices.delete(index=f"{index_name}-a,{index_name}-b")
+
+
 def test_vector_dimension_is_checked(es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder) -> None:
     create_foreign(es_client, index_name, 16, None)
     retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)

@@ -743,10 +743,15 @@ def request_needs_vectors(requests: Sequence[SearchRequest]) -> bool:
 
 def _reason(result: dict[str, Any]) -> str:
     error = result.get("error")
-    if isinstance(error, dict):
-        reason = f"{error.get('type')}: {error.get('reason')}"
-        cause = error.get("caused_by")
-        if isinstance(cause, dict) and cause.get("reason"):
-            reason += f" ({cause.get('reason')})"
-        return reason
-    return str(error)
+    if not isinstance(error, dict):
+        return str(error)
+    reason = f"{error.get('type')}: {error.get('reason')}"
+    # A search phase's error says only that shards failed ("all shards failed"); a failed shard's own reason, with
+    # its index (one of several behind an alias), is what to fix.
+    shards = [s for s in error.get("failed_shards") or [] if isinstance(s, dict) and isinstance(s.get("reason"), dict)]
+    if shards and shards[0]["reason"].get("reason"):
+        return reason + f" (index '{shards[0].get('index')}': {shards[0]['reason']['reason']})"
+    cause = error.get("caused_by")
+    if isinstance(cause, dict) and cause.get("reason"):
+        reason += f" ({cause.get('reason')})"
+    return reason
