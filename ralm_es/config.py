@@ -105,6 +105,13 @@ class ConnectionSettings:
     max_retries: int = 3
     retry_on_timeout: bool = True
 
+    def __post_init__(self) -> None:
+        # Settings built in code may give a secret as a plain string: kept as a Secret, so it is never shown.
+        for name in ("api_key", "password"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, Secret(value))
+
 
 # Environment variable -> ConnectionSettings field.
 CONNECTION_ENV = {

@@ -206,6 +206,16 @@ def test_settings_built_in_code_fail_in_one_line_not_in_the_client() -> None:
         build_client(ConnectionSettings(hosts=["http://127.0.0.1:9200"], ca_certs=__file__))
 
 
+def test_secrets_given_as_plain_strings_in_code_are_kept_secret() -> None:
+    """A plain-string API key or password from the Python API crashed the client builder with an AttributeError."""
+    from ralm_es.es.client import build_client
+
+    settings = ConnectionSettings(hosts=["http://127.0.0.1:9200"], api_key="key-123", username="u", password="pw-456")
+    assert settings.api_key == Secret("key-123") and settings.password == Secret("pw-456")
+    assert "key-123" not in repr(settings) and "pw-456" not in repr(settings)
+    assert build_client(settings) is not None
+
+
 def test_a_password_without_a_username_names_the_flag_to_add() -> None:
     with pytest.raises(ConfigError, match=r"^RALM_ES_PASSWORD \(es\.password\): .* set --es-username, RALM_ES_USER"):
         resolve_connection({}, env={"RALM_ES_PASSWORD": "pw"})
