@@ -117,6 +117,8 @@ class IngestSummary:
     passages: int = 0
     indexed: int = 0
     failed: int = 0
+    # Records the reader refused (a bad line, a repeated id), counted in ``failed`` beside the passages not written.
+    unreadable: int = 0
     skipped: int = 0
     seconds: float = 0.0
     index: str = ""
@@ -131,7 +133,7 @@ class IngestSummary:
         return {
             k: v
             for k, v in asdict(self).items()
-            if k in ("read", "passages", "indexed", "failed", "skipped", "seconds")
+            if k in ("read", "passages", "indexed", "failed", "unreadable", "skipped", "seconds")
         }
 
 
@@ -177,6 +179,7 @@ class CheckpointState:
     shape: dict[str, Any]
     refresh: str | None
     failed: int = 0
+    unreadable: int = 0
 
 
 class Checkpoint:
@@ -201,6 +204,7 @@ class Checkpoint:
                 # Written before checkpoints counted failures: none known (reading it as unreadable would start
                 # over and take the paused refresh interval for the index's own).
                 failed=int(raw.get("failed", 0)),
+                unreadable=int(raw.get("unreadable", 0)),
             )
         except (ValueError, KeyError, TypeError):
             # A checkpoint this version cannot read proves nothing: start over, checking ids.
@@ -317,6 +321,7 @@ class Ingest:
         summary.resumed_from = skip
         # A resume's count of failures covers the whole input, so --on-error fail still sees the earlier ones.
         summary.failed = summary.failed_before_resume = state.failed if state and skip else 0
+        summary.unreadable = state.unreadable if state and skip else 0
         if self.s.reindex:
             target = self.backend.staging(spec, resume=state.target if state else None)
         else:
@@ -325,7 +330,9 @@ class Ingest:
         summary.index = target.index
         before = Refresh(state.refresh) if state else target.refresh_interval()
         # Saved before refresh is paused, so that even a run killed in its first batch restores the interval.
-        progress = CheckpointState(skip, target.index, inputs, shape, before.interval, summary.failed)
+        progress = CheckpointState(
+            skip, target.index, inputs, shape, before.interval, summary.failed, summary.unreadable
+        )
         checkpoint.save(progress)
         with target.bulk_load(before):
             self._stream(paths, target, skip, summary, checkpoint, progress)
@@ -352,6 +359,7 @@ class Ingest:
                 item = ReadError(item.source, f"id of {len(item.id.encode())} bytes is too long: {ID_LIMIT}")
             if isinstance(item, ReadError):
                 summary.failed += 1
+                summary.unreadable += 1
                 batch.read_failures += 1
                 summary.errors.append({"source": item.source, "reason": item.reason})
                 self.on_error(item.source, item.reason)
@@ -388,6 +396,7 @@ class Ingest:
             results = future.result()
             in_flight.popleft()
             progress.failed += batch.read_failures
+            progress.unreadable += batch.read_failures
             for result in results:
                 if not result.ok:
                     summary.failed += 1

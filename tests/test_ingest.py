@@ -72,6 +72,7 @@ def test_scifact_slice_with_default_encoder(
             "passages",
             "indexed",
             "failed",
+            "unreadable",
             "skipped",
             "seconds",
         }

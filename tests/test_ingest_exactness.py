@@ -389,6 +389,7 @@ def test_a_resume_counts_the_failures_of_the_interrupted_run(tmp_path: Path, tin
     summary = Ingest(LocalBackend(tmp_path / "idx"), settings, checkpoint_dir=tmp_path).run([corpus])
     # The bad line was reported by the interrupted run; the resume must still count it, or --on-error fail passes.
     assert summary.resumed_from >= 64 and summary.failed == summary.failed_before_resume == 1
+    assert summary.unreadable == 1
     assert LocalBackend(tmp_path / "idx").count() == 199
 
 
@@ -404,6 +405,25 @@ def test_an_id_over_elasticsearchs_limit_is_its_own_record_s_error(
     assert summary.indexed == count(es_client, index_name) == 2 and summary.failed == 1
     assert [e["source"] for e in summary.errors] == [f"{corpus}:2"]
     assert "id of 512 bytes is too long" in summary.errors[0]["reason"]
+
+
+def test_failed_is_told_apart_into_records_unreadable_and_passages_not_written(
+    es_client: Elasticsearch, index_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """'2 records read, 3 passages, 3 failed' read as every passage failed, where one was a record never read."""
+    corpus = tmp_path / "mixed.jsonl"
+    rows = [
+        {"_id": "a", "text": "alpha cells", "metadata": {"year": 2020}},
+        {"_id": "b", "text": " ".join(["beta"] * 40), "metadata": {"year": "not a year"}},
+        [1],
+    ]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = IngestSettings(embed=False, model=str(tiny_model_dir), chunking=ChunkSettings(max_tokens=16, overlap=2))
+    summary = Ingest(ElasticsearchBackend(es_client, index_name), settings, checkpoint_dir=tmp_path).run([corpus])
+    not_written = summary.failed - summary.unreadable
+    assert summary.unreadable == 1 and summary.read == 2 and not_written > 1
+    assert summary.passages == summary.indexed + summary.skipped + not_written
+    assert summary.indexed == count(es_client, index_name) == 1
 
 
 @pytest.mark.parametrize("batch_passages", [1, 10])

@@ -149,7 +149,8 @@ def ingest(
     else:
         click.echo(
             f"{summary.indexed} passages indexed into {summary.index} ({summary.read} records read, "
-            f"{summary.passages} passages, {summary.skipped} already present, {summary.failed} failed) "
+            f"{summary.passages} passages, {summary.skipped} already present, {summary.failed} failed: "
+            f"{summary.unreadable} records unreadable, {summary.failed - summary.unreadable} passages not written) "
             f"in {summary.seconds:.1f}s",
             err=quiet,
         )
