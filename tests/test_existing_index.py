@@ -203,3 +203,29 @@ def test_cli_flags_config_section_and_training(
     )
     run = train(load_config(train_config))
     assert run.finished and run.steps == 2
+
+
+def test_ingest_into_an_index_made_elsewhere_writes_its_field_map_or_is_refused(
+    es_url: str, es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Without a field map ingest wrote ralm-es's own fields into the index, beside its documents and unread by its
+    field map (and ingest had no --field)."""
+    create_foreign(es_client, index_name, tiny_encoder.dim, tiny_encoder)
+    before = es_client.count(index=index_name)["count"]
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"_id": "new-1", "title": "Glucagon", "text": "Glucagon raises blood glucose."}) + "\n")
+    runner = CliRunner()
+    ingest = ["--es-url", es_url, "ingest", str(new), "--index", index_name, "--model", str(tiny_model_dir), "--quiet"]
+    refused = runner.invoke(cli, ingest, env={"RALM_ES_HOME": str(tmp_path / "home")})
+    assert isinstance(refused.exception, StoreError)
+    assert f"index '{index_name}' has no field 'text' for the passage text (its fields: body, embedding" in str(
+        refused.exception
+    )
+    es_client.indices.refresh(index=index_name)
+    assert es_client.count(index=index_name)["count"] == before
+    mapped = runner.invoke(cli, [*ingest, *FLAGS], env={"RALM_ES_HOME": str(tmp_path / "home")})
+    assert mapped.exit_code == 0, mapped.output
+    es_client.indices.refresh(index=index_name)
+    assert es_client.count(index=index_name)["count"] == before + 1
+    hits = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder).search("glucagon", mode="bm25")
+    assert hits[0].doc_id == "new-1" and hits[0].title == "Glucagon"

@@ -185,6 +185,15 @@ def open_backend(ctx: CliContext, backend: str, index: str, fields: tuple[str, .
     return ElasticsearchBackend(ctx.client(), index, fields=field_map)
 
 
+field_option = click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME=FIELD",
+    help="Field map for an index made elsewhere: id, doc_id, text, title, vector, metadata, extra "
+    "(repeatable; e.g. text=body). Config file: fields: section.",
+)
+
 backend_option = click.option(
     "--backend",
     type=click.Choice(["elasticsearch", "local"]),

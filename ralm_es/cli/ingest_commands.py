@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
+from ralm_es.cli.context import CliContext, backend_option, field_option, open_backend, pass_context
 from ralm_es.cli.options import choices, setting
 from ralm_es.config import set_layer
 from ralm_es.ingest import IngestSettings
@@ -40,6 +40,7 @@ S = IngestSettings
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--index", default="passages", show_default=True, help="Alias (Elasticsearch) or folder/name (local).")
 @backend_option
+@field_option
 @setting(S, "read.format", "--format", type=choices(S, "read.format"))
 @setting(
     S, "read.id_field", "--id-field", help="Id field (default: _id, else id; records without one get a content hash)."
@@ -111,6 +112,7 @@ def ingest(
     inputs: tuple[str, ...],
     index: str,
     backend: str,
+    fields: tuple[str, ...],
     on_error: str,
     overrides: tuple[str, ...],
     quiet: bool,
@@ -122,7 +124,7 @@ def ingest(
     from ralm_es.ingest import Ingest
 
     settings = ctx.settings(S, "ingest", set_layer(overrides))
-    store = open_backend(ctx, backend, index)
+    store = open_backend(ctx, backend, index, fields)
 
     bar = tqdm(
         desc="ingest", unit="rec", total=estimate_records(inputs), disable=quiet, file=sys.stderr, dynamic_ncols=True

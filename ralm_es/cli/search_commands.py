@@ -12,7 +12,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from ralm_es.cli.context import CliContext, backend_option, open_backend, pass_context
+from ralm_es.cli.context import CliContext, backend_option, field_option, open_backend, pass_context
 from ralm_es.cli.options import choices, setting
 from ralm_es.config import Layer, build, mapping_layer, merge_layers, set_layer
 from ralm_es.corpus.readers import FORMATS
@@ -55,14 +55,7 @@ def _with_retrieval_options(func: Callable[..., Any], encoder_flag: str) -> Call
     options = [
         click.option("--index", default="passages", show_default=True, help="Alias/index, or local index name."),
         backend_option,
-        click.option(
-            "--field",
-            "fields",
-            multiple=True,
-            metavar="NAME=FIELD",
-            help="Field map for an index made elsewhere: id, doc_id, text, title, vector, metadata, extra "
-            "(repeatable; e.g. text=body). Config file: fields: section.",
-        ),
+        field_option,
         setting(R, "mode", "--mode", type=choices(R, "mode")),
         click.option(
             encoder_flag,

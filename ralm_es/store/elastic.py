@@ -295,6 +295,15 @@ class ElasticsearchBackend:
         target = self.write_index()
         where = f"index '{self.index}'"
         mapping = self.mapping(target)
+        # Passages are written under the field map's names: with ralm-es's own into an index made elsewhere, they
+        # would land beside its documents, unread by its field map (and mapped by guess).
+        props = mapping.get("properties", {})
+        if self.fields.text not in props:
+            raise StoreError(
+                f"{where} has no field '{self.fields.text}' for the passage text (its fields: "
+                f"{', '.join(sorted(props)) or 'none'}): an index made elsewhere needs its field map (--field "
+                "text=FIELD, ...), or ingest into a new index name"
+            )
         check_dims(where, self._dims(mapping), spec.dims, "--reindex into a new index")
         meta = mapping.get("_meta") or {}
         check_shape(where, spec, EncoderRecord.from_json(meta.get("model")), recorded_chunking(meta))
