@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
@@ -234,14 +233,14 @@ class Encoder:
         return self.network.hidden(batch), batch["attention_mask"].to(self.device)
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed ``texts``; batches are formed from length-sorted inputs so padding stays small."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         order = np.argsort([-len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="encode", unit="batch", disable=not progress):
+        for start in starts:
             idx = order[start : start + batch_size]
             hidden, mask = self._hidden([texts[i] for i in idx])
             # Pooled in fp32: a bf16 or fp16 sum over hundreds of token states would lose digits.

@@ -14,7 +14,7 @@ import pytest
 
 from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import sample_path
-from ralm_es.retrieve.evaluate import split_queries, sweep_settings
+from ralm_es.retrieve.evaluate import sweep_settings
 from ralm_es.retrieve.settings import RANK_FUSIONS, FusionName, RetrievalSettings
 from ralm_es.store.local import LocalBackend
 
@@ -30,14 +30,6 @@ def test_every_fusion_the_settings_accept_has_its_strategy_and_is_swept() -> Non
     assert {s.fusion for s in sweep_settings(RetrievalSettings())} == set(RANK_FUSIONS)
     with pytest.raises(ConfigError, match=r"retrieval\.fusion must be one of rrf, linear, got 'borda'"):
         RetrievalSettings(fusion="borda")  # type: ignore[arg-type]
-
-
-def test_split_is_seeded_disjoint_and_complete() -> None:
-    queries = {f"q{i}": f"text {i}" for i in range(50)}
-    tune, dev = split_queries(queries, 0.2, seed=13)
-    assert len(dev) == 10 and len(tune) == 40 and not set(tune) & set(dev) and {**tune, **dev} == queries
-    assert split_queries(queries, 0.2, seed=13) == (tune, dev)
-    assert split_queries(queries, 0.2, seed=14)[1] != dev
 
 
 @pytest.fixture(scope="module")

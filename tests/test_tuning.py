@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ralm_es.config import ConfigError
 from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
-from ralm_es.retrieve.metrics import evaluate_run
+from ralm_es.retrieve.metrics import evaluate_run, split_queries
 from ralm_es.retrieve.tuning import (
     Tuner,
     TuneReport,
@@ -33,7 +33,6 @@ from ralm_es.retrieve.tuning import (
     load_data,
     memory_bm25,
     mine_bm25,
-    split_queries,
     training_pairs,
 )
 from ralm_es.store.elastic import ElasticsearchBackend

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-from ralm_es.retrieve.metrics import QrelsError, evaluate_run, passages_to_docs, relevant_judgements
+from ralm_es.retrieve.metrics import QrelsError, evaluate_run, passages_to_docs, relevant_judgements, split_queries
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.retrieve.settings import RANK_FUSIONS, Mode, RetrievalSettings
 
@@ -95,19 +94,6 @@ def sweep(
     return sorted(rows, key=lambda r: -r["ndcg@10"])
 
 
-def split_queries(queries: Mapping[str, str], dev_fraction: float, seed: int) -> tuple[dict[str, str], dict[str, str]]:
-    """A seeded ``(tune, dev)`` split of ``queries``: the same seed and queries give the same split."""
-    if not 0 < dev_fraction < 1:
-        raise ValueError(f"the dev fraction must be between 0 and 1, got {dev_fraction}")
-    ids = sorted(queries)
-    random.Random(seed).shuffle(ids)
-    n_dev = min(len(ids) - 1, max(1, round(len(ids) * dev_fraction)))
-    if n_dev < 1:
-        raise QrelsError(f"{len(ids)} judged queries cannot be split into a tuning and a dev part")
-    dev = set(ids[:n_dev])
-    return {q: t for q, t in queries.items() if q not in dev}, {q: t for q, t in queries.items() if q in dev}
-
-
 @dataclass(frozen=True)
 class TunedFusion:
     """The fusion setting with the best nDCG@10 on the tuning queries, and both it and the starting settings
@@ -144,7 +130,9 @@ def tune_fusion(
     seed: int = 13,
 ) -> TunedFusion:
     """Sweep the fusion grid on a seeded tuning part of the judged queries; measure the pick on the rest."""
-    tune, dev = split_queries(match_queries(queries, qrels).scored, dev_fraction, seed)
+    scored = match_queries(queries, qrels).scored
+    tune_ids, dev_ids = split_queries(scored, dev_fraction, seed)
+    tune, dev = {q: scored[q] for q in tune_ids}, {q: scored[q] for q in dev_ids}
     rows = sweep(retriever, tune, qrels)
     by_header = {str(s.fusion_header()): s for s in sweep_settings(retriever.settings)}
     chosen = by_header[str(rows[0]["settings"])]

@@ -9,6 +9,7 @@ ignored. Retrieval returns passages while judgements are per document, so a run 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,3 +100,16 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
     # make_comparable gives judged queries missing from the run an empty result, which scores 0.
     scores = evaluate(Qrels(relevant), Run(judged), list(METRICS), make_comparable=True)
     return {**{name: float(scores[name]) for name in METRICS}, "queries": len(relevant)}
+
+
+def split_queries(ids: Iterable[str], dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded ``(train, dev)`` split of query ids, each side sorted: the same seed and ids (in any order) give the
+    same split, and both sides keep at least one query. The fusion sweep and the retriever tuner share it."""
+    if not 0 < dev_fraction < 1:
+        raise ValueError(f"the dev fraction must be between 0 and 1, got {dev_fraction}")
+    order = sorted(ids)
+    if len(order) < 2:
+        raise QrelsError(f"{len(order)} judged queries cannot be split into a tuning and a dev part")
+    random.Random(seed).shuffle(order)
+    n_dev = min(len(order) - 1, max(1, round(len(order) * dev_fraction)))
+    return sorted(order[n_dev:]), sorted(order[:n_dev])

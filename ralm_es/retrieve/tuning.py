@@ -35,7 +35,7 @@ from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Passage, ReadError
 from ralm_es.embed import Encoder, pick_device
 from ralm_es.inference.checkpoint import read_safetensors
-from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements
+from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements, split_queries
 from ralm_es.retrieve.settings import TuneSettings, TuningError
 from ralm_es.store.base import Backend, EncoderRecord, IndexSpec, SearchRequest
 
@@ -93,14 +93,6 @@ def load_data(queries: str | Path, qrels: str | Path, corpus: str | Path) -> Tun
         docs=docs,
         sources={"queries": str(queries), "qrels": str(qrels), "corpus": str(corpus)},
     )
-
-
-def split_queries(ids: Sequence[str], dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """A seeded (train, dev) split of query ids; both sides keep at least one query."""
-    order = sorted(ids)
-    random.Random(seed).shuffle(order)
-    n_dev = min(len(order) - 1, max(1, round(len(order) * dev_fraction)))
-    return sorted(order[n_dev:]), sorted(order[:n_dev])
 
 
 def mine_bm25(backend: Backend, queries: Mapping[str, str], depth: int, progress: bool = False) -> dict[str, list[str]]:

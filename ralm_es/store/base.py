@@ -348,11 +348,8 @@ class IndexInfo:
     dims: int | None
     # The encoder the index recorded when it was filled; None where none did.
     model: EncoderRecord | None
-    # Elasticsearch: the indices behind the alias, and the text analyzer the index recorded.
-    indices: tuple[str, ...] = ()
+    # Elasticsearch: the text analyzer the index recorded.
     analyzer: str | None = None
-    # Local: the vector similarity.
-    similarity: str | None = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ HUNSPELL_ANALYSIS = {
     },
 }
 MSEARCH_CHUNK = 64
+# _msearch requests at once: one while the node answers the other.
+MSEARCH_IN_FLIGHT = 2
 # Ids per terms search of ``fetch``: far below index.max_terms_count and max_result_window.
 FETCH_CHUNK = 1000
 SHARD_RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
@@ -228,13 +230,11 @@ class ElasticsearchBackend:
         client: Elasticsearch,
         index: str,
         fields: FieldMap | None = None,
-        in_flight: int = 2,
     ) -> None:
         check_index_name(index)
         self.client = client
         self.index = index
         self.fields = fields or FieldMap()
-        self.in_flight = in_flight
         # The names filters can use, read from the mappings when a filter first names one not seen yet.
         self._filterable: set[str] = set()
         self._fields_checked = False
@@ -343,7 +343,7 @@ class ElasticsearchBackend:
 
     def bound(self, index: str) -> ElasticsearchBackend:
         """The same store settings, reaching ``index`` instead of the alias."""
-        return ElasticsearchBackend(self.client, index, self.fields, in_flight=self.in_flight)
+        return ElasticsearchBackend(self.client, index, self.fields)
 
     def staging(self, spec: IndexSpec, resume: str | None = None) -> ElasticsearchBackend:
         if resume is not None and self.client.indices.exists(index=resume):
@@ -593,7 +593,7 @@ class ElasticsearchBackend:
         return self.search_many([request])[0]
 
     def search_many(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
-        """``_msearch`` in chunks of 64 searches, ``in_flight`` chunks at a time."""
+        """``_msearch`` in chunks of 64 searches, two chunks at a time."""
         if not requests:
             return []
         if request_needs_vectors(requests) and self.search_dims is None:
@@ -609,7 +609,7 @@ class ElasticsearchBackend:
         chunks = [requests[i : i + MSEARCH_CHUNK] for i in range(0, len(requests), MSEARCH_CHUNK)]
         if len(chunks) == 1:
             return self._msearch(chunks[0])
-        with ThreadPoolExecutor(max_workers=self.in_flight) as pool:
+        with ThreadPoolExecutor(max_workers=MSEARCH_IN_FLIGHT) as pool:
             return [hits for chunk in pool.map(self._msearch, chunks) for hits in chunk]
 
     def _msearch(self, requests: Sequence[SearchRequest]) -> list[list[Hit]]:
@@ -682,7 +682,6 @@ class ElasticsearchBackend:
             count=self.count(),
             dims=self._dims(mapping),
             model=EncoderRecord.from_json(meta.get("model")),
-            indices=tuple(indices),
             analyzer=meta.get("analyzer"),
         )
 

@@ -539,7 +539,6 @@ class LocalBackend:
             count=self.count(),
             dims=spec.dims,
             model=spec.model,
-            similarity=spec.settings.similarity,
         )
 
     def health(self) -> StoreHealth:
