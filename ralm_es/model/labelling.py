@@ -21,7 +21,8 @@ IGNORE = -100
 class Prediction:
     # NER: one tag per word; classification: one label.
     labels: list[str] | str
-    # NER: per word, the weight of each passage; classification: one row. None for none and concat.
+    # NER: per word, the weight of each passage; classification: one row. None where the mode weighs no passage
+    # (none, concat, scores).
     weights: list[list[float]] | None
     probability: float | None = None
 

@@ -24,7 +24,8 @@ class ModelSettings:
     mean-pooled shared states, or the frozen encoder's sentence embedding). Frozen token states are kept on disk
     in a token store (``ralm_es.model.token_store``), the folder ``token_store`` (None: one per encoder revision and
     passage length under the cache home); it applies to frozen tokens only. ``runtime``: what runs the frozen
-    passage encoder (``torch``, or ONNX Runtime on the CPU: ``onnx``, ``onnx-int8``); frozen passages only.
+    passage encoder (``torch``, ``torch-bf16``, or ONNX Runtime on the CPU: ``onnx``, ``onnx-int8``); frozen passages
+    only.
     ``passage_max_length``: tokens of a passage, with its [CLS] and [SEP]; ``pair`` appends the passage (and its
     [SEP]) to the input of up to ``max_length`` tokens. ``score_signals`` (``attention``, ``pair``): after the mode's
     fusion step, add each hit's retrieval scores as the ``scores`` mode reads them. ``passage_case_features``

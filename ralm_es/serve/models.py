@@ -129,7 +129,9 @@ class PredictionOut(BaseModel):
     probability: float | None = None
     passages: list[PassageOut] | None = None
     weights: list[list[float]] | None = Field(
-        default=None, description="With explain and attention fusion: per word (NER) or one row, a weight per passage."
+        default=None,
+        description="With explain and a fusion that weighs passages (attention, pair): per word (NER) or one row, "
+        "a weight per passage.",
     )
 
 

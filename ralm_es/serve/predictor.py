@@ -19,7 +19,7 @@ from ralm_es.retrieve.retriever import Retriever
 from ralm_es.tasks import DataError, Example
 
 PASSAGE_KEYS = ("id", "doc_id", "rank", "score", "title", "text")
-# Examples per model forward pass within one /predict batch (at most serve.max_batch inputs).
+# Examples per model forward pass within one /predict batch (the requests serve.batch_size gathers).
 PREDICT_BATCH = 32
 
 
