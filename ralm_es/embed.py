@@ -210,11 +210,8 @@ class Encoder:
     def revision(self) -> str:
         """A content hash of the weights, so an index records exactly which encoder filled it."""
         weights = next(self.path / n for n in WEIGHT_FILES if (self.path / n).is_file())
-        digest = hashlib.sha256()
         with weights.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        return digest.hexdigest()[:16]
+            return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
 
     def info(self) -> EncoderRecord:
         """What an index or a cache records about the encoder that made its vectors."""

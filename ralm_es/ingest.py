@@ -160,11 +160,9 @@ class InputFile:
     @classmethod
     def of(cls, path: Path) -> InputFile:
         stat = path.stat()
-        digest = hashlib.sha256()
         with path.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest)
 
 
 @dataclass

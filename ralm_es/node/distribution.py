@@ -67,10 +67,8 @@ def fetch(version: str = ES_VERSION, quiet: bool = False) -> Path:
     expected = tmp_sha.read_text().split()[0].strip().lower()
     tmp_zip = zip_path.with_suffix(".part")
     _download(url, tmp_zip, quiet)
-    digest = hashlib.sha512()
     with tmp_zip.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+        digest = hashlib.file_digest(fh, "sha512")
     if digest.hexdigest() != expected:
         tmp_zip.unlink()
         raise DistributionError(
