@@ -173,6 +173,8 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("serve-graceful", ["serve", *LOCAL, "--graceful-timeout", "-1"], {}, "Invalid value for '--graceful-timeout'"),
     ("serve-max-k", ["serve", *LOCAL, "--max-k", "0"], {}, "Invalid value for '--max-k'"),
     ("serve-device", ["serve", *LOCAL, "--device", "cpu"], {}, "--device is where the --model run predicts"),
+    # The default mode (hybrid) over an index without vectors: it started healthy and answered every search 400.
+    ("serve-no-vectors", ["serve", "--backend", "local", "--index", "smp"], {}, "has no vectors: use --mode bm25"),
     ("evaluate-seed", ["evaluate", *LOCAL, "--queries", SAMPLE, "--qrels", SAMPLE, "--seed", "3"], {}, "set the split"),
     # es
     ("es-start-port", ["es", "start", "--port", "99999"], {}, "Invalid value for '--port'"),

@@ -107,6 +107,7 @@ def serve(ctx: CliContext, run_dir: str | None, device: str, **options: Any) -> 
     # Before any encoder or model loads: all of them, ONNX sessions too, run on this count.
     torch.set_num_threads(settings.worker_threads)
     retriever = build_retriever(ctx, options)
+    retriever.check_mode()
     predictor = Predictor.open(run_dir, retriever, device) if run_dir else None
     app = create_app(settings, retriever, predictor)
 

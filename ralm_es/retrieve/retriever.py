@@ -168,6 +168,12 @@ class Retriever:
             return " ".join(words[:MAX_BM25_WORDS])
         return query
 
+    def check_mode(self) -> None:
+        """Refuse now what the default mode's first search would: for dense and hybrid, an index without vectors,
+        or with vectors of another size or encoder (a server would start healthy and answer every search 400)."""
+        if RETRIEVAL_MODES[self.settings.mode].encodes:
+            self._check_dims()
+
     def _check_dims(self) -> None:
         if self._dims_checked:
             return
