@@ -229,3 +229,12 @@ def test_ingest_into_an_index_made_elsewhere_writes_its_field_map_or_is_refused(
     assert es_client.count(index=index_name)["count"] == before + 1
     hits = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder).search("glucagon", mode="bm25")
     assert hits[0].doc_id == "new-1" and hits[0].title == "Glucagon"
+
+
+def test_a_vector_field_the_field_map_misnames_is_named_with_the_ones_the_index_has(
+    es_client: Elasticsearch, foreign: str, tiny_encoder: Encoder
+) -> None:
+    """It said the index had no vectors, and to ingest with embeddings, over an index holding them as 'embedding'."""
+    retriever = Retriever(ElasticsearchBackend(es_client, foreign, replace(FIELDS, vector="emb")), tiny_encoder)
+    with pytest.raises(RetrievalError, match=r"no dense_vector field 'emb', but embedding \(32 dims\): name it with"):
+        retriever.search("insulin", mode="dense")

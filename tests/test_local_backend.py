@@ -99,7 +99,6 @@ def test_a_new_instance_reopens_the_index(store: LocalBackend) -> None:
         count=4,
         dims=3,
         model=EncoderRecord(name="hand-made"),
-        similarity="cosine",
     )
     hit = reopened.search(SearchRequest(mode="bm25", text="glacier ice", k=1))[0]
     assert (hit.id, hit.doc_id, hit.title) == ("glacier", "doc-glacier", "Glaciers")

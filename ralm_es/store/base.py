@@ -350,6 +350,8 @@ class IndexInfo:
     model: EncoderRecord | None
     # Elasticsearch: the text analyzer the index recorded.
     analyzer: str | None = None
+    # Why an index that holds vectors under another name has none here (a field map naming the wrong field).
+    vector_note: str = ""
 
 
 @dataclass(frozen=True)

@@ -676,13 +676,26 @@ class ElasticsearchBackend:
             raise self.unknown_index()
         mapping = self.mapping(indices[-1])
         meta = mapping.get("_meta") or {}
+        dims = self._dims(mapping)
+        others = [
+            f"{name} ({spec.get('dims')} dims)"
+            for name, spec in mapping.get("properties", {}).items()
+            if spec.get("type") == "dense_vector" and name != self.fields.vector
+        ]
+        note = ""
+        if dims is None and others:
+            note = (
+                f"no dense_vector field '{self.fields.vector}', but {', '.join(others)}: name it with --field "
+                "vector=FIELD"
+            )
         return IndexInfo(
             backend=self.name,
             index=self.index,
             count=self.count(),
-            dims=self._dims(mapping),
+            dims=dims,
             model=EncoderRecord.from_json(meta.get("model")),
             analyzer=meta.get("analyzer"),
+            vector_note=note,
         )
 
     def health(self) -> StoreHealth:
