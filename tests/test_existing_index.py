@@ -238,3 +238,12 @@ def test_a_vector_field_the_field_map_misnames_is_named_with_the_ones_the_index_
     retriever = Retriever(ElasticsearchBackend(es_client, foreign, replace(FIELDS, vector="emb")), tiny_encoder)
     with pytest.raises(RetrievalError, match=r"no dense_vector field 'emb', but embedding \(32 dims\): name it with"):
         retriever.search("insulin", mode="dense")
+
+
+def test_a_filter_on_a_field_outside_the_metadata_names_the_field_map_entry(
+    es_client: Elasticsearch, foreign: str, tiny_encoder: Encoder
+) -> None:
+    """Every document has 'year', yet the filter was told no passage had it."""
+    retriever = Retriever(ElasticsearchBackend(es_client, foreign, replace(FIELDS, extra=["topic"])), tiny_encoder)
+    with pytest.raises(StoreError, match=r"year outside 'metadata': add to the field map with --field extra=year"):
+        retriever.search("insulin", mode="bm25", filters=[Filter("year", "term", 2000)])

@@ -589,6 +589,16 @@ class ElasticsearchBackend:
                     f"{', '.join(shown[:20]) or 'none yet'}); name the right one with --field {role}=FIELD"
                 )
 
+    def _extra_hint(self, names: set[str]) -> str:
+        """Filtered fields the index has outside the metadata object: the field map's ``extra`` reaches them."""
+        mappings = self.client.indices.get_mapping(index=self.index).body.values()
+        top = {name for entry in mappings for name in _field_names(entry["mappings"].get("properties", {}))}
+        outside = sorted(names & top)
+        if not outside:
+            return ""
+        flags = " ".join(f"--field extra={name}" for name in outside)
+        return f"; {', '.join(outside)} outside '{self.fields.metadata}': add to the field map with {flags}"
+
     def search(self, request: SearchRequest) -> list[Hit]:
         return self.search_many([request])[0]
 
@@ -605,7 +615,10 @@ class ElasticsearchBackend:
         if wanted - self._filterable:
             # Read again, not once: dynamic mapping adds metadata fields as passages arrive.
             self._filterable = self.mapped_filter_fields()
-            check_filter_fields(f"index '{self.index}'", wanted, self._filterable)
+            try:
+                check_filter_fields(f"index '{self.index}'", wanted, self._filterable)
+            except StoreError as exc:
+                raise StoreError(f"{exc}{self._extra_hint(wanted - self._filterable)}") from None
         chunks = [requests[i : i + MSEARCH_CHUNK] for i in range(0, len(requests), MSEARCH_CHUNK)]
         if len(chunks) == 1:
             return self._msearch(chunks[0])
