@@ -63,6 +63,20 @@ def test_load_qrels_names_each_malformed_line(tmp_path: Path) -> None:
     assert f"{path}:4: relevance 'high' is not an integer" in str(err.value)
 
 
+def test_load_qrels_reads_past_a_bom_and_names_bad_bytes_and_conflicting_judgements(tmp_path: Path) -> None:
+    """A BOM joined the first query id (q1 lost its judgement, unsaid); invalid UTF-8 named no line; a second,
+    different judgement of the same pair silently replaced the first."""
+    path = tmp_path / "qrels.tsv"
+    path.write_bytes(b"\xef\xbb\xbfq1\ta\t1\nq2\tz\t1\n")
+    assert load_qrels(path) == {"q1": {"a": 1}, "q2": {"z": 1}}
+    path.write_bytes(b"q1\ta\t1\nq2\t\xff\t1\nq1\ta\t0\nq1\ta\t1\n")
+    with pytest.raises(QrelsError) as refused:
+        load_qrels(path)
+    assert str(refused.value) == (
+        f"{path}:2: invalid UTF-8 (byte 3 of the line); {path}:3: q1 a judged 0 here and 1 at line 1"
+    )
+
+
 def test_load_qrels_refuses_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "qrels.tsv"
     path.write_text("query-id\tcorpus-id\tscore\n", encoding="utf-8")

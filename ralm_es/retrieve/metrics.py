@@ -14,10 +14,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from ralm_es.corpus.lines import iter_lines
 from ralm_es.errors import RalmError
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10", "map")
 MAX_REPORTED = 10
+# A qrels line is three short fields; a longer one is not a judgement (and is not held in memory whole).
+MAX_QRELS_LINE = 64 * 1024
 
 
 class QrelsError(RalmError):
@@ -27,27 +30,38 @@ class QrelsError(RalmError):
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: relevance}}`` from a BEIR qrels TSV (``query-id corpus-id score``, header optional)."""
     path = Path(path)
+    if not path.is_file():
+        raise QrelsError(f"{path}: no such file")
     qrels: dict[str, dict[str, int]] = {}
+    first_at: dict[tuple[str, str], int] = {}
     problems: list[str] = []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 3:
-                    problems.append(f"{path}:{lineno}: expected 3 fields (query-id corpus-id score), got {len(fields)}")
-                    continue
-                qid, doc_id, score = fields
-                try:
-                    relevance = int(score)
-                except ValueError:
-                    if lineno != 1:  # the first line may be the header
-                        problems.append(f"{path}:{lineno}: relevance '{score}' is not an integer")
-                    continue
-                qrels.setdefault(qid, {})[doc_id] = relevance
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QrelsError(f"{path}: cannot read qrels ({exc})") from None
+    # Lines as the corpus readers read them: a BOM dropped (it would join the first query id), invalid UTF-8 named.
+    for line in iter_lines(path, MAX_QRELS_LINE):
+        where = f"{path}:{line.number}"
+        if line.problem is not None:
+            problems.append(f"{where}: {line.problem}")
+            continue
+        fields = line.text.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            problems.append(f"{where}: expected 3 fields (query-id corpus-id score), got {len(fields)}")
+            continue
+        qid, doc_id, score = fields
+        try:
+            relevance = int(score)
+        except ValueError:
+            if line.number != 1:  # the first line may be the header
+                problems.append(f"{where}: relevance '{score}' is not an integer")
+            continue
+        judged = qrels.setdefault(qid, {})
+        if doc_id in judged and judged[doc_id] != relevance:
+            # The later one silently won: which is meant cannot be told.
+            first = first_at[(qid, doc_id)]
+            problems.append(f"{where}: {qid} {doc_id} judged {relevance} here and {judged[doc_id]} at line {first}")
+            continue
+        first_at.setdefault((qid, doc_id), line.number)
+        judged[doc_id] = relevance
     if problems:
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
         raise QrelsError("; ".join(problems[:MAX_REPORTED]) + more)
