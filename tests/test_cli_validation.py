@@ -82,6 +82,8 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("search-unknown-option", ["search", "q", "--bogus"], {}, "No such option '--bogus'"),
     # retrieve
     ("retrieve-no-input", ["retrieve", "{tmp}/none.jsonl", "--out", "{tmp}/o.jsonl"], {}, "does not exist"),
+    # A BEIR folder read as a corpus: its documents were retrieved for, not its queries.
+    ("retrieve-folder", ["retrieve", "{tmp}", "--out", "{tmp}/o.jsonl", *LOCAL], {}, "is a directory"),
     ("retrieve-k", ["retrieve", SAMPLE, "--out", "{tmp}/o.jsonl", *LOCAL, "-k", "0"], {}, "Invalid value for '-k'"),
     ("retrieve-batch", ["retrieve", SAMPLE, "--out", "{tmp}/o.jsonl", *LOCAL, "--batch", "0"], {}, "'--batch'"),
     ("retrieve-out-folder", ["retrieve", SAMPLE, "--out", "{tmp}", *LOCAL], {}, "is a directory"),

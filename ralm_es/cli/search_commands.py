@@ -188,7 +188,7 @@ def guess_text_field(path: str) -> str:
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @query_options
 @setting(R, "k", "-k", "--k", type=click.IntRange(1), help="Passages per input.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cache file (JSONL) to write or resume.")
