@@ -54,6 +54,19 @@ def test_malformed_conll_line_names_file_and_line(tmp_path: Path) -> None:
     assert len(read_ner(path, labelled=False)) == 3  # unlabelled reading ignores the tags
 
 
+def test_tokens_alone_are_read_for_prediction_and_refused_for_training(tmp_path: Path) -> None:
+    """predict was refused a file of tokens (one a line) for its missing tag column, the column it asks for."""
+    path = tmp_path / "tokens.txt"
+    path.write_text("EU\nrejects\n\nPeter\nBlackburn\n", encoding="utf-8")
+    examples = read_ner(path, labelled=False)
+    assert [(ex.id, ex.words, ex.tags) for ex in examples] == [
+        ("tokens-d0-s0", ("EU", "rejects"), None),
+        ("tokens-d0-s1", ("Peter", "Blackburn"), None),
+    ]
+    with pytest.raises(DataError, match=rf"{path}:1: malformed CoNLL line: expected an IOB2 tag .* the token alone"):
+        read_ner(path)
+
+
 def test_label_unseen_in_training_is_an_error_naming_the_line(tmp_path: Path) -> None:
     train, dev = tmp_path / "train.txt", tmp_path / "dev.txt"
     train.write_text(CONLL, encoding="utf-8")

@@ -91,7 +91,8 @@ def read_conll(path: Path, columns: int | None = None) -> Iterator[ConllSentence
         if line.problem is not None:
             error = error or ReadError(f"{path}:{line.number}", line.problem)
             continue
-        columns = columns or max(len(parts), 2)
+        # A file of tokens alone (one column) is what predict reads: the tags are what it is asked for.
+        columns = columns or len(parts)
         if len(parts) != columns:
             error = error or ReadError(
                 f"{path}:{line.number}", f"expected {columns} columns, found {len(parts)}: {line.text[:80]!r}"

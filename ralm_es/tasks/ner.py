@@ -41,6 +41,11 @@ def read_ner(path: str | Path, labelled: bool = True) -> list[Example]:
 def _example(sentence: ConllSentence, labelled: bool) -> Example:
     tags = None
     if labelled:
+        if not sentence.columns[0]:
+            raise DataError(
+                f"{sentence.source}: malformed CoNLL line: expected an IOB2 tag (O, B-TYPE, I-TYPE) after the "
+                "token, found the token alone"
+            )
         tags = sentence.labels
         for i, tag in enumerate(tags):
             if not IOB2_TAG.match(tag):
