@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -317,6 +318,24 @@ def test_unreachable_cluster_is_503(tiny_encoder: Encoder) -> None:
     assert not health.json()["cluster"]["reachable"]
     resp = api.post("/search", json={"text": "insulin", "mode": "bm25"})
     assert resp.status_code == 503 and "Elasticsearch is unavailable" in resp.json()["detail"]
+
+
+def test_an_elasticsearch_refusal_is_the_line_the_command_line_prints(
+    retriever: Retriever, es_client: Elasticsearch
+) -> None:
+    """The service wrote Elasticsearch's refusals its own way, the command line another (a closed index: its
+    passage count, which a hybrid search reads first, is refused)."""
+    name = f"closed-{uuid.uuid4().hex[:8]}"
+    es_client.indices.create(index=name, mappings={"properties": {"text": {"type": "text"}}})
+    es_client.indices.close(index=name)
+    try:
+        closed = Retriever(ElasticsearchBackend(es_client, name), retriever.encoder, RetrievalSettings(mode="hybrid"))
+        api = client_for(closed)
+        resp = api.post("/search", json={"text": "insulin"})
+        assert resp.status_code == 400
+        assert resp.json()["detail"].startswith("Elasticsearch refused the request: 400 index_closed_exception: ")
+    finally:
+        es_client.indices.delete(index=name)
 
 
 def test_library_errors_are_4xx_with_the_message(retriever: Retriever, es_client: Elasticsearch) -> None:

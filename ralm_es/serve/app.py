@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from ralm_es.config import ConfigError
 from ralm_es.errors import RalmError
+from ralm_es.es.client import describe_api_error
 from ralm_es.retrieve.retriever import RetrievalError, Retriever, check_query
 from ralm_es.serve import models as m
 from ralm_es.serve.auth import bearer_auth
@@ -53,13 +54,6 @@ class SafeJSONResponse(JSONResponse):
 
 def _filters(items: list[m.FilterIn]) -> list[Filter]:
     return [Filter(f.field, f.kind, f.value) for f in items]
-
-
-def _elastic_detail(exc: ApiError) -> str:
-    info = exc.info if isinstance(exc.info, dict) else {}
-    error = info.get("error")
-    reason = error.get("reason") if isinstance(error, dict) else None
-    return f"Elasticsearch refused the request ({exc.meta.status}): {reason or exc.message}"
 
 
 def _protected_docs(app: FastAPI, protected: list[Any]) -> None:
@@ -143,7 +137,9 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
     @app.exception_handler(ApiError)
     def elastic_error(request: Request, exc: ApiError) -> JSONResponse:
         status = 503 if exc.meta.status >= 500 or exc.meta.status == 429 else 400
-        return SafeJSONResponse({"detail": _elastic_detail(exc)}, status_code=status)
+        # The line the command line prints for the same refusal.
+        detail = f"Elasticsearch refused the request: {describe_api_error(exc)}"
+        return SafeJSONResponse({"detail": detail}, status_code=status)
 
     @app.exception_handler(TransportError)
     def unreachable(request: Request, exc: TransportError) -> JSONResponse:
