@@ -333,7 +333,8 @@ def test_an_elasticsearch_refusal_is_the_line_the_command_line_prints(
         api = client_for(closed)
         resp = api.post("/search", json={"text": "insulin"})
         assert resp.status_code == 400
-        assert resp.json()["detail"].startswith("Elasticsearch refused the request: 400 index_closed_exception: ")
+        detail = resp.json()["detail"]
+        assert detail == f"Elasticsearch refused the request: 400 index_closed_exception: closed (index '{name}')"
     finally:
         es_client.indices.delete(index=name)
 

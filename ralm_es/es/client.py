@@ -68,6 +68,9 @@ def describe_api_error(exc: ApiError) -> str:
         return f"{exc.meta.status} {exc.message}"
     reason = str(error.get("reason"))
     text = f"{exc.meta.status} {error.get('type')}: {reason}"
+    # "closed", "no such index": the index they are about is a field of their own (one behind an alias, say).
+    if isinstance(error.get("index"), str) and error["index"] not in reason:
+        text += f" (index '{error['index']}')"
     if exc.meta.status == 403 and any(action in reason for action in METADATA_ACTIONS):
         text += (
             "; ralm-es reads each index's mapping and aliases, so the role needs view_index_metadata as well as "
