@@ -126,8 +126,8 @@ def tune_fusion(
     retriever: Retriever,
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
-    dev_fraction: float = 0.2,
-    seed: int = 13,
+    dev_fraction: float,
+    seed: int,
 ) -> TunedFusion:
     """Sweep the fusion grid on a seeded tuning part of the judged queries; measure the pick on the rest."""
     scored = match_queries(queries, qrels).scored
