@@ -44,7 +44,7 @@ def test_api_doc_examples_run(
     assert namespace["result"].finished and namespace["result"].steps == 10
     assert len(namespace["predictions"]) == len(namespace["sentences"])
     record = namespace["record"]
-    assert len(record["tags"]) == 7 and len(record["passages"]) == 4 and len(record["weights"]) == 7
+    assert len(record.tags) == 7 and len(record.passages) == 4 and len(record.weights) == 7
     assert namespace["response"].status_code == 200
     # The clean-up block removed the index.
     assert not leftover

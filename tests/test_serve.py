@@ -234,7 +234,7 @@ def test_concurrent_predictions_match_single_ones(retriever: Retriever, ner_pred
             PredictInput(words=(item.get("words") or item["text"].split()), id=item.get("id"))
             for item in body["inputs"]
         ]
-        alone = ner_predictor.predict(inputs, explain=body.get("explain", False))
+        alone = [r.to_json() for r in ner_predictor.predict(inputs, explain=body.get("explain", False))]
         got = resp.json()["predictions"]
         assert [(p["id"], p["tags"], p.get("passages")) for p in got] == [
             (r["id"], r["tags"], r.get("passages")) for r in alone

@@ -183,7 +183,7 @@ def test_serving_extends_the_store_with_live_passages(
     retriever = Retriever(ElasticsearchBackend(es_client, sample_index), tiny_encoder, RetrievalSettings(mode="bm25"))
     inputs = [PredictInput(words=["Paris", "is", "in", "France"]), PredictInput(words=["Acme", "hired", "John"])]
     first = Predictor.open(run, retriever, device="cpu").predict(inputs, explain=True)
-    live = {p["id"] for record in first for p in record["passages"]}
+    live = {p["id"] for record in first for p in record.passages or []}
     assert live and live.isdisjoint(trained) and stored_ids(store) == trained | live
     # A fresh predictor reads the same states back: the same tags and passage weights.
     assert Predictor.open(run, retriever, device="cpu").predict(inputs, explain=True) == first

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 # Torch and the model code load inside the commands, so `ralm-es --help` and `ralm-es es ...` stay quick.
 if TYPE_CHECKING:
+    from ralm_es.inference.records import PredictionRecord
     from ralm_es.inference.runs import LoadedRun
-    from ralm_es.model.inputs import FeatureSet
-    from ralm_es.model.labelling import Prediction
 
 SCALARS = ("f1", "precision", "recall", "accuracy", "macro_f1")
 
@@ -45,34 +44,16 @@ def train(config_path: str, overrides: tuple[str, ...], stop_after: int | None, 
         click.echo(f"steps {result.steps}/{result.total_steps}, best dev metric {result.best_metric}")
 
 
-def _passages(fs: FeatureSet, i: int) -> list[dict[str, Any]]:
-    keys = ("id", "doc_id", "rank", "score", "title", "text")
-    return [{key: getattr(hit, key) for key in keys} for hit in fs.hits[i]]
-
-
-def _record(fs: FeatureSet, i: int, pred: Prediction, explain: bool) -> dict[str, Any]:
-    ex = fs.examples[i]
-    record: dict[str, Any] = {"id": ex.id}
-    if isinstance(pred.labels, list):
-        record.update(words=list(ex.words), tags=pred.labels)
-    else:
-        record.update(text=ex.text, label=pred.labels, probability=pred.probability)
-    if explain:
-        record.update(passages=_passages(fs, i), weights=pred.weights)
-    return record
-
-
-def _explain_lines(record: dict[str, Any], top: int, fusion: str) -> list[str]:
-    passages = record["passages"]
+def _explain_lines(record: PredictionRecord, top: int, fusion: str) -> list[str]:
     # The model's fusion strategy gave no weights (``Prediction.weights``): only the modes that weigh passages do.
-    if record["weights"] is None:
+    if record.weights is None:
         return [f"  (fusion '{fusion}' does not weigh passages)"]
-    lines = [f"  [{j + 1}] {p['id']}: {(p['text'] or '')[:90]}" for j, p in enumerate(passages)]
-    if "tags" in record:
-        triples = zip(record["words"], record["tags"], record["weights"], strict=True)
+    lines = [f"  [{j + 1}] {p['id']}: {(p['text'] or '')[:90]}" for j, p in enumerate(record.passages or [])]
+    if record.tags is not None:
+        triples = zip(record.words or [], record.tags, record.weights, strict=True)
         rows = [(f"{w}/{t}", weights) for w, t, weights in triples if t != "O"]
     else:
-        rows = [(record["label"], record["weights"][0])]
+        rows = [(str(record.label), record.weights[0])]
     for name, weights in rows:
         ranked = sorted(enumerate(weights), key=lambda jw: -jw[1])[:top]
         lines.append(f"  {name}: " + "  ".join(f"[{j + 1}] {w:.3f}" for j, w in ranked))
@@ -105,21 +86,22 @@ def predict(
     device: str,
 ) -> None:
     """Label INPUT (CoNLL for NER, JSONL for classification) with a trained run."""
+    from ralm_es.inference.records import prediction_record
     from ralm_es.inference.runs import open_run, predict_file
 
     run = open_run(run_dir, device)
     _refuse_an_unread_cache(run, cache)
     fs, preds = predict_file(run, input_path, cache, batch_size)
-    for i, pred in enumerate(preds):
-        record = _record(fs, i, pred, explain)
+    for ex, hits, pred in zip(fs.examples, fs.hits, preds, strict=True):
+        record = prediction_record(ex, hits, pred, explain)
         if as_json:
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(json.dumps(record.to_json(), ensure_ascii=False))
             continue
-        if "tags" in record:
-            tagged = zip(record["words"], record["tags"], strict=True)
-            click.echo(f"{record['id']}\t" + " ".join(f"{w}/{t}" for w, t in tagged))
+        if record.tags is not None:
+            tagged = zip(record.words or [], record.tags, strict=True)
+            click.echo(f"{record.id}\t" + " ".join(f"{w}/{t}" for w, t in tagged))
         else:
-            click.echo(f"{record['id']}\t{record['label']}\t{record['probability']:.3f}")
+            click.echo(f"{record.id}\t{record.label}\t{record.probability:.3f}")
         if explain:
             click.echo("\n".join(_explain_lines(record, top, run.model.spec.fusion)))
 

@@ -205,11 +205,11 @@ def create_app(settings: ServeSettings, retriever: Retriever, predictor: Predict
             except RetrievalError as exc:
                 raise HTTPException(422, f"inputs[{i}]: {exc}") from None
             pair_words = pair.split() if pair else None
-            # Ids given here: in a batch with other requests the predictor would number inputs batch-wide.
-            item_id = item.id if item.id is not None else str(i)
-            inputs.append(PredictInput(words=text.split(), id=item_id, pair_words=pair_words))
+            # Positions given here: in a batch with other requests the predictor would number inputs batch-wide.
+            inputs.append(PredictInput(words=text.split(), id=item.id, pair_words=pair_words, fallback_id=str(i)))
         records = await batched(PredictKey(body.explain), inputs, len(inputs))
-        return m.PredictOut(task=predictor.task, predictions=[m.PredictionOut(**r) for r in records])
+        predictions = [m.PredictionOut.model_validate(r, from_attributes=True) for r in records]
+        return m.PredictOut(task=predictor.task, predictions=predictions)
 
     @app.get("/health", response_model=m.HealthOut, responses={503: {"model": m.HealthOut}})
     def health(response: Response) -> m.HealthOut:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqeval.metrics.sequence_labeling import get_entities
-
 from ralm_es.inference.passages import check_score_scale, frozen_embedder
 from ralm_es.inference.predictions import predict
+from ralm_es.inference.records import PredictionRecord, prediction_record
 from ralm_es.inference.runs import LoadedRun, open_run
 from ralm_es.model.inputs import build_features
 from ralm_es.model.spec import ScoreScale
@@ -18,16 +17,20 @@ from ralm_es.retrieve.cache import CacheHit
 from ralm_es.retrieve.retriever import Retriever
 from ralm_es.tasks import DataError, Example
 
-PASSAGE_KEYS = ("id", "doc_id", "rank", "score", "title", "text")
 # Examples per model forward pass within one /predict batch (the requests serve.batch_size gathers).
 PREDICT_BATCH = 32
 
 
 @dataclass
 class PredictInput:
+    """``id``: the caller's id for the input, None where it gave none (then the prediction reports
+    ``fallback_id``, the input's position in its request, or in this call); only the caller's id is a document id
+    for ``retrieval.exclude``."""
+
     words: list[str]
     id: str | None = None
     pair_words: list[str] | None = None
+    fallback_id: str | None = None
 
 
 class Predictor:
@@ -64,11 +67,11 @@ class Predictor:
             "labels": spec.labels,
         }
 
-    def predict(self, inputs: list[PredictInput], explain: bool = False) -> list[dict[str, Any]]:
+    def predict(self, inputs: list[PredictInput], explain: bool = False) -> list[PredictionRecord]:
         spec = self.run.model.spec
         examples = [
             Example(
-                id=item.id if item.id is not None else str(i),
+                id=item.id if item.id is not None else item.fallback_id or str(i),
                 words=tuple(item.words),
                 source=f"inputs[{i}]",
                 pair_words=tuple(item.pair_words) if item.pair_words else None,
@@ -78,26 +81,13 @@ class Predictor:
         hits: Sequence[Sequence[CacheHit]] = [[] for _ in examples]
         if self.run.model.strategy.uses_passages:
             assert self.retriever is not None
-            # The inputs' own ids (not the positions standing in for missing ones) for retrieval.exclude.
+            # The callers' own ids (not the positions standing in for missing ones) for retrieval.exclude.
             hits = self.retriever.search_many(
                 [ex.text for ex in examples], k=spec.k, input_ids=[item.id for item in inputs]
             )
         fs = build_features(examples, hits, self.run.tokenizer, spec, None, self.embed)
         preds = predict(self.run.model, fs, PREDICT_BATCH, next(self.run.model.parameters()).device)
-        out = []
-        for ex, ex_hits, pred in zip(examples, fs.hits, preds, strict=True):
-            record: dict[str, Any] = {"id": ex.id}
-            if isinstance(pred.labels, list):
-                words = list(ex.words)
-                entities = [
-                    {"type": kind, "start": start, "end": end + 1, "text": " ".join(words[start : end + 1])}
-                    for kind, start, end in get_entities(pred.labels)
-                ]
-                record.update(words=words, tags=pred.labels, entities=entities)
-            else:
-                record.update(label=pred.labels, probability=pred.probability)
-            if explain:
-                record["passages"] = [{key: getattr(hit, key) for key in PASSAGE_KEYS} for hit in ex_hits]
-                record["weights"] = pred.weights
-            out.append(record)
-        return out
+        return [
+            prediction_record(ex, ex_hits, pred, explain)
+            for ex, ex_hits, pred in zip(examples, fs.hits, preds, strict=True)
+        ]
