@@ -171,6 +171,9 @@ def test_predict_excludes_each_input_by_its_document_id(retriever: Retriever, ne
     mine, other = ([p["doc_id"] for p in pred["passages"]] for pred in resp.json()["predictions"])
     assert own not in mine and mine
     assert own in other
+    # A position standing in for a missing id is reported, and is no document id.
+    (positional,) = Predictor(ner_predictor.run, excluding).predict([PredictInput(words, fallback_id=own)], True)
+    assert positional.id == own and own in [p["doc_id"] for p in positional.passages or []]
     # Retriever.search is a free query, as /search's: no input id to exclude by, so it is answered.
     assert own in {h.doc_id for h in excluding.search(" ".join(words), k=3)}
 
