@@ -20,6 +20,7 @@ from ralm_es.cli.main import cli
 from ralm_es.config import ConfigError
 from ralm_es.corpora.benchmarks import sample_path
 from ralm_es.embed import Encoder
+from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve.cache import read_cache
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
 from ralm_es.store.base import Filter, StoreError
@@ -247,3 +248,49 @@ def test_a_filter_on_a_field_outside_the_metadata_names_the_field_map_entry(
     retriever = Retriever(ElasticsearchBackend(es_client, foreign, replace(FIELDS, extra=["topic"])), tiny_encoder)
     with pytest.raises(StoreError, match=r"year outside 'metadata': add to the field map with --field extra=year"):
         retriever.search("insulin", mode="bm25", filters=[Filter("year", "term", 2000)])
+
+
+def test_ingest_with_a_field_map_does_not_create_an_index(
+    es_url: str, es_client: Elasticsearch, index_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A new index comes from the template, under ralm-es's names: passages written under the map's were mapped
+    by guess, their vectors dropped (exit 0)."""
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"_id": "n1", "text": "Glucagon raises blood glucose."}) + "\n")
+    args = ["--es-url", es_url, "ingest", str(new), "--index", index_name, "--model", str(tiny_model_dir), "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--field", "text=body"], env={"RALM_ES_HOME": str(tmp_path / "home")})
+    assert isinstance(result.exception, StoreError) and "does not exist, and ralm-es makes a new index" in str(
+        result.exception
+    )
+    assert es_client.indices.get(index=f"{index_name}*").body == {}
+
+
+def test_text_in_an_object_or_a_multi_field_is_read_back(
+    es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder
+) -> None:
+    """The check passed these fields, yet every hit's text came back empty: _source holds the object's value, and
+    the multi-field's parent."""
+    props = {
+        "uid": {"type": "keyword"},
+        "content": {"properties": {"body": {"type": "text", "fields": {"std": {"type": "text"}}}}},
+    }
+    es_client.indices.create(index=index_name, mappings={"properties": props})
+    doc = {"uid": "a", "content": {"body": "insulin lowers blood glucose"}}
+    es_client.index(index=index_name, id="a", document=doc, refresh=True)
+    for text in ("content.body", "content.body.std"):
+        backend = ElasticsearchBackend(es_client, index_name, FieldMap(id="uid", text=text))
+        hits = Retriever(backend, tiny_encoder).search("insulin", mode="bm25")
+        assert [(h.id, h.text) for h in hits] == [("a", "insulin lowers blood glucose")]
+
+
+def test_ingest_into_an_empty_index_with_nothing_mapped_yet(
+    es_client: Elasticsearch, index_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """An index made empty, with no mapping: ingest fills it by dynamic mapping, as before its text check."""
+    es_client.indices.create(index=index_name)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"_id": "a", "text": "insulin lowers blood glucose"}) + "\n")
+    settings = IngestSettings(embed=False, model=str(tiny_model_dir))
+    summary = Ingest(ElasticsearchBackend(es_client, index_name), settings, checkpoint_dir=tmp_path).run([corpus])
+    es_client.indices.refresh(index=index_name)
+    assert summary.indexed == es_client.count(index=index_name)["count"] == 1

@@ -298,7 +298,8 @@ class ElasticsearchBackend:
         # Passages are written under the field map's names: with ralm-es's own into an index made elsewhere, they
         # would land beside its documents, unread by its field map (and mapped by guess).
         props = mapping.get("properties", {})
-        if self.fields.text not in props:
+        # An index with nothing mapped yet takes ralm-es's names by dynamic mapping, as before.
+        if props and self.fields.text not in set(_field_names(props)):
             raise StoreError(
                 f"{where} has no field '{self.fields.text}' for the passage text (its fields: "
                 f"{', '.join(sorted(props)) or 'none'}): an index made elsewhere needs its field map (--field "
@@ -352,6 +353,14 @@ class ElasticsearchBackend:
 
     def create_index(self, spec: IndexSpec, alias: bool) -> str:
         """A new timestamped index from the template; the alias points at it when ``alias`` is true."""
+        if self.fields != FieldMap():
+            # The template's names are ralm-es's: passages written under the map's would be mapped by guess (text
+            # without its analyzer, vectors not at all).
+            raise StoreError(
+                f"index '{self.index}' does not exist, and ralm-es makes a new index from its template with its own "
+                "field names: leave --field (and a config file's fields:) out to create it; they are for an index "
+                "made elsewhere"
+            )
         analyzer = english_analyzer(self.client)
         concrete = f"{self.index}-{time.strftime('%Y%m%d%H%M%S')}-{time.time_ns() % 1000000:06d}"
         body = index_body(spec, analyzer)
@@ -546,13 +555,14 @@ class ElasticsearchBackend:
             if name in src:
                 metadata[name] = src[name]
         # Indices made elsewhere may lack an id or doc_id field: the Elasticsearch _id stands in.
-        pid = str(src.get(f.id, raw["_id"]))
+        stored_id, stored_doc = _source_value(src, f.id), _source_value(src, f.doc_id)
+        pid = str(stored_id if stored_id is not None else raw["_id"])
         return Hit(
             id=pid,
-            doc_id=str(src.get(f.doc_id, pid)),
+            doc_id=str(stored_doc if stored_doc is not None else pid),
             score=float(raw["_score"]),
-            text=src.get(f.text, ""),
-            title=src.get(f.title, "") or "",
+            text=_source_value(src, f.text) or "",
+            title=_source_value(src, f.title) or "",
             metadata=metadata,
         )
 
@@ -755,6 +765,21 @@ def _field_names(props: dict[str, Any], prefix: str = "") -> Iterator[str]:
         yield path
         for sub in spec.get("fields", {}):
             yield f"{path}.{sub}"
+
+
+def _source_value(source: dict[str, Any], path: str) -> Any:
+    """A field's value in ``_source``: a key of that name, a path through objects (``content.body``), or a
+    multi-field's parent (``body.english`` is searched, ``body`` is what is stored); None where there is none."""
+    if path in source:
+        return source[path]
+    value: Any = source
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            break
+        if part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def _vector_problem(p: Passage, dims: int | None) -> str | None:
