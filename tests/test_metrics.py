@@ -77,6 +77,11 @@ def test_load_qrels_reads_past_a_bom_and_names_bad_bytes_and_conflicting_judgeme
     )
 
 
+def test_load_qrels_names_a_folder_as_one(tmp_path: Path) -> None:
+    with pytest.raises(QrelsError, match=rf"^{tmp_path} is a folder; give its qrels file"):
+        load_qrels(tmp_path)
+
+
 def test_load_qrels_refuses_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "qrels.tsv"
     path.write_text("query-id\tcorpus-id\tscore\n", encoding="utf-8")

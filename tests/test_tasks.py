@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ralm_es.corpus.conll import ConllSentence, read_conll
+from ralm_es.corpus.types import ReadError
 from ralm_es.inference.task import TASKS, TaskSettings, task_of
 from ralm_es.model.labelling import LABELLINGS
 from ralm_es.tasks import ClassificationTask, DataError, NerTask
@@ -65,6 +67,16 @@ def test_tokens_alone_are_read_for_prediction_and_refused_for_training(tmp_path:
     ]
     with pytest.raises(DataError, match=rf"{path}:1: malformed CoNLL line: expected an IOB2 tag .* the token alone"):
         read_ner(path)
+
+
+def test_a_first_line_missing_its_tag_is_that_lines_error(tmp_path: Path) -> None:
+    """The column count came from the first line: one missing its tag made every other line the error."""
+    path = tmp_path / "firstbad.txt"
+    path.write_text("EU\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n", encoding="utf-8")
+    items = list(read_conll(path))
+    assert isinstance(items[0], ReadError) and items[0].source == f"{path}:1"
+    assert items[0].reason == "expected 2 columns, found 1: 'EU'"
+    assert isinstance(items[1], ConllSentence) and items[1].labels == ("B-PER", "I-PER")
 
 
 def test_label_unseen_in_training_is_an_error_naming_the_line(tmp_path: Path) -> None:
@@ -148,8 +160,7 @@ def test_classification_lone_cr_is_json_whitespace_not_a_line_break(tmp_path: Pa
 @pytest.mark.parametrize(
     ("fields", "error"),
     [
-        ('"label": true', "label field 'label' is a bool; it must be a string or an integer"),
-        ('"label": 0.5', "label field 'label' is a float; it must be a string or an integer"),
+        ('"label": ["A"]', "label field 'label' is a list, not one class"),
         ('"label": " "', "empty label field 'label'"),
         ('"label": "A", "id": {"a": 1}', "id field 'id' is a dict; it must be a string or an integer"),
         ('"label": "A", "id": false', "id field 'id' is a bool; it must be a string or an integer"),
@@ -163,6 +174,13 @@ def test_classification_values_of_the_wrong_type_name_file_line_and_field(
     path.write_text(f'{{"text": "ok", "label": "A"}}\n{{"text": "ok", {fields}}}\n', encoding="utf-8")
     with pytest.raises(DataError, match=rf"^{path}:2: {error}$"):
         read_classification(path)
+
+
+def test_classification_labels_of_any_scalar_are_classes(tmp_path: Path) -> None:
+    """BoolQ's true/false and a pandas-written 1.0 are classes, as they were before the reader checked types."""
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"text": "a", "label": true}\n{"text": "b", "label": false}\n{"text": "c", "label": 1.0}\n')
+    assert [ex.label for ex in read_classification(path)] == ["True", "False", "1.0"]
 
 
 def test_classification_ids_are_read_as_the_corpus_reader_reads_them(tmp_path: Path) -> None:

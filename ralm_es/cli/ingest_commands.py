@@ -151,9 +151,8 @@ def ingest(
     else:
         click.echo(
             f"{summary.indexed} passages indexed into {summary.index} ({summary.read} records read, "
-            f"{summary.passages} passages, {summary.skipped} already present, {summary.failed} failed: "
-            f"{summary.unreadable} records unreadable, {summary.failed - summary.unreadable} passages not written) "
-            f"in {summary.seconds:.1f}s",
+            f"{summary.unreadable} unreadable; {summary.passages} passages, {summary.skipped} already present, "
+            f"{summary.failed - summary.unreadable} not written; {summary.failed} failed) in {summary.seconds:.1f}s",
             err=quiet,
         )
     if summary.failed and on_error == "fail":

@@ -55,14 +55,25 @@ def looks_like_conll(lines: Sequence[str]) -> bool:
 
 def read_conll(path: Path, columns: int | None = None) -> Iterator[ConllSentence | ReadError]:
     """Sentences of ``path`` in order. ``columns`` is the expected column count, by default that of the first
-    token line. A sentence with a bad line (wrong column count, invalid UTF-8) becomes a ``ReadError`` at that
-    line and still takes its index, so the ids of the sentences after it do not shift."""
+    sentence's widest line (one, for a file of tokens alone, as predict reads). A sentence with a bad line (wrong
+    column count, invalid UTF-8) becomes a ``ReadError`` at that line and still takes its index, so the ids of the
+    sentences after it do not shift."""
     doc, index, doc_open = 0, 0, False
     rows: list[list[str]] = []
+    # Line number and text of each row while the column count is not known yet, to name a short line then.
+    held: list[tuple[int, str]] = []
     start = 0
     error: ReadError | None = None
 
     def finish() -> ConllSentence | ReadError:
+        nonlocal columns
+        if columns is None and rows:
+            # Decided by the widest line, so a first line missing its tag is that line's error, not every other's.
+            columns = max(len(row) for row in rows)
+            short = [(number, text, len(row)) for row, (number, text) in zip(rows, held, strict=True)]
+            bad = next((s for s in short if s[2] != columns), None)
+            if bad is not None and error is None:
+                return ReadError(f"{path}:{bad[0]}", f"expected {columns} columns, found {bad[2]}: {bad[1][:80]!r}")
         if error is not None:
             return error
         return ConllSentence(
@@ -80,7 +91,7 @@ def read_conll(path: Path, columns: int | None = None) -> Iterator[ConllSentence
             if rows or error:
                 yield finish()
                 index += 1
-                rows, error = [], None
+                rows, held, error = [], [], None
             if parts:
                 if doc_open:
                     doc += 1
@@ -91,9 +102,9 @@ def read_conll(path: Path, columns: int | None = None) -> Iterator[ConllSentence
         if line.problem is not None:
             error = error or ReadError(f"{path}:{line.number}", line.problem)
             continue
-        # A file of tokens alone (one column) is what predict reads: the tags are what it is asked for.
-        columns = columns or len(parts)
-        if len(parts) != columns:
+        if columns is None:
+            held.append((line.number, line.text))
+        elif len(parts) != columns:
             error = error or ReadError(
                 f"{path}:{line.number}", f"expected {columns} columns, found {len(parts)}: {line.text[:80]!r}"
             )

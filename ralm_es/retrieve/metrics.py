@@ -30,6 +30,8 @@ class QrelsError(RalmError):
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: relevance}}`` from a BEIR qrels TSV (``query-id corpus-id score``, header optional)."""
     path = Path(path)
+    if path.is_dir():
+        raise QrelsError(f"{path} is a folder; give its qrels file (a BEIR folder's qrels/test.tsv, say)")
     if not path.is_file():
         raise QrelsError(f"{path}: no such file")
     qrels: dict[str, dict[str, int]] = {}

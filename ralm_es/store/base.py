@@ -205,8 +205,8 @@ class WriteResult:
 
 
 RANGE_BOUNDS = ("gte", "gt", "lte", "lt")
-# Elasticsearch refuses a document _id over 512 bytes, and with it the whole bulk request it is in; every backend
-# holds the same limit, so an index can move between them.
+# Elasticsearch refuses a document _id over 512 bytes, and with it the whole bulk request it is in; ingest holds
+# the limit whatever the backend, so a corpus that fills a local index fills an Elasticsearch one.
 MAX_ID_BYTES = 512
 
 
@@ -227,7 +227,7 @@ class Filter:
             raise StoreError(f"{where}: unknown kind {self.kind!r} (use term, terms or range)")
         if self.kind == "term" and isinstance(self.value, (list, tuple, set, dict)):
             raise StoreError(f"term {where} takes one value, got {self.value!r} (a list is kind terms)")
-        if self.kind == "terms" and not (isinstance(self.value, (list, tuple)) and self.value):
+        if self.kind == "terms" and not (isinstance(self.value, (list, tuple, set, frozenset)) and self.value):
             raise StoreError(f"terms {where} takes a non-empty list of values, got {self.value!r}")
         if self.kind == "range" and not (
             isinstance(self.value, dict) and self.value and set(self.value) <= set(RANGE_BOUNDS)

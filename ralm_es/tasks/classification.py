@@ -55,7 +55,11 @@ def read_classification(
         if labelled:
             if row.get(label_field) is None:
                 raise DataError(f"{where}: missing label field '{label_field}'")
-            label = _string_or_integer(row[label_field], f"{where}: label field '{label_field}'")
+            value = row[label_field]
+            # A class is any scalar (BoolQ's true/false, a pandas 1.0), written as text; an object or list is none.
+            if isinstance(value, (dict, list)):
+                raise DataError(f"{where}: label field '{label_field}' is a {type(value).__name__}, not one class")
+            label = str(value)
             if not label.strip():
                 raise DataError(f"{where}: empty label field '{label_field}'")
         pair = row.get(pair_field) if pair_field else None
@@ -79,7 +83,7 @@ def read_classification(
 
 
 def _string_or_integer(value: Any, what: str) -> str:
-    """``value`` as a string; as the corpus reader does for ids, only a string or an integer (not a bool) is one."""
+    """An id as a string; as the corpus reader reads ids, only a string or an integer (not a bool) is one."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise DataError(f"{what} is a {type(value).__name__}; it must be a string or an integer")
     return str(value)
