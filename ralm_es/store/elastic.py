@@ -580,14 +580,18 @@ class ElasticsearchBackend:
             names |= set(self.fields.extra) & set(_field_names(props))
         return names
 
-    def check_text_fields(self) -> None:
-        """Refuse a field map whose text field, or a title field it names, no index behind the name maps: BM25
-        searched nothing there and every hit's text came back empty, without a word."""
+    def mapped_field_names(self) -> set[str]:
+        """Every field any index behind the name maps (dotted, with multi-fields)."""
         try:
             mappings = self.client.indices.get_mapping(index=self.index).body.values()
         except NotFoundError:
             raise self.unknown_index() from None
-        names = {n for entry in mappings for n in _field_names(entry["mappings"].get("properties", {}))}
+        return {name for entry in mappings for name in _field_names(entry["mappings"].get("properties", {}))}
+
+    def check_text_fields(self) -> None:
+        """Refuse a field map whose text field, or a title field it names, no index behind the name maps: BM25
+        searched nothing there and every hit's text came back empty, without a word."""
+        names = self.mapped_field_names()
         f = self.fields
         # The default title may be absent (an index without titles); one the field map names must be there.
         wanted = [("text", f.text)] + ([("title", f.title)] if f.title != FieldMap.title else [])
@@ -601,9 +605,7 @@ class ElasticsearchBackend:
 
     def _extra_hint(self, names: set[str]) -> str:
         """Filtered fields the index has outside the metadata object: the field map's ``extra`` reaches them."""
-        mappings = self.client.indices.get_mapping(index=self.index).body.values()
-        top = {name for entry in mappings for name in _field_names(entry["mappings"].get("properties", {}))}
-        outside = sorted(names & top)
+        outside = sorted(names & self.mapped_field_names())
         if not outside:
             return ""
         flags = " ".join(f"--field extra={name}" for name in outside)
