@@ -77,6 +77,11 @@ def test_a_first_line_missing_its_tag_is_that_lines_error(tmp_path: Path) -> Non
     assert isinstance(items[0], ReadError) and items[0].source == f"{path}:1"
     assert items[0].reason == "expected 2 columns, found 1: 'EU'"
     assert isinstance(items[1], ConllSentence) and items[1].labels == ("B-PER", "I-PER")
+    # A first line with one column too many is its own error too: most lines decide.
+    path.write_text("EU B-ORG x\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n", encoding="utf-8")
+    first, second = list(read_conll(path))
+    assert isinstance(first, ReadError) and first.reason == "expected 2 columns, found 3: 'EU B-ORG x'"
+    assert isinstance(second, ConllSentence)
 
 
 def test_label_unseen_in_training_is_an_error_naming_the_line(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ the same way."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,8 @@ def looks_like_conll(lines: Sequence[str]) -> bool:
 
 
 def read_conll(path: Path, columns: int | None = None) -> Iterator[ConllSentence | ReadError]:
-    """Sentences of ``path`` in order. ``columns`` is the expected column count, by default that of the first
-    sentence's widest line (one, for a file of tokens alone, as predict reads). A sentence with a bad line (wrong
+    """Sentences of ``path`` in order. ``columns`` is the expected column count, by default the one most lines of
+    the first sentence have (one, for a file of tokens alone, as predict reads). A sentence with a bad line (wrong
     column count, invalid UTF-8) becomes a ``ReadError`` at that line and still takes its index, so the ids of the
     sentences after it do not shift."""
     doc, index, doc_open = 0, 0, False
@@ -68,8 +69,10 @@ def read_conll(path: Path, columns: int | None = None) -> Iterator[ConllSentence
     def finish() -> ConllSentence | ReadError:
         nonlocal columns
         if columns is None and rows:
-            # Decided by the widest line, so a first line missing its tag is that line's error, not every other's.
-            columns = max(len(row) for row in rows)
+            # The count most of its lines have (the wider on a tie), so a line missing its tag, or with one column
+            # too many, is that line's error rather than every other's.
+            counts = Counter(len(row) for row in rows)
+            columns = max(counts, key=lambda n: (counts[n], n))
             short = [(number, text, len(row)) for row, (number, text) in zip(rows, held, strict=True)]
             bad = next((s for s in short if s[2] != columns), None)
             if bad is not None and error is None:
