@@ -23,7 +23,7 @@ from ralm_es.embed import Encoder
 from ralm_es.ingest import Ingest, IngestSettings
 from ralm_es.retrieve.cache import read_cache
 from ralm_es.retrieve.retriever import RetrievalError, RetrievalSettings, Retriever
-from ralm_es.store.base import Filter, StoreError
+from ralm_es.store.base import Filter, SearchRequest, StoreError
 from ralm_es.store.elastic import ElasticsearchBackend, FieldMap
 from ralm_es.train.config import load_config
 from ralm_es.train.loop import train
@@ -108,18 +108,27 @@ def test_a_document_without_an_id_value_is_named_in_one_line(
 def test_a_shard_failure_names_its_index_and_elasticsearchs_reason(
     es_client: Elasticsearch, index_name: str, tiny_encoder: Encoder
 ) -> None:
-    """An alias over indices of two vector sizes: the search failed as 'all shards failed', no more said."""
+    """An alias over indices of two vector sizes: the search failed as 'all shards failed', no more said. The
+    retriever refuses such an alias before it searches; the store's own search shows the shard's reason."""
     create_foreign(es_client, f"{index_name}-a", 16, None)
     create_foreign(es_client, f"{index_name}-b", 32, tiny_encoder)
     es_client.indices.update_aliases(
         actions=[{"add": {"index": f"{index_name}-{part}", "alias": index_name}} for part in "ab"]
     )
     try:
-        retriever = Retriever(ElasticsearchBackend(es_client, index_name, FIELDS), tiny_encoder)
+        backend = ElasticsearchBackend(es_client, index_name, FIELDS)
+        vector = tiny_encoder.encode(["insulin"])[0].tolist()
         with pytest.raises(StoreError) as failed:
-            retriever.search("insulin", mode="dense")
+            backend.search(SearchRequest(mode="dense", vector=vector, k=3))
         message = str(failed.value)
         assert f"index '{index_name}-a'" in message and "different number of dimensions" in message
+        # It was judged by its newest index alone, and searched.
+        with pytest.raises(RetrievalError) as refused:
+            Retriever(backend, tiny_encoder).search("insulin", mode="hybrid")
+        assert str(refused.value) == (
+            f"index '{index_name}': the indices behind it hold vectors of different sizes ({index_name}-a: 16, "
+            f"{index_name}-b: 32); search one of them"
+        )
     finally:
         es_client.indices.delete(index=f"{index_name}-a,{index_name}-b")
 

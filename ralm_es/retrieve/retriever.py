@@ -181,8 +181,9 @@ class Retriever:
             raise RetrievalError("dense and hybrid search need a query encoder (--model), or use --mode bm25")
         info = self.backend.info()
         if info.dims is None:
-            fix = info.vector_note or "use --mode bm25, or ingest with embeddings"
-            raise RetrievalError(f"index '{info.index}' has no vectors: {fix}")
+            if info.vector_note:
+                raise RetrievalError(f"index '{info.index}': {info.vector_note}")
+            raise RetrievalError(f"index '{info.index}' has no vectors: use --mode bm25, or ingest with embeddings")
         if info.dims != self.encoder.dim:
             raise RetrievalError(
                 f"the query model gives {self.encoder.dim}-dimensional vectors but the index holds {info.dims}; "

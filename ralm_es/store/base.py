@@ -350,7 +350,8 @@ class IndexInfo:
     model: EncoderRecord | None
     # Elasticsearch: the text analyzer the index recorded.
     analyzer: str | None = None
-    # Why an index that holds vectors under another name has none here (a field map naming the wrong field).
+    # Why an index that holds vectors has none to search here: a field map naming the wrong field, or indices of
+    # several vector sizes behind one alias.
     vector_note: str = ""
 
 

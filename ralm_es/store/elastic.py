@@ -695,11 +695,13 @@ class ElasticsearchBackend:
         return f"cluster licence {licence}: the rrf and linear retrievers need Enterprise, so ralm-es fuses the lists"
 
     def info(self) -> IndexInfo:
-        # The indices and the newest one's mapping read once: each read is a request.
+        # The indices and their mappings read once: each read is a request.
         indices = self.concrete_indices()
         if not indices:
             raise self.unknown_index()
-        mapping = self.mapping(indices[-1])
+        found = self.client.indices.get_mapping(index=indices).body
+        mappings = {name: entry["mappings"] for name, entry in found.items()}
+        mapping = mappings[indices[-1]]
         meta = mapping.get("_meta") or {}
         dims = self._dims(mapping)
         others = [
@@ -708,7 +710,12 @@ class ElasticsearchBackend:
             if spec.get("type") == "dense_vector" and name != self.fields.vector
         ]
         note = ""
-        if dims is None and others:
+        sizes = {name: self._dims(m) for name, m in mappings.items()}
+        if len(set(sizes.values())) > 1:
+            # A kNN search over the alias reaches every index behind it: one size, or its shards fail.
+            listing = ", ".join(f"{name}: {size or 'none'}" for name, size in sorted(sizes.items()))
+            dims, note = None, f"the indices behind it hold vectors of different sizes ({listing}); search one of them"
+        elif dims is None and others:
             note = (
                 f"no dense_vector field '{self.fields.vector}', but {', '.join(others)}: name it with --field "
                 "vector=FIELD"
