@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ralm_es.corpus.conll import ConllSentence, read_conll
-from ralm_es.corpus.types import ReadError
+from ralm_es.corpus.readers import content_id, read_corpus
+from ralm_es.corpus.types import ReadError, Record
 from ralm_es.inference.task import TASKS, TaskSettings, task_of
 from ralm_es.model.labelling import LABELLINGS
 from ralm_es.tasks import ClassificationTask, DataError, NerTask
@@ -117,7 +118,7 @@ def test_classification_jsonl_fields_ids_and_errors(tmp_path: Path) -> None:
     examples = read_classification(path, text_field="claim", pair_field="ctx")
     assert [(ex.id, ex.label, ex.pair_words) for ex in examples] == [
         ("7", "SUPPORT", ("trial",)),
-        ("3", "CONTRADICT", None),
+        (content_id("No effect."), "CONTRADICT", None),
     ]
     path.write_text('{"claim": "ok", "label": "A"}\n{"claim": "", "label": "B"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}:2: missing or empty text field 'claim'"):
@@ -159,7 +160,7 @@ def test_classification_lone_cr_is_json_whitespace_not_a_line_break(tmp_path: Pa
     with pytest.raises(DataError, match=rf"^{path}:2: not valid JSON"):
         read_classification(path)
     path.write_text('{"text": "ok",\r"label": "A"}\r\n', encoding="utf-8", newline="")
-    assert [(ex.id, ex.label) for ex in read_classification(path)] == [("1", "A")]
+    assert [(ex.text, ex.label) for ex in read_classification(path)] == [("ok", "A")]
 
 
 @pytest.mark.parametrize(
@@ -189,19 +190,18 @@ def test_classification_labels_of_any_scalar_are_classes(tmp_path: Path) -> None
 
 
 def test_classification_ids_are_read_as_the_corpus_reader_reads_them(tmp_path: Path) -> None:
-    # An integer id is kept as its digits; a null or empty id counts as absent (the line number).
+    """Without an id the line number stood in, where retrieve (the corpus reader) hashes the text: a cache made
+    for such a file matched none of its examples."""
     path = tmp_path / "ids.jsonl"
     path.write_text(
         '{"id": 7, "text": "a", "label": 1}\n{"id": null, "text": "b", "label": "B"}\n'
-        '{"id": "", "text": "c", "label": "B", "text_pair": null}\n',
+        '{"id": "", "text": "c", "label": "B", "text_pair": null}\n{"text": "d", "label": "B"}\n',
         encoding="utf-8",
     )
     examples = read_classification(path)
-    assert [(ex.id, ex.label, ex.pair_words) for ex in examples] == [
-        ("7", "1", None),
-        ("2", "B", None),
-        ("3", "B", None),
-    ]
+    assert [(ex.label, ex.pair_words) for ex in examples] == [("1", None), ("B", None), ("B", None), ("B", None)]
+    assert [ex.id for ex in examples] == [r.id for r in read_corpus(path) if isinstance(r, Record)]
+    assert examples[0].id == "7"
 
 
 def test_ner_metrics_are_entity_level() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from ralm_es.corpus.lines import iter_lines
-from ralm_es.corpus.readers import ReadOptions, lone_surrogate
+from ralm_es.corpus.readers import ReadOptions, content_id, lone_surrogate
 from ralm_es.tasks.base import DataError, Example, LabelMap, require_examples
 
 # The corpus reader's JSONL line cap: a line past it could not be a corpus record either.
@@ -26,7 +26,8 @@ def read_classification(
     id_field: str = "id",
     labelled: bool = True,
 ) -> list[Example]:
-    """One example per non-blank line; the id is ``id_field`` or, when absent, null or empty, the line number.
+    """One example per non-blank line; the id is ``id_field`` or, when absent, null or empty, the hash of the text
+    (as the corpus reader, and so ``retrieve``, gives it).
     The first bad line fails naming ``file:line``."""
     path = Path(path)
     if not path.is_file():
@@ -66,9 +67,10 @@ def read_classification(
         if pair is not None and not isinstance(pair, str):
             raise DataError(f"{where}: text pair field '{pair_field}' is a {type(pair).__name__}, not a string")
         raw_id = row.get(id_field)
-        # As in the corpus reader, a null or empty id is no id.
+        # As in the corpus reader, a null or empty id is no id, and the text's hash stands in: the id `ralm-es
+        # retrieve` gives the same line, so its cache matches.
         if raw_id in (None, ""):
-            raw_id = line.number
+            raw_id = content_id(text)
         examples.append(
             Example(
                 id=_string_or_integer(raw_id, f"{where}: id field '{id_field}'"),
