@@ -375,6 +375,13 @@ def test_predict_explain_shows_passages_and_weights(
     first = records[0]
     assert len(first["tags"]) == len(first["words"]) == len(first["weights"])
     assert [p["rank"] for p in first["passages"]] == [1, 2, 3]
+    # The entities of the tags, as /predict gives them (the command line gave none): each a run of its type's tags.
+    assert all("entities" in record for record in records)
+    for record in records:
+        for entity in record["entities"]:
+            span = record["tags"][entity["start"] : entity["end"]]
+            assert span and all(tag[2:] == entity["type"] for tag in span)
+            assert entity["text"] == " ".join(record["words"][entity["start"] : entity["end"]])
     for row in first["weights"]:
         assert sum(row) == pytest.approx(1.0, abs=1e-4)
     text = runner.invoke(cli, [*args, "--explain", "--top", "2"], catch_exceptions=False).output
