@@ -333,7 +333,7 @@ def _hit_line(**fields: object) -> bytes:
         ([_HEADER, _ENTRY, _hit_line(score="high")], ":3: hit 1 needs a number score, found 'high'"),
         ([_HEADER, _ENTRY, _hit_line(scores="x")], ":3: hit 1 needs scores as an object of numbers, found 'x'"),
         ([_HEADER, b'{"input_id": "a", "query": "caf\xff", "hits": []}'], ":2: invalid UTF-8 (byte 31 of the line)"),
-        ([_HEADER, _hit_line(text="\ud800")], ":2: escaped lone surrogate \\ud800: not valid Unicode"),
+        ([_HEADER, _hit_line(text="\ud800")], ":2: escaped lone surrogate '\\ud800' (\\ud800): not valid Unicode"),
         ([_HEADER, _ENTRY, _hit_line(), _ENTRY], ":4: input_id 'a' again (first at line 2); a retrieval cache holds"),
         ([_HEADER[:-1] + b', "bogus": 1}'], ":1: a cache header this version cannot read (CacheHeader.__init__"),
     ],

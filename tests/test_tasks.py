@@ -124,7 +124,7 @@ def test_classification_jsonl_fields_ids_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=rf"{path}:2: missing or empty text field 'claim'"):
         read_classification(path, text_field="claim")
     path.write_text('{"text": "ok", "label": "A"}\n{"text": "ok", "label": \n', encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
+    with pytest.raises(DataError, match=rf"{path}:2: malformed JSON"):
         read_classification(path)
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}: empty data set"):
@@ -157,7 +157,7 @@ def test_classification_lone_cr_is_json_whitespace_not_a_line_break(tmp_path: Pa
     # Lines end at \n only, as in the corpus reader, so later line numbers agree between the two.
     path = tmp_path / "cr.jsonl"
     path.write_text('{"text": "ok",\r"label": "A"}\n{"text": "ok", "label": \n', encoding="utf-8", newline="")
-    with pytest.raises(DataError, match=rf"^{path}:2: not valid JSON"):
+    with pytest.raises(DataError, match=rf"^{path}:2: malformed JSON"):
         read_classification(path)
     path.write_text('{"text": "ok",\r"label": "A"}\r\n', encoding="utf-8", newline="")
     assert [(ex.text, ex.label) for ex in read_classification(path)] == [("ok", "A")]

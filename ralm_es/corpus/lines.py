@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b"
 SNIFF_BYTES = 1 << 16
@@ -25,6 +26,18 @@ class Line:
     number: int
     text: str
     problem: str | None = None
+    # False for a last line without its line ending: a file cut off mid-write (a retrieval cache resumes past it).
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class JsonLine:
+    """One non-blank line of a JSON Lines file: its object, or the ``problem`` that it is none."""
+
+    number: int
+    obj: dict[str, Any]
+    problem: str | None = None
+    complete: bool = True
 
 
 def is_gzip(path: Path) -> bool:
@@ -63,12 +76,42 @@ def iter_lines(path: Path, max_bytes: int) -> Iterator[Line]:
                     continue
                 if number == 1 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8) :]
+                complete = raw.endswith(b"\n")
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                    yield Line(number, text, f"invalid UTF-8 (byte {exc.start} of the line)")
+                    yield Line(number, text, f"invalid UTF-8 (byte {exc.start} of the line)", complete)
                     continue
-                yield Line(number, text.rstrip("\r\n"))
+                yield Line(number, text.rstrip("\r\n"), complete=complete)
     except (OSError, EOFError, zlib.error) as exc:
         yield Line(number + 1, "", f"cannot read further: {exc}")
+
+
+def iter_json_lines(path: Path, max_bytes: int) -> Iterator[JsonLine]:
+    """Every non-blank line of a JSON Lines file as an object, or with the one reason it is none: unreadable (as
+    ``iter_lines`` says), malformed JSON, not an object, or a lone surrogate (valid JSON through a \\udXXX escape,
+    but a string that no UTF-8 output, and no tokenizer, can take)."""
+    for line in iter_lines(path, max_bytes):
+        if line.problem is None and not line.text.strip():
+            continue
+        problem, obj = line.problem, None
+        if problem is None:
+            try:
+                obj = json.loads(line.text)
+            except json.JSONDecodeError as exc:
+                problem = f"malformed JSON: {exc.msg} (column {exc.colno})"
+        if problem is None and not isinstance(obj, dict):
+            problem = f"expected a JSON object, found {type(obj).__name__}"
+        if problem is None and "\\u" in line.text and (bad := lone_surrogate(obj)) is not None:
+            problem = f"escaped lone surrogate {bad!r} (\\u{ord(bad):04x}): not valid Unicode"
+        yield JsonLine(line.number, obj if problem is None else {}, problem, line.complete)
+
+
+def lone_surrogate(obj: Any) -> str | None:
+    """The first lone surrogate in ``obj``'s strings, keys included, or None."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return str(exc.object[exc.start])
+    return None

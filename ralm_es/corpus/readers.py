@@ -6,7 +6,6 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, Literal, get_args
 
 from ralm_es.config import ConfigError, check_bounds, check_choices
 from ralm_es.corpus.conll import looks_like_conll, read_conll
-from ralm_es.corpus.lines import head_bytes, iter_lines
+from ralm_es.corpus.lines import head_bytes, iter_json_lines, iter_lines
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.errors import RalmError
 
@@ -204,35 +203,12 @@ def record_from_fields(fields: Mapping[str, Any], source: str, options: ReadOpti
 
 
 def read_jsonl(file: Path, name: str, options: ReadOptions) -> Iterator[Record | ReadError]:
-    for line in iter_lines(file, options.max_line_bytes):
+    for line in iter_json_lines(file, options.max_line_bytes):
         source = f"{file}:{line.number}"
         if line.problem is not None:
             yield ReadError(source, line.problem)
-            continue
-        if not line.text.strip():
-            continue
-        try:
-            obj = json.loads(line.text)
-        except json.JSONDecodeError as exc:
-            yield ReadError(source, f"malformed JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            yield ReadError(source, f"expected a JSON object, found {type(obj).__name__}")
-            continue
-        # A \udXXX escape can smuggle in a lone surrogate: valid JSON, but a string no UTF-8 output can hold.
-        if "\\u" in line.text and (bad := lone_surrogate(obj)) is not None:
-            yield ReadError(source, f"escaped lone surrogate {bad!r} (\\u{ord(bad):04x}): not valid Unicode")
-            continue
-        yield record_from_fields(obj, source, options)
-
-
-def lone_surrogate(obj: Any) -> str | None:
-    """The first lone surrogate in ``obj``'s strings, keys included, or None."""
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return str(exc.object[exc.start])
-    return None
+        else:
+            yield record_from_fields(line.obj, source, options)
 
 
 def _read_delimited(file: Path, options: ReadOptions, delimiter: str) -> Iterator[Record | ReadError]:

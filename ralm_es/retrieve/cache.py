@@ -7,19 +7,20 @@ are skipped by the writer.
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ralm_es.corpus.readers import lone_surrogate
+from ralm_es.corpus.lines import iter_json_lines
 from ralm_es.errors import RalmError
 from ralm_es.retrieve.settings import recorded_ranking
 from ralm_es.store.base import EncoderRecord
 
 FORMAT = "ralm-es-retrieval-cache"
+# A line holds k hits with their texts: far below this, which only a runaway line reaches.
+MAX_LINE_BYTES = 1 << 26
 VERSION = 1
 
 
@@ -113,29 +114,14 @@ class CacheEntry:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    # Bytes decoded a line at a time, so invalid UTF-8 is blamed on its line, and a tail torn mid-character is torn.
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if lineno == 1:
-                # A BOM-led file, as an editor may save it; the corpus readers take one too.
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                if not raw.endswith(b"\n"):
-                    # A torn last line from an interrupted run: the writer rewrites it on resume.
-                    return
-                if isinstance(exc, UnicodeDecodeError):
-                    raise CacheError(f"{path}:{lineno}: invalid UTF-8 (byte {exc.start} of the line)") from None
-                raise CacheError(f"{path}:{lineno}: not valid JSON") from None
-            if not isinstance(obj, dict):
-                raise CacheError(f"{path}:{lineno}: expected a JSON object, found {type(obj).__name__}")
-            # Valid JSON, but a string no UTF-8 output can hold: a cache written from it would fail mid-write.
-            if b"\\u" in raw and (bad := lone_surrogate(obj)) is not None:
-                raise CacheError(f"{path}:{lineno}: escaped lone surrogate \\u{ord(bad):04x}: not valid Unicode")
-            yield lineno, obj
+    # Lines as the corpus readers read them (a BOM dropped, each bad line named), but a bad last line without its
+    # line ending is a tail torn by an interrupted run: the writer rewrites it on resume.
+    for line in iter_json_lines(path, MAX_LINE_BYTES):
+        if line.problem is not None:
+            if not line.complete:
+                return
+            raise CacheError(f"{path}:{line.number}: {line.problem}")
+        yield line.number, line.obj
 
 
 def read_header(path: str | Path) -> CacheHeader:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Any
 
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from ralm_es.corpus.lines import iter_lines
-from ralm_es.corpus.readers import ReadOptions, content_id, lone_surrogate
+from ralm_es.corpus.lines import iter_json_lines
+from ralm_es.corpus.readers import ReadOptions, content_id
 from ralm_es.tasks.base import DataError, Example, LabelMap, require_examples
 
 # The corpus reader's JSONL line cap: a line past it could not be a corpus record either.
@@ -33,22 +32,12 @@ def read_classification(
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     examples = []
-    # Lines as the corpus reader reads them: BOM dropped, split at \n only, invalid UTF-8 reported per line.
-    for line in iter_lines(path, MAX_LINE_BYTES):
+    # Lines as the corpus reader reads them: BOM dropped, split at \n only, each bad line named.
+    for line in iter_json_lines(path, MAX_LINE_BYTES):
         where = f"{path}:{line.number}"
         if line.problem is not None:
             raise DataError(f"{where}: {line.problem}")
-        if not line.text.strip():
-            continue
-        try:
-            row = json.loads(line.text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object")
-        # A \udXXX escape is valid JSON, but the tokenizer cannot take the lone surrogate it makes.
-        if "\\u" in line.text and (bad := lone_surrogate(row)) is not None:
-            raise DataError(f"{where}: escaped lone surrogate {bad!r} (\\u{ord(bad):04x}): not valid Unicode")
+        row = line.obj
         text = row.get(text_field)
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: missing or empty text field '{text_field}'")
