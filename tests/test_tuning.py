@@ -192,6 +192,15 @@ def test_judged_document_missing_from_the_corpus_names_the_qrels_line(
     with pytest.raises(TuningError) as err:
         load_data(queries, bad, corpus)
     assert str(err.value) == f"{bad}:7: document 'no-such-doc' is not in the corpus {corpus}"
+    # The line as the qrels reader counts it, behind a BOM too (it was a StopIteration traceback).
+    bom = tmp_path / "bom.tsv"
+    bom.write_text("\ufeff" + "\n".join([f"{qid}\tno-such-doc\t1", *lines[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(TuningError, match=f"^{bom}:1: document 'no-such-doc' is not in the corpus"):
+        load_data(queries, bom, corpus)
+    # A judgement of a query that is not among the queries is left out, whatever document it names.
+    stray = tmp_path / "stray.tsv"
+    stray.write_text(qrels.read_text() + "not-a-query\tno-such-doc\t1\n")
+    assert load_data(queries, stray, corpus).qrels == load_data(queries, qrels, corpus).qrels
 
 
 def test_documents_judged_not_relevant_are_no_positives(scifact_slice: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -279,8 +288,32 @@ def test_resume_is_refused_without_a_state_or_with_other_settings(
     other = _cli(*args, "--resume", "--lr", "0.001")
     assert other.returncode == 1 and not out.exists()
     assert other.stderr.strip().splitlines()[-1] == (
-        f"ralm-es: error: --resume: {out}.tuning is a tuning run with other settings; delete it to start over"
+        f"ralm-es: error: --resume: {out}.tuning is a tuning run with other settings (lr 2e-05, now 0.001); "
+        "delete it to start over"
     )
+    # The same data under another spelling of its paths, on a device named rather than picked, goes on.
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for path in scifact_slice:
+        shutil.copy(path, copies / path.name)
+    base = _args(*(copies / p.name for p in scifact_slice), out, tiny_model_dir)
+    spelled = [*base, *args[len(base) :], "--device", "cpu", "--resume"]
+    again = _cli(*spelled, "--stop-after", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "paused"
+    # Other judgements behind the same path: the split and the batches drawn would change under the run.
+    qrels = copies / scifact_slice[1].name
+    kept = qrels.read_text()
+    qrels.write_text("".join(kept.splitlines(keepends=True)[:-3]))
+    changed = _cli(*spelled)
+    assert changed.returncode == 1 and not out.exists()
+    assert changed.stderr.strip().splitlines()[-1] == (
+        f"ralm-es: error: --resume: {out}.tuning is a tuning run with other data; delete it to start over"
+    )
+    qrels.write_text(kept)
+    finished = _cli(*spelled)
+    assert finished.returncode == 0, finished.stderr
+    assert (out / "tuning.json").is_file()
 
 
 def test_gradcache_mini_batches_train_as_the_whole_batch_does(

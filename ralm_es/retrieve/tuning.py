@@ -13,6 +13,7 @@ top ``dev_candidates``, or the whole corpus when that is 0); the best epoch is k
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,11 +32,19 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ralm_es import resumable
+from ralm_es.corpus.lines import iter_lines
 from ralm_es.corpus.readers import read_corpus
 from ralm_es.corpus.types import Passage, ReadError
 from ralm_es.embed import Encoder, pick_device
 from ralm_es.inference.checkpoint import read_safetensors
-from ralm_es.retrieve.metrics import evaluate_run, load_qrels, passages_to_docs, relevant_judgements, split_queries
+from ralm_es.retrieve.metrics import (
+    MAX_QRELS_LINE,
+    evaluate_run,
+    load_qrels,
+    passages_to_docs,
+    relevant_judgements,
+    split_queries,
+)
 from ralm_es.retrieve.settings import TuneSettings, TuningError
 from ralm_es.store.base import Backend, EncoderRecord, IndexSpec, SearchRequest
 
@@ -55,6 +64,16 @@ class TuningData:
     docs: dict[str, str]
     sources: dict[str, str]
 
+    def digest(self) -> str:
+        return content_digest([self.queries, self.qrels, self.docs])
+
+
+def content_digest(value: Any) -> str:
+    """What a run reads, not where from: a resume finds the same data under another spelling of its path, and
+    notices an edited file (or index) behind the same name."""
+    content = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+
 
 def _read_texts(path: str | Path, what: str) -> dict[str, str]:
     texts: dict[str, str] = {}
@@ -68,8 +87,8 @@ def _read_texts(path: str | Path, what: str) -> dict[str, str]:
 
 
 def _qrels_line(path: Path, qid: str, doc_id: str) -> int:
-    with path.open(encoding="utf-8") as fh:
-        return next(n for n, line in enumerate(fh, 1) if line.split()[:2] == [qid, doc_id])
+    # Lines as load_qrels read them (gzip, BOM).
+    return next(line.number for line in iter_lines(path, MAX_QRELS_LINE) if line.text.split()[:2] == [qid, doc_id])
 
 
 def load_data(queries: str | Path, qrels: str | Path, corpus: str | Path) -> TuningData:
@@ -77,13 +96,13 @@ def load_data(queries: str | Path, qrels: str | Path, corpus: str | Path) -> Tun
     names its qrels line; queries without a relevant judgement (and judgements of queries not given) are left out."""
     texts = _read_texts(queries, "queries")
     docs = _read_texts(corpus, "corpus documents")
-    relevant = relevant_judgements(load_qrels(qrels))
+    relevant = {q: judged for q, judged in relevant_judgements(load_qrels(qrels)).items() if q in texts}
     for qid, judged in relevant.items():
         missing = next((d for d, r in judged.items() if r > 0 and d not in docs), None)
         if missing is not None:
             line = _qrels_line(Path(qrels), qid, missing)
             raise TuningError(f"{qrels}:{line}: document '{missing}' is not in the corpus {corpus}")
-    used = {q: texts[q] for q in sorted(relevant) if q in texts}
+    used = {q: texts[q] for q in sorted(relevant)}
     if len(used) < 2:
         raise TuningError(f"{len(used)} of the queries in {queries} have a relevant judgement in {qrels}; need 2+")
     return TuningData(
@@ -385,12 +404,21 @@ class Tuner:
         total = sum(len(p) for p in plans)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.s.warmup * total), total)
 
-        made_of = {"settings": asdict(self.s), "base": self.base.revision, "data": data.sources, "negatives": negatives}
+        # The device is where the run goes on, not what it computes: a run may resume on another machine.
+        settings = {k: v for k, v in asdict(self.s).items() if k != "device"}
+        made_of = {
+            "settings": settings,
+            "base": self.base.revision,
+            "data": data.digest(),
+            "BM25 rankings": content_digest(ranked),
+        }
         if resume:
             loop = resumable.load_state(state, model, optimizer, scheduler, self.device)
             if loop["made_of"] != made_of:
-                changed = ", ".join(k for k in made_of if loop["made_of"].get(k) != made_of[k])
-                raise TuningError(f"--resume: {state} is a tuning run with other {changed}; delete it to start over")
+                raise TuningError(
+                    f"--resume: {state} is a tuning run with {_changes(loop['made_of'], made_of)}; delete it to "
+                    "start over"
+                )
             history = [EpochResult(**h) for h in loop["history"]]
             best_state = _read_best(state, loop["best_epoch"])
             notice(f"resuming epoch {loop['epoch']} at batch {len(loop['losses'])} from {state}")
@@ -504,6 +532,21 @@ class Tuner:
 
 def _snapshot(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """``other settings (epochs 2, now 3)``, ``other data``: what a resumed run would change, named."""
+    parts = []
+    for key, value in now.items():
+        before = saved.get(key)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            keys = [k for k in value if before.get(k) != value[k]]
+            parts.append(f"other {key} ({', '.join(f'{k} {before.get(k)}, now {value[k]}' for k in keys)})")
+        else:
+            parts.append(f"other {key}")
+    return ", ".join(parts)
 
 
 def state_folder(out: Path) -> Path:
