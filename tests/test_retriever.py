@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -330,14 +331,32 @@ def _hit_line(**fields: object) -> bytes:
         ([b"[1, 2]"], ":1: expected a JSON object, found list"),
         ([_HEADER, b"null"], ":2: expected a JSON object, found NoneType"),
         ([_HEADER, _ENTRY, _hit_line(rank="abc")], ":3: hit 1 needs an integer rank, found 'abc'"),
-        ([_HEADER, _ENTRY, _hit_line(score="high")], ":3: hit 1 needs a number score, found 'high'"),
-        ([_HEADER, _ENTRY, _hit_line(scores="x")], ":3: hit 1 needs scores as an object of numbers, found 'x'"),
+        ([_HEADER, _ENTRY, _hit_line(score="high")], ":3: hit 1 needs a finite number score, found 'high'"),
+        # Python's json reads NaN and Infinity; a NaN score made every later loss NaN.
+        ([_HEADER, _ENTRY, _hit_line(score=math.nan)], ":3: hit 1 needs a finite number score, found nan"),
+        ([_HEADER, _ENTRY, _hit_line(scores="x")], ":3: hit 1 needs scores as an object of finite numbers, found 'x'"),
+        (
+            [_HEADER, _ENTRY, _hit_line(scores={"dense": math.inf})],
+            ":3: hit 1 needs scores as an object of finite numbers, found {'dense': inf}",
+        ),
         ([_HEADER, b'{"input_id": "a", "query": "caf\xff", "hits": []}'], ":2: invalid UTF-8 (byte 31 of the line)"),
         ([_HEADER, _hit_line(text="\ud800")], ":2: escaped lone surrogate '\\ud800' (\\ud800): not valid Unicode"),
         ([_HEADER, _ENTRY, _hit_line(), _ENTRY], ":4: input_id 'a' again (first at line 2); a retrieval cache holds"),
         ([_HEADER[:-1] + b', "bogus": 1}'], ":1: a cache header this version cannot read (CacheHeader.__init__"),
     ],
-    ids=["not-an-object", "null-entry", "rank", "score", "scores", "invalid-utf8", "surrogate", "dup-id", "header"],
+    ids=[
+        "not-an-object",
+        "null-entry",
+        "rank",
+        "score",
+        "nan-score",
+        "scores",
+        "infinite-scores",
+        "invalid-utf8",
+        "surrogate",
+        "dup-id",
+        "header",
+    ],
 )
 def test_a_damaged_cache_fails_naming_its_file_and_line(tmp_path: Path, lines: list[bytes], message: str) -> None:
     path = tmp_path / "cache.jsonl"

@@ -8,6 +8,7 @@ are skipped by the writer.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,10 +85,10 @@ class CacheHit:
         if raw.get("rank") is not None and not _is_number(raw["rank"], int):
             raise CacheError(f"{where}: hit {rank} needs an integer rank, found {raw['rank']!r}")
         if raw.get("score") is not None and not _is_number(raw["score"]):
-            raise CacheError(f"{where}: hit {rank} needs a number score, found {raw['score']!r}")
+            raise CacheError(f"{where}: hit {rank} needs a finite number score, found {raw['score']!r}")
         scores = raw.get("scores") or {}
         if not isinstance(scores, dict) or not all(v is None or _is_number(v) for v in scores.values()):
-            raise CacheError(f"{where}: hit {rank} needs scores as an object of numbers, found {scores!r}")
+            raise CacheError(f"{where}: hit {rank} needs scores as an object of finite numbers, found {scores!r}")
         return cls(
             id=raw["id"],
             doc_id=str(raw.get("doc_id") or ""),
@@ -100,8 +101,9 @@ class CacheHit:
 
 
 def _is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
-    # JSON true/false load as bools, which are ints to isinstance.
-    return isinstance(value, kind) and not isinstance(value, bool)
+    # JSON true/false load as bools, which are ints to isinstance; Python's json reads NaN and Infinity, which
+    # would turn every loss and attention weight they reach into NaN.
+    return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
