@@ -241,6 +241,14 @@ def test_an_existing_output_folder_is_refused(slice_data: TuningData, tiny_model
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_a_max_length_past_the_encoders_positions_is_refused_up_front(tiny_model_dir: Path) -> None:
+    # The tiny BERT has 512 positions, as MiniLM does; 513 was a tensor-size traceback after the BM25 mining.
+    with pytest.raises(TuningError) as err:
+        Tuner(tiny_model_dir, replace(FAST, max_length=513))
+    assert str(err.value) == f"tune.max_length 513 is more than the 512 tokens the encoder in {tiny_model_dir} reads"
+    assert Tuner(tiny_model_dir, replace(FAST, max_length=512)).s.max_length == 512
+
+
 def test_a_run_paused_twice_resumes_to_the_same_encoder(
     tuned: tuple[TuneReport, list[str]], slice_data: TuningData, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

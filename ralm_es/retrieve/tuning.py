@@ -246,6 +246,13 @@ class Tuner:
         self.progress = progress
         self.base = Encoder(base, device="cpu")  # checks the folder, and names its weights by their hash
         self.device = pick_device(settings.device)
+        positions = getattr(self.base.config, "max_position_embeddings", None)
+        # Before the corpus is mined and the base encoder evaluated, not as a tensor-size traceback after.
+        if isinstance(positions, int) and settings.max_length > positions:
+            raise TuningError(
+                f"tune.max_length {settings.max_length} is more than the {positions} tokens the encoder in "
+                f"{self.base.path} reads"
+            )
 
     def _model(self) -> Any:
         from sentence_transformers import SentenceTransformer
