@@ -25,7 +25,7 @@ from ralm_es.model.tokens import CASE_DIGIT, CASE_LOWER, CASE_MIXED, CASE_TITLE,
 from ralm_es.model_folder import ModelError
 from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheHit, CacheWriter, read_header
 from ralm_es.store.base import EncoderRecord
-from ralm_es.tasks import Example, LabelMap
+from ralm_es.tasks import DataError, Example, LabelMap
 from ralm_es.train.checkpoint import new_model
 from ralm_es.train.config import OptimSettings, TrainConfig, load_config
 from ralm_es.train.loop import TrainError, train
@@ -156,12 +156,27 @@ def test_missing_cache_entries_are_named(tmp_path: Path) -> None:
     with CacheWriter(cache, CacheHeader(index="i", mode="bm25", k=2)) as writer:
         writer.write("a", "text a", [hit(0, "x", 1.0)])
     examples = [Example(i, ("w",), "f:1") for i in ("a", "b", "c")]
-    spec = ModelSpec(task="ner", fusion="attention")
+    spec = ModelSpec(task="ner", fusion="attention", k=2)
     with pytest.raises(CacheError, match=r"no retrieval for 2 example\(s\): b, c"):
         cached_hits(examples, cache, spec, "train")
     with pytest.raises(ValueError, match=r"fusion 'attention' needs retrieved passages: set data.dev_cache"):
         cached_hits(examples, None, spec, "dev")
     assert cached_hits(examples, None, ModelSpec(task="ner", fusion="none"), "dev") == [[], [], []]
+
+
+def test_a_model_k_past_the_caches_k_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.jsonl"
+    with CacheWriter(cache, CacheHeader(index="i", mode="bm25", k=2)) as writer:
+        writer.write("a", "w", [hit(0, "x", 1.0), hit(1, "y", 0.5)])
+    examples = [Example("a", ("w",), "f:1")]
+    with pytest.raises(DataError) as err:
+        cached_hits(examples, cache, ModelSpec(task="ner", fusion="attention", k=3), "train")
+    assert str(err.value) == (
+        f"{cache}: model.k is 3, but this cache holds at most 2 hits an input; retrieve with -k 3, or set model.k "
+        "to 2 or less"
+    )
+    hits = cached_hits(examples, cache, ModelSpec(task="ner", fusion="attention", k=2), "train")
+    assert [h.id for h in hits[0]] == ["p0", "p1"]
 
 
 def test_cuda_out_of_memory_names_the_batch_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,13 @@ def cached_hits(
     if cache is None:
         raise DataError(f"fusion '{spec.fusion}' needs retrieved passages: set data.{split}_cache (ralm-es retrieve)")
     header, entries = read_cache(cache, made_from)
+    if spec.k > header.k:
+        # The slots past the cache's k would stay empty in every example: trained (or predicted) on fewer passages
+        # than the model records, and a scores model sized for slots it never saw filled.
+        raise DataError(
+            f"{cache}: model.k is {spec.k}, but this cache holds at most {header.k} hits an input; retrieve with "
+            f"-k {spec.k}, or set model.k to {header.k} or less"
+        )
     check_score_scale(spec, header_scale(header), str(cache))
     require(entries, [ex.id for ex in examples], cache)
     check_queries(entries, examples, cache, made_from)
