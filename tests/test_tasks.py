@@ -204,6 +204,19 @@ def test_classification_ids_are_read_as_the_corpus_reader_reads_them(tmp_path: P
     assert examples[0].id == "7"
 
 
+def test_classification_ids_are_one_an_example(tmp_path: Path) -> None:
+    """Both trained while the cache held one entry for the two (retrieve skips the second), so a fusion with passages
+    sent the user back to the retrieve command that had made it. Lines without ids and the same text share an entry
+    rightly (the same query), and stay."""
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"id": 0, "text": "a", "label": "X"}\n{"id": "0", "text": "b", "label": "Y"}\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_classification(path)
+    assert str(err.value) == f"{path}:2: id '0' again (first at line 1); each example needs its own id"
+    path.write_text('{"text": "same", "label": "X"}\n{"text": "same", "label": "Y"}\n', encoding="utf-8")
+    assert [ex.label for ex in read_classification(path)] == ["X", "Y"]
+
+
 def test_ner_metrics_are_entity_level() -> None:
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
     pred = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "O"]]

@@ -32,6 +32,7 @@ def read_classification(
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     examples = []
+    first_at: dict[str, int] = {}
     # Lines as the corpus reader reads them: BOM dropped, split at \n only, each bad line named.
     for line in iter_json_lines(path, MAX_LINE_BYTES):
         where = f"{path}:{line.number}"
@@ -58,11 +59,20 @@ def read_classification(
         raw_id = row.get(id_field)
         # As in the corpus reader, a null or empty id is no id, and the text's hash stands in: the id `ralm-es
         # retrieve` gives the same line, so its cache matches.
-        if raw_id in (None, ""):
-            raw_id = content_id(text)
+        hashed = raw_id in (None, "")
+        example_id = _string_or_integer(content_id(text) if hashed else raw_id, f"{where}: id field '{id_field}'")
+        # Two lines of one id hold one cache entry between them (retrieve skips the second), so one of them would be
+        # read with the other's passages. Lines without ids and the same text share it rightly: the same query.
+        if not hashed:
+            if example_id in first_at:
+                first = first_at[example_id]
+                raise DataError(
+                    f"{where}: id {example_id!r} again (first at line {first}); each example needs its own id"
+                )
+            first_at[example_id] = line.number
         examples.append(
             Example(
-                id=_string_or_integer(raw_id, f"{where}: id field '{id_field}'"),
+                id=example_id,
                 words=tuple(text.split()),
                 source=where,
                 label=label,
