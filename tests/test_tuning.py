@@ -203,6 +203,17 @@ def test_judged_document_missing_from_the_corpus_names_the_qrels_line(
     assert load_data(queries, stray, corpus).qrels == load_data(queries, qrels, corpus).qrels
 
 
+def test_a_query_bm25_found_nothing_for_still_gets_a_negative(slice_data: TuningData) -> None:
+    """One pair without a negative dropped the hard negatives of its whole batch (the loss needs a column each)."""
+    first, second = list(slice_data.queries)[:2]
+    ranked = {first: [], second: [d for d in slice_data.docs if d not in slice_data.qrels[second]][:5]}
+    pairs = training_pairs(slice_data, [first, second], ranked, 20, random.Random(0))
+    assert all(p.negative is not None and p.negative not in slice_data.qrels[p.query] for p in pairs)
+    assert {p.negative for p in pairs if p.query == second} <= set(ranked[second])
+    # No mining at all (--no-hard-negatives): in-batch negatives only.
+    assert {p.negative for p in training_pairs(slice_data, [first, second], {}, 20, random.Random(0))} == {None}
+
+
 def test_documents_judged_not_relevant_are_no_positives(scifact_slice: tuple[Path, Path, Path], tmp_path: Path) -> None:
     queries, qrels, corpus = scifact_slice
     lines = qrels.read_text().splitlines()

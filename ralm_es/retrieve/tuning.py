@@ -156,10 +156,13 @@ def training_pairs(
 ) -> list[Pair]:
     """One pair per (train query, relevant document), each with a hard negative drawn from the query's top
     ``depth`` unjudged BM25 documents when ``ranked`` has any (a fresh draw every epoch). A document judged not
-    relevant (relevance 0) is no positive."""
+    relevant (relevance 0) is no positive. A query BM25 found no unjudged document for draws any unjudged one: a
+    batch trains on hard negatives only when every pair has one."""
     pairs = []
     for qid in train:
         pool = [d for d in ranked.get(qid, []) if d not in data.qrels[qid]][:depth]
+        if ranked and not pool:
+            pool = [d for d in data.docs if d not in data.qrels[qid]]
         for doc in sorted(d for d, r in data.qrels[qid].items() if r > 0):
             pairs.append(Pair(qid, doc, rng.choice(pool) if pool else None))
     return pairs
