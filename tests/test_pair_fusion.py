@@ -134,6 +134,9 @@ def test_inputs_without_passages_train_and_predict_in_pair_mode(
     records = [json.loads(line) for line in out.output.splitlines()]
     assert len(records) == 12 and all(r["label"] in {"SUPPORT", "CONTRADICT"} for r in records)
     assert all(r["passages"] == [] and r["weights"] == [[]] for r in records)
+    # The text output says so, where it gave the label an empty list of weights.
+    text = CliRunner().invoke(cli, [*args, "--explain"], catch_exceptions=False).output.splitlines()
+    assert text[1::2] == ["  (no passages: retrieval found none for this input)"] * 12
 
 
 def test_the_regularisers_are_off_by_default() -> None:

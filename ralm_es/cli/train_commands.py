@@ -48,6 +48,8 @@ def _explain_lines(record: PredictionRecord, top: int, fusion: str) -> list[str]
     # The model's fusion strategy gave no weights (``Prediction.weights``): only the modes that weigh passages do.
     if record.weights is None:
         return [f"  (fusion '{fusion}' does not weigh passages)"]
+    if not record.passages:
+        return ["  (no passages: retrieval found none for this input)"]
     lines = [f"  [{j + 1}] {p['id']}: {(p['text'] or '')[:90]}" for j, p in enumerate(record.passages or [])]
     if record.tags is not None:
         triples = zip(record.words or [], record.tags, record.weights, strict=True)
@@ -71,7 +73,8 @@ def _explain_lines(record: PredictionRecord, top: int, fusion: str) -> list[str]
     default=3,
     show_default=True,
     type=click.IntRange(1),
-    help="Passages shown per prediction with --explain (text output; --json lists every passage).",
+    help="With --explain, the N passages of most weight named for each label (each tagged word for NER); text "
+    "output, --json gives every weight.",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True)
