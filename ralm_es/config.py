@@ -329,7 +329,21 @@ def build(cls: type[T], merged: Sources, prefix: str = "") -> T:
             kwargs[name] = _coerce(value, hint, where)
         elif dataclasses.is_dataclass(hint) and any(k.startswith(key + ".") for k in merged):
             kwargs[name] = build(hint, merged, key + ".")  # type: ignore[arg-type]
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise _sourced(exc, merged) from None
+
+
+def _sourced(exc: ConfigError, merged: Sources) -> ConfigError:
+    """A settings class's own check names the setting (``tune.epochs must be at least 1``); put the file, variable
+    or flag that gave the value in its place (``c.yaml: tune.epochs must be ...``)."""
+    message = str(exc)
+    setting = message.split(" ", 1)[0]
+    for _, where in merged.values():
+        if where != setting and (where.endswith(f" {setting}") or where.endswith(f"({setting})")):
+            return ConfigError(where + message[len(setting) :])
+    return exc
 
 
 def compose(cls: type[T], *layers: Layer) -> T:

@@ -25,7 +25,7 @@ from ralm_es.es.client import ClusterUnavailable, connect
 from ralm_es.inference.task import TaskSettings
 from ralm_es.ingest import IngestSettings
 from ralm_es.model.spec import ModelSettings
-from ralm_es.retrieve.settings import RetrievalSettings
+from ralm_es.retrieve.settings import RetrievalSettings, TuneSettings
 from ralm_es.serve.settings import ServeSettings
 from ralm_es.store.base import IndexSettings
 from ralm_es.train.config import OptimSettings
@@ -71,6 +71,18 @@ class Outer:
     name: str = "x"
     optim: Inner = field(default_factory=Inner)
     tags: list[str] = field(default_factory=list)
+
+
+def test_a_value_a_settings_class_refuses_names_where_it_came_from(tmp_path: Path) -> None:
+    """An unknown key named its file, a value out of range only the setting: which file, flag or --set gave it?"""
+    config = tmp_path / "c.yaml"
+    config.write_text("tune:\n  epochs: 0\n")
+    with pytest.raises(ConfigError) as err:
+        compose(TuneSettings, file_layer(config, "tune"))
+    assert str(err.value) == f"{config}: tune.epochs must be at least 1, got 0"
+    with pytest.raises(ConfigError) as err:
+        compose(IngestSettings, set_layer(["chunking.overlap=-1"]))
+    assert str(err.value) == "--set chunking.overlap must not be negative, got -1"
 
 
 def test_unknown_key_lists_close_matches() -> None:
