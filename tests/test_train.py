@@ -28,6 +28,7 @@ from ralm_es.inference.task import task_of
 from ralm_es.model.labelling import Prediction
 from ralm_es.model.spec import ModelSettings
 from ralm_es.model.strategies import check_encoder_fits
+from ralm_es.resumable import saved_loop
 from ralm_es.retrieve.cache import CacheHeader, CacheHit, CacheWriter
 from ralm_es.retrieve.settings import RetrievalSettings
 from ralm_es.tasks import DataError, Example
@@ -317,7 +318,9 @@ def test_a_resume_may_change_where_and_how_it_runs_but_not_what_it_trains(
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(load_config(config))), encoding="utf-8")
-    for allowed in ("train.eval_batch_size=4", "train.device=auto", "train.threads=2", "run.progress=true"):
+    # The test set is scored after training: a wrong path is corrected on resume.
+    allowed_changes = ("train.eval_batch_size=4", "train.device=auto", "train.threads=2", "run.progress=true")
+    for allowed in (*allowed_changes, "data.test=test.txt", "data.test_cache=test.cache.jsonl"):
         loop._check_resumed_settings(out, load_config(config, [allowed]))
     with pytest.raises(TrainError, match=r"other settings \(train\.lr 0\.001 -> 0\.01\)"):
         loop._check_resumed_settings(out, load_config(config, ["train.lr=0.01"]))
@@ -473,3 +476,95 @@ def test_pair_needs_room_for_the_input_and_the_passage_together(tiny_model_dir: 
     over = ModelSettings(fusion="pair", max_length=300, passage_max_length=214)
     with pytest.raises(ConfigError, match=r"model\.max_length \+ model\.passage_max_length - 1 is 513, over the 512"):
         check_encoder_fits(over, 32, 512, tiny_model_dir)
+
+
+def test_an_empty_run_out_is_refused(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:
+    # Path("") is the current directory: the run would be written among whatever is there.
+    with pytest.raises(ConfigError, match=r"^run\.out must name the run folder, got ''$"):
+        load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["run.out="])
+
+
+def write_misc(path: Path) -> Path:
+    """A CoNLL file with a MISC entity, a type the training data of ``ner_data`` lacks."""
+    path.write_text("-DOCSTART- -X- -X- O\n\nJohn X X B-PER\nspeaks X X O\nFrench X X B-MISC\n\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing file", "unseen label", "no cache", "cache of another file"])
+def test_a_bad_test_split_is_refused_before_training(
+    case: str, tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    missing = tmp_path / "missing.txt"
+    other = write_conll(tmp_path / "dev.txt", 16, seed=3)  # dev.txt's ids, other sentences
+    test, cache, message = {
+        "missing file": (missing, ner_data["dev_cache"], rf"^{missing}: no such file$"),
+        "unseen label": (write_misc(tmp_path / "misc.txt"), ner_data["dev_cache"], r"misc\.txt.*MISC"),
+        "no cache": (ner_data["dev"], None, r"^fusion 'attention' needs retrieved passages: set data\.test_cache"),
+        "cache of another file": (other, ner_data["dev_cache"], r"dev\.cache\.jsonl: the passages of 'dev-d0-s0' were"),
+    }[case]
+    cfg = load_config(ner_config(tmp_path, ner_data, tiny_model_dir), [f"data.test={test}", f"data.test_cache={cache}"])
+    with pytest.raises(DataError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_resumes_with_a_corrected_test_split(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    config = ner_config(tmp_path, ner_data, tiny_model_dir)
+    trained = train(load_config(config, ["train.max_steps=2"]))
+    assert trained.finished and trained.test is None
+    test = [f"data.test={ner_data['dev']}", f"data.test_cache={ner_data['dev_cache']}"]
+    resumed = train(load_config(config, ["train.max_steps=2", "run.resume=true", *test]))
+    assert resumed.steps == 2 and resumed.test is not None
+    assert (
+        resumed.test["f1"] == evaluate_file(open_run(resumed.out, "cpu"), ner_data["dev"], ner_data["dev_cache"])["f1"]
+    )
+    assert "| test f1 (best checkpoint) |" in (resumed.out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_fresh_run_starts_its_metrics_afresh_in_a_folder_left_before_a_first_save(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    # A run killed before its first save: records, no state, no weights. A file of the user's own stays.
+    stale = [{"step": s, "epoch": 0.1, "loss": 9.0, "lr": 0.001, "examples_per_s": 1.0} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale), encoding="utf-8")
+    (run / "notes.txt").write_text("mine", encoding="utf-8")
+    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["train.max_steps=4"]))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4] and 9.0 not in losses(run)
+    assert [r["step"] for r in records if "dev" in r] == [4] and result.finished
+    assert (run / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+@pytest.mark.parametrize(("grad_accum", "steps"), [(1, 18), (4, 5)])
+def test_epochs_train_that_many_epochs_of_micro_batches_whatever_the_accumulation(
+    grad_accum: int, steps: int, tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    # 48 sentences in batches of 8: 6 micro-batches an epoch, 18 in 3 epochs; with 4 to a step the fifth takes 2.
+    sets = ["train.max_steps=null", "train.epochs=3", f"train.grad_accum={grad_accum}", "train.eval_every=100"]
+    result = train(load_config(ner_config(tmp_path, ner_data, tiny_model_dir), sets))
+    assert (result.steps, result.total_steps) == (steps, steps)
+    loop_state = saved_loop(result.out)
+    assert loop_state is not None and loop_state["micro"] == 18
+    records = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    micro = [min(s * grad_accum, 18) for s in range(1, steps + 1)]
+    assert [r["epoch"] for r in records if "loss" in r] == [round(m / 6, 3) for m in micro]
+
+
+def test_a_short_last_step_averages_its_micro_batches(
+    tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    # One epoch is 6 micro-batches: accumulating up to 100 is one step of those 6, as accumulating exactly 6 is.
+    runs = {}
+    for grad_accum in (6, 100):
+        folder = tmp_path / str(grad_accum)
+        folder.mkdir()
+        sets = ["train.max_steps=null", "train.epochs=1", f"train.grad_accum={grad_accum}"]
+        runs[grad_accum] = train(load_config(ner_config(folder, ner_data, tiny_model_dir), sets))
+    assert runs[6].steps == runs[100].steps == 1
+    assert losses(tmp_path / "100" / "run") == pytest.approx(losses(tmp_path / "6" / "run"), abs=1e-6)
+    a, b = (load_file(str(tmp_path / name / "run" / "model.safetensors")) for name in ("6", "100"))
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)

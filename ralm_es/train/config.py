@@ -100,6 +100,11 @@ class RunSettings:
     resume: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # An empty path is the current directory: the run would be written among whatever is there.
+        if not self.out.strip():
+            raise ConfigError(f"run.out must name the run folder, got {self.out!r}")
+
 
 @dataclass
 class TrainConfig:

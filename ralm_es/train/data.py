@@ -54,7 +54,8 @@ def training_scale(cfg: TrainConfig) -> ScoreScale | None:
 def load_splits(
     cfg: TrainConfig, task: Task, tokenizer: PreTrainedTokenizerBase, embed: FrozenPassages | None
 ) -> Splits:
-    """Train (and dev) features, with the label map read from the training data."""
+    """Train (and dev) features, with the label map read from the training data; the test file and its cache, when
+    set, are checked against them."""
     data = cfg.data
     train = read_split(task, data.train, data.limit)
     dev = read_split(task, data.dev, data.limit) if data.dev else None
@@ -84,4 +85,9 @@ def load_splits(
         task.check_labels(dev, labels)
         dev_hits = cached_hits(dev, dev_cache, spec, "dev", data.dev or data.train)
         dev_fs = build_features(dev, dev_hits, tokenizer, spec, labels, embed)
+    if data.test:
+        # Scored only once training ends (``evaluate_file``): a bad test file, label or cache fails here, before it.
+        test = read_split(task, data.test, data.limit)
+        task.check_labels(test, labels)
+        cached_hits(test, data.test_cache, spec, "test", data.test)
     return Splits(train_fs, dev_fs, labels, spec)

@@ -87,8 +87,8 @@ def _check_out(out: Path, resume: bool) -> None:
 
 
 # What a resumed run may set otherwise: how and where it runs (a paused run may move to another machine, an
-# evaluation that ran out of memory may take smaller batches), not what it trains.
-RESUME_MAY_CHANGE = ("run.", "train.threads", "train.device", "train.eval_batch_size")
+# evaluation that ran out of memory may take smaller batches) and the test set scored at the end, not what it trains.
+RESUME_MAY_CHANGE = ("run.", "train.threads", "train.device", "train.eval_batch_size", "data.test", "data.test_cache")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -172,8 +172,9 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     model = checkpoint.new_model(splits.spec, cfg.model.encoder).to(device)
     per_rank = t.batch_size * layout.world
     micro_per_epoch = math.ceil(len(train_fs) / per_rank)
-    steps_per_epoch = math.ceil(micro_per_epoch / t.grad_accum)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    # Epochs count micro-batches, so the last optimizer step may take fewer than train.grad_accum of them.
+    total_micro = t.max_steps * t.grad_accum if t.max_steps else max(1, math.ceil(t.epochs * micro_per_epoch))
+    total_steps = math.ceil(total_micro / t.grad_accum)
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, total_steps, t.warmup_ratio)
     loop: dict[str, Any] = {"step": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0}
@@ -190,6 +191,9 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     forward = ddp or model
     if layout.main:
         out.mkdir(parents=True, exist_ok=True)
+        if not cfg.run.resume:
+            # A run killed before its first save left records (and nothing to resume) that are not this run's.
+            report.start_metrics(out)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
 
     # Data order: a seeded permutation per epoch, padded to a whole number of batches on every rank, so the
@@ -218,14 +222,16 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     while loop["step"] < total_steps and not loop["stopped_early"]:
         step_started = time.perf_counter()
         step_loss = 0.0
-        for micro in range(t.grad_accum):
+        accum = min(t.grad_accum, total_micro - loop["micro"])
+        for micro in range(accum):
             batch = micro_batch(loop["micro"])
             loop["micro"] += 1
             # Gradients are only all-reduced on the last micro-batch of an accumulation window.
-            sync = ddp.no_sync() if ddp is not None and micro < t.grad_accum - 1 else contextlib.nullcontext()
+            sync = ddp.no_sync() if ddp is not None and micro < accum - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(device, t.precision):
-                    loss = forward(batch, t.consistency_weight).loss / t.grad_accum
+                    # The mean over the step's micro-batches, a short last step's too.
+                    loss = forward(batch, t.consistency_weight).loss / accum
                 loss.backward()
             step_loss += loss.item()
         if t.grad_clip > 0:
@@ -240,12 +246,12 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
         step = loop["step"]
         loop["train_seconds"] += time.perf_counter() - step_started
         loop["timed_steps"] += 1
-        rate = loop["timed_steps"] * per_rank * t.grad_accum / loop["train_seconds"]
+        rate = _timed_micro(loop, t.grad_accum) * per_rank / loop["train_seconds"]
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{rate:.1f}")
         if layout.main and (step % t.log_every == 0 or step == total_steps):
             mean_loss = loop["window_loss"] / loop["window_steps"]
-            record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": mean_loss}
+            record = {"step": step, "epoch": round(loop["micro"] / micro_per_epoch, 3), "loss": mean_loss}
             record.update({"lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 2)})
             report.append_metrics(out, record)
             loop.update(window_loss=0.0, window_steps=0)
@@ -276,7 +282,7 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
     bar.close()
 
     finished = loop["step"] >= total_steps or loop["stopped_early"]
-    rate = loop["timed_steps"] * per_rank * t.grad_accum / max(loop["train_seconds"], 1e-9)
+    rate = _timed_micro(loop, t.grad_accum) * per_rank / max(loop["train_seconds"], 1e-9)
     truncated = {"train": train_fs.truncated, "dev": dev_fs.truncated if dev_fs is not None else 0}
     result = RunResult(
         out=out,
@@ -297,6 +303,12 @@ def _train(cfg: TrainConfig, layout: distributed.Layout, stop_after: int | None)
             result.test = evaluate_file(run, cfg.data.test, cfg.data.test_cache, t.eval_batch_size, cfg.data.limit)
         _write_outputs(out, cfg, task, result, layout, device)
     return result
+
+
+def _timed_micro(loop: dict[str, Any], grad_accum: int) -> int:
+    """Micro-batches of the timed steps: the last ``timed_steps`` steps (an older state timed only those after it),
+    and only the run's last step may be short."""
+    return loop["micro"] - (loop["step"] - loop["timed_steps"]) * grad_accum
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

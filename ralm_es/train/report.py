@@ -22,6 +22,11 @@ def append_metrics(folder: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def start_metrics(folder: Path) -> None:
+    """An empty log, for a run that starts afresh."""
+    (folder / METRICS).write_text("", encoding="utf-8")
+
+
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
     path = folder / METRICS
     if not path.is_file():
