@@ -130,3 +130,79 @@ def test_attention_trains_on_document_context(tmp_path: Path, tiny_model_dir: Pa
         r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r
     ]
     assert result.finished and sum(seen[-3:]) / 3 < sum(seen[:3]) / 3
+
+
+def test_out_is_written_afresh_for_each_input_and_only_a_context_cache_is_replaced(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(DOC)
+    second.write_text(DOC.split("-DOCSTART- -X- -X- O\n\nEcho")[0])
+    out = tmp_path / "context.jsonl"
+    assert run_cli("doc-context", str(first), "--out", str(out)).returncode == 0
+    # Another input to the same --out: its entries alone, counted as written (a's 5 stayed, "9 inputs" was printed).
+    proc = run_cli("doc-context", str(second), "--out", str(out))
+    assert proc.returncode == 0 and proc.stderr == f"4 inputs in {out}\n"
+    assert list(read_cache(out)[1]) == ["b-d0-s0", "b-d0-s1", "b-d0-s2", "b-d0-s3"]
+    # The same ids with a word changed: the new text, not the entries of before.
+    second.write_text(second.read_text().replace("Bravo", "Zulu"))
+    proc = run_cli("doc-context", str(second), "--out", str(out))
+    assert proc.returncode == 0 and proc.stderr == f"4 inputs in {out}\n"
+    assert [h.text for h in read_cache(out)[1]["b-d0-s0"].hits] == ["Zulu two", "Charlie three", "Delta four"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+    # A cross-document cache took a cluster to make, and the input is no cache: neither is overwritten.
+    retrieved = tmp_path / "retrieved.jsonl"
+    with CacheWriter(retrieved, CacheHeader(index="corpus", mode="hybrid", k=2)) as writer:
+        writer.write("b-d0-s0", "q", [])
+    for target, reason in (
+        (retrieved, "holds a hybrid retrieval cache, not document context"),
+        (second, "is not a retrieval cache"),
+    ):
+        before = target.read_bytes()
+        proc = run_cli("doc-context", str(second), "--out", str(target))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr == f"ralm-es: error: {target} {reason}; use a new --out or delete it\n"
+        assert target.read_bytes() == before
+
+    # A run that fails midway leaves the --out of before as it was.
+    before = out.read_bytes()
+    proc = run_cli("doc-context", str(second), "--with", str(retrieved), "--out", str(out))
+    assert proc.returncode == 1 and "no retrieval for b-d0-s1" in proc.stderr
+    assert out.read_bytes() == before and not (tmp_path / "context.jsonl.partial").exists()
+
+
+def test_prose_is_refused_naming_its_first_line_and_tokens_alone_are_read(tmp_path: Path) -> None:
+    out = tmp_path / "context.jsonl"
+    # Prose was read as sentences of first words ("The A", "Birds"), exit 0; after a CoNLL sentence, as column errors.
+    for name, text, line in (
+        ("prose.txt", "The cat sat on mats.\nA dog ran in parks.\n\nBirds fly over the sea.\n", 1),
+        ("mixed.txt", "-DOCSTART- -X- -X- O\n\nAlpha NNP B-NP B-PER\n\nThe cat sat on mats.\nA dog ran in parks.\n", 5),
+    ):
+        prose = tmp_path / name
+        prose.write_text(text)
+        proc = run_cli("doc-context", str(prose), "--out", str(out))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr == (
+            f"ralm-es: error: {prose}:{line}: 'The cat sat on mats.' is not a CoNLL line (the last column an IOB tag "
+            "such as B-PER or O): document context needs a CoNLL file (a token and its tags a line, -DOCSTART- "
+            "between documents)\n"
+        )
+        assert not out.exists()
+    # A CoNLL file of tokens alone (as predict reads) is no prose: one sentence a block, one document.
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("Alpha\none\n\nBravo\ntwo\n")
+    proc = run_cli("doc-context", str(tokens), "--out", str(out))
+    assert proc.returncode == 0 and proc.stderr == f"2 inputs in {out}\n"
+    assert [h.text for h in read_cache(out)[1]["tokens-d0-s0"].hits] == ["Bravo two"]
+
+
+def test_a_file_without_sentences_is_refused(tmp_path: Path) -> None:
+    for name, text in (("empty.txt", ""), ("starts.txt", "-DOCSTART- -X- -X- O\n\n-DOCSTART- -X- -X- O\n\n")):
+        data = tmp_path / name
+        data.write_text(text)
+        out = tmp_path / f"{name}.jsonl"
+        proc = run_cli("doc-context", str(data), "--out", str(out))
+        assert proc.returncode == 1 and not out.exists()
+        assert proc.stderr == (
+            f"ralm-es: error: {data} holds no sentence: document context needs a CoNLL file (a token and its tags "
+            "a line, -DOCSTART- between documents)\n"
+        )

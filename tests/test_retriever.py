@@ -463,3 +463,33 @@ def test_the_text_field_of_claims_is_guessed_behind_a_bom(tmp_path: Path) -> Non
     claims = tmp_path / "claims.jsonl"
     claims.write_bytes(b'\xef\xbb\xbf{"id": 1, "claim": "Insulin lowers glucose."}\n')
     assert guess_text_field(str(claims)) == "claim"
+
+
+def test_a_resume_over_an_edited_input_is_refused_and_counts_are_this_inputs(
+    es_url: str, sample_index: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RALM_ES_URL": es_url}
+    lines = sample_path("sample_claims.jsonl").read_text().splitlines()
+    claims = tmp_path / "claims.jsonl"
+    claims.write_text("\n".join(lines[:3]) + "\n")
+    out = tmp_path / "cache.jsonl"
+    common = ["--index", sample_index, "--mode", "bm25", "-k", "2", "--out", str(out), "--quiet"]
+    assert run_cli("retrieve", str(claims), *common, env=env).returncode == 0
+    before = out.read_bytes()
+    # The same ids, claim-02 with other text: its cached passages answer the old text, and were kept as done.
+    claims.write_text(claims.read_text().replace("first isolated in Toronto", "discovered in Paris"))
+    proc = run_cli("retrieve", str(claims), *common, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"ralm-es: error: {out}: input claim-02 was retrieved for 'Insulin was first isolated in Toronto.', but "
+        f"{claims}:2 now reads 'Insulin was discovered in Paris.'; the input changed since, so use a new --out or "
+        "delete it"
+    )
+    assert out.read_bytes() == before
+    # Another input resumed into the cache: the count is its own, the first input's entries counted apart.
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(lines[3:5]) + "\n")
+    proc = run_cli("retrieve", str(other), *common, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"2 inputs in {out} (and 3 of other inputs)"
+    assert len(read_cache(out)[1]) == 5

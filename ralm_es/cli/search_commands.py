@@ -217,7 +217,7 @@ def retrieve(
     """Top-k passages for every input of a data set (JSONL/BEIR queries, CoNLL sentences, claims) into a cache."""
     from ralm_es.corpus.readers import ReadOptions, read_corpus
     from ralm_es.corpus.types import ReadError
-    from ralm_es.retrieve.cache import CacheHeader, CacheWriter
+    from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheWriter
 
     index = options["index"]
     backend_name = options["backend"]
@@ -233,7 +233,7 @@ def retrieve(
         exclude=s.exclude,
     )
     field = guess_text_field(input_path) if text_field == "auto" else text_field
-    failed = 0
+    failed = here = 0
     with CacheWriter(out, header) as writer:
         if writer.done:
             click.echo(f"resuming {out}: {len(writer.done)} inputs already retrieved", err=True)
@@ -241,9 +241,11 @@ def retrieve(
         pending: list[tuple[str, str]] = []
 
         def flush() -> None:
+            nonlocal here
             results = retriever.search_many([t for _, t in pending], input_ids=[i for i, _ in pending])
             for (input_id, text), hits in zip(pending, results, strict=True):
                 writer.write(input_id, text, hits)
+            here += len(pending)
             writer.flush()
             bar.update(len(pending))
             pending.clear()
@@ -253,7 +255,15 @@ def retrieve(
                 failed += 1
                 tqdm.write(f"ralm-es: {item.source}: {item.reason}", file=sys.stderr)
                 continue
-            if item.id in writer.done:
+            if item.id in writer.resumed:
+                # The same id with other text is an input edited since: its cached passages answer the old text.
+                if writer.resumed[item.id] != item.text:
+                    raise CacheError(
+                        f"{out}: input {item.id} was retrieved for {_short(writer.resumed[item.id], 60)!r}, but "
+                        f"{item.source} now reads {_short(item.text, 60)!r}; the input changed since, so use a new "
+                        "--out or delete it"
+                    )
+                here += 1
                 continue
             pending.append((item.id, item.text))
             if len(pending) >= batch:
@@ -261,7 +271,14 @@ def retrieve(
         if pending:
             flush()
         bar.close()
-    click.echo(f"{len(writer.done)} inputs in {out}" + (f"; {failed} unreadable" if failed else ""), err=True)
+    # This input's entries; those of other inputs the cache was resumed with are counted apart.
+    others = len(writer.done) - here
+    click.echo(
+        f"{here} inputs in {out}"
+        + (f" (and {others} of other inputs)" if others else "")
+        + (f"; {failed} unreadable" if failed else ""),
+        err=True,
+    )
     if failed:
         sys.exit(1)
 

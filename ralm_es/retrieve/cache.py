@@ -182,11 +182,13 @@ def require(entries: dict[str, CacheEntry], input_ids: list[str], path: str | Pa
 
 
 class CacheWriter:
-    """Append-only writer. Reopening a cache with the same header resumes: ``done`` holds finished ids."""
+    """Append-only writer. Reopening a cache with the same header resumes: ``done`` holds finished ids, ``resumed``
+    the query each input found in the file was retrieved for, so that a caller can tell an input edited since."""
 
     def __init__(self, path: str | Path, header: CacheHeader) -> None:
         self.path = Path(path)
         self.done: set[str] = set()
+        self.resumed: dict[str, str] = {}
         if self.path.exists() and self.path.stat().st_size:
             existing = read_header(self.path)
             if existing != header:
@@ -198,6 +200,7 @@ class CacheWriter:
             self._truncate_torn_tail()
             _, entries = read_cache(self.path)
             self.done = set(entries)
+            self.resumed = {input_id: entry.query for input_id, entry in entries.items()}
             self._fh = self.path.open("a", encoding="utf-8")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)

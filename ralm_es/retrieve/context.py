@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from ralm_es.corpus.conll import DOCSTART, MAX_LINE_BYTES, looks_like_conll
+from ralm_es.corpus.lines import iter_lines
 from ralm_es.corpus.readers import CorpusError, ReadOptions, detect_format, read_corpus
 from ralm_es.corpus.types import ReadError, Record
 from ralm_es.retrieve.cache import CacheEntry, CacheHeader, CacheHit
 
 SOURCE = "document-context"
+NEEDS = "document context needs a CoNLL file (a token and its tags a line, -DOCSTART- between documents)"
 
 
 def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadError]:
@@ -26,13 +29,31 @@ def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadErro
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     # A structured file would be read as one long "sentence" of mismatched columns; say what it is instead.
-    # "text" stays allowed: a CoNLL file whose first line is bad sniffs as text, and its bad lines are reported.
+    # "text" stays allowed: a CoNLL file whose first line is bad, or of tokens alone, sniffs as text.
     if (found := detect_format(Path(path))) not in ("conll", "text"):
-        raise CorpusError(
-            f"{path} reads as {found}, not CoNLL: document context needs a CoNLL file "
-            "(a token and its tags a line, -DOCSTART- between documents)"
-        )
+        raise CorpusError(f"{path} reads as {found}, not CoNLL: {NEEDS}")
+    _check_lines(Path(path))
     return _entries(path, k)
+
+
+def _check_lines(path: Path) -> None:
+    """Refuse prose and a file without sentences before anything is written. Read as CoNLL, each line of prose
+    would be a token row whose first word is the token, so a paragraph would become a "sentence" of first words.
+    A line with columns must end in a tag; a lone token is a CoNLL line too (a file of tokens alone, as predict
+    reads). Other bad lines (wrong column count, invalid UTF-8) are left to the reader, which reports each."""
+    empty = True
+    for line in iter_lines(path, MAX_LINE_BYTES):
+        parts = line.text.split()
+        if line.problem is None and (not parts or parts[0] == DOCSTART):
+            continue
+        empty = False
+        if line.problem is None and len(parts) > 1 and not looks_like_conll([line.text]):
+            raise CorpusError(
+                f"{path}:{line.number}: {line.text[:80]!r} is not a CoNLL line (the last column an IOB tag such as "
+                f"B-PER or O): {NEEDS}"
+            )
+    if empty:
+        raise CorpusError(f"{path} holds no sentence: {NEEDS}")
 
 
 def _entries(path: str | Path, k: int) -> Iterator[CacheEntry | ReadError]:
