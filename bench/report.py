@@ -451,6 +451,7 @@ TRAIN_RESULTS = (
     "scifact_scores",
     "scifact_scores_k16",
     "scifact_pair_k2",
+    "scifact_pair_c128",
     *EFFICIENCY_FILES,
     "throughput",
     "throughput_tokens",
