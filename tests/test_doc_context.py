@@ -182,17 +182,25 @@ def test_prose_is_refused_naming_its_first_line_and_tokens_alone_are_read(tmp_pa
         proc = run_cli("doc-context", str(prose), "--out", str(out))
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr == (
-            f"ralm-es: error: {prose}:{line}: 'The cat sat on mats.' is not a CoNLL line (the last column an IOB tag "
-            "such as B-PER or O): document context needs a CoNLL file (a token and its tags a line, -DOCSTART- "
-            "between documents)\n"
+            f"ralm-es: error: {prose}:{line}: 'The cat sat on mats.' reads as prose, not a CoNLL line (a token, then "
+            "its tags): document context needs a CoNLL file (a token and its tags a line, -DOCSTART- between "
+            "documents)\n"
         )
         assert not out.exists()
-    # A CoNLL file of tokens alone (as predict reads) is no prose: one sentence a block, one document.
-    tokens = tmp_path / "tokens.txt"
-    tokens.write_text("Alpha\none\n\nBravo\ntwo\n")
-    proc = run_cli("doc-context", str(tokens), "--out", str(out))
-    assert proc.returncode == 0 and proc.stderr == f"2 inputs in {out}\n"
-    assert [h.text for h in read_cache(out)[1]["tokens-d0-s0"].hits] == ["Bravo two"]
+    # No prose: tokens alone (as predict reads), a token and its POS tag without NER tags, BILOU tags. One sentence
+    # a block, one document.
+    for name, text in (
+        ("tokens.txt", "Alpha\none\n\nBravo\ntwo\n"),
+        ("pos.txt", "Alpha NNP\none CD\n\nBravo NNP\ntwo CD\n. .\n"),
+        ("bilou.txt", "Alpha U-PER\none O\n\nBravo U-LOC\ntwo O\n"),
+    ):
+        conll = tmp_path / name
+        conll.write_text(text)
+        proc = run_cli("doc-context", str(conll), "--out", str(out))
+        assert proc.returncode == 0 and proc.stderr == f"2 inputs in {out}\n"
+        assert [h.text for h in read_cache(out)[1][f"{conll.stem}-d0-s0"].hits] == [
+            "Bravo two" + " ." * (name == "pos.txt")
+        ]
 
 
 def test_a_file_without_sentences_is_refused(tmp_path: Path) -> None:

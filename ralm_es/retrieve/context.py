@@ -8,11 +8,12 @@ retrieval; ``merge`` puts context first and fills the rest of the k slots from a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ralm_es.corpus.conll import DOCSTART, MAX_LINE_BYTES, looks_like_conll
+from ralm_es.corpus.conll import DOCSTART, MAX_LINE_BYTES
 from ralm_es.corpus.lines import iter_lines
 from ralm_es.corpus.readers import CorpusError, ReadOptions, detect_format, read_corpus
 from ralm_es.corpus.types import ReadError, Record
@@ -20,6 +21,8 @@ from ralm_es.retrieve.cache import CacheEntry, CacheHeader, CacheHit
 
 SOURCE = "document-context"
 NEEDS = "document context needs a CoNLL file (a token and its tags a line, -DOCSTART- between documents)"
+# A word with a sentence mark closing it: how a line of prose ends, and no tag does.
+PROSE_END = re.compile(r"[^\W\d_]{2,}[.!?]$")
 
 
 def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadError]:
@@ -39,7 +42,8 @@ def document_context(path: str | Path, k: int) -> Iterator[CacheEntry | ReadErro
 def _check_lines(path: Path) -> None:
     """Refuse prose and a file without sentences before anything is written. Read as CoNLL, each line of prose
     would be a token row whose first word is the token, so a paragraph would become a "sentence" of first words.
-    A line with columns must end in a tag; a lone token is a CoNLL line too (a file of tokens alone, as predict
+    A CoNLL line's last column is a tag (NER, POS or chunk: ``B-PER``, ``NNP``, ``.``), never a word closed by a
+    sentence mark, as a line of prose ends; a lone token is a CoNLL line too (a file of tokens alone, as predict
     reads). Other bad lines (wrong column count, invalid UTF-8) are left to the reader, which reports each."""
     empty = True
     for line in iter_lines(path, MAX_LINE_BYTES):
@@ -47,10 +51,10 @@ def _check_lines(path: Path) -> None:
         if line.problem is None and (not parts or parts[0] == DOCSTART):
             continue
         empty = False
-        if line.problem is None and len(parts) > 1 and not looks_like_conll([line.text]):
+        if line.problem is None and len(parts) > 1 and PROSE_END.search(parts[-1]):
             raise CorpusError(
-                f"{path}:{line.number}: {line.text[:80]!r} is not a CoNLL line (the last column an IOB tag such as "
-                f"B-PER or O): {NEEDS}"
+                f"{path}:{line.number}: {line.text[:80]!r} reads as prose, not a CoNLL line (a token, then its "
+                f"tags): {NEEDS}"
             )
     if empty:
         raise CorpusError(f"{path} holds no sentence: {NEEDS}")
