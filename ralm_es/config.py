@@ -340,8 +340,9 @@ def _sourced(exc: ConfigError, merged: Sources) -> ConfigError:
     or flag that gave the value in its place (``c.yaml: tune.epochs must be ...``)."""
     message = str(exc)
     setting = message.split(" ", 1)[0]
-    for _, where in merged.values():
-        if where != setting and (where.endswith(f" {setting}") or where.endswith(f"({setting})")):
+    # A class may name its setting with its section (ingest.encode_batch) or without (chunking.overlap).
+    for key, (_, where) in merged.items():
+        if where != setting and (setting == key or setting.endswith("." + key)):
             return ConfigError(where + message[len(setting) :])
     return exc
 

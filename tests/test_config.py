@@ -83,6 +83,14 @@ def test_a_value_a_settings_class_refuses_names_where_it_came_from(tmp_path: Pat
     with pytest.raises(ConfigError) as err:
         compose(IngestSettings, set_layer(["chunking.overlap=-1"]))
     assert str(err.value) == "--set chunking.overlap must not be negative, got -1"
+    # A nested file section, and a setting its class names with its section (ingest.encode_batch).
+    config.write_text("ingest:\n  chunking:\n    overlap: -1\n")
+    with pytest.raises(ConfigError) as err:
+        compose(IngestSettings, file_layer(config, "ingest"))
+    assert str(err.value) == f"{config}: ingest.chunking.overlap must not be negative, got -1"
+    with pytest.raises(ConfigError) as err:
+        compose(IngestSettings, set_layer(["encode_batch=0"]))
+    assert str(err.value) == "--set encode_batch must be at least 1, got 0"
 
 
 def test_unknown_key_lists_close_matches() -> None:

@@ -331,6 +331,8 @@ def _hit_line(**fields: object) -> bytes:
         ([b"[1, 2]"], ":1: expected a JSON object, found list"),
         ([_HEADER, b"null"], ":2: expected a JSON object, found NoneType"),
         ([_HEADER, _ENTRY, _hit_line(rank="abc")], ":3: hit 1 needs an integer rank, found 'abc'"),
+        # An integer past what a float holds (math.isfinite overflowed).
+        ([_HEADER, _ENTRY, _hit_line(rank=10**400)], ":3: hit 1 needs an integer rank, found 1000"),
         ([_HEADER, _ENTRY, _hit_line(score="high")], ":3: hit 1 needs a finite number score, found 'high'"),
         # Python's json reads NaN and Infinity; a NaN score made every later loss NaN.
         ([_HEADER, _ENTRY, _hit_line(score=math.nan)], ":3: hit 1 needs a finite number score, found nan"),
@@ -348,6 +350,7 @@ def _hit_line(**fields: object) -> bytes:
         "not-an-object",
         "null-entry",
         "rank",
+        "huge-rank",
         "score",
         "nan-score",
         "scores",

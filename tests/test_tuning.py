@@ -28,6 +28,7 @@ from ralm_es.retrieve.tuning import (
     TuneSettings,
     TuningData,
     TuningError,
+    _changes,
     batches,
     dev_candidates,
     load_data,
@@ -250,6 +251,14 @@ def test_an_existing_output_folder_is_refused(slice_data: TuningData, tiny_model
     with pytest.raises(TuningError, match=f"--out {tmp_path} already exists and is not an empty folder"):
         Tuner(tiny_model_dir, FAST).run(slice_data, tmp_path, None, "none", lambda m: None)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_a_refused_resume_names_what_changed() -> None:
+    saved = {"settings": {"epochs": 2, "lr": 2e-5, "device": "cuda"}, "data": "a", "BM25 rankings": "b"}
+    now = {"settings": {"epochs": 3, "lr": 2e-5}, "data": "a", "BM25 rankings": "c"}
+    assert _changes(saved, now) == "other settings (epochs 2, now 3), other BM25 rankings"
+    # A state of a version that compared the device too: no named difference, and no empty brackets.
+    assert _changes(saved, {**now, "settings": {"epochs": 2, "lr": 2e-5}}) == "other settings, other BM25 rankings"
 
 
 def test_a_max_length_past_the_encoders_positions_is_refused_up_front(tiny_model_dir: Path) -> None:

@@ -256,8 +256,9 @@ def retrieve(
                 tqdm.write(f"ralm-es: {item.source}: {item.reason}", file=sys.stderr)
                 continue
             if item.id in writer.resumed:
-                # The same id with other text is an input edited since: its cached passages answer the old text.
-                if writer.resumed[item.id] != item.text:
+                # The same id with other text is an input edited since: its cached passages answer the old text. An
+                # entry that records no query (made by hand) cannot be checked, as training does not check it.
+                if writer.resumed[item.id] and writer.resumed[item.id] != item.text:
                     raise CacheError(
                         f"{out}: input {item.id} was retrieved for {_short(writer.resumed[item.id], 60)!r}, but "
                         f"{item.source} now reads {_short(item.text, 60)!r}; the input changed since, so use a new "

@@ -103,7 +103,12 @@ class CacheHit:
 def _is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
     # JSON true/false load as bools, which are ints to isinstance; Python's json reads NaN and Infinity, which
     # would turn every loss and attention weight they reach into NaN.
-    return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past what a float holds
+        return False
 
 
 @dataclass

@@ -65,14 +65,19 @@ class TuningData:
     sources: dict[str, str]
 
     def digest(self) -> str:
-        return content_digest([self.queries, self.qrels, self.docs])
+        return content_digest(self.queries, self.qrels, self.docs)
 
 
-def content_digest(value: Any) -> str:
+def content_digest(*parts: Mapping[str, Any]) -> str:
     """What a run reads, not where from: a resume finds the same data under another spelling of its path, and
-    notices an edited file (or index) behind the same name."""
-    content = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+    notices an edited file (or index) behind the same name. Item by item, so a large corpus is not copied whole."""
+    digest = hashlib.sha256()
+    for part in parts:
+        for key in sorted(part):
+            item = json.dumps([key, part[key]], sort_keys=True, ensure_ascii=False)
+            digest.update(item.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")  # JSON escapes a NUL, so this parts the mappings unambiguously
+    return digest.hexdigest()
 
 
 def _read_texts(path: str | Path, what: str) -> dict[str, str]:
@@ -551,11 +556,14 @@ def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
         before = saved.get(key)
         if before == value:
             continue
-        if isinstance(value, dict) and isinstance(before, dict):
-            keys = [k for k in value if before.get(k) != value[k]]
-            parts.append(f"other {key} ({', '.join(f'{k} {before.get(k)}, now {value[k]}' for k in keys)})")
-        else:
-            parts.append(f"other {key}")
+        keys = (
+            [k for k in value if before.get(k) != value[k]]
+            if isinstance(value, dict) and isinstance(before, dict)
+            else []
+        )
+        # No named difference (a state saved with settings this version no longer compares): the section alone.
+        named = f" ({', '.join(f'{k} {before.get(k)}, now {value[k]}' for k in keys)})" if keys else ""
+        parts.append(f"other {key}{named}")
     return ", ".join(parts)
 
 
