@@ -75,22 +75,24 @@ class Outer:
 
 def test_a_value_a_settings_class_refuses_names_where_it_came_from(tmp_path: Path) -> None:
     """An unknown key named its file, a value out of range only the setting: which file, flag or --set gave it?"""
-    config = tmp_path / "c.yaml"
-    config.write_text("tune:\n  epochs: 0\n")
-    with pytest.raises(ConfigError) as err:
-        compose(TuneSettings, file_layer(config, "tune"))
-    assert str(err.value) == f"{config}: tune.epochs must be at least 1, got 0"
-    with pytest.raises(ConfigError) as err:
-        compose(IngestSettings, set_layer(["chunking.overlap=-1"]))
-    assert str(err.value) == "--set chunking.overlap must not be negative, got -1"
-    # A nested file section, and a setting its class names with its section (ingest.encode_batch).
-    config.write_text("ingest:\n  chunking:\n    overlap: -1\n")
-    with pytest.raises(ConfigError) as err:
-        compose(IngestSettings, file_layer(config, "ingest"))
-    assert str(err.value) == f"{config}: ingest.chunking.overlap must not be negative, got -1"
-    with pytest.raises(ConfigError) as err:
-        compose(IngestSettings, set_layer(["encode_batch=0"]))
-    assert str(err.value) == "--set encode_batch must be at least 1, got 0"
+    tune, ingest = tmp_path / "tune.yaml", tmp_path / "ingest.yaml"
+    tune.write_text("tune:\n  epochs: 0\n")
+    ingest.write_text("ingest:\n  chunking:\n    overlap: -1\n")
+    # A file section, --set, a nested file section, and a setting its class names with its section.
+    cases = [
+        (TuneSettings, file_layer(tune, "tune"), f"{tune}: tune.epochs must be at least 1, got 0"),
+        (IngestSettings, set_layer(["chunking.overlap=-1"]), "--set chunking.overlap must not be negative, got -1"),
+        (
+            IngestSettings,
+            file_layer(ingest, "ingest"),
+            f"{ingest}: ingest.chunking.overlap must not be negative, got -1",
+        ),
+        (IngestSettings, set_layer(["encode_batch=0"]), "--set encode_batch must be at least 1, got 0"),
+    ]
+    for cls, layer, message in cases:
+        with pytest.raises(ConfigError) as err:
+            compose(cls, layer)
+        assert str(err.value) == message
 
 
 def test_unknown_key_lists_close_matches() -> None:
