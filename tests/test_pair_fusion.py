@@ -227,8 +227,8 @@ def test_regulariser_settings_that_cannot_apply_are_one_line(
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["train.passage_dropout=1"], "train.passage_dropout must be at least 0 and below 1, got 1.0"),
-        (["train.consistency_weight=-1"], "train.consistency_weight must be 0 or more, got -1.0"),
+        (["train.passage_dropout=1"], "--set train.passage_dropout must be at least 0 and below 1, got 1.0"),
+        (["train.consistency_weight=-1"], "--set train.consistency_weight must be 0 or more, got -1.0"),
     ],
 )
 def test_regulariser_values_out_of_range_are_refused_when_the_config_loads(

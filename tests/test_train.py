@@ -480,7 +480,7 @@ def test_pair_needs_room_for_the_input_and_the_passage_together(tiny_model_dir: 
 
 def test_an_empty_run_out_is_refused(tmp_path: Path, ner_data: dict[str, Path], tiny_model_dir: Path) -> None:
     # Path("") is the current directory: the run would be written among whatever is there.
-    with pytest.raises(ConfigError, match=r"^run\.out must name the run folder, got ''$"):
+    with pytest.raises(ConfigError, match=r"^--set run\.out must name the run folder, got ''$"):
         load_config(ner_config(tmp_path, ner_data, tiny_model_dir), ["run.out="])
 
 
