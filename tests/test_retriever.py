@@ -317,6 +317,19 @@ def test_a_resumed_cache_retrieves_again_the_line_its_run_stopped_in(tmp_path: P
     assert list(entries) == ["a", "b"] and len(path.read_text().splitlines()) == 3
 
 
+def test_a_resumed_writer_answers_for_the_text_its_entries_were_retrieved_for(tmp_path: Path) -> None:
+    path, header = tmp_path / "cache.jsonl", CacheHeader(index="i", mode="bm25", k=1)
+    with CacheWriter(path, header) as writer:
+        writer.write("a", "first  query", [])
+        writer.write("b", "", [])  # a hand-made entry records no query
+    with CacheWriter(path, header) as writer:
+        # Whitespace aside, as training reads a cache; an entry without a query cannot be checked.
+        assert writer.cached("a", "first query", "in:1") and writer.cached("b", "anything", "in:2")
+        assert not writer.cached("c", "third query", "in:3")
+        with pytest.raises(CacheError, match=r"input a was retrieved for 'first query', but in:1 now reads 'edited'"):
+            writer.cached("a", "edited", "in:1")
+
+
 _HEADER = json.dumps(CacheHeader(index="i", mode="bm25", k=1).to_json()).encode()
 _ENTRY = json.dumps({"input_id": "a", "query": "q", "hits": [{"id": "p1", "rank": 1, "score": 2.0}]}).encode()
 

@@ -217,7 +217,7 @@ def retrieve(
     """Top-k passages for every input of a data set (JSONL/BEIR queries, CoNLL sentences, claims) into a cache."""
     from ralm_es.corpus.readers import ReadOptions, read_corpus
     from ralm_es.corpus.types import ReadError
-    from ralm_es.retrieve.cache import CacheError, CacheHeader, CacheWriter
+    from ralm_es.retrieve.cache import CacheHeader, CacheWriter
 
     index = options["index"]
     backend_name = options["backend"]
@@ -255,15 +255,7 @@ def retrieve(
                 failed += 1
                 tqdm.write(f"ralm-es: {item.source}: {item.reason}", file=sys.stderr)
                 continue
-            if item.id in writer.resumed:
-                # The same id with other text is an input edited since: its cached passages answer the old text. An
-                # entry that records no query (made by hand) cannot be checked, as training does not check it.
-                if writer.resumed[item.id] and writer.resumed[item.id] != item.text:
-                    raise CacheError(
-                        f"{out}: input {item.id} was retrieved for {_short(writer.resumed[item.id], 60)!r}, but "
-                        f"{item.source} now reads {_short(item.text, 60)!r}; the input changed since, so use a new "
-                        "--out or delete it"
-                    )
+            if writer.cached(item.id, item.text, item.source):
                 here += 1
                 continue
             pending.append((item.id, item.text))

@@ -69,10 +69,10 @@ def check_queries(
     line number repeat across files, so a cache of another file would otherwise be read without a word. An entry
     that records no query (a cache made by hand) is not checked."""
     for ex in examples:
-        query = " ".join(entries[ex.id].query.split())
-        if query and query != " ".join(ex.text.split()):
+        entry = entries[ex.id]
+        if not entry.answers(ex.text):
             raise DataError(
-                f"{cache}: the passages of {ex.id!r} were retrieved for {shorten(query, 60)!r}, but that example "
+                f"{cache}: the passages of {ex.id!r} were retrieved for {shorten(entry.query, 60)!r}, but that example "
                 f"({ex.source}) reads {shorten(ex.text, 60)!r}: the cache was made from other data; make it with "
                 f"`ralm-es retrieve {made_from or 'INPUT'} --out {cache}` (or `ralm-es doc-context`)"
             )

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from textwrap import shorten
 from typing import Any
 
 from ralm_es.corpus.lines import iter_json_lines
@@ -119,6 +120,12 @@ class CacheEntry:
     query: str
     hits: list[CacheHit]
 
+    def answers(self, text: str) -> bool:
+        """Whether these hits were retrieved for ``text`` (whitespace aside). An entry that records no query (a
+        cache made by hand) cannot be checked and is taken as it is."""
+        query = " ".join(self.query.split())
+        return not query or query == " ".join(text.split())
+
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # Lines as the corpus readers read them (a BOM dropped, each bad line named), but a bad last line without its
@@ -187,13 +194,13 @@ def require(entries: dict[str, CacheEntry], input_ids: list[str], path: str | Pa
 
 
 class CacheWriter:
-    """Append-only writer. Reopening a cache with the same header resumes: ``done`` holds finished ids, ``resumed``
-    the query each input found in the file was retrieved for, so that a caller can tell an input edited since."""
+    """Append-only writer. Reopening a cache with the same header resumes: ``done`` holds finished ids, and
+    ``cached`` tells an input the file already answers from one edited since."""
 
     def __init__(self, path: str | Path, header: CacheHeader) -> None:
         self.path = Path(path)
         self.done: set[str] = set()
-        self.resumed: dict[str, str] = {}
+        self._resumed: dict[str, CacheEntry] = {}
         if self.path.exists() and self.path.stat().st_size:
             existing = read_header(self.path)
             if existing != header:
@@ -205,7 +212,7 @@ class CacheWriter:
             self._truncate_torn_tail()
             _, entries = read_cache(self.path)
             self.done = set(entries)
-            self.resumed = {input_id: entry.query for input_id, entry in entries.items()}
+            self._resumed = entries
             self._fh = self.path.open("a", encoding="utf-8")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +224,19 @@ class CacheWriter:
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def cached(self, input_id: str, text: str, where: str) -> bool:
+        """Whether the file this run resumes already answers input ``input_id`` (read at ``where``) for ``text``. The
+        same id with other text is an input edited since, whose cached passages answer the old text: refused."""
+        entry = self._resumed.get(input_id)
+        if entry is None:
+            return False
+        if not entry.answers(text):
+            raise CacheError(
+                f"{self.path}: input {input_id} was retrieved for {shorten(entry.query, 60)!r}, but {where} now reads "
+                f"{shorten(text, 60)!r}; the input changed since, so use a new --out or delete it"
+            )
+        return True
 
     def write(self, input_id: str, query: str, hits: Sequence[CacheHit]) -> None:
         line = {"input_id": input_id, "query": query, "hits": [hit.to_cache() for hit in hits]}
